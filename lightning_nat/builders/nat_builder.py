@@ -1,0 +1,226 @@
+"""The ``datasets`` builder of NAT/NUT/NAT-k training sets.
+
+``datasets`` 4+ no longer loads builder scripts by path, so this is an importable
+class; :func:`build_dataset` runs it in one call. The builder only reads, selects
+and reformats through the pure functions of :mod:`lightning_nat.readers` and
+:mod:`lightning_nat.reformat`; tokenization belongs to training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..readers import ReadReport, load_questions, read_trajectories
+from ..reformat import MARKERS, VARIANTS, BuildStats, reformat, select
+
+FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "question_id": datasets.Value("string"),
+    "task": datasets.Value("string"),
+    "label": datasets.Value("string"),
+    "score": datasets.Value("float64"),
+    "reward": datasets.Value("bool"),
+    "messages": datasets.List({
+        "role": datasets.Value("string"),
+        "content": datasets.Value("string"),
+        "train": datasets.Value("bool"),
+    }),
+})
+REPORT_FILE = "nat_build_report.json"
+
+
+@dataclass
+class NATConfig(datasets.BuilderConfig):
+    """A variant (what to keep, which markers) and its inputs and sampling parameters."""
+
+    variant: str = "nat"
+    markers: str = "correct"
+    placement: str = "suffix"
+    thresholds: tuple[float, ...] = ()
+    trajectories: tuple[str, ...] = ()
+    format: str = "nat"
+    questions: str | None = None
+    task: str = ""
+    on_error: str = "raise"
+    pos_num: int | None = None
+    neg_num: int | None = None
+    seed: int = 42
+    pos_sampling: str = "first"
+    drop_unfinished: bool = True
+    min_score: float | None = None
+    dedupe: bool = True
+    dev_num: int = 0
+    # sha256 of every input file: part of the cache key, so edited files rebuild.
+    input_sha256: str = ""
+
+
+def _cfg(name: str, description: str, **kw: Any) -> NATConfig:
+    return NATConfig(name=name, version=datasets.Version("1.0.0"), description=description, **kw)
+
+
+PRESETS: list[NATConfig] = [
+    _cfg("positive", "w/o Neg: positives only, under the positive marker", variant="positive"),
+    _cfg("nut", "negative-unaware: positives and negatives under one (positive) marker", variant="nut"),
+    _cfg("nat", "negative-aware: 'correctly' for positives, 'incorrectly' for negatives", variant="nat"),
+    _cfg("nat-2", "fine-grained NAT: negatives in two score bands, [0, 0.4) and [0.4, 1)", variant="nat",
+         thresholds=(0.4,)),
+    _cfg("nat-3", "fine-grained NAT: negatives in three score bands", variant="nat", thresholds=(0.3, 0.6)),
+    _cfg("nat-prefix", "NAT with the marker before the question", variant="nat", placement="prefix"),
+    *[_cfg(f"nat-{name}", f"NAT with the '{name}' marker vocabulary (Table 4 ablation)", variant="nat", markers=name)
+      for name in MARKERS if name != "correct"],
+]
+
+
+class NATBuilder(datasets.GeneratorBasedBuilder):
+    """Builds the training conversations of one variant from trajectory files."""
+
+    BUILDER_CONFIG_CLASS = NATConfig
+    BUILDER_CONFIGS = PRESETS
+    DEFAULT_CONFIG_NAME = "nat"
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(description=self.config.description or "", features=FEATURES)
+
+    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        cfg = self.config
+        if not cfg.trajectories:
+            raise ValueError("no trajectory files given (trajectories=...)")
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {cfg.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if cfg.markers not in MARKERS:
+            raise ValueError(f"unknown markers {cfg.markers!r}; expected one of {', '.join(MARKERS)}")
+        questions = load_questions(cfg.questions) if cfg.questions else None
+        read = ReadReport()
+        trajs = []
+        for path in cfg.trajectories:
+            trajs += read_trajectories(path, cfg.format, questions, cfg.task, cfg.on_error, read)  # type: ignore[arg-type]
+        stats = BuildStats()
+        pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
+                               cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats)
+        kw = dict(variant=cfg.variant, markers=cfg.markers, placement=cfg.placement, thresholds=cfg.thresholds)
+        splits = {"train": reformat(pos + neg, **kw)}
+        if dev:
+            splits["dev"] = reformat(dev, **kw)
+        self.build_report = {
+            "read": dict(read.read), "skipped": [list(s) for s in read.skipped], "skipped_by_reason": dict(read.reasons()),
+            "stats": {**asdict(stats), "filtered": dict(stats.filtered)},
+        }
+        return [datasets.SplitGenerator(name=name, gen_kwargs={"rows": rows}) for name, rows in splits.items()]
+
+    def _generate_examples(self, rows: list[dict[str, Any]]):
+        yield from enumerate(rows)
+
+
+def file_sha256(paths: Sequence[str | os.PathLike]) -> str:
+    """One digest over the contents of ``paths`` (order matters)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class BuildResult:
+    """A built dataset, what the build read and skipped, and whether the cache served it."""
+
+    dataset: datasets.DatasetDict
+    report: dict[str, Any]
+    config: dict[str, Any]
+    from_cache: bool = False
+    cache_dir: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def build_dataset(trajectories: Sequence[str | os.PathLike], config: str = "nat", *, cache_dir: str | None = None,
+                  **params: Any) -> BuildResult:
+    """Build (or load from cache) one variant in one call.
+
+    ``config`` names a preset (``positive``, ``nut``, ``nat``, ``nat-2``, ...); ``params``
+    override any :class:`NATConfig` field (``questions``, ``format``, ``task``, ``pos_num``,
+    ``neg_num``, ``seed``, ...). The cache keys on every parameter and on the input files'
+    contents.
+    """
+    if config not in {c.name for c in PRESETS}:
+        raise ValueError(f"unknown config {config!r}; expected one of {', '.join(c.name for c in PRESETS)}")
+    files = [str(Path(p).resolve()) for p in trajectories]
+    for f in files + ([params["questions"]] if params.get("questions") else []):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"no such file: {f}")
+    if params.get("questions"):
+        params["questions"] = str(Path(params["questions"]).resolve())
+    if "thresholds" in params and params["thresholds"] is not None:
+        params["thresholds"] = tuple(float(t) for t in params["thresholds"])
+    unknown = set(params) - set(NATConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown build parameter(s): {', '.join(sorted(unknown))}")
+    digest = file_sha256(files + ([params["questions"]] if params.get("questions") else []))
+    preset = next(c for c in PRESETS if c.name == config)
+    # Pass every field explicitly so the cache key covers defaults too.
+    full = {k: v for k, v in asdict(preset).items()
+            if k in NATConfig.__dataclass_fields__ and k not in ("name", "version", "data_dir", "data_files", "description")}
+    full.update(params, trajectories=tuple(files), input_sha256=digest)
+    builder = NATBuilder(config_name=config, cache_dir=cache_dir, **full)
+    report_path = Path(builder.cache_dir) / REPORT_FILE
+    from_cache = (Path(builder.cache_dir) / "dataset_info.json").exists() and report_path.exists()
+    builder.download_and_prepare()
+    if from_cache:
+        report = json.loads(report_path.read_text())
+    else:
+        report = builder.build_report
+        report_path.write_text(json.dumps(report, indent=1))
+    ds = builder.as_dataset()
+    return BuildResult(dataset=ds, report=report, config={"name": config, **full}, from_cache=from_cache,
+                       cache_dir=builder.cache_dir, notes=list(report["stats"].get("notes", [])))
+
+
+def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: int = 5) -> Path:
+    """Write a built dataset where ``datasets.load_from_disk`` opens it, with a preview and the build record."""
+    out = Path(out)
+    result.dataset.save_to_disk(str(out))
+    shown: dict[str, int] = {}
+    with open(out / "preview.jsonl", "w", encoding="utf-8") as fh:
+        for split, ds in result.dataset.items():
+            for row in ds:
+                key = f"{split}/{row['label']}"
+                if shown.get(key, 0) >= preview_per_label:
+                    continue
+                shown[key] = shown.get(key, 0) + 1
+                fh.write(json.dumps({"split": split, **row}, ensure_ascii=False) + "\n")
+    record = {"config": result.config, "report": result.report}
+    (out / "build.json").write_text(json.dumps(record, indent=1, default=list))
+    return out
+
+
+def summarize(ds: datasets.DatasetDict) -> dict[str, dict[str, Any]]:
+    """Counts per label, turns and characters per conversation, for each split.
+
+    >>> d = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"label": "positive",
+    ...     "messages": [{"role": "user", "content": "ab", "train": False}]}])})
+    >>> summarize(d)["train"]["labels"], summarize(d)["train"]["chars"]["mean"]
+    ({'positive': 1}, 2.0)
+    """
+    out = {}
+    for split, d in ds.items():
+        labels: dict[str, int] = {}
+        turns, chars = [], []
+        for row in d.select_columns(["label", "messages"]):
+            labels[row["label"]] = labels.get(row["label"], 0) + 1
+            turns.append(len(row["messages"]))
+            chars.append(sum(len(m["content"]) for m in row["messages"]))
+
+        def stat(xs: list[int]) -> dict[str, float]:
+            return {"min": min(xs), "mean": round(sum(xs) / len(xs), 1), "max": max(xs)} if xs else {}
+
+        out[split] = {"rows": len(d), "labels": dict(sorted(labels.items())), "turns": stat(turns), "chars": stat(chars)}
+    return out

@@ -1,0 +1,107 @@
+"""The ``nat`` command: a thin dispatcher over the library.
+
+Each sub-command is one ``(add_arguments, run)`` pair in :data:`COMMANDS`; ``fit``
+hands its arguments to ``LightningCLI`` so that the YAML configs stay the record
+of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from . import __version__
+
+
+def _add_build(p: argparse.ArgumentParser) -> None:
+    from .builders import PRESETS
+
+    p.add_argument("--trajectories", nargs="+", required=True, metavar="FILE",
+                   help="trajectory files (positives and negatives may share a file or not)")
+    p.add_argument("--format", default="nat", choices=["nat", "openai", "sharegpt", "jsonl"],
+                   help="input format: the NAT reference JSON (joined with --questions), OpenAI messages JSONL, "
+                        "ShareGPT JSONL, or our canonical trajectory JSONL (default: nat)")
+    p.add_argument("--questions", metavar="FILE", help="question file (JSON or JSONL with id, question, answer); "
+                                                        "needed by --format nat")
+    p.add_argument("--task", required=True, help="task name, which picks the instruction text (e.g. strategyqa)")
+    p.add_argument("--variant", default="nat", choices=[c.name for c in PRESETS],
+                   help="which training set to build: " + "; ".join(f"{c.name}: {c.description}" for c in PRESETS))
+    p.add_argument("--pos-num", type=int, help="positives to keep: the first N unique by question (default: all)")
+    p.add_argument("--neg-num", type=int, help="negatives to sample with --seed (default: all)")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (default: 42)")
+    p.add_argument("--pos-sampling", choices=["first", "random"], default="first",
+                   help="first N unique positives in file order, or a seeded random N (default: first)")
+    p.add_argument("--thresholds", type=float, nargs="+",
+                   help="score bands for fine-grained NAT, overriding the variant's (e.g. 0.4 for NAT-2)")
+    p.add_argument("--placement", choices=["suffix", "prefix"], help="marker after (default) or before the question")
+    p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
+    p.add_argument("--min-score", type=float,
+                   help="drop negatives scoring below this (1e-6 drops HotpotQA negatives with F1 = 0)")
+    p.add_argument("--no-dedupe", action="store_true", help="keep identical trajectories")
+    p.add_argument("--dev-num", type=int, default=0,
+                   help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="on a bad record: stop with an error naming it (default), or skip it and report it")
+    p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
+    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk")
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from .builders import build_dataset, save_build, summarize
+    from .console import print_build_summary
+
+    params = dict(format=args.format, questions=args.questions, task=args.task, pos_num=args.pos_num,
+                  neg_num=args.neg_num, seed=args.seed, pos_sampling=args.pos_sampling,
+                  drop_unfinished=not args.keep_unfinished, min_score=args.min_score, dedupe=not args.no_dedupe,
+                  dev_num=args.dev_num, on_error=args.on_error)
+    if args.thresholds is not None:
+        params["thresholds"] = tuple(args.thresholds)
+    if args.placement is not None:
+        params["placement"] = args.placement
+    result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
+    save_build(result, args.out)
+    print_build_summary(summarize(result.dataset), result.report, args.out, result.from_cache)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "build": ("build a NAT/NUT/NAT-k training set from trajectory files", _add_build, _run_build),
+}
+# Sub-commands that parse their own arguments (LightningCLI and friends).
+PASSTHROUGH: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        module, func = PASSTHROUGH[argv[0]][1].rsplit(":", 1)
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(argv[1:]) or 0
+    parser = argparse.ArgumentParser(prog="nat", description="Negative-Aware Training (NAT) of LLM agents: "
+                                     "build training sets from successful and failed trajectories, fine-tune, evaluate.")
+    parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, _module_func) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .trajectory import TrajectoryFormatError
+
+    try:
+        return COMMANDS[args.command][2](args)
+    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError) as exc:
+        from .console import console
+
+        hint = " (--on-error skip skips and counts such records)" if isinstance(exc, TrajectoryFormatError) else ""
+        console.print(f"[red]error:[/red] {exc}{hint}", markup=True, highlight=False, soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Rich output shared by the commands: one console, tables for summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+
+
+def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    """A rich table from plain rows (numbers are right-aligned)."""
+    rows = [list(r) for r in rows]
+    t = Table(title=title, title_justify="left")
+    cols = list(columns)
+    for i, c in enumerate(cols):
+        numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+        t.add_column(c, justify="right" if numeric else "left")
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    return t
+
+
+def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, Any], out: str | None,
+                        from_cache: bool) -> None:
+    """What ``nat build`` made: rows per split and label, sizes, what was skipped or filtered."""
+    rows = []
+    for split, s in summary.items():
+        for label, n in s["labels"].items():
+            rows.append([split, label, n])
+    console.print(table("Conversations", ["split", "label", "count"], rows))
+    size_rows = [[split, s["rows"], s["turns"].get("min", 0), s["turns"].get("mean", 0.0), s["turns"].get("max", 0),
+                  s["chars"].get("mean", 0.0)] for split, s in summary.items()]
+    console.print(table("Sizes per conversation", ["split", "rows", "min turns", "mean turns", "max turns",
+                                                   "mean chars"], size_rows))
+    stats = report.get("stats", {})
+    console.print(f"read: {sum(report.get('read', {}).values())} trajectories "
+                  f"({stats.get('positives_available', 0)} positive, {stats.get('negatives_available', 0)} negative "
+                  "after filters)")
+    for reason, n in report.get("skipped_by_reason", {}).items():
+        console.print(f"[yellow]skipped {n} bad record(s): {reason}[/yellow]")
+    for reason, n in stats.get("filtered", {}).items():
+        console.print(f"filtered {n}: {reason}")
+    for note in stats.get("notes", []):
+        console.print(f"[yellow]note: {note}[/yellow]")
+    if from_cache:
+        console.print("(served from the builder cache)")
+    if out:
+        console.print(f"wrote {out} (datasets.load_from_disk) and {out}/preview.jsonl")

@@ -1,0 +1,307 @@
+"""Readers from the trajectory formats found in the wild to :class:`Trajectory`.
+
+Each format has a pure function on one record (``from_*_record``) and
+:func:`read_trajectories` applies one to a whole file, naming the file and the
+record of every problem. With ``on_error="skip"`` bad records are skipped and
+counted in a :class:`ReadReport` instead; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .trajectory import Trajectory, TrajectoryFormatError
+
+OnError = Literal["raise", "skip"]
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                   "observation": "user", "function": "user", "tool": "user"}
+_LABEL_FIELDS = ("id", "question_id", "task", "question", "reward", "score", "prediction", "pred", "answer", "gt", "meta")
+
+
+@dataclass
+class ReadReport:
+    """What was read and what was skipped, per file."""
+
+    read: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def skip(self, err: TrajectoryFormatError) -> None:
+        self.skipped.append((err.path or "", err.where or "", err.problem))
+
+    def reasons(self) -> Counter:
+        """Skipped records counted by problem."""
+        return Counter(problem for _, _, problem in self.skipped)
+
+    def summary(self) -> str:
+        total = sum(self.read.values())
+        text = f"read {total} trajectories"
+        if self.skipped:
+            why = "; ".join(f"{n} x {p}" for p, n in self.reasons().most_common())
+            text += f", skipped {len(self.skipped)} bad records ({why})"
+        return text
+
+
+def _to_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise TrajectoryFormatError(f"{what} must be true or false, got {value!r}")
+
+
+def _to_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise TrajectoryFormatError(f"score must be a number, got {value!r}")
+
+
+def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
+    """One record of the NAT reference format, joined with its question by ``id``.
+
+    >>> rec = {"id": "q7", "source": "0.5", "info": {"reward": True, "gt": True, "pred": "Yes"},
+    ...        "conversations": [{"role": "assistant", "content": "Action: finish[Yes]", "loss": True},
+    ...                          {"role": "user", "content": "Observation: Episode finished", "loss": False}]}
+    >>> t = from_nat_record(rec, {"q7": {"id": "q7", "question": "Is water wet?", "answer": True}}, "strategyqa")
+    >>> t.question, t.reward, t.score, t.prediction, t.meta["source"]
+    ('Is water wet?', True, 1.0, 'Yes', '0.5')
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    for key in ("id", "conversations", "info"):
+        if key not in record:
+            raise TrajectoryFormatError(f"missing '{key}'")
+    info = record["info"]
+    if not isinstance(info, dict) or "reward" not in info:
+        raise TrajectoryFormatError("missing reward (info.reward)")
+    qid = str(record["id"])
+    if qid not in questions:
+        raise TrajectoryFormatError(f"id {qid!r} not found in the question file")
+    q = questions[qid]
+    convs = record["conversations"]
+    if not isinstance(convs, list):
+        raise TrajectoryFormatError("conversations must be a list")
+    messages = []
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise TrajectoryFormatError(f"message {i}: expected an object with role and content")
+        messages.append({"role": turn["role"], "content": turn["content"]})
+    reward = _to_bool(info["reward"], "info.reward")
+    if "f1" in info:
+        score = _to_score(info["f1"])
+    elif "acc" in info:
+        score = _to_score(info["acc"])
+    else:
+        score = float(reward)
+    meta = {k: v for k, v in record.items() if k not in ("id", "conversations", "info")}
+    meta.update({f"info.{k}": v for k, v in info.items() if k not in ("reward", "pred", "gt")})
+    pred = info.get("pred")
+    return Trajectory(
+        id=traj_id or qid, task=task, question=str(q["question"]), messages=messages, reward=reward, score=score,
+        prediction=None if pred is None else str(pred), answer=info.get("gt", q.get("answer")), question_id=qid,
+        meta=meta,
+    )
+
+
+def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict], dict]:
+    """Separate leading system turns and the question from the agent's turns."""
+    meta: dict[str, Any] = {}
+    rest = list(messages)
+    system = []
+    while rest and rest[0].get("role") == "system":
+        system.append(rest.pop(0).get("content"))
+    if system:
+        meta["source_system"] = "\n".join(str(s) for s in system)
+    if question is None:
+        if not rest or rest[0].get("role") != "user":
+            raise TrajectoryFormatError("no 'question' field and the conversation does not start with a user question")
+        question = rest.pop(0).get("content")
+    if not isinstance(question, str) or not question.strip():
+        raise TrajectoryFormatError("empty question")
+    return question, rest, meta
+
+
+def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str | None) -> Trajectory:
+    if "reward" not in record:
+        raise TrajectoryFormatError("missing reward")
+    question, turns, meta = _split_question(messages, record.get("question"))
+    meta.update(record.get("meta") or {})
+    meta.update({k: v for k, v in record.items() if k not in _LABEL_FIELDS and k not in ("messages", "conversations")})
+    pred = record.get("prediction", record.get("pred"))
+    tid = str(record.get("id", traj_id or ""))
+    if not tid:
+        raise TrajectoryFormatError("missing id")
+    return Trajectory(
+        id=tid, task=str(record.get("task") or task), question=question, messages=turns,
+        reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
+        prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
+        question_id=str(record.get("question_id", tid)), meta=meta,
+    )
+
+
+def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+    """An OpenAI-messages record: ``{"messages": [...], "reward": bool, "score"?: float, ...}``.
+
+    Leading system turns are kept in ``meta["source_system"]`` (our instruction replaces
+    them); without a ``question`` field the first user turn is the question.
+
+    >>> t = from_openai_record({"messages": [{"role": "system", "content": "You are an agent."},
+    ...     {"role": "user", "content": "What is 2+3?"},
+    ...     {"role": "assistant", "content": "Action: finish[5]"}], "reward": True, "prediction": "5"}, "gsm8k", "r0")
+    >>> t.question, len(t.messages), t.meta["source_system"]
+    ('What is 2+3?', 1, 'You are an agent.')
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" not in record:
+        raise TrajectoryFormatError("missing 'messages'")
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise TrajectoryFormatError("messages must be a list")
+    if not messages:
+        raise TrajectoryFormatError("empty conversation")
+    return _from_chat_record(record, messages, task, traj_id)
+
+
+def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+    """A ShareGPT record: ``{"conversations": [{"from", "value"}], "reward": bool, ...}``.
+
+    >>> t = from_sharegpt_record({"conversations": [{"from": "human", "value": "Is ice cold?"},
+    ...     {"from": "gpt", "value": "Action: finish[yes]"}], "reward": False, "score": 0.5}, "strategyqa", "s0")
+    >>> t.messages, t.reward, t.score
+    ([{'role': 'assistant', 'content': 'Action: finish[yes]'}], False, 0.5)
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    convs = record.get("conversations")
+    if not isinstance(convs, list):
+        raise TrajectoryFormatError("missing 'conversations' list")
+    if not convs:
+        raise TrajectoryFormatError("empty conversation")
+    messages = []
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise TrajectoryFormatError(f"message {i}: expected an object with 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise TrajectoryFormatError(f"message {i}: unknown role {turn['from']!r}")
+        messages.append({"role": role, "content": turn["value"]})
+    return _from_chat_record(record, messages, task, traj_id)
+
+
+def load_questions(path: str | os.PathLike) -> dict[str, dict]:
+    """Questions by id from a JSON list or JSONL of ``{"id", "question", "answer"}``.
+
+    Records without an ``id`` (GSM8K) are keyed by their 0-based position.
+    """
+    path = Path(path)
+    records = _load_json_or_jsonl(path)
+    out: dict[str, dict] = {}
+    for where, index, rec in records:
+        if isinstance(rec, TrajectoryFormatError):
+            raise rec.located(path, where)
+        if not isinstance(rec, dict) or "question" not in rec:
+            raise TrajectoryFormatError("expected an object with a 'question'", path, where)
+        qid = str(rec.get("id", index))
+        if qid in out:
+            raise TrajectoryFormatError(f"duplicate id {qid!r}", path, where)
+        out[qid] = {**rec, "id": qid}
+    return out
+
+
+def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
+    """Records of a JSON list or a JSONL file, each with a location for error messages.
+
+    A malformed JSONL line comes back as a :class:`TrajectoryFormatError` in place of
+    its record, so a caller can skip that line alone.
+    """
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
+        return [(f"record {i}", i, rec) for i, rec in enumerate(data)]
+    out: list[tuple[str, int, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rec = TrajectoryFormatError(f"malformed JSON ({exc.msg} at column {exc.colno})")
+        out.append((f"line {lineno}", len(out), rec))
+    return out
+
+
+FORMATS: dict[str, Callable[..., Trajectory]] = {
+    "nat": from_nat_record,
+    "openai": from_openai_record,
+    "sharegpt": from_sharegpt_record,
+}
+
+
+def read_trajectories(
+    path: str | os.PathLike,
+    format: str = "nat",
+    questions: dict[str, dict] | None = None,
+    task: str = "",
+    on_error: OnError = "raise",
+    report: ReadReport | None = None,
+) -> list[Trajectory]:
+    """Read one trajectory file of ``format`` (``nat``, ``openai``, ``sharegpt``, or ``jsonl``: ours).
+
+    ``nat`` needs ``questions`` (see :func:`load_questions`). Errors name the file and
+    the record; with ``on_error="skip"`` they are counted in ``report`` instead.
+    """
+    if format not in FORMATS and format != "jsonl":
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if format == "nat" and questions is None:
+        raise ValueError("the nat format needs a question file to join by id (questions=...)")
+    path = Path(path)
+    report = report if report is not None else ReadReport()
+    try:
+        records = _load_json_or_jsonl(path)
+    except TrajectoryFormatError as exc:
+        if on_error == "raise":
+            raise
+        report.skip(exc)
+        return []
+    out = []
+    for where, index, rec in records:
+        traj_id = f"{path.stem}:{index}"
+        try:
+            if isinstance(rec, TrajectoryFormatError):
+                raise rec
+            if format == "nat":
+                traj = from_nat_record(rec, questions or {}, task, traj_id)
+            elif format == "jsonl":
+                if not isinstance(rec, dict):
+                    raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
+                traj = Trajectory.from_dict(rec)
+            else:
+                traj = FORMATS[format](rec, task, traj_id)
+        except TrajectoryFormatError as exc:
+            located = exc.located(path, where)
+            if on_error == "raise":
+                raise located from None
+            report.skip(located)
+            continue
+        if task and not traj.task:
+            traj.task = task
+        out.append(traj)
+    report.read[str(path)] += len(out)
+    return out
