@@ -65,11 +65,39 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scratch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="a `nat build --out` folder whose texts train the tokenizer")
+    p.add_argument("--out", required=True, help="output folder (a normal Hugging Face model folder)")
+    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (default: 512)")
+    p.add_argument("--hidden-size", type=int, default=64, help="model width (default: 64)")
+    p.add_argument("--layers", type=int, default=2, help="transformer layers (default: 2)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    p.add_argument("--template", choices=["chatml", "llama2"], default="chatml",
+                   help="chat template: ChatML, or none so training falls back to Llama-2-chat [INST] (default: chatml)")
+    p.add_argument("--seed", type=int, default=0, help="weight init seed (default: 0)")
+
+
+def _run_scratch(args: argparse.Namespace) -> int:
+    from .console import console
+    from .scratch import CHATML_TEMPLATE, conversation_texts, make_scratch_model
+
+    texts = conversation_texts(args.dataset)
+    out = make_scratch_model(args.out, texts, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                             num_layers=args.layers, num_heads=args.heads, seed=args.seed,
+                             chat_template=CHATML_TEMPLATE if args.template == "chatml" else None)
+    console.print(f"wrote a random-init scratch model and its tokenizer ({len(texts)} texts) to {out}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files", _add_build, _run_build),
+    "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests", _add_scratch,
+                _run_scratch),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
-PASSTHROUGH: dict[str, tuple[str, str]] = {}
+PASSTHROUGH: dict[str, tuple[str, str]] = {
+    "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)", "lightning_nat.train:cli_main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

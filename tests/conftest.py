@@ -22,3 +22,25 @@ def strategyqa_files(shared_data: Path) -> dict[str, Path]:
     d = shared_data / "strategyqa"
     return {"pos": d / "trajectories_positive.json", "neg": d / "trajectories_negative.json",
             "questions": d / "train.jsonl"}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(strategyqa_files, tmp_path_factory) -> Path:
+    """A small real NAT dataset (24 positives, 16 negatives, 8 dev positives) saved like `nat build`."""
+    from lightning_nat.builders import build_dataset, save_build
+
+    out = tmp_path_factory.mktemp("data") / "sqa-nat"
+    res = build_dataset([str(strategyqa_files["pos"]), str(strategyqa_files["neg"])], "nat",
+                        cache_dir=str(tmp_path_factory.mktemp("cache")), questions=str(strategyqa_files["questions"]),
+                        task="strategyqa", on_error="skip", pos_num=24, neg_num=16, dev_num=8)
+    save_build(res, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def scratch_model(tiny_dataset, tmp_path_factory) -> Path:
+    """A 2-layer random-init Llama with a 384-token BPE tokenizer trained on the tiny dataset (ChatML template)."""
+    from lightning_nat.scratch import conversation_texts, make_scratch_model
+
+    return make_scratch_model(tmp_path_factory.mktemp("models") / "scratch", conversation_texts(tiny_dataset),
+                              vocab_size=384, hidden_size=32, num_layers=2, num_heads=2)

@@ -1,0 +1,60 @@
+"""Export a trained module as a Hugging Face folder, consolidating sharded weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
+    """The model's complete weights on rank 0 (``None`` elsewhere). Collective: every rank must call it.
+
+    Under DeepSpeed ZeRO-3 the partitions are gathered (16-bit), under FSDP a full
+    state dict is assembled on CPU; otherwise the local weights are complete already.
+    """
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    prefix = "model."
+    if name == "DeepSpeedStrategy" and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        sd = strategy.deepspeed_engine._zero3_consolidated_16bit_state_dict()
+    elif name in ("FSDPStrategy", "ModelParallelStrategy"):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = module.state_dict()
+    if trainer.global_rank != 0 or sd is None:
+        return None
+    return {k[len(prefix):]: v.detach().cpu() for k, v in sd.items() if k.startswith(prefix)}
+
+
+def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike) -> Path | None:
+    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer)."""
+    sd = full_state_dict(trainer, module)
+    if sd is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from .tokenization import ensure_chat_template
+
+    out = Path(out_dir)
+    model = module.model
+    if module.hparams.lora_r > 0:
+        # Fold the adapters into the base weights so the export is a plain model.
+        model.load_state_dict(sd, strict=False)
+        model = model.merge_and_unload()
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    missing = [k for k, p in model.state_dict().items() if k not in sd]
+    if missing:
+        raise RuntimeError(f"export is missing {len(missing)} tensors (first: {missing[0]})")
+    empty = [k for k, v in sd.items() if v.numel() == 0]
+    if empty:
+        raise RuntimeError(f"export holds {len(empty)} empty tensors (first: {empty[0]}): sharded weights were not gathered")
+    model.save_pretrained(out, state_dict=sd)
+    tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
+    ensure_chat_template(tok).save_pretrained(out)
+    return out

@@ -1,0 +1,187 @@
+"""The LightningModule: a causal LM trained on assistant tokens only."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .tokenization import IGNORE_INDEX
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up from 0, then cosine decay to ``min_ratio``.
+
+    >>> [round(cosine_with_warmup(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL over target positions and the number of targets.
+
+    Only target rows of the logits are upcast to fp32, which keeps memory low on large vocabularies.
+
+    >>> logits = torch.zeros(1, 3, 4); labels = torch.tensor([[-100, 1, 2]])
+    >>> nll, n = target_nll(logits, labels); round(nll.item() / n.item(), 4) == round(math.log(4), 4)
+    True
+    """
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    picked = logits[:, :-1][mask].float()
+    nll = F.cross_entropy(picked, shift_labels[mask], reduction="sum")
+    return nll, mask.sum()
+
+
+class NATModule(L.LightningModule):
+    """Fine-tunes any ``AutoModelForCausalLM`` with the paper's recipe.
+
+    The loss of an optimizer step is the summed cross-entropy over its target tokens
+    divided by the number of target tokens in the whole step (all micro-batches, all
+    ranks), not a mean of per-micro-batch means.
+
+    Args:
+        model_name_or_path: local folder or Hub id of a causal LM.
+        dtype: weights dtype when loading (float32, bfloat16, float16).
+        attn_implementation: ``sdpa``, ``flash_attention_2``, ``eager``, or None for the model's default.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        lora_r: LoRA rank; 0 trains every weight (the paper), >0 trains LoRA adapters through ``peft``.
+        lora_alpha: LoRA scaling.
+        lora_dropout: LoRA dropout.
+        lora_target_modules: module names to adapt (default: peft's choice for the architecture).
+        learning_rate: peak AdamW learning rate (the paper: 5e-5).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_ratio: share of optimizer steps spent in linear warm-up (the paper: 3%).
+        min_lr_ratio: cosine floor as a share of the peak learning rate.
+    """
+
+    def __init__(self, model_name_or_path: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+                 attn_implementation: str | None = "sdpa", gradient_checkpointing: bool = False, lora_r: int = 0,
+                 lora_alpha: int = 16, lora_dropout: float = 0.05, lora_target_modules: list[str] | None = None,
+                 learning_rate: float = 5e-5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                 warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: Any = None
+        self._dev_sums: list[torch.Tensor] = []
+        self._hf_ds_config: Any = None
+
+    # -- model -----------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM
+
+        hp = self.hparams
+        stage = _deepspeed_stage(self)
+        if stage == 3:
+            # Lets from_pretrained load real weights into ZeRO-3 partitioned parameters
+            # (without it, loading under zero.Init leaves them empty).
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.trainer.strategy.config)
+        kwargs: dict[str, Any] = {"dtype": DTYPES[hp.dtype]}
+        if hp.attn_implementation:
+            kwargs["attn_implementation"] = hp.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(hp.model_name_or_path, **kwargs)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if hp.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                                                     target_modules=hp.lora_target_modules, task_type="CAUSAL_LM"))
+        model.train()  # from_pretrained returns eval mode; dropout and friends follow Lightning's mode from here
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    # -- training --------------------------------------------------------------------------------------------
+    def loss_scale(self) -> float:
+        """Factor that undoes the averaging done downstream of ``training_step``.
+
+        Lightning divides by the accumulation steps, data-parallel reduction averages over
+        ranks, and DeepSpeed divides by its accumulation steps once more.
+        """
+        trainer = self.trainer
+        acc = trainer.accumulate_grad_batches
+        return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        nll, n = target_nll(logits, batch["labels"])
+        if not torch.isfinite(nll):
+            raise FloatingPointError(
+                f"non-finite loss ({nll.item()}) at global step {self.global_step}, batch {batch_idx}: lower the "
+                "learning rate, check the data, or train in bf16 rather than fp16")
+        step_targets = batch["step_targets"].to(nll.dtype)
+        loss = nll * self.loss_scale() / step_targets
+        n_f = n.clamp(min=1).to(nll.dtype)
+        self.log("train/loss", nll.detach() / n_f, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n))
+        self.log("train/target_tokens", n.to(torch.float32), on_step=True, on_epoch=False, reduce_fx="sum")
+        pad = (batch["attention_mask"] == 0).sum().float() / batch["attention_mask"].numel()
+        self.log("train/pad_fraction", pad, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        nll, n = target_nll(logits, batch["labels"])
+        self._dev_sums.append(torch.stack([nll.detach().double(), n.double()]))
+
+    def on_validation_epoch_end(self) -> None:
+        local = torch.stack(self._dev_sums).sum(0) if self._dev_sums else torch.zeros(2, dtype=torch.float64,
+                                                                                       device=self.device)
+        self._dev_sums = []
+        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
+        if total[1] > 0:
+            nll = (total[0] / total[1]).float()
+            self.log("dev/nll", nll, sync_dist=False, rank_zero_only=False)
+            self.log("dev/perplexity", torch.exp(nll), prog_bar=True, sync_dist=False, rank_zero_only=False)
+            self.log("dev/target_tokens", total[1].float(), sync_dist=False, rank_zero_only=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if _deepspeed_offloads_optimizer(self):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(params, lr=hp.learning_rate, betas=tuple(hp.betas),
+                                                                weight_decay=hp.weight_decay, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = math.ceil(hp.warmup_ratio * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_with_warmup(s, total, warmup, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def _deepspeed_stage(module: L.LightningModule) -> int | None:
+    """The ZeRO stage when training under DeepSpeed, else None."""
+    try:
+        strategy = module.trainer.strategy
+    except RuntimeError:
+        return None
+    config = getattr(strategy, "config", None)
+    if type(strategy).__name__ != "DeepSpeedStrategy" or not isinstance(config, dict):
+        return None
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def _deepspeed_offloads_optimizer(module: L.LightningModule) -> bool:
+    if _deepspeed_stage(module) is None:
+        return False
+    zero = module.trainer.strategy.config.get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") == "cpu"

@@ -1,0 +1,80 @@
+"""An offline scratch model: a tiny random-init Llama and a BPE tokenizer trained here.
+
+It is saved as an ordinary Hugging Face folder (config, weights, tokenizer, chat
+template), so tests, CPU runs and the demo go through the same ``from_pretrained``
+code as a real checkpoint. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``.
+
+    With ``chat_template=None`` it ships none, and training falls back to Llama-2-chat.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if chat_template:
+        fast.chat_template = chat_template
+        # With ChatML the turn ends at <|im_end|>: that is the token generation stops on.
+        fast.eos_token = "<|im_end|>"
+    return fast
+
+
+def make_scratch_model(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int = 512, hidden_size: int = 64,
+                       num_layers: int = 2, num_heads: int = 4, max_position_embeddings: int = 4096, seed: int = 0,
+                       chat_template: str | None = CHATML_TEMPLATE) -> Path:
+    """Train a tokenizer on ``texts``, build a random-init Llama for it, save both to ``out_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tokenizer(texts, vocab_size, chat_template)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def conversation_texts(dataset_dir: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """Every message of a built dataset (``nat build`` output), to train a tokenizer on."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(dataset_dir))
+    splits = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+    texts: list[str] = []
+    for split in splits:
+        for row in split.select(range(min(len(split), limit or len(split)))):
+            texts += [m["content"] for m in row["messages"]]
+    return texts
