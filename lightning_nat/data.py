@@ -203,6 +203,9 @@ class NATDataModule(L.LightningDataModule):
             return
         ds = self.load_conversations()
         self.train_rows, truncated, dropped = self._tokenize(ds["train"])
+        if len(self.train_rows) == 0:
+            raise ValueError(f"no training conversation is left: all {len(ds['train'])} lost their assistant turns to "
+                             f"max_length={self.hparams.max_length} (or were dropped as over-long); raise max_length")
         self.stats = {"train_rows": len(self.train_rows), "truncated": truncated, "dropped": dropped,
                       "target_tokens": int(sum(self.train_rows["n_targets"])),
                       "tokens": int(sum(self.train_rows["length"]))}

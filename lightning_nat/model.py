@@ -147,9 +147,9 @@ class NATModule(L.LightningModule):
         total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
         if total[1] > 0:
             nll = (total[0] / total[1]).float()
-            self.log("dev/nll", nll, sync_dist=False, rank_zero_only=False)
-            self.log("dev/perplexity", torch.exp(nll), prog_bar=True, sync_dist=False, rank_zero_only=False)
-            self.log("dev/target_tokens", total[1].float(), sync_dist=False, rank_zero_only=False)
+            self.log("dev/nll", nll, sync_dist=True)
+            self.log("dev/perplexity", torch.exp(nll), prog_bar=True, sync_dist=True)
+            self.log("dev/target_tokens", total[1].float(), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -22,10 +22,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 DEFAULT_LOGGERS = [
     {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "nat"}},
-    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "nat"}},
+    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "tensorboard"}},
 ]
 DEFAULT_CALLBACKS = [
-    {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
 ]
 
@@ -70,6 +69,13 @@ class NATCLI(LightningCLI):
             raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} is not a multiple of "
                              f"micro_batch_size x devices = {per_pass}")
         cfg.trainer.accumulate_grad_batches = cfg.data.global_batch_size // per_pass
+        if cfg.trainer.enable_progress_bar is not False:
+            from jsonargparse import Namespace
+
+            callbacks = list(cfg.trainer.callbacks or [])
+            if not any("ProgressBar" in str(getattr(cb, "class_path", "")) for cb in callbacks):
+                callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace()))
+            cfg.trainer.callbacks = callbacks
         root = cfg.trainer.default_root_dir
         for logger in cfg.trainer.logger if isinstance(cfg.trainer.logger, list) else []:
             # Loggers follow trainer.default_root_dir unless a config names their folder.
@@ -79,6 +85,12 @@ class NATCLI(LightningCLI):
 
 def cli_main(argv: list[str] | None = None) -> int:
     """Entry of ``nat fit``: ``argv`` are LightningCLI arguments (``--config``, ``--trainer.*``, ...)."""
-    NATCLI(NATModule, NATDataModule, args=["fit", *(argv or [])], trainer_defaults=TRAINER_DEFAULTS,
+    import sys
+
+    argv = list(argv or [])
+    # From the `nat` console script sys.argv already reads `nat fit ...`: let LightningCLI read it (the DDP
+    # launcher re-runs that same command line in each child process).
+    args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
+    NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
            save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
     return 0

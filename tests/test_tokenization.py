@@ -12,10 +12,6 @@ from lightning_nat.tokenization import (
 )
 
 
-def _targets(tok, enc):
-    return tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX])
-
-
 def _squash(text):
     return "".join(text.split())
 
