@@ -77,6 +77,9 @@ class NATCLI(LightningCLI):
                 callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace()))
             cfg.trainer.callbacks = callbacks
         root = cfg.trainer.default_root_dir
+        if root and not cfg.checkpoint.dirpath:
+            # One stable folder per run root, so `--ckpt_path last` finds the previous run's checkpoint.
+            cfg.checkpoint.dirpath = f"{root}/checkpoints"
         for logger in cfg.trainer.logger if isinstance(cfg.trainer.logger, list) else []:
             # Loggers follow trainer.default_root_dir unless a config names their folder.
             if getattr(logger, "init_args", None) is not None and logger.init_args.get("save_dir") == "runs" and root:

@@ -161,8 +161,8 @@ def test_nat_fit_cli_ddp_two_processes(scratch_model, tiny_dataset, tmp_path):
     cfg.write_text(json.dumps({
         "model": {"model_name_or_path": str(scratch_model), "learning_rate": 1e-3},
         "data": {"dataset_dir": str(tiny_dataset), "micro_batch_size": 2, "global_batch_size": 8, "max_length": 2048},
-        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3, "default_root_dir": str(tmp_path), "log_every_n_steps": 1,
-                    "enable_progress_bar": False},
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3, "log_every_n_steps": 1,
+                    "default_root_dir": str(tmp_path), "enable_progress_bar": False},
     }))
     nat = Path(sys.executable).with_name("nat")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

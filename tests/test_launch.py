@@ -1,0 +1,67 @@
+"""Every launch config parses through the real `nat fit` parser, and its header commands are valid."""
+
+import argparse
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lightning_nat.cli import _add_build
+from lightning_nat.data import NATDataModule
+from lightning_nat.model import NATModule
+from lightning_nat.train import NATCLI, TRAINER_DEFAULTS
+
+LAUNCH = Path(__file__).resolve().parent.parent / "launch"
+CONFIGS = sorted((LAUNCH / "configs").glob("*.yaml"))
+
+
+class _ParseOnly(NATCLI):
+    def instantiate_classes(self) -> None:  # parse and derive, build nothing (no GPU here)
+        pass
+
+
+def test_there_is_a_config_per_paper_setting():
+    names = {c.stem for c in CONFIGS}
+    assert len([n for n in names if n.startswith("gsm8k-")]) == 12
+    assert {"hotpotqa-7b-500-nat", "hotpotqa-7b-500-nat2", "strategyqa-7b-1000-500-nat", "tiny-cpu"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_parses_and_header_commands_are_valid(path):
+    cli = _ParseOnly(NATModule, NATDataModule, args=["--config", str(path)], run=False, trainer_defaults=TRAINER_DEFAULTS)
+    cfg = cli.config
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    assert cfg.trainer.accumulate_grad_batches * cfg.data.micro_batch_size * devices == cfg.data.global_batch_size
+    assert cfg.data.tokenizer == cfg.model.model_name_or_path
+    header = path.read_text().split("\nmodel:")[0]
+    assert f"nat fit --config launch/configs/{path.name}" in header
+    strategy = cfg.trainer.strategy
+    if not isinstance(strategy, str):
+        ds = LAUNCH.parent / strategy.init_args.config
+        assert json.loads(ds.read_text())["zero_optimization"]["stage"] == 3
+        assert cfg.model.learning_rate == 5e-5 and cfg.data.global_batch_size == 64 and cfg.trainer.max_epochs == 2
+    # The `nat build` line in the header takes only flags that `nat build` knows.
+    build_line = next(line for line in header.splitlines() if "nat build" in line)
+    argv = shlex.split(re.sub(r"^.*?nat build", "", build_line))
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    _add_build(parser)
+    args = parser.parse_args(argv)
+    assert args.out and args.task
+
+
+def test_launch_scripts_name_nat_fit():
+    for script in ("slurm.sh", "torchrun.sh"):
+        text = (LAUNCH / script).read_text()
+        assert "fit --config" in text and text.startswith("#!/usr/bin/env bash")
+
+
+def test_deepspeed_configs_build_a_strategy():
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    for name in ("zero3.json", "zero3_offload.json"):
+        strategy = DeepSpeedStrategy(config=str(LAUNCH / "deepspeed" / name))
+        assert strategy.config["zero_optimization"]["stage"] == 3
+    offload = json.loads((LAUNCH / "deepspeed" / "zero3_offload.json").read_text())["zero_optimization"]
+    assert offload["offload_optimizer"]["device"] == offload["offload_param"]["device"] == "cpu"
