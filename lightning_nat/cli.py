@@ -89,10 +89,105 @@ def _run_scratch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder or Hub id (hf), or the model name on the server (openai)")
+    p.add_argument("--policy", choices=["hf", "openai"], default="hf", help="local Hugging Face model or an "
+                   "OpenAI-compatible API (default: hf)")
+    p.add_argument("--base-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per model turn (default: 256)")
+    p.add_argument("--concurrency", type=int, default=8, help="API requests in flight (openai; default: 8)")
+    p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
+    p.add_argument("--mode", choices=["react", "cot"], default="react",
+                   help="ReAct with tools, or chain-of-thought without tools (paper Table 7)")
+    p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
+    p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
+
+
+def _make_policy(args: argparse.Namespace) -> object:
+    if args.policy == "openai":
+        from .policies import OpenAIPolicy
+
+        return OpenAIPolicy(args.model, args.base_url, args.api_key_env, args.temperature, args.max_new_tokens,
+                            args.concurrency)
+    from .policies import HFPolicy
+
+    return HFPolicy(args.model, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    _add_policy(p)
+    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k,asdiv,svamp,multiarith,hotpotqa,strategyqa")
+    p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: the Hub with --hub)")
+    p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
+    p.add_argument("--limit", type=int, help="first N questions per task")
+    p.add_argument("--batch-size", type=int, default=16, help="episodes generated together (default: 16)")
+    p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .console import console, print_eval_table
+    from .evaluate import EvalConfig, evaluate, write_results
+
+    if args.data_dir is None and not args.hub:
+        from .shared_data import shared_data_dir
+
+        args.data_dir = str(shared_data_dir() or "") or None
+        if args.data_dir is None:
+            raise ValueError("give --data-dir (a folder like ../shared/data) or --hub")
+    cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
+                     limit=args.limit, batch_size=args.batch_size, max_turns=args.max_turns, mode=args.mode,
+                     search=args.search, search_corpus=args.search_corpus, hub=args.hub)
+    policy = _make_policy(args)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        ids: dict[str, object] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in ids:
+                ids[name] = bar.add_task(name, total=total)
+            bar.update(ids[name], completed=done)
+
+        results, episodes = evaluate(policy, cfg, progress)
+    meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
+            "usage": getattr(policy, "usage", None)}
+    out = write_results(args.out, results, episodes, meta)
+    print_eval_table(results)
+    console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
+    return 0
+
+
+def _add_solve(p: argparse.ArgumentParser) -> None:
+    _add_policy(p)
+    p.add_argument("--task", required=True, help="task whose instruction and tools to use")
+    p.add_argument("question", help="the question to solve")
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    from .agent import ReActAgent
+    from .console import print_episode
+    from .evaluate import EvalConfig, search_tool
+    from .tasks import get_task
+    from .tools import make_tools
+
+    task = get_task(args.task)
+    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
+    agent = ReActAgent(task, _make_policy(args), make_tools(task.tools, search) if args.mode == "react" else {},
+                       max_turns=args.max_turns, mode=args.mode)
+    traj = agent.run([{"id": "cli", "question": args.question, "answer": ""}], batch_size=1)[0]
+    print_episode(traj)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files", _add_build, _run_build),
     "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests", _add_scratch,
                 _run_scratch),
+    "eval": ("evaluate a model as a ReAct agent on tasks (accuracy, EM/F1, episode ends)", _add_eval, _run_eval),
+    "solve": ("run one episode on a question and print it turn by turn", _add_solve, _run_solve),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
 PASSTHROUGH: dict[str, tuple[str, str]] = {
@@ -123,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][2](args)
-    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         from .console import console
 
         hint = " (--on-error skip skips and counts such records)" if isinstance(exc, TrajectoryFormatError) else ""

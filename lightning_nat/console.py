@@ -50,3 +50,25 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
         console.print("(served from the builder cache)")
     if out:
         console.print(f"wrote {out} (datasets.load_from_disk) and {out}/preview.jsonl")
+
+
+def print_eval_table(results: dict[str, dict[str, float]]) -> None:
+    """One row per task: its metrics and how episodes ended."""
+    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1"})
+    rows = []
+    for task, r in results.items():
+        rows.append([task, int(r.get("episodes", 0)), *[r.get(m, float("nan")) for m in metric_names],
+                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0)])
+    console.print(table("Evaluation", ["task", "episodes", *metric_names, "finished", "turn limit",
+                                       "with parse errors"], rows))
+
+
+def print_episode(traj: Any) -> None:
+    """An episode turn by turn: the model's thoughts and actions, the environment's observations."""
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(traj.question)}[/bold]")
+    for m in traj.messages:
+        style = "cyan" if m["role"] == "assistant" else "yellow"
+        console.print(f"[{style}]{escape(m['content'])}[/{style}]")
+    console.print(f"prediction: {escape(str(traj.prediction))} (ended: {traj.meta.get('end')})")

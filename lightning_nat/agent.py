@@ -1,0 +1,246 @@
+"""The ReAct agent: parse a step, run its tool, batch the episodes.
+
+The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers
+``Observation: ...`` until ``finish[answer]`` or the turn limit. All live episodes of
+a batch generate together each turn; finished ones leave the batch. Every episode
+becomes a :class:`Trajectory`, so evaluation output feeds straight back into
+``nat build``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from .reformat import inference_messages
+from .tasks import Task
+from .trajectory import Trajectory
+
+STOP = "Observation:"
+_ACTION = re.compile(r"Action\s*\d*\s*:\s*", re.IGNORECASE)
+_TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
+_FINAL = re.compile(r"final answer\s*[:：]\s*(.+)", re.IGNORECASE)
+
+
+class Policy(Protocol):
+    """Anything that continues a batch of chat prompts (stopping at ``Observation:``)."""
+
+    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]: ...
+
+
+@dataclass
+class Step:
+    """One parsed model turn: the text kept in the trajectory and the action in it."""
+
+    text: str
+    tool: str | None = None
+    argument: str | None = None
+    error: str | None = None
+
+
+def _bracket_argument(text: str, start: int) -> tuple[str, bool]:
+    """The text inside the bracket opening at ``start``, honouring nesting; ``(arg, closed)``."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "[":
+            depth += 1
+        elif text[i] == "]":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], True
+    rest = text[start + 1:].split("\n", 1)[0]
+    return rest.rstrip().rstrip("]"), False
+
+
+def parse_step(text: str, tools: Sequence[str]) -> Step:
+    """Parse a model turn into thought and action, robustly.
+
+    Accepts a missing ``Thought:`` line, extra text after the action, nested or
+    unbalanced brackets; an unknown tool or no action at all is an error step.
+    Whatever the model wrote after ``Observation:`` is cut off.
+
+    >>> s = parse_step("Thought: add them.\\nAction: calculate[(2 + 3) * [4]]\\nthanks!", ["calculate", "finish"])
+    >>> s.tool, s.argument, s.text
+    ('calculate', '(2 + 3) * [4]', 'Thought: add them.\\nAction: calculate[(2 + 3) * [4]]')
+    >>> parse_step("Action: finish[42", ["finish"]).argument
+    '42'
+    >>> parse_step("I think it is 5.", ["finish"]).error
+    'no action found'
+    >>> parse_step("Action: browse[x]", ["search", "finish"]).error
+    "unknown tool 'browse' (available: search, finish)"
+    """
+    text = text.split(STOP, 1)[0].strip()
+    known = list(tools)
+    match = None
+    for m in _ACTION.finditer(text):
+        match = m  # the last Action: line is the one the model commits to
+    segment_start = match.end() if match else 0
+    call = _TOOL_CALL.search(text, segment_start)
+    if match is None:
+        # No "Action:" line: accept a bare known tool call anywhere.
+        call = next((c for c in _TOOL_CALL.finditer(text) if c.group(1).lower() in known), None)
+        if call is None:
+            return Step(text, error="no action found")
+    if call is None:
+        return Step(text, error="the action is not of the form tool[argument]")
+    tool = call.group(1).lower()
+    argument, closed = _bracket_argument(text, call.end() - 1)
+    end = text.find("\n", call.end()) if not closed else call.end() + len(argument) + 1
+    kept = text[: end if end > 0 else len(text)].rstrip()
+    if tool not in known:
+        return Step(kept, tool=tool, argument=argument, error=f"unknown tool '{tool}' (available: {', '.join(known)})")
+    return Step(kept, tool=tool, argument=argument.strip())
+
+
+def final_answer(text: str) -> str | None:
+    """The answer of a chain-of-thought turn: its ``Final answer:`` line, if any.
+
+    >>> final_answer("3 + 4 = 7.\\nFinal answer: 7 apples"), final_answer("no idea")
+    ('7 apples', None)
+    """
+    matches = _FINAL.findall(text)
+    return matches[-1].strip() if matches else None
+
+
+@dataclass
+class EpisodeStats:
+    """How episodes ended, for the evaluation table."""
+
+    finished: int = 0
+    turn_limit: int = 0
+    parse_errors: int = 0
+    episodes_with_parse_error: int = 0
+    stopped_on_error: int = 0
+
+
+@dataclass
+class _Episode:
+    record: dict
+    messages: list[dict[str, str]] = field(default_factory=list)
+    prediction: str | None = None
+    done: bool = False
+    parse_errors: int = 0
+    end: str = "turn_limit"
+
+
+@dataclass
+class ReActAgent:
+    """Runs a task's ReAct episodes in batches with a policy.
+
+    Args:
+        task: the task (instruction, tools, metric).
+        policy: the LLM.
+        tools: callable tools by name (``make_tools``); ``finish`` is built in.
+        max_turns: model turns per episode (6 in the reference).
+        on_parse_error: ``observe`` answers a malformed step with an error observation;
+            ``stop`` ends the episode.
+        mode: ``react`` (tools) or ``cot`` (one reasoning turn ending in ``Final answer:``).
+        markers: marker vocabulary of the inference prompt (the positive marker is used).
+    """
+
+    task: Task
+    policy: Policy
+    tools: dict[str, Callable[[str], str]]
+    max_turns: int = 6
+    on_parse_error: Literal["observe", "stop"] = "observe"
+    mode: Literal["react", "cot"] = "react"
+    markers: str = "correct"
+    stats: EpisodeStats = field(default_factory=EpisodeStats)
+
+    def prompt(self, question: str) -> list[dict[str, str]]:
+        msgs = inference_messages(self.task.name, question, self.markers)
+        if self.mode == "cot":
+            msgs[0] = {"role": "system", "content": self.task.cot_instruction}
+        return msgs
+
+    def run(self, records: Sequence[dict], batch_size: int = 16,
+            on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+        """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order."""
+        out: list[Trajectory] = []
+        for s in range(0, len(records), batch_size):
+            for traj in self._run_batch(records[s:s + batch_size]):
+                out.append(traj)
+                if on_episode:
+                    on_episode(traj)
+        return out
+
+    def _run_batch(self, records: Sequence[dict]) -> list[Trajectory]:
+        episodes = [_Episode(dict(r)) for r in records]
+        turns = 1 if self.mode == "cot" else self.max_turns
+        for _ in range(turns):
+            live = [e for e in episodes if not e.done]
+            if not live:
+                break
+            outputs = self.policy.generate([self.prompt(str(e.record["question"])) + e.messages for e in live])
+            for ep, text in zip(live, outputs):
+                self._advance(ep, text or "")
+        return [self._trajectory(e) for e in episodes]
+
+    def _advance(self, ep: _Episode, text: str) -> None:
+        if self.mode == "cot":
+            content = text.split(STOP, 1)[0].strip()
+            ep.messages.append({"role": "assistant", "content": content})
+            ep.prediction = final_answer(content)
+            ep.done, ep.end = True, "finished" if ep.prediction is not None else "no_answer"
+            return
+        step = parse_step(text, [*self.tools, "finish"])
+        ep.messages.append({"role": "assistant", "content": step.text or text.strip()})
+        if step.error:
+            ep.parse_errors += 1
+            self.stats.parse_errors += 1
+            if self.on_parse_error == "stop":
+                ep.done, ep.end = True, "parse_error"
+                return
+            ep.messages.append({"role": "user", "content": f"{STOP} Invalid action: {step.error}. Reply with "
+                                f"'Action: tool[argument]' using one of: {', '.join([*self.tools, 'finish'])}."})
+            return
+        if step.tool == "finish":
+            ep.prediction = step.argument or ""
+            ep.messages.append({"role": "user", "content": f"{STOP} Episode finished"})
+            ep.done, ep.end = True, "finished"
+            return
+        try:
+            observation = self.tools[step.tool](step.argument or "")  # type: ignore[index]
+        except Exception as exc:  # a misbehaving tool must not end the evaluation
+            observation = f"Error: {type(exc).__name__}"
+        ep.messages.append({"role": "user", "content": f"{STOP} {observation}"})
+
+    def _trajectory(self, ep: _Episode) -> Trajectory:
+        if ep.end == "finished":
+            self.stats.finished += 1
+        elif ep.end == "parse_error":
+            self.stats.stopped_on_error += 1
+        else:
+            self.stats.turn_limit += 1
+        if ep.parse_errors:
+            self.stats.episodes_with_parse_error += 1
+        reward, score, values = self.task.score(ep.prediction, ep.record)
+        messages = ep.messages or [{"role": "assistant", "content": ""}]
+        qid = str(ep.record.get("id", ""))
+        return Trajectory(
+            id=f"{self.task.name}:{qid}", task=self.task.name, question=str(ep.record["question"]), messages=messages,
+            reward=reward, score=score, prediction=ep.prediction, answer=_jsonable(ep.record.get("answer")),
+            question_id=qid, meta={"end": ep.end, "parse_errors": ep.parse_errors, "metrics": values, "mode": self.mode},
+        )
+
+
+def _jsonable(x: object) -> object:
+    return x if isinstance(x, (str, int, float, bool, type(None))) else str(x)
+
+
+def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Mean metrics and episode-end rates over a task's trajectories."""
+    n = len(trajs)
+    if not n:
+        return {"episodes": 0}
+    sums: Counter = Counter()
+    for t in trajs:
+        sums.update(t.meta.get("metrics", {}))
+    ends = Counter(t.meta.get("end") for t in trajs)
+    out: dict[str, float] = {k: v / n for k, v in sums.items()}
+    out.update({"episodes": n, "finished": ends["finished"] / n, "turn_limit": ends["turn_limit"] / n,
+                "parse_error_rate": sum(1 for t in trajs if t.meta.get("parse_errors")) / n})
+    return out

@@ -1,0 +1,79 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1 for tests, with injectable faults."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    """Serves ``POST /v1/chat/completions``.
+
+    ``reply(messages) -> str`` writes the assistant text; ``faults`` is a list consumed one
+    per request: ``None`` (answer), ``429``, ``500``, ``"slow"`` (sleep ``slow_s`` first) or
+    ``"garbage"`` (a 200 whose body is not JSON).
+    """
+
+    def __init__(self, reply: Callable[[list[dict]], str], faults: list | None = None, slow_s: float = 2.0):
+        self.reply, self.faults, self.slow_s = reply, list(faults or []), slow_s
+        self.requests: list[dict] = []
+        self.auth_headers: list[str] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append(body)
+                    outer.auth_headers.append(self.headers.get("Authorization", ""))
+                    fault = outer.faults.pop(0) if outer.faults else None
+                if fault in (429, 500):
+                    self._send(fault, {"error": {"message": "injected", "type": "server_error"}})
+                    return
+                if fault == "slow":
+                    time.sleep(outer.slow_s)
+                if fault == "garbage":
+                    self._raw(200, b"<html>not json")
+                    return
+                text = outer.reply(body["messages"])
+                for stop in body.get("stop") or []:
+                    text = text.split(stop, 1)[0]
+                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": text}}],
+                                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+            def _send(self, code, obj):
+                self._raw(code, json.dumps(obj).encode(), "application/json")
+
+            def _raw(self, code, data, ctype="text/html"):
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
