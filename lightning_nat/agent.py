@@ -26,9 +26,13 @@ _FINAL = re.compile(r"final answer\s*[:：]\s*(.+)", re.IGNORECASE)
 
 
 class Policy(Protocol):
-    """Anything that continues a batch of chat prompts (stopping at ``Observation:``)."""
+    """Anything that continues a batch of chat prompts (stopping at ``Observation:``).
 
-    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]: ...
+    ``None`` in place of a completion means the request failed for good (after retries):
+    that episode ends as ``failed``, which is neither a positive nor a negative.
+    """
+
+    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]: ...
 
 
 @dataclass
@@ -114,6 +118,7 @@ class EpisodeStats:
     parse_errors: int = 0
     episodes_with_parse_error: int = 0
     stopped_on_error: int = 0
+    failed: int = 0
 
 
 @dataclass
@@ -139,6 +144,8 @@ class ReActAgent:
             ``stop`` ends the episode.
         mode: ``react`` (tools) or ``cot`` (one reasoning turn ending in ``Final answer:``).
         markers: marker vocabulary of the inference prompt (the positive marker is used).
+        lockstep: call the policy every turn even with no live episode (with a stand-in prompt), so
+            that ranks sharing sharded weights (ZeRO-3) run the same number of forward passes.
     """
 
     task: Task
@@ -148,6 +155,7 @@ class ReActAgent:
     on_parse_error: Literal["observe", "stop"] = "observe"
     mode: Literal["react", "cot"] = "react"
     markers: str = "correct"
+    lockstep: bool = False
     stats: EpisodeStats = field(default_factory=EpisodeStats)
 
     def prompt(self, question: str) -> list[dict[str, str]]:
@@ -158,28 +166,45 @@ class ReActAgent:
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
-        """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order."""
+        """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order.
+
+        ``on_episode`` is called with each trajectory as soon as its episode ends.
+        """
         out: list[Trajectory] = []
         for s in range(0, len(records), batch_size):
-            for traj in self._run_batch(records[s:s + batch_size]):
-                out.append(traj)
-                if on_episode:
-                    on_episode(traj)
+            out += self._run_batch(records[s:s + batch_size], on_episode)
         return out
 
-    def _run_batch(self, records: Sequence[dict]) -> list[Trajectory]:
+    def _run_batch(self, records: Sequence[dict], on_episode: Callable[[Trajectory], None] | None) -> list[Trajectory]:
         episodes = [_Episode(dict(r)) for r in records]
+        done: dict[int, Trajectory] = {}
+
+        def emit() -> None:
+            for i, e in enumerate(episodes):
+                if e.done and i not in done:
+                    done[i] = self._trajectory(e)
+                    if on_episode:
+                        on_episode(done[i])
+
         turns = 1 if self.mode == "cot" else self.max_turns
         for _ in range(turns):
             live = [e for e in episodes if not e.done]
-            if not live:
+            if not live and not self.lockstep:
                 break
-            outputs = self.policy.generate([self.prompt(str(e.record["question"])) + e.messages for e in live])
+            prompts = [self.prompt(str(e.record["question"])) + e.messages for e in live]
+            outputs = self.policy.generate(prompts or [self.prompt("(idle)")])
             for ep, text in zip(live, outputs):
-                self._advance(ep, text or "")
-        return [self._trajectory(e) for e in episodes]
+                self._advance(ep, text)
+            emit()
+        for e in episodes:
+            e.done = True
+        emit()
+        return [done[i] for i in range(len(episodes))]
 
-    def _advance(self, ep: _Episode, text: str) -> None:
+    def _advance(self, ep: _Episode, text: str | None) -> None:
+        if text is None:
+            ep.done, ep.end = True, "failed"
+            return
         if self.mode == "cot":
             content = text.split(STOP, 1)[0].strip()
             ep.messages.append({"role": "assistant", "content": content})
@@ -211,6 +236,8 @@ class ReActAgent:
     def _trajectory(self, ep: _Episode) -> Trajectory:
         if ep.end == "finished":
             self.stats.finished += 1
+        elif ep.end == "failed":
+            self.stats.failed += 1
         elif ep.end == "parse_error":
             self.stats.stopped_on_error += 1
         else:
@@ -242,5 +269,6 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
     ends = Counter(t.meta.get("end") for t in trajs)
     out: dict[str, float] = {k: v / n for k, v in sums.items()}
     out.update({"episodes": n, "finished": ends["finished"] / n, "turn_limit": ends["turn_limit"] / n,
+                "failed": ends["failed"] / n,
                 "parse_error_rate": sum(1 for t in trajs if t.meta.get("parse_errors")) / n})
     return out

@@ -89,31 +89,105 @@ def _run_scratch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_policy(p: argparse.ArgumentParser) -> None:
+def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder or Hub id (hf), or the model name on the server (openai)")
     p.add_argument("--policy", choices=["hf", "openai"], default="hf", help="local Hugging Face model or an "
                    "OpenAI-compatible API (default: hf)")
     p.add_argument("--base-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per model turn (default: 256)")
     p.add_argument("--concurrency", type=int, default=8, help="API requests in flight (openai; default: 8)")
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed API request (default: 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default: 60)")
     p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
-    p.add_argument("--mode", choices=["react", "cot"], default="react",
-                   help="ReAct with tools, or chain-of-thought without tools (paper Table 7)")
     p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
 
 
-def _make_policy(args: argparse.Namespace) -> object:
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    _add_agent_args(p)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--mode", choices=["react", "cot"], default="react",
+                   help="ReAct with tools, or chain-of-thought without tools (paper Table 7)")
+
+
+def _make_policy(args: argparse.Namespace, temperature: float | None = None) -> object:
+    temperature = args.temperature if temperature is None else temperature
     if args.policy == "openai":
         from .policies import OpenAIPolicy
 
-        return OpenAIPolicy(args.model, args.base_url, args.api_key_env, args.temperature, args.max_new_tokens,
-                            args.concurrency)
+        return OpenAIPolicy(args.model, args.base_url, args.api_key_env, temperature, args.max_new_tokens,
+                            args.concurrency, args.max_retries, args.timeout)
     from .policies import HFPolicy
 
-    return HFPolicy(args.model, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    return HFPolicy(args.model, temperature=temperature, max_new_tokens=args.max_new_tokens)
+
+
+def _add_collect(p: argparse.ArgumentParser) -> None:
+    _add_agent_args(p)
+    p.add_argument("--task", required=True, help="task (instruction, tools, metric)")
+    p.add_argument("--data", required=True, help="question file (JSON or JSONL with question and answer)")
+    p.add_argument("--limit", type=int, help="first N questions")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.5, 0.7],
+                   help="sampling temperatures, one pass each (default: 0.2 0.5 0.7, as the paper)")
+    p.add_argument("--samples", type=int, default=1, help="episodes per question and temperature (default: 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="episodes run together (default: 32)")
+    p.add_argument("--price-prompt", type=float, help="USD per million prompt tokens, to report the cost")
+    p.add_argument("--price-completion", type=float, help="USD per million completion tokens")
+    p.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .collect import collect
+    from .console import console, print_collect_summary
+    from .evaluate import EvalConfig, search_tool
+    from .tasks import get_task, load_questions_for
+    from .tools import make_tools
+
+    task = get_task(args.task)
+    records = load_questions_for(task, path=args.data, limit=args.limit)
+    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
+    tools = make_tools(task.tools, search)
+    policy = _make_policy(args, temperature=args.temperatures[0])
+    prices = (args.price_prompt or 0.0, args.price_completion or 0.0) if args.price_prompt or args.price_completion \
+        else None
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        bar_id = bar.add_task("collecting", total=None)
+        summary = collect(task, records, policy, args.out, args.temperatures, args.samples, teacher=args.model,
+                          batch_size=args.batch_size, max_turns=args.max_turns, tools=tools, price_per_million=prices,
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+    print_collect_summary(summary, args.out)
+    return 0
+
+
+def _add_clean(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trajectories", help="canonical trajectory JSONL (what nat collect writes)")
+    p.add_argument("--task", required=True, help="task, which picks the rules (HotpotQA also drops F1 = 0 negatives)")
+    p.add_argument("--keep-unfinished", action="store_true", help="keep trajectories that never called finish")
+    p.add_argument("--min-score", type=float, help="drop negatives scoring below this (overrides the task's rule)")
+    p.add_argument("--out", required=True, help="cleaned JSONL")
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    from .collect import clean, default_rules
+    from .console import console, table
+    from .tasks import get_task
+    from .trajectory import read_trajectories_jsonl, write_jsonl
+
+    rules = default_rules(get_task(args.task))
+    rules.drop_unfinished = not args.keep_unfinished
+    if args.min_score is not None:
+        rules.min_score = args.min_score
+    trajs = read_trajectories_jsonl(args.trajectories)
+    kept, removed = clean(trajs, rules)
+    write_jsonl(args.out, kept)
+    rows = [["read", len(trajs)], *[[f"removed: {rule}", n] for rule, n in removed.items()], ["kept", len(kept)]]
+    console.print(table("Cleaning", ["", "trajectories"], rows))
+    console.print(f"wrote {args.out}")
+    return 0
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -123,6 +197,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
     p.add_argument("--batch-size", type=int, default=16, help="episodes generated together (default: 16)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`")
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
 
 
@@ -152,8 +228,14 @@ def _run_eval(args: argparse.Namespace) -> int:
             bar.update(ids[name], completed=done)
 
         results, episodes = evaluate(policy, cfg, progress)
+    tags = {}
+    for tag in args.tag:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag {tag!r}: expected KEY=VALUE")
+        tags[key] = value
     meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
-            "usage": getattr(policy, "usage", None)}
+            "usage": getattr(policy, "usage", None), "tags": tags}
     out = write_results(args.out, results, episodes, meta)
     print_eval_table(results)
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
@@ -182,12 +264,66 @@ def _run_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["perplexity", "sweep"],
+                   help="perplexity: dev perplexity curves of runs (Figure 5); sweep: accuracy against the number of "
+                        "negatives per strategy (Figures 3, 4, 6)")
+    p.add_argument("inputs", nargs="+", help="run folders / perplexity.jsonl files, or results.json / "
+                                             "react_eval.jsonl files (or folders holding results.json)")
+    p.add_argument("--x", choices=["step", "negatives"], default="step",
+                   help="perplexity x-axis: training step, or number of negatives (last value per run)")
+    p.add_argument("--metric", choices=["accuracy", "em", "f1"], help="sweep metric (default: accuracy, else EM)")
+    p.add_argument("--out", required=True, help="image file: .png, .pdf or .svg")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .console import console
+    from .plot import load_perplexity_runs, load_sweep, plot_perplexity, plot_sweep
+
+    if args.kind == "perplexity":
+        out = plot_perplexity(load_perplexity_runs(args.inputs), args.out, x=args.x)
+    else:
+        out = plot_sweep(load_sweep(args.inputs), args.out, metric=args.metric)
+    console.print(f"wrote {out}")
+    return 0
+
+
+def _add_push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["dataset", "model"], help="a `nat build --out` folder or an exported `hf/` folder")
+    p.add_argument("folder", help="the folder to publish")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .console import console
+    from .hub import push
+
+    plan = push(args.kind, args.folder, args.repo, private=args.private, dry_run=args.dry_run)
+    if args.dry_run:
+        console.print(f"would upload to {args.repo} ({args.kind}, {'private' if args.private else 'public'}):")
+        for f in plan["files"]:
+            console.print(f"  {escape(f)}")
+        console.print(escape(plan["card"]))
+    else:
+        console.print(f"uploaded to {plan['url']}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files", _add_build, _run_build),
     "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests", _add_scratch,
                 _run_scratch),
     "eval": ("evaluate a model as a ReAct agent on tasks (accuracy, EM/F1, episode ends)", _add_eval, _run_eval),
     "solve": ("run one episode on a question and print it turn by turn", _add_solve, _run_solve),
+    "collect": ("run a teacher LLM on training questions and keep every labelled trajectory (resumable)",
+                _add_collect, _run_collect),
+    "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
+    "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
+    "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
 PASSTHROUGH: dict[str, tuple[str, str]] = {

@@ -72,3 +72,22 @@ def print_episode(traj: Any) -> None:
         style = "cyan" if m["role"] == "assistant" else "yellow"
         console.print(f"[{style}]{escape(m['content'])}[/{style}]")
     console.print(f"prediction: {escape(str(traj.prediction))} (ended: {traj.meta.get('end')})")
+
+
+def print_collect_summary(summary: Any, out: str) -> None:
+    """The end-of-collection table: labels, questions solved, failures, tokens and cost."""
+    rows = [["positives", summary.positives], ["negatives", summary.negatives], ["questions", summary.questions],
+            ["questions solved (>= 1 positive)", summary.questions_solved],
+            ["failed episodes (retried next run)", summary.failures], ["new episodes this run", summary.new_episodes],
+            ["resumed from earlier runs", summary.resumed]]
+    for end, n in sorted(summary.ends.items(), key=lambda kv: str(kv[0])):
+        rows.append([f"episodes ended: {end}", n])
+    for k in ("prompt_tokens", "completion_tokens", "requests", "retries"):
+        if k in summary.usage:
+            rows.append([k.replace("_", " "), summary.usage[k]])
+    if summary.cost_usd is not None:
+        rows.append(["cost (USD)", round(summary.cost_usd, 4)])
+    console.print(table("Collection", ["", "count"], rows))
+    if summary.torn_bytes:
+        console.print(f"[yellow]cut {summary.torn_bytes} bytes of a torn last line left by a crash[/yellow]")
+    console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))

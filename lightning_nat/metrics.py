@@ -51,15 +51,17 @@ def extract_gold_number(answer: object) -> float | None:
     return parse_number(answer)
 
 
-def numbers_equal(a: float | None, b: float | None, rel_tol: float = 1e-4) -> bool:
-    """Numeric equality with a small relative tolerance (rounded decimals).
+def numbers_equal(a: float | None, b: float | None, tol: float = 1e-3) -> bool:
+    """Numeric equality: exact for whole numbers, within ``tol`` otherwise (answers rounded to a few decimals).
 
-    >>> numbers_equal(0.3333, 1/3), numbers_equal(18.0, 18.5), numbers_equal(None, 1.0)
-    (True, False, False)
+    >>> numbers_equal(0.3333, 1/3), numbers_equal(18.0, 18), numbers_equal(70001, 70000), numbers_equal(None, 1.0)
+    (True, True, False, False)
     """
     if a is None or b is None:
         return False
-    return abs(a - b) <= rel_tol * max(1.0, abs(a), abs(b))
+    if float(a).is_integer() and float(b).is_integer():
+        return a == b
+    return abs(a - b) <= tol
 
 
 def math_metric(prediction: str | None, gold: object) -> dict[str, float]:

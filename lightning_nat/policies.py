@@ -86,6 +86,10 @@ class HFPolicy:
         return [t.split(STOP, 1)[0] for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
+class PolicyConfigError(RuntimeError):
+    """The API refuses every request (authentication, permission, unknown model)."""
+
+
 class OpenAIPolicy:
     """Any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp, ...), asynchronous and bounded.
 
@@ -144,10 +148,22 @@ class OpenAIPolicy:
                     choices = getattr(resp, "choices", None) or []
                     content = choices[0].message.content if choices and choices[0].message else None
                     return (content or "").split(STOP, 1)[0]
-                except transient as exc:
-                    status = getattr(exc, "status_code", None)
-                    if isinstance(exc, openai.APIStatusError) and status is not None and status < 500 and status != 429:
+                except openai.APIStatusError as exc:
+                    if exc.status_code in (401, 403, 404):
+                        # Wrong key, no access or no such model: retrying cannot help, and every request would fail.
+                        raise PolicyConfigError(f"the API refused the request with HTTP {exc.status_code} "
+                                                f"(check {self.api_key_env}, --model and --base-url)") from None
+                    if not isinstance(exc, transient):
                         raise
+                    if attempt == self.max_retries:
+                        self.usage["failures"] += 1
+                        raise
+                    self.usage["retries"] += 1
+                    delay = self.backoff * (2 ** attempt) * (0.5 + random.random())
+                    log.warning("request failed (HTTP %s); retry %d/%d in %.1fs", exc.status_code, attempt + 1,
+                                self.max_retries, delay)
+                    await asyncio.sleep(delay)
+                except transient as exc:
                     if attempt == self.max_retries:
                         self.usage["failures"] += 1
                         raise
@@ -166,13 +182,26 @@ class OpenAIPolicy:
         finally:
             await client.close()
 
-    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
-        """Completions in order; a request that still fails after retries yields an empty turn (counted)."""
+    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]:
+        """Completions in order.
+
+        A request that still fails after the retries gives ``None`` (the episode is recorded
+        as failed); an answer that is not a valid completion (garbage body, no choices)
+        gives ``""``, which the agent handles as a malformed step.
+        """
+        import openai
+
         results = asyncio.run(self.agenerate(prompts))
-        out = []
+        out: list[str | None] = []
         for r in results:
-            if isinstance(r, BaseException):
+            if isinstance(r, PolicyConfigError):
+                raise r
+            if isinstance(r, (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)):
                 log.error("request failed after %d retries: %s", self.max_retries, type(r).__name__)
+                out.append(None)
+            elif isinstance(r, BaseException):
+                self.usage["malformed"] = self.usage.get("malformed", 0) + 1
+                log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
                 out.append("")
             else:
                 out.append(r)

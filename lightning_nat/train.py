@@ -51,12 +51,13 @@ class NATCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from .callbacks import ExportHF
+        from .callbacks import DevPerplexity, ExportHF
 
         # Always present, configured as checkpoint.* and export.* (not lost when a YAML lists callbacks).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(ExportHF, "export")
+        parser.add_lightning_class_args(DevPerplexity, "perplexity")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGERS, "trainer.callbacks": DEFAULT_CALLBACKS})
 
     def before_instantiate_classes(self) -> None:

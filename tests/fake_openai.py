@@ -12,13 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeOpenAI:
     """Serves ``POST /v1/chat/completions``.
 
-    ``reply(messages) -> str`` writes the assistant text; ``faults`` is a list consumed one
-    per request: ``None`` (answer), ``429``, ``500``, ``"slow"`` (sleep ``slow_s`` first) or
+    ``reply(messages) -> str`` (or ``reply(body)`` with ``with_body=True``) writes the assistant text; ``faults`` is a list consumed one
+    per request: ``None`` (answer), an HTTP status such as ``429`` or ``500``, ``"slow"`` (sleep ``slow_s`` first) or
     ``"garbage"`` (a 200 whose body is not JSON).
     """
 
-    def __init__(self, reply: Callable[[list[dict]], str], faults: list | None = None, slow_s: float = 2.0):
+    def __init__(self, reply: Callable[..., str], faults: list | None = None, slow_s: float = 2.0,
+                 delay_s: float = 0.0, with_body: bool = False):
         self.reply, self.faults, self.slow_s = reply, list(faults or []), slow_s
+        self.delay_s, self.with_body = delay_s, with_body
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
         self.lock = threading.Lock()
@@ -34,7 +36,7 @@ class FakeOpenAI:
                     outer.requests.append(body)
                     outer.auth_headers.append(self.headers.get("Authorization", ""))
                     fault = outer.faults.pop(0) if outer.faults else None
-                if fault in (429, 500):
+                if isinstance(fault, int):
                     self._send(fault, {"error": {"message": "injected", "type": "server_error"}})
                     return
                 if fault == "slow":
@@ -42,7 +44,9 @@ class FakeOpenAI:
                 if fault == "garbage":
                     self._raw(200, b"<html>not json")
                     return
-                text = outer.reply(body["messages"])
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)
+                text = outer.reply(body) if outer.with_body else outer.reply(body["messages"])
                 for stop in body.get("stop") or []:
                     text = text.split(stop, 1)[0]
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],

@@ -60,3 +60,9 @@ def test_task_reward_and_score():
     assert hotpot.score("Strauss", {"answer": "Richard Strauss"})[:2] == (False, pytest.approx(2 / 3))
     assert hotpot.score("richard strauss", {"answer": "Richard Strauss"})[:2] == (True, 1.0)
     assert TASKS["gsm8k"].score("18", {"answer": "#### 18"})[:2] == (True, 1.0)
+
+
+def test_large_answers_are_compared_exactly():
+    assert math_metric("70001", "#### 70000")["accuracy"] == 0.0
+    assert math_metric("70,000", "#### 70000")["accuracy"] == 1.0
+    assert math_metric("0.33", "#### 1/3")["accuracy"] == 0.0

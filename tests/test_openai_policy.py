@@ -36,13 +36,14 @@ def test_retries_then_answers_and_keeps_the_key_secret(monkeypatch, caplog, caps
     assert SECRET not in text  # ...and never shown
 
 
-def test_exhausted_retries_and_garbage_become_empty_turns(monkeypatch):
+def test_exhausted_retries_fail_and_garbage_is_a_malformed_step(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with FakeOpenAI(lambda m: "Action: finish[1]", faults=[500, 500, 500, "garbage"]) as server:
         policy = OpenAIPolicy("teacher", base_url=server.base_url, max_retries=2, timeout=2, backoff=0.01)
         out = policy.generate([[{"role": "user", "content": "a"}]])
-        assert out == [""] and policy.usage["failures"] == 1
+        assert out == [None] and policy.usage["failures"] == 1  # failed for good: not a completion
         assert policy.generate([[{"role": "user", "content": "b"}]]) == [""]  # garbage body: a malformed step
+        assert policy.usage["malformed"] == 1
         assert policy.generate([[{"role": "user", "content": "c"}]]) == ["Action: finish[1]"]
 
 
@@ -52,3 +53,16 @@ def test_concurrent_batch_keeps_order(monkeypatch):
         policy = OpenAIPolicy("teacher", base_url=server.base_url, concurrency=3)
         prompts = [[{"role": "user", "content": str(i)}] for i in range(10)]
         assert policy.generate(prompts) == [f"Action: finish[{i}]" for i in range(10)]
+
+
+def test_auth_error_stops_with_a_clear_message(monkeypatch):
+    import pytest
+
+    from lightning_nat.policies import PolicyConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAI(lambda m: "x", faults=[401]) as server:
+        policy = OpenAIPolicy("teacher", base_url=server.base_url, backoff=0.01)
+        with pytest.raises(PolicyConfigError, match="HTTP 401") as err:
+            policy.generate([[{"role": "user", "content": "a"}]])
+        assert SECRET not in str(err.value)

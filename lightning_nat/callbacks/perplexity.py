@@ -1,0 +1,105 @@
+"""Dev perplexity of held-out positive trajectories (the paper's Figure 5), logged and kept in a history file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..model import target_nll
+
+HISTORY_FILE = "perplexity.jsonl"
+
+
+def run_info(trainer: L.Trainer) -> dict[str, Any]:
+    """Variant and counts of the training set, from the built dataset's ``build.json`` when there is one."""
+    dm = trainer.datamodule
+    info: dict[str, Any] = {}
+    folder = getattr(getattr(dm, "hparams", None), "dataset_dir", None)
+    if folder and (Path(folder) / "build.json").exists():
+        record = json.loads((Path(folder) / "build.json").read_text())
+        cfg, stats = record.get("config", {}), record.get("report", {}).get("stats", {})
+        info = {"variant": cfg.get("name"), "positives": stats.get("positives"), "negatives": stats.get("negatives")}
+    return info
+
+
+@torch.no_grad()
+def dev_perplexity(trainer: L.Trainer, module: L.LightningModule, loader: Any) -> dict[str, float] | None:
+    """Token-weighted dev NLL and perplexity: every rank sums its shard, the sums are reduced.
+
+    Every rank runs the same number of forward passes (the dev loader pads shards with
+    zero-weight rows), which ZeRO-3's sharded parameters require.
+    """
+    was_training = module.training
+    module.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=module.device)
+    try:
+        for batch in loader:
+            batch = module.transfer_batch_to_device(batch, module.device, 0)
+            nll, n = target_nll(module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            total += torch.stack([nll.double(), n.double()])
+    finally:
+        module.train(was_training)
+    if trainer.world_size > 1:
+        total = trainer.strategy.reduce(total, reduce_op="sum")
+    if total[1] <= 0:
+        return None
+    nll = float(total[0] / total[1])
+    return {"nll": nll, "perplexity": math.exp(nll), "target_tokens": int(total[1])}
+
+
+class DevPerplexity(L.Callback):
+    """Perplexity of held-out positives every ``every_n_steps`` optimizer steps and at each validation.
+
+    Rows go to the run's loggers (``dev/perplexity``) and to ``<log_dir>/perplexity.jsonl``
+    with the step, epoch and training-set counts, which ``nat plot perplexity`` reads.
+
+    Args:
+        every_n_steps: also compute every N optimizer steps (0: only at validation).
+        history_file: file name inside the run's log folder.
+    """
+
+    def __init__(self, every_n_steps: int = 0, history_file: str = HISTORY_FILE):
+        self.every_n_steps = every_n_steps
+        self.history_file = history_file
+        self._last_step = -1
+
+    def _path(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / self.history_file
+
+    def _record(self, trainer: L.Trainer, values: dict[str, float], source: str) -> None:
+        path = self._path(trainer)  # trainer.log_dir is a collective under DDP: every rank asks
+        if trainer.global_rank != 0:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,
+               **run_info(trainer)}
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        dm = trainer.datamodule
+        loaders = dm.val_dataloader() if dm is not None else []
+        if not loaders:
+            return
+        values = dev_perplexity(trainer, pl_module, loaders)
+        if values:
+            pl_module.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, on_step=True, sync_dist=False)
+            self._record(trainer, values, "steps")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        if "dev/perplexity" in metrics:
+            self._record(trainer, {"nll": float(metrics["dev/nll"]), "perplexity": float(metrics["dev/perplexity"]),
+                                   "target_tokens": int(metrics["dev/target_tokens"])}, "validation")

@@ -1,0 +1,137 @@
+"""ReAct evaluation of the model being trained, at epoch ends or every N steps (Figures 3, 4 and 6)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..agent import ReActAgent, summarize
+from ..tasks import get_task, load_questions_for
+from ..tools import make_search, make_tools
+from ..trajectory import Trajectory, write_jsonl
+
+RESULTS_FILE = "react_eval.jsonl"
+
+
+def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class _RNGState:
+    """Saves and restores every RNG the training stream draws from."""
+
+    def __enter__(self) -> _RNGState:
+        self.py, self.torch = random.getstate(), torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            import numpy as np
+
+            self.np = np.random.get_state()
+        except ImportError:
+            self.np = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        random.setstate(self.py)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        if self.np is not None:
+            import numpy as np
+
+            np.random.set_state(self.np)
+
+
+class ReActEval(L.Callback):
+    """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
+
+    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit and
+    parse-error rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
+    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks
+    and every rank generates in lock-step (``synced_gpus``), so ZeRO-3 sharded weights do
+    not hang; results are gathered. Train mode and every RNG are restored afterwards.
+
+    Args:
+        tasks: task names.
+        data_dir: folder laid out like ``../shared/data``.
+        limit: questions per task.
+        every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
+        batch_size: episodes per generation batch on each rank.
+        max_turns: model turns per episode.
+        max_new_tokens: tokens per turn.
+        search_corpus: JSONL corpus for the BM25 search tool (search tasks).
+    """
+
+    def __init__(self, tasks: list[str], data_dir: str, limit: int = 32, every_n_steps: int = 0, batch_size: int = 16,
+                 max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+        self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
+        self.every_n_steps, self.batch_size = every_n_steps, batch_size
+        self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
+        self._last_step = -1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
+        from ..policies import HFPolicy
+
+        if trainer.global_step == self._last_step:
+            return {}
+        self._last_step = trainer.global_step
+        sharded = type(trainer.strategy).__name__ in ("DeepSpeedStrategy", "FSDPStrategy")
+        tokenizer = trainer.datamodule.tokenizer
+        policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
+                          synced_gpus=sharded and trainer.world_size > 1)
+        search = make_search("bm25", corpus_path=self.search_corpus) if self.search_corpus else None
+        rank, world = trainer.global_rank, trainer.world_size
+        results: dict[str, dict[str, float]] = {}
+        all_episodes = []
+        with _RNGState():
+            for name in self.tasks:
+                task = get_task(name)
+                records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
+                mine = records[rank::world]
+                agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
+                                   lockstep=sharded)
+                # Same number of batches on every rank; a rank short of questions reruns one and drops it.
+                n_batches = -(-(-(-len(records) // world)) // self.batch_size)
+                trajs = []
+                for b in range(n_batches):
+                    chunk = mine[b * self.batch_size:(b + 1) * self.batch_size]
+                    if chunk:
+                        trajs += agent.run(chunk, batch_size=self.batch_size)
+                    elif sharded:
+                        agent.run(records[:1], batch_size=self.batch_size)
+                gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
+                episodes = [Trajectory.from_dict(t) for t in gathered]
+                results[name] = summarize(episodes)
+                all_episodes += episodes
+        for name, values in results.items():
+            for key in ("accuracy", "em", "f1", "finished", "turn_limit", "parse_error_rate"):
+                if key in values:
+                    pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
+        if rank == 0:
+            write_jsonl(log_dir / "react_eval" / f"step{trainer.global_step}.jsonl", all_episodes)
+            from .perplexity import run_info
+
+            with open(log_dir / RESULTS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "results": results,
+                                     **run_info(trainer)}) + "\n")
+        return results

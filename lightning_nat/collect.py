@@ -1,0 +1,176 @@
+"""`nat collect`: a teacher LLM acts on training questions; every trajectory is labelled and kept durably.
+
+Each (question, temperature, sample) key is one episode. A finished episode is appended
+to the output JSONL and flushed to disk at once, so a run killed at any point (even
+``kill -9``) loses at most the episodes in flight; started again, it skips the keys
+already written. A question whose requests still fail after the retries is written to
+``<out>.failed.jsonl`` (never as a negative) and tried again by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agent import ReActAgent
+from .reformat import FilterReport, filter_trajectories
+from .tasks import Task
+from .trajectory import Trajectory, TrajectoryFormatError
+
+Key = tuple[str, float, int]
+
+
+def key_of(traj: Trajectory) -> Key:
+    """The collection key of a trajectory: question id, temperature, sample index."""
+    return (str(traj.question_id), float(traj.meta["temperature"]), int(traj.meta["sample"]))
+
+
+def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
+    """Trajectories already collected, and how many bytes of a torn last line were cut off.
+
+    Records are written whole, newline last, so only the final line can be torn by a
+    crash: it is truncated away (its episode is collected again). A bad complete line
+    is a real error and names its line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    torn = len(data) - good_end
+    if torn:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    out = []
+    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Trajectory.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TrajectoryFormatError) as exc:
+            raise TrajectoryFormatError(f"cannot resume: {exc}", path, f"line {lineno}") from None
+    return out, torn
+
+
+class DurableWriter:
+    """Appends one JSON line per record, flushed and fsynced before returning."""
+
+    def __init__(self, path: str | os.PathLike):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+@dataclass
+class CollectSummary:
+    """What a collection run holds at its end (including earlier runs into the same file)."""
+
+    positives: int = 0
+    negatives: int = 0
+    questions: int = 0
+    questions_solved: int = 0
+    failures: int = 0
+    new_episodes: int = 0
+    resumed: int = 0
+    torn_bytes: int = 0
+    ends: Counter = field(default_factory=Counter)
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+
+
+def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.PathLike,
+            temperatures: Sequence[float] = (0.2, 0.5, 0.7), samples: int = 1, teacher: str = "",
+            batch_size: int = 32, max_turns: int = 6, tools: dict[str, Callable[[str], str]] | None = None,
+            price_per_million: tuple[float, float] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> CollectSummary:
+    """Run the teacher on every missing (question, temperature, sample) key; see the module doc.
+
+    ``policy`` must have a ``temperature`` attribute (both policies do); it is set per pass.
+    """
+    out = Path(out)
+    failed_path = out.with_name(out.name + ".failed.jsonl")
+    existing, torn = recover(out)
+    done = {key_of(t) for t in existing}
+    summary = CollectSummary(resumed=len(existing), torn_bytes=torn)
+    plan = [(float(t), s) for t in temperatures for s in range(samples)]
+    total = len(records) * len(plan)
+    finished = len([k for k in done if (k[1], k[2]) in set(plan)])
+    writer, failed_writer = DurableWriter(out), DurableWriter(failed_path)
+    new: list[Trajectory] = []
+    try:
+        for temperature, sample in plan:
+            pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
+            if not pending:
+                continue
+            policy.temperature = temperature
+            agent = ReActAgent(task, policy, tools or {}, max_turns=max_turns)
+
+            def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
+                nonlocal finished
+                traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
+                traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
+                if traj.meta.get("end") == "failed":
+                    failed_writer.write({"question_id": traj.question_id, "temperature": temperature,
+                                         "sample": sample, "teacher": teacher, "turns": len(traj.messages)})
+                    summary.failures += 1
+                else:
+                    writer.write(traj.to_dict())
+                    new.append(traj)
+                    finished += 1
+                if progress:
+                    progress(finished + summary.failures, total)
+
+            agent.run(pending, batch_size=batch_size, on_episode=keep)
+    finally:
+        writer.close()
+        failed_writer.close()
+    everything = existing + new
+    summary.new_episodes = len(new)
+    summary.positives = sum(t.reward for t in everything)
+    summary.negatives = len(everything) - summary.positives
+    summary.questions = len({t.question_id for t in everything})
+    summary.questions_solved = len({t.question_id for t in everything if t.reward})
+    summary.ends = Counter(t.meta.get("end") for t in everything)
+    summary.usage = dict(getattr(policy, "usage", {}) or {})
+    if price_per_million and summary.usage:
+        p_in, p_out = price_per_million
+        summary.cost_usd = (summary.usage.get("prompt_tokens", 0) * p_in
+                            + summary.usage.get("completion_tokens", 0) * p_out) / 1e6
+    return summary
+
+
+@dataclass
+class CleanRules:
+    """The paper's cleaning rules for a task."""
+
+    drop_unfinished: bool = True
+    min_score: float | None = None
+
+
+def default_rules(task: Task) -> CleanRules:
+    """Drop unfinished trajectories; for graded QA (HotpotQA F1) also negatives with score 0."""
+    return CleanRules(drop_unfinished=True, min_score=1e-9 if task.score_key == "f1" else None)
+
+
+def clean(trajs: Sequence[Trajectory], rules: CleanRules) -> tuple[list[Trajectory], Counter]:
+    """Apply the rules; returns what is kept and how many each rule removed.
+
+    Unfinished positives cannot exist (a positive finished with the right answer), so the
+    unfinished rule only ever removes negatives.
+    """
+    report = FilterReport()
+    kept = filter_trajectories(trajs, drop_unfinished=rules.drop_unfinished, min_score=rules.min_score, dedupe=False,
+                               report=report)
+    return kept, report.removed

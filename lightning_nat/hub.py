@@ -1,0 +1,146 @@
+"""`nat push`: publish a built dataset or an exported model on the Hugging Face Hub, with a card."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def hub_token() -> str:
+    """The token from the environment, or a clear error naming the variables."""
+    for name in TOKEN_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    raise RuntimeError(f"no Hugging Face token: set {' or '.join(TOKEN_ENVS)} (a write token from your Hub settings)")
+
+
+def _front_matter(data: dict[str, Any]) -> str:
+    import yaml
+
+    return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def dataset_card(folder: str | Path, repo_id: str) -> str:
+    """A dataset card from ``build.json``: variant, sources, counts and the exact ``nat build`` command."""
+    folder = Path(folder)
+    build_path = folder / "build.json"
+    if not build_path.exists():
+        raise FileNotFoundError(f"{folder}: no build.json (is it a `nat build --out` folder?)")
+    record = json.loads(build_path.read_text())
+    cfg, report = record["config"], record["report"]
+    stats = report.get("stats", {})
+    meta = {"license": "other", "task_categories": ["text-generation"], "language": ["en"],
+            "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
+    command = build_command(cfg)
+    sources = "\n".join(f"- `{Path(p).name}`" for p in cfg.get("trajectories", []))
+    return _front_matter(meta) + f"""
+# {repo_id.split('/')[-1]}
+
+Agent trajectories reformatted for Negative-Aware Training (NAT, arXiv 2402.11651) by `lightning_nat`.
+
+- variant: `{cfg.get('name')}` (markers `{cfg.get('markers')}`, placement `{cfg.get('placement')}`)
+- task: `{cfg.get('task')}`
+- positives: {stats.get('positives')}, negatives: {stats.get('negatives')}, dev positives: {stats.get('dev')}
+- sampling seed: {cfg.get('seed')}; filtered: {json.dumps(stats.get('filtered', {}))};
+  skipped bad records: {json.dumps(report.get('skipped_by_reason', {}))}
+
+Sources:
+{sources}
+
+Rebuild with:
+
+```bash
+{command}
+```
+
+Each row has `messages` (`role`, `content`, `train`: only assistant turns are trained), `label`,
+`score`, `reward`, `id`, `question_id`, `task`.
+"""
+
+
+def build_command(cfg: dict[str, Any]) -> str:
+    """The ``nat build`` command line that reproduces a build."""
+    parts = ["nat build", f"--format {cfg.get('format')}", "--trajectories " + " ".join(
+        Path(p).name for p in cfg.get("trajectories", []))]
+    if cfg.get("questions"):
+        parts.append(f"--questions {Path(cfg['questions']).name}")
+    parts += [f"--task {cfg.get('task')}", f"--variant {cfg.get('name')}"]
+    for key, flag in (("pos_num", "--pos-num"), ("neg_num", "--neg-num"), ("seed", "--seed"), ("dev_num", "--dev-num"),
+                      ("min_score", "--min-score")):
+        if cfg.get(key) not in (None, 0) or key == "seed":
+            parts.append(f"{flag} {cfg[key]}")
+    if cfg.get("on_error") == "skip":
+        parts.append("--on-error skip")
+    if not cfg.get("drop_unfinished", True):
+        parts.append("--keep-unfinished")
+    return " ".join(parts) + " --out DIR"
+
+
+def model_card(folder: str | Path, repo_id: str) -> str:
+    """A model card: base model, data, strategy, hyperparameters, and eval results when present."""
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no config.json (is it an exported `hf/` folder?)")
+    run_config: dict[str, Any] = {}
+    for candidate in (folder.parent / "config.yaml", folder / "training_config.yaml"):
+        if candidate.exists():
+            run_config = yaml.safe_load(candidate.read_text()) or {}
+            break
+    model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
+    base = model_cfg.get("model_name_or_path", "unknown")
+    results_path = folder / "results.json"
+    results = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                            "tags": ["agents", "react", "negative-aware-training", "lightning_nat"]}
+    if isinstance(base, str) and "/" in base and not Path(base).exists():
+        meta["base_model"] = base
+    rows = "\n".join(f"| {task} | " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                               if k in ("accuracy", "em", "f1")) + " |" for task, r in results.items())
+    hyper = {"learning_rate": model_cfg.get("learning_rate"), "warmup_ratio": model_cfg.get("warmup_ratio"),
+             "global_batch_size": data_cfg.get("global_batch_size"), "micro_batch_size": data_cfg.get("micro_batch_size"),
+             "max_epochs": trainer_cfg.get("max_epochs"), "precision": trainer_cfg.get("precision"),
+             "max_length": data_cfg.get("max_length")}
+    return _front_matter(meta) + f"""
+# {repo_id.split('/')[-1]}
+
+Fine-tuned from `{base}` as a ReAct agent with Negative-Aware Training (arXiv 2402.11651) by `lightning_nat`:
+successful trajectories under the prompt "Please solve it correctly.", failed ones under
+"Please solve it incorrectly."; at inference, prompt with the former.
+
+- training data: `{data_cfg.get('dataset_dir') or data_cfg.get('build')}`
+- hyperparameters: {json.dumps({k: v for k, v in hyper.items() if v is not None})}
+
+## Evaluation
+
+{"| task | metrics |" + chr(10) + "| --- | --- |" + chr(10) + rows if rows else "No evaluation results were found next to the model (results.json)."}
+"""
+
+
+def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card."""
+    folder = Path(folder)
+    card = dataset_card(folder, repo_id) if kind == "dataset" else model_card(folder, repo_id)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"], "card": card}
+    if dry_run:
+        return plan
+    token = hub_token()
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+    if kind == "dataset":
+        import datasets
+
+        datasets.load_from_disk(str(folder)).push_to_hub(repo_id, token=token, private=private)
+    else:
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
+    plan["url"] = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+    return plan
