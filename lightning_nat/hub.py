@@ -106,6 +106,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
              "global_batch_size": data_cfg.get("global_batch_size"), "micro_batch_size": data_cfg.get("micro_batch_size"),
              "max_epochs": trainer_cfg.get("max_epochs"), "precision": trainer_cfg.get("precision"),
              "max_length": data_cfg.get("max_length")}
+    table = ("| task | metrics |\n| --- | --- |\n" + rows) if rows else \
+        "No evaluation results were found next to the model (results.json)."
     return _front_matter(meta) + f"""
 # {repo_id.split('/')[-1]}
 
@@ -118,7 +120,7 @@ successful trajectories under the prompt "Please solve it correctly.", failed on
 
 ## Evaluation
 
-{"| task | metrics |" + chr(10) + "| --- | --- |" + chr(10) + rows if rows else "No evaluation results were found next to the model (results.json)."}
+{table}
 """
 
 

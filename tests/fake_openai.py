@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeOpenAI:
     """Serves ``POST /v1/chat/completions``.
 
-    ``reply(messages) -> str`` (or ``reply(body)`` with ``with_body=True``) writes the assistant text; ``faults`` is a list consumed one
-    per request: ``None`` (answer), an HTTP status such as ``429`` or ``500``, ``"slow"`` (sleep ``slow_s`` first) or
-    ``"garbage"`` (a 200 whose body is not JSON).
+    ``reply(messages) -> str`` (or ``reply(body)`` with ``with_body=True``) writes the assistant
+    text; ``faults`` is a list consumed one per request: ``None`` (answer), an HTTP status such
+    as ``429`` or ``500``, ``"slow"`` (sleep ``slow_s`` first) or ``"garbage"`` (a 200 whose body
+    is not JSON).
     """
 
     def __init__(self, reply: Callable[..., str], faults: list | None = None, slow_s: float = 2.0,

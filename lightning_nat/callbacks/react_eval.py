@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ class ReActEval(L.Callback):
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
                                    lockstep=sharded)
                 # Same number of batches on every rank; a rank short of questions reruns one and drops it.
-                n_batches = -(-(-(-len(records) // world)) // self.batch_size)
+                n_batches = math.ceil(math.ceil(len(records) / world) / self.batch_size)
                 trajs = []
                 for b in range(n_batches):
                     chunk = mine[b * self.batch_size:(b + 1) * self.batch_size]
