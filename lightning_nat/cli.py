@@ -313,6 +313,47 @@ def _run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    from .demo import DemoConfig
+
+    d = DemoConfig()
+    p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds to average over (mean and spread)")
+    sizes = p.add_argument_group("sizes and rates (defaults: the full run; --quick shrinks them)")
+    for name, help_text in (("train_problems", "training problems"), ("test_problems", "held-out test problems"),
+                            ("min_steps", "fewest operations per problem"), ("max_steps", "most operations per problem"),
+                            ("error_rate", "teacher mistake rate at temperature 0.5"),
+                            ("pos_num", "positives in every training set"), ("neg_num", "negatives in NUT and NAT"),
+                            ("dev_num", "held-out positives for dev perplexity"), ("vocab_size", "tokenizer size"),
+                            ("hidden_size", "model width"), ("layers", "model depth"), ("heads", "attention heads"),
+                            ("steps", "optimizer steps per strategy (the same budget for each)"),
+                            ("batch_size", "conversations per step"), ("learning_rate", "peak learning rate"),
+                            ("max_turns", "agent turns per episode"), ("max_new_tokens", "tokens per turn")):
+        default = getattr(d, name)
+        sizes.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
+                           help=f"{help_text} (default: {default})")
+    sizes.add_argument("--temperatures", type=float, nargs="+", help=f"teacher temperatures (default: {d.temperatures})")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .console import console, print_demo_table
+    from .demo import DemoConfig, run_demo
+
+    overrides = {k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__ and v is not None}
+    if args.temperatures:
+        overrides["temperatures"] = tuple(args.temperatures)
+    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    start = time.time()
+    with console.status("running the NAT demo") as status:
+        result = run_demo(cfg, say=lambda msg: (status.update(msg), console.log(msg)))
+    print_demo_table(result, time.time() - start)
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/perplexity.png and {cfg.out}/accuracy.png")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files", _add_build, _run_build),
     "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests", _add_scratch,
@@ -324,6 +365,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
+    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT and NAT, evaluate, compare",
+             _add_demo, _run_demo),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
 PASSTHROUGH: dict[str, tuple[str, str]] = {

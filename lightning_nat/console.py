@@ -91,3 +91,18 @@ def print_collect_summary(summary: Any, out: str) -> None:
     if summary.torn_bytes:
         console.print(f"[yellow]cut {summary.torn_bytes} bytes of a torn last line left by a crash[/yellow]")
     console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))
+
+
+def print_demo_table(result: dict[str, Any], seconds: float) -> None:
+    """The demo's comparison, laid out like the paper's Table 2."""
+    cfg = result["config"]
+    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)"}
+    rows = []
+    for strategy, v in result["table"].items():
+        spread = f" ± {100 * v['accuracy_sd']:.1f}" if cfg["seeds"] > 1 else ""
+        rows.append([names.get(strategy, strategy), v["positives"], v["negatives"],
+                     f"{100 * v['accuracy']:.1f}{spread}", f"{100 * v['finished']:.0f}%"])
+    console.print(table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {cfg['seeds']} seed(s), "
+                        f"{cfg['steps']} steps each", ["strategy", "positives", "negatives", "accuracy (%)", "finished"],
+                        rows))
+    console.print(f"done in {seconds / 60:.1f} minutes")
