@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lightning_nat.agent import ReActAgent
+from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, make_problems
+from lightning_nat.tasks import TASKS
+from lightning_nat.tools import make_tools
+
+
+def test_problems_are_deterministic_and_correct():
+    a, b = make_problems(50, seed=3), make_problems(50, seed=3)
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.question for p in a] != [p.question for p in make_problems(50, seed=4)]
+    assert len({p.question for p in a}) == 50
+    for p in a:
+        assert p.answer == _apply(p.start, p.steps) and 2 <= len(p.steps) <= 4 and p.answer >= 0
+        assert str(p.start) in p.question and all(str(b) in p.question for _, b in p.steps)
+    assert len({p.question.split(".")[1].strip() for p in a}) > 10  # varied wording
+
+
+def _run(teacher, problems, temperature=0.0):
+    task = TASKS["arith"]
+    teacher.temperature = temperature
+    agent = ReActAgent(task, teacher, make_tools(task.tools), max_turns=6)
+    return agent.run([p.record() for p in problems], batch_size=64)
+
+
+def test_teacher_is_sound_without_errors_and_each_failure_mode_fails():
+    problems = make_problems(40, seed=1, min_steps=3, max_steps=4)
+    index = {p.question: p for p in problems}
+    clean = _run(ScriptedTeacher(index, error_rate=0.0), problems)
+    assert all(t.reward for t in clean)
+    assert all(any("calculate[" in m["content"] for m in t.messages) for t in clean)  # it uses the real tool
+    for mode in FAILURE_MODES:
+        trajs = _run(ScriptedTeacher(index, error_rate=10.0, mode_weights={mode: 1.0}), problems)
+        wrong = sum(not t.reward for t in trajs)
+        assert wrong >= 0.6 * len(trajs), (mode, wrong)
+
+
+def test_temperature_raises_the_error_rate():
+    problems = make_problems(300, seed=2)
+    index = {p.question: p for p in problems}
+    rates = {t: Counter(x.reward for x in _run(ScriptedTeacher(index, error_rate=0.5), problems, t))[False] / 300
+             for t in (0.2, 0.7)}
+    assert rates[0.2] < rates[0.7]
+
+
+@pytest.mark.slow
+def test_nat_demo_quick(tmp_path):
+    nat = Path(sys.executable).with_name("nat")
+    out = tmp_path / "demo"
+    proc = subprocess.run([str(nat), "demo", "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NAT (negative-aware)" in proc.stdout and "w/o Neg" in proc.stdout
+    result = json.loads((out / "results.json").read_text())
+    table = result["table"]
+    assert set(table) == {"positive", "nut", "nat"}
+    assert table["positive"]["negatives"] == 0 and table["nat"]["negatives"] == table["nut"]["negatives"] == 72
+    assert all(0.0 <= v["accuracy"] <= 1.0 and v["positives"] == 24 for v in table.values())
+    collected = result["per_seed"][0]["collected"]
+    assert collected["positives"] > 0 and collected["negatives"] > 0
+    for name in ("perplexity.png", "accuracy.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
