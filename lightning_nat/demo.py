@@ -36,9 +36,9 @@ class DemoConfig:
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
-    steps: int = 250
+    steps: int = 300
     batch_size: int = 16
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     max_turns: int = 6
     max_new_tokens: int = 40
     strategies: tuple[str, ...] = STRATEGIES

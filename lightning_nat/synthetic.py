@@ -24,9 +24,8 @@ PHRASES = {
     "/": ["{name} shares them equally among {b} friends and keeps one share.", "{name} splits them into {b} equal "
           "piles and keeps one pile."],
 }
-THOUGHTS = {"+": "{name} gets {b} more, so I add {b}.", "-": "{name} has {b} fewer, so I subtract {b}.",
-            "*": "The count becomes {b} times larger, so I multiply by {b}.",
-            "/": "Only one of {b} equal shares is kept, so I divide by {b}."}
+# The teacher restates the sentence it acts on, then names the operation.
+VERBS = {"+": "add", "-": "subtract", "*": "multiply by", "/": "divide by"}
 QUESTION = ["How many {item}s does {name} have now?", "How many {item}s are left?", "What is the number of {item}s now?"]
 
 
@@ -39,6 +38,7 @@ class Problem:
     steps: list[tuple[str, int]]
     name: str = ""
     item: str = ""
+    clauses: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         return {"id": self.id, "question": self.question, "answer": str(self.answer)}
@@ -69,10 +69,10 @@ def make_problem(rng: random.Random, pid: str, min_steps: int = 2, max_steps: in
             b = rng.choice([d for d in (2, 3, 4, 5) if value % d == 0])
         steps.append((op, b))
         value = _step(value, op, b)
-    parts = [rng.choice(START).format(name=name, a=start, item=item)]
-    parts += [rng.choice(PHRASES[op]).format(name=name, b=b, item=item) for op, b in steps]
-    parts.append(rng.choice(QUESTION).format(name=name, item=item))
-    return Problem(pid, " ".join(parts), value, start, steps, name, item)
+    clauses = [rng.choice(PHRASES[op]).format(name=name, b=b, item=item) for op, b in steps]
+    parts = [rng.choice(START).format(name=name, a=start, item=item), *clauses,
+             rng.choice(QUESTION).format(name=name, item=item)]
+    return Problem(pid, " ".join(parts), value, start, steps, name, item, clauses)
 
 
 def _step(value: int, op: str, b: int) -> int:
@@ -144,8 +144,10 @@ class ScriptedTeacher:
         observed = [m["content"].split(":", 1)[1].strip() for m in messages[2:] if m["role"] == "user"]
         values = [prob.start] + [int(float(v)) for v in observed if _is_number(v)]
         steps = list(prob.steps)
+        clauses = list(prob.clauses)
         if mode == "skip_step" and len(steps) > 1:
             steps.pop(where)
+            clauses.pop(where)
         if mode == "finish_early":
             steps = steps[: max(1, where)] if len(steps) > 1 else steps
         k = len(done)
@@ -153,6 +155,7 @@ class ScriptedTeacher:
         if k >= len(steps):
             return f"Thought: So the answer is {current}.\nAction: finish[{current}]"
         op, b = steps[k]
+        clause = clauses[k]
         if k == where:
             if mode == "wrong_operand":
                 b = max(1, b + rng.choice([-3, -2, -1, 1, 2, 3]))
@@ -160,8 +163,7 @@ class ScriptedTeacher:
                 op = rng.choice([o for o in ("+", "-", "*") if o != op])
             elif mode == "stale_number" and len(values) > 1:
                 current = values[-2]
-        thought = THOUGHTS[op].format(name=prob.name, b=b)
-        return f"Thought: {thought}\nAction: calculate[{current} {op} {b}]"
+        return f"Thought: {clause} So I {VERBS[op]} {b}.\nAction: calculate[{current} {op} {b}]"
 
 
 def _is_number(text: str) -> bool:
