@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STRATEGIES = ("positive", "nut", "nat")
 
@@ -36,8 +37,8 @@ class DemoConfig:
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 800
+    batch_size: int = 8
     learning_rate: float = 5e-3
     max_turns: int = 6
     max_new_tokens: int = 40
@@ -45,7 +46,7 @@ class DemoConfig:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "DemoConfig":
+    def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
         base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
                     hidden_size=48, layers=2, heads=2, steps=12, batch_size=8, max_turns=4, max_new_tokens=24)

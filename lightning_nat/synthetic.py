@@ -11,8 +11,8 @@ its trajectories, so many come out negative.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 NAMES = ["Mia", "Leo", "Ava", "Sam", "Zoe", "Ben", "Ivy", "Max", "Eva", "Tom", "Lily", "Noah"]
 ITEMS = ["apple", "marble", "coin", "card", "book", "shell", "sticker", "pencil", "cookie", "stamp"]
