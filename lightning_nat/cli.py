@@ -346,9 +346,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.temperatures:
         overrides["temperatures"] = tuple(args.temperatures)
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     start = time.time()
-    with console.status("running the NAT demo") as status:
-        result = run_demo(cfg, say=lambda msg: (status.update(msg), console.log(msg)))
+    stages = cfg.seeds * (1 + 2 * len(cfg.strategies))  # collect, then train + evaluate each strategy
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        bar_id = bar.add_task("NAT demo", total=stages)
+
+        def say(msg: str) -> None:
+            if bar.tasks[0].description != "NAT demo":
+                bar.advance(bar_id)
+            bar.update(bar_id, description=msg)
+            console.log(msg)
+
+        result = run_demo(cfg, say=say)
+        bar.update(bar_id, completed=stages, description="NAT demo: done")
     print_demo_table(result, time.time() - start)
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/perplexity.png and {cfg.out}/accuracy.png")
     return 0
