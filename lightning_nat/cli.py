@@ -211,9 +211,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.data_dir is None and not args.hub:
         from .shared_data import shared_data_dir
 
-        args.data_dir = str(shared_data_dir() or "") or None
-        if args.data_dir is None:
+        found = shared_data_dir()
+        if found is None:
             raise ValueError("give --data-dir (a folder like ../shared/data) or --hub")
+        args.data_dir = str(found)
     cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
                      limit=args.limit, batch_size=args.batch_size, max_turns=args.max_turns, mode=args.mode,
                      search=args.search, search_corpus=args.search_corpus, hub=args.hub)

@@ -56,7 +56,6 @@ class DemoConfig:
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int) -> Any:
     import lightning as L
-    import torch
     from lightning.pytorch.loggers import CSVLogger
 
     from .callbacks import DevPerplexity
@@ -64,7 +63,6 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
     from .model import NATModule
 
     L.seed_everything(seed, verbose=False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
                        global_batch_size=cfg.batch_size, max_length=1024, seed=seed)
     module = NATModule(str(model_dir), learning_rate=cfg.learning_rate, warmup_ratio=0.03)

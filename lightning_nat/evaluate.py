@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ class EvalConfig:
     search_corpus: str | None = None
     search_k: int = 3
     hub: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,18 +125,6 @@ def validate_messages(messages: Any) -> None:
         raise TrajectoryFormatError("no assistant turn")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)`` for each non-blank line, naming the line on bad JSON."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at column {exc.colno})", path, f"line {lineno}") from None
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -> int:
     """Write records as JSONL (atomically: a partial file never replaces a good one)."""
     path = Path(path)
@@ -154,12 +142,6 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -
 
 def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
     """Read the canonical JSONL written by :func:`write_jsonl`, naming the line of any bad record."""
-    out = []
-    for lineno, obj in iter_jsonl(path):
-        try:
-            if not isinstance(obj, dict):
-                raise TrajectoryFormatError(f"expected a JSON object, got {type(obj).__name__}")
-            out.append(Trajectory.from_dict(obj))
-        except TrajectoryFormatError as exc:
-            raise exc.located(path, f"line {lineno}") from None
-    return out
+    from .readers import read_trajectories  # readers builds on this module
+
+    return read_trajectories(path, "jsonl")
