@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .reformat import inference_messages
+from .answers import cot_answer
+from .prompts import PromptSpec, head_messages, make_spec
 from .tasks import Task
 from .trajectory import Trajectory
 
 STOP = "Observation:"
 _ACTION = re.compile(r"Action\s*\d*\s*:\s*", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
-_FINAL = re.compile(r"final answer\s*[:：]\s*(.+)", re.IGNORECASE)
 
 
 class Policy(Protocol):
@@ -100,13 +100,12 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
 
 
 def final_answer(text: str) -> str | None:
-    """The answer of a chain-of-thought turn: its ``Final answer:`` line, if any.
+    """The answer of a chain-of-thought turn: its final-answer line (``Final answer:``, ``####``, ...), if any.
 
     >>> final_answer("3 + 4 = 7.\\nFinal answer: 7 apples"), final_answer("no idea")
     ('7 apples', None)
     """
-    matches = _FINAL.findall(text)
-    return matches[-1].strip() if matches else None
+    return cot_answer(text)
 
 
 @dataclass
@@ -139,11 +138,12 @@ class ReActAgent:
         task: the task (instruction, tools, metric).
         policy: the LLM.
         tools: callable tools by name (``make_tools``); ``finish`` is built in.
-        max_turns: model turns per episode (6 in the reference).
+        max_turns: model turns per episode (the reference allows 7: ``--protocol reference``).
         on_parse_error: ``observe`` answers a malformed step with an error observation;
             ``stop`` ends the episode.
         mode: ``react`` (tools) or ``cot`` (one reasoning turn ending in ``Final answer:``).
-        markers: marker vocabulary of the inference prompt (the positive marker is used).
+        prompt_spec: the prompt the model was trained with (:mod:`lightning_nat.prompts`); its positive
+            class is used. Default: the task's default style, preset ``nat``.
         lockstep: call the policy every turn even with no live episode (with a stand-in prompt), so
             that ranks sharing sharded weights (ZeRO-3) run the same number of forward passes.
     """
@@ -154,15 +154,18 @@ class ReActAgent:
     max_turns: int = 6
     on_parse_error: Literal["observe", "stop"] = "observe"
     mode: Literal["react", "cot"] = "react"
-    markers: str = "correct"
+    prompt_spec: PromptSpec | None = None
     lockstep: bool = False
     stats: EpisodeStats = field(default_factory=EpisodeStats)
 
+    def __post_init__(self) -> None:
+        if self.prompt_spec is None:
+            self.prompt_spec = make_spec(self.task.name, mode=self.mode)
+        elif self.prompt_spec.mode != self.mode:
+            raise ValueError(f"the prompt spec is for {self.prompt_spec.mode} episodes, the agent runs {self.mode}")
+
     def prompt(self, question: str) -> list[dict[str, str]]:
-        msgs = inference_messages(self.task.name, question, self.markers)
-        if self.mode == "cot":
-            msgs[0] = {"role": "system", "content": self.task.cot_instruction}
-        return msgs
+        return head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:

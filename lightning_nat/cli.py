@@ -30,11 +30,28 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pos-num", type=int, help="positives to keep: the first N unique by question (default: all)")
     p.add_argument("--neg-num", type=int, help="negatives to sample with --seed (default: all)")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (default: 42)")
-    p.add_argument("--pos-sampling", choices=["first", "random"], default="first",
-                   help="first N unique positives in file order, or a seeded random N (default: first)")
+    p.add_argument("--pos-sampling", choices=["first", "random", "reference"], default="first",
+                   help="first N unique positives in file order, a seeded random N, or the first N records with "
+                        "repeated questions kept, as the reference code took them (default: first)")
+    p.add_argument("--neg-sampling", choices=["paper", "reference"], default="paper",
+                   help="paper: a seeded sample of the negatives left after filtering; reference: random.seed(SEED) "
+                        "sample over every record of the negatives file(s) in file order, then filter, which "
+                        "reproduces the reference code's choice (default: paper)")
+    p.add_argument("--prompt-style", choices=["reference", "native"],
+                   help="reference: the paper's reference strings verbatim (instruction turn, acknowledgement, "
+                        "'Question: ... **correctly**.', NAT-2's four F1 prefixes, Table 4 ablations); native: this "
+                        "package's system instruction and marker sentence (default: reference for gsm8k, asdiv, svamp, "
+                        "multiarith, hotpotqa, strategyqa; native otherwise)")
+    p.add_argument("--prompt-mode", choices=["react", "cot"], default="react",
+                   help="react (tools) or cot: chain-of-thought solutions, prompted as the reference's "
+                        "cot-zero-shot-target-aware (paper Table 7) (default: react)")
+    p.add_argument("--allow-empty-class", action="store_true",
+                   help="build even when a filter removed every positive or every negative (an error otherwise)")
     p.add_argument("--thresholds", type=float, nargs="+",
-                   help="score bands for fine-grained NAT, overriding the variant's (e.g. 0.4 for NAT-2)")
-    p.add_argument("--placement", choices=["suffix", "prefix"], help="marker after (default) or before the question")
+                   help="native style: score bands for fine-grained NAT, overriding the variant's (e.g. 0.4 for "
+                        "NAT-2); the reference style's NAT-2 bands are F1 = 0, < 0.4, < 1, = 1")
+    p.add_argument("--placement", choices=["suffix", "prefix"],
+                   help="native style: marker after (default) or before the question")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
                    help="drop negatives scoring below this (1e-6 drops HotpotQA negatives with F1 = 0)")
@@ -54,7 +71,8 @@ def _run_build(args: argparse.Namespace) -> int:
     params = dict(format=args.format, questions=args.questions, task=args.task, pos_num=args.pos_num,
                   neg_num=args.neg_num, seed=args.seed, pos_sampling=args.pos_sampling,
                   drop_unfinished=not args.keep_unfinished, min_score=args.min_score, dedupe=not args.no_dedupe,
-                  dev_num=args.dev_num, on_error=args.on_error)
+                  dev_num=args.dev_num, on_error=args.on_error, prompt_style=args.prompt_style,
+                  mode=args.prompt_mode, neg_sampling=args.neg_sampling, allow_empty_class=args.allow_empty_class)
     if args.thresholds is not None:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:

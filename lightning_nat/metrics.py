@@ -74,6 +74,23 @@ def math_metric(prediction: str | None, gold: object) -> dict[str, float]:
     return {"accuracy": float(numbers_equal(parse_number(prediction), gold_num))}
 
 
+def reference_exact_math(prediction: str | None, answer: object) -> dict[str, float]:
+    """The reference code's math metric: the prediction string equals the gold's ``####`` number, commas removed.
+
+    Stricter than :func:`math_metric` (``18.0`` or ``$18`` against 18 count as wrong), so
+    it is reported beside the lenient accuracy as ``exact_string``.
+
+    >>> reference_exact_math("18", "So 18.\\n#### 18"), reference_exact_math("18.0", "#### 18")
+    ({'exact_string': 1.0}, {'exact_string': 0.0})
+    >>> reference_exact_math("1800", "#### 1,800"), reference_exact_math("7", "7")
+    ({'exact_string': 1.0}, {'exact_string': 1.0})
+    """
+    text = str(answer)
+    m = re.search(r"#### (\-?[0-9\.\,]+)", text)
+    gold = m.group(1).strip().replace(",", "") if m else text
+    return {"exact_string": float(prediction is not None and prediction == gold)}
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lower case, no punctuation, no articles, single spaces.
 

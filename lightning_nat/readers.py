@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .answers import extract_answer
 from .trajectory import Trajectory, TrajectoryFormatError
 
 OnError = Literal["raise", "skip"]
@@ -31,6 +32,10 @@ class ReadReport:
 
     read: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    # (file, 0-based record position) of every trajectory read, by id(trajectory), and records per file:
+    # what --neg-sampling reference needs to sample positions as the reference code did.
+    origin: dict[int, tuple[str, int]] = field(default_factory=dict)
+    records: Counter = field(default_factory=Counter)
 
     def skip(self, err: TrajectoryFormatError) -> None:
         self.skipped.append((err.path or "", err.where or "", err.problem))
@@ -66,6 +71,29 @@ def _to_score(value: Any) -> float | None:
     raise TrajectoryFormatError(f"score must be a number, got {value!r}")
 
 
+def check_loss_flag(turn: dict, i: int) -> None:
+    """Refuse a reference-format ``loss`` flag that disagrees with training on assistant turns only.
+
+    The reference trains where ``loss`` is true; this package trains on assistant turns.
+    The two agree on the released files; a file where they differ would silently train
+    on other text, so it is an error.
+
+    >>> check_loss_flag({"role": "assistant", "content": "x", "loss": True}, 0)
+    >>> check_loss_flag({"role": "user", "content": "Observation: x", "loss": True}, 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_nat.trajectory.TrajectoryFormatError: message 3: loss is true on the user turn; only assistant turns ...
+    """
+    if "loss" not in turn:
+        return
+    loss = turn["loss"]
+    if not isinstance(loss, bool):
+        raise TrajectoryFormatError(f"message {i}: loss must be true or false, got {loss!r}")
+    if loss != (turn.get("role") == "assistant"):
+        raise TrajectoryFormatError(f"message {i}: loss is {str(loss).lower()} on the {turn.get('role')} turn; only "
+                                    f"assistant turns are trained here, so the file's loss flags cannot be honoured")
+
+
 def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
     """One record of the NAT reference format, joined with its question by ``id``.
 
@@ -95,6 +123,7 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
     for i, turn in enumerate(convs):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise TrajectoryFormatError(f"message {i}: expected an object with role and content")
+        check_loss_flag(turn, i)
         messages.append({"role": turn["role"], "content": turn["content"]})
     reward = _to_bool(info["reward"], "info.reward")
     if "f1" in info:
@@ -138,6 +167,10 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
     meta.update(record.get("meta") or {})
     meta.update({k: v for k, v in record.items() if k not in _LABEL_FIELDS and k not in ("messages", "conversations")})
     pred = record.get("prediction", record.get("pred"))
+    if pred is None:
+        # No prediction given (chain-of-thought files): the answer of the last assistant turn, if it has one.
+        last = next((m.get("content") for m in reversed(turns) if m.get("role") == "assistant"), None)
+        pred = extract_answer(last) if isinstance(last, str) else None
     tid = str(record.get("id", traj_id or ""))
     if not tid:
         raise TrajectoryFormatError("missing id")
@@ -281,6 +314,7 @@ def read_trajectories(
         report.skip(exc)
         return []
     out = []
+    report.records[str(path)] += len(records)
     for where, index, rec in records:
         traj_id = f"{path.stem}:{index}"
         try:
@@ -302,6 +336,7 @@ def read_trajectories(
             continue
         if task and not traj.task:
             traj.task = task
+        report.origin[id(traj)] = (str(path), index)
         out.append(traj)
     report.read[str(path)] += len(out)
     return out

@@ -2,10 +2,12 @@
 
 This is the method of the paper. Every training conversation is
 
-    system: the task instruction (tools, action format)
-    user:   the question, with a marker saying which kind of solution follows
+    the task instruction (tools, action format): a system turn (native style), or the
+        first user turn and an assistant acknowledgement (the reference's style)
+    user:   the question, in the template of the class of solution that follows
     ...:    the trajectory's own turns
 
+The strings live in :mod:`lightning_nat.prompts`.
 and only the assistant turns carry ``train=True``. The variants differ in which
 trajectories they keep and which marker each gets:
 
@@ -19,14 +21,13 @@ At inference the positive marker is used: :func:`inference_messages`.
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .tasks import get_task
+from .prompts import NATIVE_MARKERS, PromptSpec, head_messages, make_spec, native_spec, negative_class
 from .trajectory import Trajectory
 
 Placement = Literal["suffix", "prefix"]
@@ -34,22 +35,14 @@ Placement = Literal["suffix", "prefix"]
 
 @dataclass(frozen=True)
 class MarkerVocab:
-    """The two markers of one ablation of the paper's Table 4."""
+    """The two native markers of one ablation of the paper's Table 4."""
 
     name: str
     positive: str
     negative: str
 
 
-MARKERS: dict[str, MarkerVocab] = {
-    "correct": MarkerVocab("correct", "Please solve it correctly.", "Please solve it incorrectly."),
-    "good": MarkerVocab("good", "Please give a good solution.", "Please give a bad solution."),
-    "ab": MarkerVocab("ab", "Solution type: A.", "Solution type: B."),
-    # Two fixed strings with no meaning, to test whether the words matter at all.
-    "random": MarkerVocab("random", "[k7Qx2mVr]", "[Wp9dL4sz]"),
-    # Positives marked "incorrectly": does the model follow the label or the word?
-    "inverse": MarkerVocab("inverse", "Please solve it incorrectly.", "Please solve it correctly."),
-}
+MARKERS: dict[str, MarkerVocab] = {name: MarkerVocab(name, pos, neg) for name, (pos, neg) in NATIVE_MARKERS.items()}
 
 
 @dataclass(frozen=True)
@@ -82,66 +75,58 @@ def place_marker(question: str, marker: str, placement: Placement = "suffix") ->
     raise ValueError(f"placement must be 'suffix' or 'prefix', got {placement!r}")
 
 
-def score_class(score: float, thresholds: Sequence[float]) -> int:
-    """The 1-based class of a negative's score; thresholds split [0, 1) into bands.
+def label_and_class(traj: Trajectory, variant: str, spec: PromptSpec) -> tuple[str, int]:
+    """The label a trajectory gets under ``variant`` and its class (index into ``spec.templates``).
 
-    >>> [score_class(s, [0.4]) for s in (0.0, 0.39, 0.4, 0.99)]
-    [1, 1, 2, 2]
+    >>> t = Trajectory("t", "strategyqa", "q?", [{"role": "assistant", "content": "x"}], reward=False, score=0.5)
+    >>> label_and_class(t, "nat", make_spec("strategyqa", "nat"))
+    ('negative', 0)
+    >>> label_and_class(t, "nut", make_spec("strategyqa", "nut"))
+    ('negative', 1)
+    >>> label_and_class(t, "nat", make_spec("hotpotqa", "nat-2"))
+    ('negative-3', 2)
     """
-    return bisect.bisect_right(list(thresholds), score) + 1
-
-
-def negative_marker(vocab: MarkerVocab, cls: int, thresholds: Sequence[float]) -> str:
-    """The marker of negative class ``cls`` (1 = lowest scores) for fine-grained NAT.
-
-    >>> negative_marker(MARKERS["correct"], 2, [0.4])
-    'Please solve it incorrectly. (answer quality 2 of 2: score 0.4 to 1)'
-    """
-    bounds = [0.0, *thresholds, 1.0]
-    k = len(thresholds) + 1
-    return f"{vocab.negative} (answer quality {cls} of {k}: score {bounds[cls - 1]:g} to {bounds[cls]:g})"
+    top = len(spec.templates) - 1
+    if traj.reward:
+        return "positive", top
+    spec_v = VARIANTS[variant]
+    if not spec_v.use_negatives:
+        raise ValueError(f"variant {variant!r} takes no negatives (trajectory {traj.id})")
+    if not spec_v.negative_aware:
+        return "negative", top
+    if top > 1 and traj.score is None:
+        raise ValueError(f"trajectory {traj.id} has no score, so fine-grained NAT cannot place it in a class")
+    cls = negative_class(spec, traj.score, False)
+    return ("negative" if top == 1 else f"negative-{cls + 1}"), cls
 
 
 def label_and_marker(traj: Trajectory, variant: str, vocab: MarkerVocab,
                      thresholds: Sequence[float] = ()) -> tuple[str, str]:
-    """The label and marker a trajectory gets under ``variant``.
+    """The label and native marker a trajectory gets under ``variant`` (the native style's view).
 
     >>> t = Trajectory("t", "strategyqa", "q?", [{"role": "assistant", "content": "x"}], reward=False, score=0.5)
     >>> label_and_marker(t, "nat", MARKERS["correct"])
     ('negative', 'Please solve it incorrectly.')
-    >>> label_and_marker(t, "nut", MARKERS["correct"])
-    ('negative', 'Please solve it correctly.')
     >>> label_and_marker(t, "nat", MARKERS["correct"], [0.4])[0]
     'negative-2'
     """
-    if traj.reward:
-        return "positive", vocab.positive
-    spec = VARIANTS[variant]
-    if not spec.use_negatives:
-        raise ValueError(f"variant {variant!r} takes no negatives (trajectory {traj.id})")
-    if not spec.negative_aware:
-        return "negative", vocab.positive
-    if not thresholds:
-        return "negative", vocab.negative
-    if traj.score is None:
-        raise ValueError(f"trajectory {traj.id} has no score, so fine-grained NAT cannot place it in a class")
-    cls = score_class(traj.score, thresholds)
-    return f"negative-{cls}", negative_marker(vocab, cls, thresholds)
+    spec = native_spec(traj.task or "gsm8k", markers=vocab.name, thresholds=tuple(thresholds))
+    label, cls = label_and_class(traj, variant, spec)
+    return label, spec.templates[cls].replace("{question}\n", "")
 
 
-def to_conversation(traj: Trajectory, instruction: str, marker: str, label: str,
-                    placement: Placement = "suffix") -> dict[str, Any]:
-    """One training conversation: instruction, marked question, then the trajectory's turns.
+def to_conversation(traj: Trajectory, spec: PromptSpec, cls: int, label: str) -> dict[str, Any]:
+    """One training conversation: the spec's head turns for class ``cls``, then the trajectory's turns.
 
     >>> t = Trajectory("t1", "gsm8k", "2+3?", [{"role": "assistant", "content": "Action: finish[5]"}], reward=True)
-    >>> c = to_conversation(t, "Solve it.", "Please solve it correctly.", "positive")
+    >>> c = to_conversation(t, make_spec("gsm8k", style="native"), 1, "positive")
     >>> [(m["role"], m["train"]) for m in c["messages"]]
     [('system', False), ('user', False), ('assistant', True)]
+    >>> c = to_conversation(t, make_spec("gsm8k"), 1, "positive")
+    >>> [(m["role"], m["train"]) for m in c["messages"]]
+    [('user', False), ('assistant', False), ('user', False), ('assistant', True)]
     """
-    messages = [
-        {"role": "system", "content": instruction, "train": False},
-        {"role": "user", "content": place_marker(traj.question, marker, placement), "train": False},
-    ]
+    messages = [{**m, "train": False} for m in head_messages(spec, traj.question, cls)]
     messages += [{"role": m["role"], "content": m["content"], "train": m["role"] == "assistant"} for m in traj.messages]
     return {
         "id": traj.id,
@@ -154,17 +139,15 @@ def to_conversation(traj: Trajectory, instruction: str, marker: str, label: str,
     }
 
 
-def inference_messages(task: str, question: str, markers: str = "correct",
-                       placement: Placement = "suffix") -> list[dict[str, str]]:
-    """The prompt a NAT-trained agent is run with: instruction and the positive marker.
+def inference_messages(task: str, question: str, spec: PromptSpec | None = None) -> list[dict[str, str]]:
+    """The prompt a NAT-trained agent is run with: the spec's positive (highest) class.
 
     >>> [m["role"] for m in inference_messages("gsm8k", "What is 2+3?")]
-    ['system', 'user']
+    ['user', 'assistant', 'user']
+    >>> inference_messages("gsm8k", "What is 2+3?", make_spec("gsm8k", style="native"))[1]["content"]
+    'What is 2+3?\\nPlease solve it correctly.'
     """
-    return [
-        {"role": "system", "content": get_task(task).instruction},
-        {"role": "user", "content": place_marker(question, MARKERS[markers].positive, placement)},
-    ]
+    return head_messages(spec if spec is not None else make_spec(task), question)
 
 
 def trajectory_key(traj: Trajectory) -> tuple:
@@ -247,61 +230,119 @@ class BuildStats:
     notes: list[str] = field(default_factory=list)
 
 
+class EmptyClassError(ValueError):
+    """A filter removed every trajectory of a class the variant trains on."""
+
+
+def _check_class(name: str, read: int, kept: int, removed: Counter, allow_empty: bool, stats: BuildStats) -> None:
+    if read and not kept:
+        why = ", ".join(f"{rule}: {n}" for rule, n in removed.items()) or "no rule counted"
+        text = (f"the filters removed every {name} ({read} read; removed by {why}), so the training set would have no "
+                f"{name}s; relax that filter (--keep-unfinished, --min-score, --no-dedupe) or pass --allow-empty-class")
+        if not allow_empty:
+            raise EmptyClassError(text)
+        stats.notes.append(text)
+
+
 def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None, neg_num: int | None = None,
-           seed: int = 42, pos_sampling: Literal["first", "random"] = "first", drop_unfinished: bool = True,
-           min_score: float | None = None, dedupe: bool = True, dev_num: int = 0,
-           stats: BuildStats | None = None) -> tuple[list[Trajectory], list[Trajectory], list[Trajectory]]:
+           seed: int = 42, pos_sampling: Literal["first", "random", "reference"] = "first",
+           drop_unfinished: bool = True, min_score: float | None = None, dedupe: bool = True, dev_num: int = 0,
+           stats: BuildStats | None = None, neg_population: Sequence[Trajectory | None] | None = None,
+           allow_empty_class: bool = False) -> tuple[list[Trajectory], list[Trajectory], list[Trajectory]]:
     """Filter and sample as in the paper: ``(positives, negatives, dev positives)``.
 
-    Positives are the first ``pos_num`` unique by question (or a seeded random sample
-    of them); negatives a seeded sample of ``neg_num``; ``dev_num`` further positives,
-    on questions with no training positive, are held out for dev perplexity.
-    ``None`` means all.
+    Positives are the first ``pos_num`` unique by question (``random``: a seeded random
+    sample of them; ``reference``: the first ``pos_num`` records, repeats included, as the
+    reference code took them); negatives a seeded sample of ``neg_num`` after filtering,
+    or, given ``neg_population`` (every record of the negatives files in file order,
+    ``None`` for unreadable ones), ``random.Random(seed).sample`` over that population,
+    filtered afterwards: the reference code's choice. ``dev_num`` further positives, on
+    questions with no training positive, are held out for dev perplexity. ``None`` means all.
+    A filter that removes every positive or every negative is an :class:`EmptyClassError`
+    unless ``allow_empty_class``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     stats = stats if stats is not None else BuildStats()
+    use_neg = VARIANTS[variant].use_negatives
     rep = FilterReport()
-    kept = filter_trajectories(trajs, drop_unfinished=drop_unfinished, min_score=min_score, dedupe=dedupe, report=rep)
-    stats.filtered.update(rep.removed)
-    pos_all = [t for t in kept if t.reward]
-    neg_all = [t for t in kept if not t.reward]
+    neg_rep = FilterReport()
+    pos_in = [t for t in trajs if t.reward]
+    neg_in = [t for t in trajs if not t.reward]
+    pos_all = filter_trajectories(pos_in, drop_unfinished=drop_unfinished, min_score=min_score, dedupe=dedupe,
+                                  report=rep)
+    neg_all = filter_trajectories(neg_in, drop_unfinished=drop_unfinished, min_score=min_score, dedupe=dedupe,
+                                  report=neg_rep) if neg_population is None else list(neg_in)
     stats.positives_available, stats.negatives_available = len(pos_all), len(neg_all)
+    _check_class("positive", len(pos_in), len(pos_all), rep.removed, allow_empty_class, stats)
     rng = random.Random(seed)
-    unique = first_unique_by_question(pos_all, None)
+    if pos_sampling == "reference":
+        unique = list(pos_all)
+    else:
+        unique = first_unique_by_question(pos_all, None)
     if pos_sampling == "random":
         unique = rng.sample(unique, len(unique))
-    elif pos_sampling != "first":
-        raise ValueError(f"pos_sampling must be 'first' or 'random', got {pos_sampling!r}")
+    elif pos_sampling not in ("first", "reference"):
+        raise ValueError(f"pos_sampling must be 'first', 'random' or 'reference', got {pos_sampling!r}")
     positives = unique if pos_num is None else unique[:pos_num]
     if pos_num is not None and len(positives) < pos_num:
-        stats.notes.append(f"asked for {pos_num} positives, only {len(positives)} questions have one")
+        stats.notes.append(f"asked for {pos_num} positives, only {len(positives)} are available")
     train_questions = {t.question_id or t.question for t in positives}
-    dev = first_unique_by_question(unique, dev_num, exclude=train_questions) if dev_num else []
+    pool = first_unique_by_question(unique, None) if pos_sampling == "reference" else unique
+    dev = first_unique_by_question(pool, dev_num, exclude=train_questions) if dev_num else []
     if dev_num and len(dev) < dev_num:
         stats.notes.append(f"asked for {dev_num} dev positives, only {len(dev)} are left over")
     negatives: list[Trajectory] = []
-    if VARIANTS[variant].use_negatives:
+    if use_neg and neg_population is not None:
+        n = len(neg_population)
+        k = n if neg_num is None else min(neg_num, n)
+        if neg_num is not None and neg_num > n:
+            stats.notes.append(f"asked for {neg_num} negatives, the negatives files hold only {n} records")
+        picked = [neg_population[i] for i in random.Random(seed).sample(range(n), k)]
+        unreadable = sum(p is None for p in picked)
+        if unreadable:
+            stats.notes.append(f"{unreadable} of the {k} sampled negative records could not be read (skipped)")
+        neg_rep.removed["unreadable record"] += unreadable
+        negatives = filter_trajectories([p for p in picked if p is not None], drop_unfinished=drop_unfinished,
+                                        min_score=min_score, dedupe=dedupe, report=neg_rep)
+        _check_class("negative", k - unreadable, len(negatives), neg_rep.removed, allow_empty_class, stats)
+    elif use_neg:
+        _check_class("negative", len(neg_in), len(neg_all), neg_rep.removed, allow_empty_class, stats)
         if neg_num is None or neg_num >= len(neg_all):
             negatives = list(neg_all)
             if neg_num is not None and neg_num > len(neg_all):
                 stats.notes.append(f"asked for {neg_num} negatives, only {len(neg_all)} are available")
         else:
             negatives = random.Random(seed).sample(neg_all, neg_num)
+    stats.filtered.update(rep.removed)
+    stats.filtered.update(neg_rep.removed)
     stats.positives, stats.negatives, stats.dev = len(positives), len(negatives), len(dev)
     return positives, negatives, dev
 
 
 def reformat(trajs: Sequence[Trajectory], variant: str, markers: str = "correct", placement: Placement = "suffix",
-             thresholds: Sequence[float] = (), instruction: str | None = None) -> list[dict[str, Any]]:
+             thresholds: Sequence[float] = (), instruction: str | None = None, style: str | None = None,
+             preset: str | None = None, spec: PromptSpec | None = None, mode: str = "react") -> list[dict[str, Any]]:
     """Training conversations for already selected trajectories under ``variant``.
 
-    The instruction is the task's own (``TASKS[t.task].instruction``) unless given.
+    The prompt is ``spec``, else :func:`~lightning_nat.prompts.make_spec` of each
+    trajectory's task with ``style`` (default: reference for the paper's tasks) and
+    ``preset`` (default: the variant); markers, placement and thresholds shape the
+    native style only.
     """
-    vocab = MARKERS[markers]
+    specs: dict[str, PromptSpec] = {}
     out = []
     for t in trajs:
-        label, marker = label_and_marker(t, variant, vocab, thresholds)
-        text = instruction if instruction is not None else get_task(t.task).instruction
-        out.append(to_conversation(t, text, marker, label, placement))
+        s = spec
+        if s is None:
+            if t.task not in specs:
+                specs[t.task] = make_spec(t.task, preset or _preset_of(variant, thresholds), style, mode, markers,
+                                          placement, tuple(thresholds), instruction)
+            s = specs[t.task]
+        label, cls = label_and_class(t, variant, s)
+        out.append(to_conversation(t, s, cls, label))
     return out
+
+
+def _preset_of(variant: str, thresholds: Sequence[float]) -> str:
+    return f"nat-{len(thresholds) + 1}" if variant == "nat" and thresholds else variant

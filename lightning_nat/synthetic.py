@@ -14,6 +14,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .prompts import PromptSpec, make_spec, split_prompt
+
 NAMES = ["Mia", "Leo", "Ava", "Sam", "Zoe", "Ben", "Ivy", "Max", "Eva", "Tom", "Lily", "Noah"]
 ITEMS = ["apple", "marble", "coin", "card", "book", "shell", "sticker", "pencil", "cookie", "stamp"]
 START = ["{name} has {a} {item}s.", "{name} starts with {a} {item}s.", "There are {a} {item}s in {name}'s box."]
@@ -115,6 +117,8 @@ class ScriptedTeacher:
     mode_weights: dict[str, float] = field(default_factory=lambda: {m: 1.0 for m in FAILURE_MODES})
     temperature: float = 0.0
     seed: int = 0
+    # The prompt the agent puts questions in (default: the arith task's), read back to find the question.
+    prompt_spec: PromptSpec | None = None
     _plans: dict = field(default_factory=dict, repr=False)
     usage: dict = field(default_factory=dict)
 
@@ -135,13 +139,13 @@ class ScriptedTeacher:
         return [self._turn(p) for p in prompts]
 
     def _turn(self, messages: list[dict[str, str]]) -> str:
-        question = messages[1]["content"].rsplit("\n", 1)[0]
+        question, turns = split_prompt(self.prompt_spec or make_spec("arith"), messages)
         prob = self.problems[question]
-        done = [m for m in messages[2:] if m["role"] == "assistant"]
+        done = [m for m in turns if m["role"] == "assistant"]
         if not done:
             self._plans.pop((question, self.temperature), None)  # a new episode of this question
         mode, where, rng = self._plan(question)
-        observed = [m["content"].split(":", 1)[1].strip() for m in messages[2:] if m["role"] == "user"]
+        observed = [m["content"].split(":", 1)[1].strip() for m in turns if m["role"] == "user"]
         values = [prob.start] + [int(float(v)) for v in observed if _is_number(v)]
         steps = list(prob.steps)
         clauses = list(prob.clauses)

@@ -66,10 +66,14 @@ class Task:
     hub_config: str | None = None
     hub_split: str = "test"
     from_hub: Callable[[dict], dict] = field(default=lambda rec: rec)
+    # An extra metric reported beside the main one, on the raw record answer (the reference's exact string).
+    extra_metric: Callable[[str | None, object], dict[str, float]] | None = None
 
     def score(self, prediction: str | None, record: dict) -> tuple[bool, float, dict[str, float]]:
         """``(reward, score, all metrics)`` of a prediction for a question record."""
         values = self.metric(prediction, self.gold(record))
+        if self.extra_metric is not None:
+            values = {**values, **self.extra_metric(prediction, record.get("answer"))}
         return values[self.reward_key] == 1.0, values[self.score_key], values
 
 
@@ -83,7 +87,7 @@ def _math(name: str, local_file: str, hub_id: str | None, hub_config: str | None
     return Task(name, ("calculate", "finish"), instruction_for(_MATH[0], ("calculate", "finish"), _MATH[1]),
                 cot_instruction_for(*_MATH), metrics.math_metric, local_file,
                 gold=lambda rec: metrics.extract_gold_number(rec["answer"]), hub_id=hub_id, hub_config=hub_config,
-                hub_split=split, from_hub=from_hub)
+                hub_split=split, from_hub=from_hub, extra_metric=metrics.reference_exact_math)
 
 
 TASKS: dict[str, Task] = {

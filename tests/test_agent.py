@@ -47,7 +47,8 @@ class ScriptedPolicy:
         self.batch_sizes.append(len(prompts))
         out = []
         for p in prompts:
-            question = p[1]["content"].rsplit("\n", 1)[0]
+            # The question sits in whichever prompt style the agent uses; find it in the user turns.
+            question = next(q for q in self.scripts if any(q in m["content"] for m in p if m["role"] == "user"))
             steps = self.scripts[question]
             out.append(steps.pop(0) if steps else "Thought: hmm")
         return out

@@ -20,10 +20,10 @@ def test_variants_from_the_builder(sqa, tmp_path):
     nat = build_dataset(files, "nat", cache_dir=str(tmp_path), pos_num=1000, neg_num=500, **kw)
     train = nat.dataset["train"]
     assert train.num_rows == 1500 and train.features["messages"].feature["train"].dtype == "bool"
-    assert len({row[1]["content"].rsplit("\n", 1)[1] for row in train["messages"]}) == 2
+    assert len({row[2]["content"].rsplit(". ", 1)[1] for row in train["messages"]}) == 2  # reference style
     assert nat.report["skipped_by_reason"] == {"empty conversation": 7}
     nut = build_dataset(files, "nut", cache_dir=str(tmp_path), pos_num=1000, neg_num=500, **kw).dataset["train"]
-    assert len({row[1]["content"].rsplit("\n", 1)[1] for row in nut["messages"]}) == 1
+    assert len({row[2]["content"].rsplit(". ", 1)[1] for row in nut["messages"]}) == 1
     pos = build_dataset(files, "positive", cache_dir=str(tmp_path), pos_num=1000, neg_num=500, **kw).dataset["train"]
     assert pos.num_rows == 1000 and set(pos["label"]) == {"positive"} and all(pos["reward"])
 

@@ -11,6 +11,7 @@ from fake_openai import FakeOpenAI
 
 from lightning_nat.collect import clean, collect, default_rules, key_of, recover
 from lightning_nat.policies import OpenAIPolicy
+from lightning_nat.prompts import make_spec, split_prompt
 from lightning_nat.readers import read_trajectories
 from lightning_nat.tasks import TASKS, load_questions_for
 from lightning_nat.tools import make_tools
@@ -34,7 +35,7 @@ def teacher(records):
 
     def reply(body):
         msgs = body["messages"]
-        question = msgs[1]["content"].rsplit("\n", 1)[0]
+        question, _ = split_prompt(make_spec("gsm8k"), msgs)
         value = int(gold[question])
         if msgs[-1]["role"] == "user" and msgs[-1]["content"].startswith("Observation:"):
             shift = 1 if body["temperature"] >= 0.7 else 0

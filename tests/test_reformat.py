@@ -1,7 +1,9 @@
 import pytest
 
+from lightning_nat.prompts import make_spec
 from lightning_nat.readers import ReadReport, load_questions, read_trajectories
-from lightning_nat.reformat import MARKERS, BuildStats, inference_messages, label_and_marker, reformat, select
+from lightning_nat.reformat import MARKERS, BuildStats, inference_messages, label_and_marker, select
+from lightning_nat.reformat import reformat as _reformat
 from lightning_nat.tasks import TASKS
 from lightning_nat.trajectory import Trajectory
 
@@ -14,6 +16,12 @@ def real(strategyqa_files):
     for key in ("pos", "neg"):
         trajs += read_trajectories(strategyqa_files[key], "nat", q, "strategyqa", on_error="skip", report=rep)
     return trajs
+
+
+def reformat(*args, **kw):
+    """These tests check the native style (the reference style is tested in test_prompts.py)."""
+    kw.setdefault("style", "native")
+    return _reformat(*args, **kw)
 
 
 def _questions(convs):
@@ -99,7 +107,7 @@ def test_marker_ablations_and_placement():
 
 
 def test_inference_prompt_is_positive():
-    msgs = inference_messages("strategyqa", "Is ice cold?")
+    msgs = inference_messages("strategyqa", "Is ice cold?", make_spec("strategyqa", style="native"))
     assert msgs[1]["content"] == "Is ice cold?\n" + MARKERS["correct"].positive
     assert label_and_marker(_traj(0, True, 1.0), "nat", MARKERS["correct"], [0.4])[1] == MARKERS["correct"].positive
     with pytest.raises(ValueError, match="takes no negatives"):

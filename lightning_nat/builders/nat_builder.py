@@ -18,8 +18,10 @@ from typing import Any
 
 import datasets
 
+from ..prompts import PromptSpec, default_style, make_spec
 from ..readers import ReadReport, load_questions, read_trajectories
 from ..reformat import MARKERS, VARIANTS, BuildStats, reformat, select
+from ..trajectory import Trajectory
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -58,6 +60,14 @@ class NATConfig(datasets.BuilderConfig):
     min_score: float | None = None
     dedupe: bool = True
     dev_num: int = 0
+    # Prompt style (reference | native; None: reference for the paper's tasks) and an instruction override.
+    prompt_style: str | None = None
+    instruction: str | None = None
+    mode: str = "react"
+    # "paper": sample after filtering; "reference": sample over every record of the negatives files, in file
+    # order, with random.seed(seed), then filter (what the reference code did).
+    neg_sampling: str = "paper"
+    allow_empty_class: bool = False
     # sha256 of every input file: part of the cache key, so edited files rebuild.
     input_sha256: str = ""
 
@@ -77,6 +87,46 @@ PRESETS: list[NATConfig] = [
     *[_cfg(f"nat-{name}", f"NAT with the '{name}' marker vocabulary (Table 4 ablation)", variant="nat", markers=name)
       for name in MARKERS if name != "correct"],
 ]
+
+
+def build_spec(cfg: NATConfig) -> PromptSpec:
+    """The prompt spec of a build; reference-style builds refuse native-only options that would be ignored."""
+    style = cfg.prompt_style or default_style(cfg.task)
+    if style == "reference":
+        preset = next((c for c in PRESETS if c.name == cfg.name), None)
+        if preset is not None:
+            for opt, have, default in (("--placement", cfg.placement, preset.placement),
+                                       ("--thresholds", tuple(cfg.thresholds), tuple(preset.thresholds)),
+                                       ("markers", cfg.markers, preset.markers)):
+                if have != default:
+                    raise ValueError(f"{opt} {have} applies to --prompt-style native only; the reference style takes "
+                                     f"its strings and classes from the preset ({cfg.name}, see nat build --help)")
+    return make_spec(cfg.task, cfg.name, style, cfg.mode, cfg.markers, cfg.placement,  # type: ignore[arg-type]
+                     tuple(cfg.thresholds), cfg.instruction)
+
+
+def reference_population(trajs: Sequence[Trajectory], read: ReadReport, files: Sequence[str]
+                         ) -> list[Trajectory | None]:
+    """Every record of the negatives files in file order (``None`` for a record that could not be read).
+
+    The reference code sampled ``random.sample(all_negatives, n)`` after ``random.seed(42)``
+    over its whole negatives file; sampling the same positions reproduces its choice.
+    The negatives must therefore sit in files of their own.
+    """
+    out: list[Trajectory | None] = []
+    for path in files:
+        key = str(Path(path))
+        mine = [t for t in trajs if read.origin.get(id(t), ("",))[0] == key]
+        if not any(not t.reward for t in mine):
+            continue
+        if any(t.reward for t in mine):
+            raise ValueError(f"--neg-sampling reference needs the negatives in files of their own (as the reference's "
+                             f"*_negative.json); {path} mixes positives and negatives")
+        slots: list[Trajectory | None] = [None] * read.records[key]
+        for t in mine:
+            slots[read.origin[id(t)][1]] = t
+        out += slots
+    return out
 
 
 class NATBuilder(datasets.GeneratorBasedBuilder):
@@ -102,16 +152,18 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         trajs = []
         for path in cfg.trajectories:
             trajs += read_trajectories(path, cfg.format, questions, cfg.task, cfg.on_error, read)  # type: ignore[arg-type]
+        spec = build_spec(cfg)
         stats = BuildStats()
+        population = reference_population(trajs, read, cfg.trajectories) if cfg.neg_sampling == "reference" else None
         pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
-                               cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats)
-        kw = dict(variant=cfg.variant, markers=cfg.markers, placement=cfg.placement, thresholds=cfg.thresholds)
-        splits = {"train": reformat(pos + neg, **kw)}
+                               cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats,
+                               neg_population=population, allow_empty_class=cfg.allow_empty_class)
+        splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
         if dev:
-            splits["dev"] = reformat(dev, **kw)
+            splits["dev"] = reformat(dev, cfg.variant, spec=spec)
         self.build_report = {
             "read": dict(read.read), "skipped": [list(s) for s in read.skipped], "skipped_by_reason": dict(read.reasons()),
-            "stats": {**asdict(stats), "filtered": dict(stats.filtered)},
+            "stats": {**asdict(stats), "filtered": dict(stats.filtered)}, "prompt": spec.to_dict(),
         }
         return [datasets.SplitGenerator(name=name, gen_kwargs={"rows": rows}) for name, rows in splits.items()]
 
@@ -198,6 +250,8 @@ def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: i
                 shown[key] = shown.get(key, 0) + 1
                 fh.write(json.dumps({"split": split, **row}, ensure_ascii=False) + "\n")
     record = {"config": result.config, "report": result.report}
+    if "prompt" in result.report:
+        record["prompt"] = result.report["prompt"]
     (out / "build.json").write_text(json.dumps(record, indent=1, default=list))
     return out
 
