@@ -117,16 +117,50 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="API requests in flight (openai; default: 8)")
     p.add_argument("--max-retries", type=int, default=5, help="retries of a failed API request (default: 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default: 60)")
-    p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
+    p.add_argument("--max-turns", type=int, default=None,
+                   help="model turns per episode (default: 6; the reference code allows 7: --protocol reference)")
     p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
     _add_agent_args(p)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default; 0.2 under --protocol reference)")
     p.add_argument("--mode", choices=["react", "cot"], default="react",
                    help="ReAct with tools, or chain-of-thought without tools (paper Table 7)")
+    p.add_argument("--protocol", choices=["native", "reference"], default="native",
+                   help="native: one greedy run, 6 turns, a malformed step is answered with an error observation; "
+                        "reference: as the reference code and the paper's Table 5: 7 turns, temperature 0.2, the mean "
+                        "± sd of --runs 5, a malformed step ends the episode (default: native)")
+    p.add_argument("--prompt-style", choices=["reference", "native"],
+                   help="prompt style; read from the model folder's nat_prompt.json when it has one (an option "
+                        "that contradicts it is an error), else reference for the paper's tasks")
+    p.add_argument("--prompt-preset", help="the builder preset the model was trained with (nat, nat-2, nat-ab, ...), "
+                                           "when the model folder does not say")
+    p.add_argument("--prompt-from", metavar="FOLDER",
+                   help="read the prompt spec from this folder (a `nat build --out` or an exported model) instead of "
+                        "--model's folder (for --policy openai)")
+
+
+def _eval_prompt(args: argparse.Namespace) -> tuple[object, str]:
+    """The saved prompt spec for the model under evaluation and where it was found."""
+    import os
+
+    from .prompts import read_spec
+
+    folder = args.prompt_from or (args.model if args.policy == "hf" and os.path.isdir(args.model) else None)
+    if args.prompt_from and read_spec(args.prompt_from) is None:
+        raise FileNotFoundError(f"--prompt-from {args.prompt_from}: no nat_prompt.json or build.json there")
+    return read_spec(folder), (folder or "")
+
+
+def _apply_protocol(args: argparse.Namespace) -> object:
+    from .evaluate import apply_protocol
+
+    proto = apply_protocol(args.protocol, args.max_turns, args.temperature, getattr(args, "runs", None))
+    args.max_turns, args.temperature = proto.max_turns, proto.temperature
+    return proto
 
 
 def _make_policy(args: argparse.Namespace, temperature: float | None = None) -> object:
@@ -169,6 +203,7 @@ def _run_collect(args: argparse.Namespace) -> int:
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
     tools = make_tools(task.tools, search)
     policy = _make_policy(args, temperature=args.temperatures[0])
+    args.max_turns = 6 if args.max_turns is None else args.max_turns
     prices = (args.price_prompt or 0.0, args.price_completion or 0.0) if args.price_prompt or args.price_completion \
         else None
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -215,6 +250,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
     p.add_argument("--batch-size", type=int, default=16, help="episodes generated together (default: 16)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="independent runs (seeds --seed, --seed+1, ...) reported as mean and sd (default: 1; 5 under "
+                        "--protocol reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run (default: 0)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`")
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
@@ -233,9 +272,14 @@ def _run_eval(args: argparse.Namespace) -> int:
         if found is None:
             raise ValueError("give --data-dir (a folder like ../shared/data) or --hub")
         args.data_dir = str(found)
+    proto = _apply_protocol(args)
+    saved, where = _eval_prompt(args)
     cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
                      limit=args.limit, batch_size=args.batch_size, max_turns=args.max_turns, mode=args.mode,
-                     search=args.search, search_corpus=args.search_corpus, hub=args.hub)
+                     search=args.search, search_corpus=args.search_corpus, hub=args.hub,
+                     on_parse_error=proto.on_parse_error, runs=proto.runs, seed=args.seed,  # type: ignore[attr-defined]
+                     prompt_spec=saved, prompt_style=args.prompt_style,  # type: ignore[arg-type]
+                     prompt_preset=args.prompt_preset, prompt_source=where)
     policy = _make_policy(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -254,7 +298,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--tag {tag!r}: expected KEY=VALUE")
         tags[key] = value
     meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
-            "usage": getattr(policy, "usage", None), "tags": tags}
+            "usage": getattr(policy, "usage", None), "tags": tags, "protocol": args.protocol,
+            "max_turns": args.max_turns, "temperature": args.temperature, "runs": cfg.runs, "seed": args.seed}
     out = write_results(args.out, results, episodes, meta)
     print_eval_table(results)
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
@@ -271,13 +316,18 @@ def _run_solve(args: argparse.Namespace) -> int:
     from .agent import ReActAgent
     from .console import print_episode
     from .evaluate import EvalConfig, search_tool
+    from .prompts import resolve_eval_spec
     from .tasks import get_task
     from .tools import make_tools
 
     task = get_task(args.task)
+    proto = _apply_protocol(args)
+    saved, where = _eval_prompt(args)
+    spec = resolve_eval_spec(args.task, saved, args.prompt_style, args.prompt_preset, args.mode, where)  # type: ignore[arg-type]
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
     agent = ReActAgent(task, _make_policy(args), make_tools(task.tools, search) if args.mode == "react" else {},
-                       max_turns=args.max_turns, mode=args.mode)
+                       max_turns=args.max_turns, mode=args.mode, on_parse_error=proto.on_parse_error,  # type: ignore[attr-defined]
+                       prompt_spec=spec)
     traj = agent.run([{"id": "cli", "question": args.question, "answer": ""}], batch_size=1)[0]
     print_episode(traj)
     return 0

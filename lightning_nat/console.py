@@ -54,10 +54,17 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
 
 def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     """One row per task: its metrics and how episodes ended."""
-    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1"})
+    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string"})
+
+    def cell(r: dict, m: str) -> Any:
+        # Over several runs: mean ± sample sd.
+        if m in r and f"{m}_sd" in r:
+            return f"{r[m]:.4g} ± {r[m + '_sd']:.2g}"
+        return r.get(m, float("nan"))
+
     rows = []
     for task, r in results.items():
-        rows.append([task, int(r.get("episodes", 0)), *[r.get(m, float("nan")) for m in metric_names],
+        rows.append([task, int(r.get("episodes", 0)), *[cell(r, m) for m in metric_names],
                      r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0)])
     console.print(table("Evaluation", ["task", "episodes", *metric_names, "finished", "turn limit",
                                        "with parse errors"], rows))

@@ -34,6 +34,9 @@ class BuildSpec:
         dev_num: held-out positives for dev perplexity.
         on_error: raise or skip bad records.
         min_score: drop negatives scoring below this.
+        prompt_style: reference or native (default: reference for the paper's tasks).
+        mode: react or cot (chain-of-thought solutions, paper Table 7).
+        neg_sampling: paper (sample after filtering) or reference (the reference code's sample).
     """
 
     trajectories: list[str]
@@ -47,6 +50,9 @@ class BuildSpec:
     dev_num: int = 0
     on_error: str = "raise"
     min_score: float | None = None
+    prompt_style: str | None = None
+    mode: str = "react"
+    neg_sampling: str = "paper"
 
 
 class _Rows(Dataset):
@@ -160,6 +166,8 @@ class NATDataModule(L.LightningDataModule):
         self.dev_rows: Any = None
         self._tokenizer: Any = None
         self._train_loader: ResumableLoader | None = None
+        # The prompt the conversations were rendered with; the export saves it beside the model.
+        self.prompt_spec: Any = None
 
     @property
     def tokenizer(self) -> Any:
@@ -177,13 +185,19 @@ class NATDataModule(L.LightningDataModule):
     def load_conversations(self) -> Any:
         import datasets
 
+        from .prompts import read_spec
+
         if self.hparams.dataset_dir:
+            self.prompt_spec = read_spec(self.hparams.dataset_dir)
             return datasets.load_from_disk(self.hparams.dataset_dir)
         from .builders import build_dataset
+        from .prompts import PromptSpec
 
         spec = asdict(self.hparams.build) if not isinstance(self.hparams.build, dict) else dict(self.hparams.build)
         files, variant = spec.pop("trajectories"), spec.pop("variant")
-        return build_dataset(files, variant, cache_dir=self.hparams.cache_dir, **spec).dataset
+        res = build_dataset(files, variant, cache_dir=self.hparams.cache_dir, **spec)
+        self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
+        return res.dataset
 
     def _tokenize(self, ds: Any) -> Any:
         from datasets.fingerprint import Hasher

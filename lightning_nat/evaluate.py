@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .agent import ReActAgent, summarize
+from .prompts import PromptSpec, resolve_eval_spec
 from .tasks import get_task, load_questions_for
 from .tools import make_search, make_tools
 from .trajectory import Trajectory, write_jsonl
@@ -29,6 +32,84 @@ class EvalConfig:
     search_corpus: str | None = None
     search_k: int = 3
     hub: bool = False
+    # The prompt the model was trained with (its folder's nat_prompt.json), and explicit options that must agree.
+    prompt_spec: PromptSpec | None = None
+    prompt_style: str | None = None
+    prompt_preset: str | None = None
+    prompt_source: str = "the model folder"
+    runs: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How episodes are run and reported."""
+
+    max_turns: int
+    temperature: float
+    runs: int
+    on_parse_error: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # This package's default: one greedy run; a malformed step gets an error observation and the episode goes on.
+    "native": Protocol(max_turns=6, temperature=0.0, runs=1, on_parse_error="observe"),
+    # The reference code: 7 model turns, temperature 0.2, the paper's Table 5 reports the mean of 5 runs, and a
+    # malformed step ends the episode.
+    "reference": Protocol(max_turns=7, temperature=0.2, runs=5, on_parse_error="stop"),
+}
+
+
+def apply_protocol(name: str, max_turns: int | None = None, temperature: float | None = None, runs: int | None = None
+                   ) -> Protocol:
+    """The protocol with the explicit options applied; an option that contradicts ``reference`` is an error.
+
+    >>> apply_protocol("native", max_turns=8).max_turns, apply_protocol("reference").runs
+    (8, 5)
+    >>> apply_protocol("reference", temperature=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: --temperature 0.0 contradicts --protocol reference (temperature 0.2); drop one of them
+    """
+    base = PROTOCOLS[name]
+    given = {"max_turns": max_turns, "temperature": temperature, "runs": runs}
+    out = {}
+    for key, value in given.items():
+        have = getattr(base, key)
+        if value is not None and name == "reference" and value != have:
+            raise ValueError(f"--{key.replace('_', '-')} {value} contradicts --protocol reference ({key.replace('_', ' ')}"
+                             f" {have}); drop one of them")
+        out[key] = have if value is None else value
+    return Protocol(on_parse_error=base.on_parse_error, **out)
+
+
+def aggregate(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Mean of every metric over runs, with its sample standard deviation as ``<metric>_sd``.
+
+    >>> aggregate([{"accuracy": 0.4}, {"accuracy": 0.5}, {"accuracy": 0.6}])["accuracy_sd"]
+    0.1
+    """
+    if len(runs) == 1:
+        return dict(runs[0])
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [float(r[key]) for r in runs]
+        out[key] = sum(values) / len(values)
+        if key not in ("episodes",):
+            out[f"{key}_sd"] = round(statistics.stdev(values), 12)
+    out["runs"] = len(runs)
+    out["per_run"] = [dict(r) for r in runs]
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # the API policy needs no torch
+        pass
 
 
 def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:
@@ -47,21 +128,32 @@ def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], N
     search = search_tool(cfg)
     for name in cfg.tasks:
         task = get_task(name)
+        spec = resolve_eval_spec(name, cfg.prompt_spec, cfg.prompt_style, cfg.prompt_preset, cfg.mode,
+                                 cfg.prompt_source)
         records = load_questions_for(task, data_dir=cfg.data_dir, limit=cfg.limit, hub=cfg.hub)
         tools = make_tools(task.tools, search) if cfg.mode == "react" else {}
-        agent = ReActAgent(task, policy, tools, max_turns=cfg.max_turns, mode=cfg.mode,  # type: ignore[arg-type]
-                           on_parse_error=cfg.on_parse_error)  # type: ignore[arg-type]
         done = [0]
 
-        def tick(_: Trajectory, name: str = name, total: int = len(records), done: list[int] = done) -> None:
+        def tick(_: Trajectory, name: str = name, total: int = len(records) * cfg.runs, done: list[int] = done) -> None:
             done[0] += 1
             if progress:
                 progress(name, done[0], total)
 
-        trajs = agent.run(records, batch_size=cfg.batch_size, on_episode=tick)
-        results[name] = summarize(trajs)
-        results[name]["parse_errors"] = agent.stats.parse_errors
-        episodes[name] = trajs
+        per_run, all_trajs = [], []
+        for run in range(cfg.runs):
+            _seed_everything(cfg.seed + run)
+            agent = ReActAgent(task, policy, tools, max_turns=cfg.max_turns, mode=cfg.mode,  # type: ignore[arg-type]
+                               on_parse_error=cfg.on_parse_error, prompt_spec=spec)  # type: ignore[arg-type]
+            trajs = agent.run(records, batch_size=cfg.batch_size, on_episode=tick)
+            summary = summarize(trajs)
+            summary["parse_errors"] = agent.stats.parse_errors
+            per_run.append(summary)
+            for t in trajs:
+                t.meta["run"] = run
+            all_trajs += trajs
+        results[name] = aggregate(per_run)
+        results[name]["prompt"] = spec.to_dict()  # what the model was asked with, for the record
+        episodes[name] = all_trajs
     return results, episodes
 
 

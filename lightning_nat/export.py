@@ -32,8 +32,12 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     return {k[len(prefix):]: v.detach().cpu() for k, v in sd.items() if k.startswith(prefix)}
 
 
-def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike) -> Path | None:
-    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer)."""
+def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, prompt_spec: Any = None) -> Path | None:
+    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer).
+
+    With ``prompt_spec`` (the prompt the training conversations were rendered with) it is
+    saved as ``nat_prompt.json``, where ``nat eval``/``nat solve`` find it.
+    """
     sd = full_state_dict(trainer, module)
     if sd is None:
         return None
@@ -57,4 +61,8 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike) -> Pa
     model.save_pretrained(out, state_dict=sd)
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
     ensure_chat_template(tok).save_pretrained(out)
+    if prompt_spec is not None:
+        from .prompts import write_spec
+
+        write_spec(prompt_spec, str(out))
     return out

@@ -354,6 +354,11 @@ def read_spec(folder: str | None) -> PromptSpec | None:
         rec = json.loads((p / "build.json").read_text())
         if "prompt" in rec:
             return PromptSpec.from_dict(rec["prompt"])
+        # Built before prompt specs were recorded: those builds were all in the native style.
+        cfg = rec.get("config", {})
+        if cfg.get("task"):
+            return native_spec(cfg["task"], cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),
+                               placement=cfg.get("placement", "suffix"), thresholds=tuple(cfg.get("thresholds", ())))
     return None
 
 

@@ -24,6 +24,7 @@ class ExportHF(L.Callback):
         if trainer.interrupted:
             return
         out = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "hf")
-        self.written = export_hf(trainer, pl_module, out)
+        spec = getattr(trainer.datamodule, "prompt_spec", None) if trainer.datamodule is not None else None
+        self.written = export_hf(trainer, pl_module, out, prompt_spec=spec)
         if self.written is not None:
             print(f"exported Hugging Face model to {self.written}")

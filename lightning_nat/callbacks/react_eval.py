@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from ..agent import ReActAgent, summarize
+from ..prompts import resolve_eval_spec
 from ..tasks import get_task, load_questions_for
 from ..tools import make_search, make_tools
 from ..trajectory import Trajectory, write_jsonl
@@ -108,8 +109,11 @@ class ReActEval(L.Callback):
                 task = get_task(name)
                 records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
                 mine = records[rank::world]
+                # Prompt with the positive class of the prompt the training data was rendered with.
+                spec = resolve_eval_spec(name, getattr(trainer.datamodule, "prompt_spec", None),
+                                         where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
-                                   lockstep=sharded)
+                                   lockstep=sharded, prompt_spec=spec)
                 # Same number of batches on every rank; a rank short of questions reruns one and drops it.
                 n_batches = math.ceil(math.ceil(len(records) / world) / self.batch_size)
                 trajs = []
