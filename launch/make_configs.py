@@ -50,37 +50,90 @@ checkpoint:
 """
 
 
+# Build flags that make a build from the released reference-format files pick what the reference code picked:
+# the first N positive records, random.seed(42) over every negative record, no filtering.
+LIKE_REFERENCE = "--pos-sampling reference --neg-sampling reference --keep-unfinished --no-dedupe --on-error skip"
+# The released files of Reason-Wang/NAT (git clone https://github.com/Reason-Wang/NAT; they are Git LFS files).
+RELEASED = {
+    "gsm8k": ("R=NAT/data/dataset/gsm8k; ", "$R/gsm8k_gpt-3.5_positive.json $R/gsm8k_gpt-3.5_negative.json",
+              "$R/train.json"),
+    "hotpotqa": ("R=NAT/data/dataset/hotpotqa; ",
+                 "$R/hotpotqa_gpt-3.5_positive.json $R/hotpotqa_gpt-3.5_negative.json", "$R/train_random_8000.json"),
+    # The same files as the reference's data/dataset/strategyqa/strategyqa_gpt-3.5_*.json, in ../shared/data.
+    "strategyqa": ("D=../shared/data/strategyqa; ", "$D/trajectories_positive.json $D/trajectories_negative.json",
+                   "$D/train.jsonl"),
+}
+NEGATIVE_NAME = {"wo-neg": "w/o Neg", "nut": "NUT", "nat": "NAT", "nat2": "NAT-2"}
+
+
+def released_build(task: str, variant: str, pos: int, neg: int) -> str:
+    """The `nat build` line over the released reference-format files, sampled as the reference code sampled."""
+    env, files, questions = RELEASED[task]
+    neg_flag = "" if variant == "wo-neg" else f" --neg-num {neg}"
+    return (f"{env}nat build --format nat --trajectories {files} --questions {questions} --task {task} "
+            f"--variant {VARIANT_FLAG[variant]} --pos-num {pos}{neg_flag} --seed 42 --prompt-style reference "
+            f"{LIKE_REFERENCE}")
+
+
+def write(out: Path, name: str, title: str, build: str, size: str, zero: str = "zero3") -> str:
+    (out / f"{name}.yaml").write_text(config(name, title, build, size, zero))
+    return name
+
+
 def main() -> None:
     out = HERE / "configs"
     out.mkdir(exist_ok=True)
+    written = []
+    # Table 2: GSM8K, 7B/13B, 2k/5k positives, w/o Neg, NUT, NAT with 10k negatives.
     for size in ("7b", "13b"):
         for pos in (2000, 5000):
             for variant in ("wo-neg", "nut", "nat"):
                 name = f"gsm8k-{size}-{pos // 1000}k-{variant}"
-                build = (f"nat build --format openai --trajectories data/gsm8k_trajectories.jsonl --task gsm8k "
-                         f"--variant {VARIANT_FLAG[variant]} --pos-num {pos} --neg-num 10000 --seed 42")
                 title = (f"GSM8K, LLaMA-2-{size.upper()}-chat, {pos} positives"
-                         f"{'' if variant == 'wo-neg' else ' + 10000 negatives'}, {variant} (paper Table 2)")
-                (out / f"{name}.yaml").write_text(config(name, title, build, size))
-    for variant in ("nat", "nat2"):
-        name = f"hotpotqa-7b-500-{variant}"
-        build = (f"nat build --format openai --trajectories data/hotpotqa_trajectories.jsonl --task hotpotqa "
-                 f"--variant {VARIANT_FLAG[variant]} --pos-num 500 --min-score 1e-6 --seed 42")
-        title = f"HotpotQA, LLaMA-2-7B-chat, 500 positives + all negatives with F1 > 0, {variant} (paper Tables 3, 5)"
-        (out / f"{name}.yaml").write_text(config(name, title, build, "7b"))
+                         f"{'' if variant == 'wo-neg' else ' + 10000 negatives'}, {NEGATIVE_NAME[variant]} "
+                         f"(paper Table 2)")
+                written.append(write(out, name, title, released_build("gsm8k", variant, pos, 10000), size))
+    # Table 5: HotpotQA, 7B/13B, 500 positives, w/o Neg, NUT, NAT, NAT-2 with 1,500 and 2,000 negatives.
+    # Figure 6: 7B NUT and NAT over 500, 1,000, 1,500, 2,000 negatives (0 is the w/o Neg run).
+    for size in ("7b", "13b"):
+        written.append(write(out, f"hotpotqa-{size}-500-wo-neg",
+                             f"HotpotQA, LLaMA-2-{size.upper()}-chat, 500 positives, w/o Neg (paper Table 5; "
+                             f"Figure 6 at 0 negatives)", released_build("hotpotqa", "wo-neg", 500, 0), size))
+        for variant in ("nut", "nat", "nat2"):
+            counts = (500, 1000, 1500, 2000) if size == "7b" and variant != "nat2" else (1500, 2000)
+            for neg in counts:
+                where = "paper Table 5" if neg in (1500, 2000) else "paper Figure 6"
+                if size == "7b" and variant != "nat2" and neg in (1500, 2000):
+                    where += ", Figure 6"
+                written.append(write(out, f"hotpotqa-{size}-500-{neg}-{variant}",
+                                     f"HotpotQA, LLaMA-2-{size.upper()}-chat, 500 positives + {neg} negatives, "
+                                     f"{NEGATIVE_NAME[variant]} ({where})",
+                                     released_build("hotpotqa", variant, 500, neg), size))
+    # Table 6: StrategyQA, 7B/13B, 1,000 positives + 500 negatives.
+    for size in ("7b", "13b"):
+        for variant in ("wo-neg", "nut", "nat"):
+            name = f"strategyqa-{size}-1000-500-{variant}"
+            title = (f"StrategyQA, LLaMA-2-{size.upper()}-chat, 1000 positives"
+                     f"{'' if variant == 'wo-neg' else ' + 500 negatives'}, {NEGATIVE_NAME[variant]} (paper Table 6)")
+            written.append(write(out, name, title, released_build("strategyqa", variant, 1000, 500), size))
+    written.append(write(out, "strategyqa-7b-1000-500-nat-offload",
+                         "StrategyQA NAT with ZeRO-3 CPU offload of parameters and optimizer (fewer or smaller GPUs)",
+                         released_build("strategyqa", "nat", 1000, 500), "7b", zero="zero3_offload"))
+    # Table 7: chain-of-thought fine-tuning on GSM8K (no tools). The reference released no CoT trajectories: collect
+    # labelled CoT solutions as OpenAI-messages JSONL (the answer on the last line: "A: 18", "#### 18", ...).
     for variant in ("wo-neg", "nut", "nat"):
-        name = f"strategyqa-7b-1000-500-{variant}"
-        build = ("D=../shared/data/strategyqa; nat build --format nat --trajectories $D/trajectories_positive.json "
-                 f"$D/trajectories_negative.json --questions $D/train.jsonl --task strategyqa --variant "
-                 f"{VARIANT_FLAG[variant]} --pos-num 1000 --neg-num 500 --seed 42 --on-error skip")
-        title = f"StrategyQA, LLaMA-2-7B-chat, 1000 positives + 500 negatives, {variant} (paper Table 3)"
-        (out / f"{name}.yaml").write_text(config(name, title, build, "7b"))
-    name = "strategyqa-7b-1000-500-nat-offload"
-    (out / f"{name}.yaml").write_text(config(
-        name, "StrategyQA NAT with ZeRO-3 CPU offload of parameters and optimizer (fewer or smaller GPUs)",
-        "D=../shared/data/strategyqa; nat build --format nat --trajectories $D/trajectories_positive.json "
-        "$D/trajectories_negative.json --questions $D/train.jsonl --task strategyqa --variant nat --pos-num 1000 "
-        "--neg-num 500 --seed 42 --on-error skip", "7b", zero="zero3_offload"))
+        neg_flag = "" if variant == "wo-neg" else " --neg-num 10000"
+        build = (f"nat build --format openai --trajectories data/gsm8k_cot.jsonl --task gsm8k --prompt-mode cot "
+                 f"--prompt-style reference --variant {VARIANT_FLAG[variant]} --pos-num 2000{neg_flag} --seed 42")
+        written.append(write(out, f"gsm8k-cot-7b-2k-{variant}",
+                             f"GSM8K chain-of-thought (no tools), LLaMA-2-7B-chat, 2000 positives"
+                             f"{'' if variant == 'wo-neg' else ' + 10000 negatives'}, {NEGATIVE_NAME[variant]} "
+                             f"(paper Table 7)", build, "7b"))
+    # Configs from earlier layouts that this script no longer writes would silently go stale: remove them.
+    keep = set(written) | {"tiny-cpu"}
+    for old in out.glob("*.yaml"):
+        if old.stem not in keep:
+            old.unlink()
 
 
 if __name__ == "__main__":

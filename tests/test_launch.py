@@ -24,8 +24,41 @@ class _ParseOnly(NATCLI):
 
 def test_there_is_a_config_per_paper_setting():
     names = {c.stem for c in CONFIGS}
-    assert len([n for n in names if n.startswith("gsm8k-")]) == 12
-    assert {"hotpotqa-7b-500-nat", "hotpotqa-7b-500-nat2", "strategyqa-7b-1000-500-nat", "tiny-cpu"} <= names
+    assert len([n for n in names if n.startswith("gsm8k-") and "-cot-" not in n]) == 12  # Table 2
+    for size in ("7b", "13b"):  # Table 5 (HotpotQA) and Table 6 (StrategyQA)
+        assert f"hotpotqa-{size}-500-wo-neg" in names
+        assert {f"hotpotqa-{size}-500-{n}-{v}" for n in (1500, 2000) for v in ("nut", "nat", "nat2")} <= names
+        assert {f"strategyqa-{size}-1000-500-{v}" for v in ("wo-neg", "nut", "nat")} <= names
+    assert {f"hotpotqa-7b-500-{n}-nat" for n in (500, 1000, 1500, 2000)} <= names  # Figure 6 (0 is w/o Neg)
+    assert {f"gsm8k-cot-7b-2k-{v}" for v in ("wo-neg", "nut", "nat")} <= names  # Table 7
+    assert "tiny-cpu" in names
+
+
+def test_make_configs_is_the_single_source(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_configs", LAUNCH / "make_configs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-cpu.yaml").write_text("kept")
+    monkeypatch.setattr(mod, "HERE", tmp_path)
+    mod.main()
+    made = {p.name: p.read_text() for p in (tmp_path / "configs").glob("*.yaml") if p.name != "tiny-cpu.yaml"}
+    on_disk = {p.name: p.read_text() for p in CONFIGS if p.name != "tiny-cpu.yaml"}
+    assert made == on_disk  # every checked-in paper config is what the script writes, and nothing else
+
+
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c.stem != "tiny-cpu"], ids=lambda c: c.stem)
+def test_titles_and_released_data_build_lines(path):
+    header = path.read_text().split("\nmodel:")[0]
+    title = header.splitlines()[0]
+    table = {"gsm8k-cot": "Table 7", "gsm8k": "Table 2", "hotpotqa": "Table 5", "strategyqa": "Table 6"}
+    key = next(k for k in table if path.stem.startswith(k))
+    assert table[key] in title or "(paper Figure 6)" in title or "offload" in path.stem, title
+    build = next(line for line in header.splitlines() if "nat build" in line)
+    if key != "gsm8k-cot":  # the reference released no chain-of-thought data
+        assert "--format nat" in build and "--neg-sampling reference" in build and "--prompt-style reference" in build
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[c.stem for c in CONFIGS])
