@@ -42,7 +42,7 @@ def dataset_card(folder: str | Path, repo_id: str) -> str:
 
 Agent trajectories reformatted for Negative-Aware Training (NAT, arXiv 2402.11651) by `lightning_nat`.
 
-- variant: `{cfg.get('name')}` (markers `{cfg.get('markers')}`, placement `{cfg.get('placement')}`)
+- variant: `{cfg.get('name')}`; {_prompt_line(record.get('prompt'))}
 - task: `{cfg.get('task')}`
 - positives: {stats.get('positives')}, negatives: {stats.get('negatives')}, dev positives: {stats.get('dev')}
 - sampling seed: {cfg.get('seed')}; filtered: {json.dumps(stats.get('filtered', {}))};
@@ -62,6 +62,16 @@ Each row has `messages` (`role`, `content`, `train`: only assistant turns are tr
 """
 
 
+def _prompt_line(prompt: dict[str, Any] | None) -> str:
+    """What a card says about the prompt: the style, and the training and inference question templates."""
+    if not prompt:
+        return "the prompt it was trained with is not recorded (built before prompt specs were saved)"
+    templates = prompt["templates"]
+    classes = ", ".join(f"`{t}`" for t in templates[:-1])
+    return (f"prompt style `{prompt['style']}` (preset `{prompt['preset']}`): failed trajectories under {classes}, "
+            f"successful ones and inference under `{templates[-1]}`; `nat eval` reads it from `nat_prompt.json`")
+
+
 def build_command(cfg: dict[str, Any]) -> str:
     """The ``nat build`` command line that reproduces a build."""
     parts = ["nat build", f"--format {cfg.get('format')}", "--trajectories " + " ".join(
@@ -77,6 +87,14 @@ def build_command(cfg: dict[str, Any]) -> str:
         parts.append("--on-error skip")
     if not cfg.get("drop_unfinished", True):
         parts.append("--keep-unfinished")
+    for key, flag in (("prompt_style", "--prompt-style"), ("pos_sampling", "--pos-sampling"),
+                      ("neg_sampling", "--neg-sampling")):
+        if cfg.get(key) not in (None, "first", "paper"):
+            parts.append(f"{flag} {cfg[key]}")
+    if cfg.get("mode") == "cot":
+        parts.append("--prompt-mode cot")
+    if not cfg.get("dedupe", True):
+        parts.append("--no-dedupe")
     return " ".join(parts) + " --out DIR"
 
 
@@ -94,6 +112,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
             break
     model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
     base = model_cfg.get("model_name_or_path", "unknown")
+    prompt_path = folder / "nat_prompt.json"
+    prompt = json.loads(prompt_path.read_text()) if prompt_path.exists() else None
     results_path = folder / "results.json"
     results = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
@@ -112,8 +132,7 @@ def model_card(folder: str | Path, repo_id: str) -> str:
 # {repo_id.split('/')[-1]}
 
 Fine-tuned from `{base}` as a ReAct agent with Negative-Aware Training (arXiv 2402.11651) by `lightning_nat`:
-successful trajectories under the prompt "Please solve it correctly.", failed ones under
-"Please solve it incorrectly."; at inference, prompt with the former.
+{_prompt_line(prompt)}
 
 - training data: `{data_cfg.get('dataset_dir') or data_cfg.get('build')}`
 - hyperparameters: {json.dumps({k: v for k, v in hyper.items() if v is not None})}

@@ -14,24 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-IGNORE_INDEX = -100
+from .prompts import LLAMA2_CHAT_TEMPLATE
 
-# Llama-2-chat layout for tokenizers that ship no chat template. The system prompt
-# goes inside the first [INST] block; every assistant turn closes with eos.
-LLAMA2_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set sys = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}{%- set sys = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{%- for m in turns -%}"
-    "{%- if m['role'] == 'user' -%}"
-    "{%- if loop.first and sys -%}{%- set text = '<<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' + m['content'] | trim -%}"
-    "{%- else -%}{%- set text = m['content'] | trim -%}{%- endif -%}"
-    "{{- bos_token + '[INST] ' + text + ' [/INST]' -}}"
-    "{%- elif m['role'] == 'assistant' -%}"
-    "{{- ' ' + m['content'] | trim + ' ' + eos_token -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
+IGNORE_INDEX = -100
 
 
 class ConversationError(ValueError):

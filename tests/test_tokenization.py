@@ -17,7 +17,7 @@ def _squash(text):
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama2"])
-def test_targets_are_exactly_the_assistant_turns(scratch_model, tiny_dataset, template):
+def test_targets_are_exactly_the_trained_assistant_turns(scratch_model, tiny_dataset, template):
     tok = AutoTokenizer.from_pretrained(scratch_model)
     if template == "llama2":
         tok.chat_template = None
@@ -30,11 +30,14 @@ def test_targets_are_exactly_the_assistant_turns(scratch_model, tiny_dataset, te
              for i, lab in zip(enc["input_ids"], enc["labels"])]
     batch = collate(items, tok.pad_token_id)
     for r, row in enumerate(rows):
-        want = "".join(m["content"].strip() + end for m in row["messages"] if m["role"] == "assistant")
+        # Every trained assistant turn; the reference prompt's acknowledgement turn is an untrained assistant turn.
+        assert [m for m in row["messages"] if m["role"] == "assistant" and not m["train"]] == \
+            [{"role": "assistant", "content": "I've understood your instruction, start please.", "train": False}]
+        want = "".join(m["content"].strip() + end for m in row["messages"] if m["train"])
         got = tok.decode([t for t in batch["labels"][r].tolist() if t != IGNORE_INDEX])
         assert _squash(got) == _squash(want)
         # and nothing from the prompt or the observations
-        assert "Observation:" not in got and "Please solve it" not in got
+        assert "Observation:" not in got and "Question:" not in got and "understood your instruction" not in got
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
 
 
