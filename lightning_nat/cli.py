@@ -127,8 +127,9 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     _add_agent_args(p)
     p.add_argument("--temperature", type=float, default=None,
                    help="0 = greedy (default; 0.2 under --protocol reference)")
-    p.add_argument("--mode", choices=["react", "cot"], default="react",
-                   help="ReAct with tools, or chain-of-thought without tools (paper Table 7)")
+    p.add_argument("--mode", choices=["react", "cot"], default=None,
+                   help="ReAct with tools, or chain-of-thought without tools (paper Table 7) (default: the mode the "
+                        "model's nat_prompt.json was trained in, else react)")
     p.add_argument("--protocol", choices=["native", "reference"], default="native",
                    help="native: one greedy run, 6 turns, a malformed step is answered with an error observation; "
                         "reference: as the reference code and the paper's Table 5: 7 turns, temperature 0.2, the mean "
@@ -152,7 +153,10 @@ def _eval_prompt(args: argparse.Namespace) -> tuple[object, str]:
     folder = args.prompt_from or (args.model if args.policy == "hf" and os.path.isdir(args.model) else None)
     if args.prompt_from and read_spec(args.prompt_from) is None:
         raise FileNotFoundError(f"--prompt-from {args.prompt_from}: no nat_prompt.json or build.json there")
-    return read_spec(folder), (folder or "")
+    saved = read_spec(folder)
+    if args.mode is None:
+        args.mode = saved.mode if saved is not None else "react"
+    return saved, (folder or "")
 
 
 def _apply_protocol(args: argparse.Namespace) -> object:
