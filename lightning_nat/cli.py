@@ -121,6 +121,10 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
                    help="model turns per episode (default: 6; the reference code allows 7: --protocol reference)")
     p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
+    p.add_argument("--search-rerank", action="store_true",
+                   help="re-rank search results as the paper did: 10 results, the top 5 by the bi-encoder "
+                        "all-mpnet-base-v2, the top 3 by the DPR reader dpr-reader-multiset-base (needs "
+                        "`pip install lightning_nat[rerank]`; downloads both models)")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -204,7 +208,8 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     records = load_questions_for(task, path=args.data, limit=args.limit)
-    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
+    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus,
+                                    search_rerank=args.search_rerank))
     tools = make_tools(task.tools, search)
     policy = _make_policy(args, temperature=args.temperatures[0])
     args.max_turns = 6 if args.max_turns is None else args.max_turns
@@ -281,6 +286,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
                      limit=args.limit, batch_size=args.batch_size, max_turns=args.max_turns, mode=args.mode,
                      search=args.search, search_corpus=args.search_corpus, hub=args.hub,
+                     search_rerank=args.search_rerank,
                      on_parse_error=proto.on_parse_error, runs=proto.runs, seed=args.seed,  # type: ignore[attr-defined]
                      prompt_spec=saved, prompt_style=args.prompt_style,  # type: ignore[arg-type]
                      prompt_preset=args.prompt_preset, prompt_source=where)
@@ -328,7 +334,8 @@ def _run_solve(args: argparse.Namespace) -> int:
     proto = _apply_protocol(args)
     saved, where = _eval_prompt(args)
     spec = resolve_eval_spec(args.task, saved, args.prompt_style, args.prompt_preset, args.mode, where)  # type: ignore[arg-type]
-    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
+    search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus,
+                                    search_rerank=args.search_rerank))
     agent = ReActAgent(task, _make_policy(args), make_tools(task.tools, search) if args.mode == "react" else {},
                        max_turns=args.max_turns, mode=args.mode, on_parse_error=proto.on_parse_error,  # type: ignore[attr-defined]
                        prompt_spec=spec)

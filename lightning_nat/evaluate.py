@@ -31,6 +31,8 @@ class EvalConfig:
     search: str | None = None
     search_corpus: str | None = None
     search_k: int = 3
+    # Re-rank search results with the paper's bi-encoder and DPR reader (10 -> 5 -> 3; the rerank extra).
+    search_rerank: bool = False
     hub: bool = False
     # The prompt the model was trained with (its folder's nat_prompt.json), and explicit options that must agree.
     prompt_spec: PromptSpec | None = None
@@ -113,10 +115,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:
+    reranker = None
+    if cfg.search_rerank and (cfg.search_corpus or cfg.search):
+        from .rerank import load_reference_reranker
+
+        reranker = load_reference_reranker()
     if cfg.search_corpus:
-        return make_search("bm25", cfg.search_k, corpus_path=cfg.search_corpus)
+        return make_search("bm25", cfg.search_k, reranker=reranker, corpus_path=cfg.search_corpus)
     if cfg.search == "serper":
-        return make_search("serper", cfg.search_k)
+        return make_search("serper", cfg.search_k, reranker=reranker)
     return None
 
 

@@ -230,6 +230,7 @@ class BM25Search:
     corpus_path: str
     rerank_model: str | None = None
     _docs: list[str] = field(default_factory=list, repr=False)
+    _parts: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _retriever: Any = field(default=None, repr=False)
     _reranker: Any = field(default=None, repr=False)
 
@@ -246,6 +247,7 @@ class BM25Search:
                 try:
                     rec = json.loads(line)
                     self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
+                    self._parts.append((str(rec.get("title", "")), str(rec["text"])))
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
         if not self._docs:
@@ -270,6 +272,16 @@ class BM25Search:
             hits = [h for _, h in sorted(zip(ranked, hits), key=lambda p: -p[0])]
         return hits[:k]
 
+    def hits(self, query: str, n: int) -> list[tuple[str, str]]:
+        """The ``n`` best BM25 ``(title, text)`` pairs, for re-ranking."""
+        import bm25s
+
+        if self._retriever is None:
+            self._load()
+        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=min(n, len(self._docs)),
+                                               show_progress=False)
+        return [self._parts[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
+
 
 @dataclass
 class SerperSearch:
@@ -279,16 +291,24 @@ class SerperSearch:
     endpoint: str = "https://google.serper.dev/search"
     timeout: float = 15.0
 
-    def search(self, query: str, k: int) -> list[str]:
+    def _request(self, query: str, num: int) -> dict:
         import urllib.request
 
         key = os.environ.get(self.api_key_env)
         if not key:
             raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
-        req = urllib.request.Request(self.endpoint, data=json.dumps({"q": query, "num": k}).encode(),
+        req = urllib.request.Request(self.endpoint, data=json.dumps({"q": query, "num": num}).encode(),
                                      headers={"X-API-KEY": key, "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (fixed https endpoint)
-            data = json.loads(resp.read().decode())
+            return json.loads(resp.read().decode())
+
+    def hits(self, query: str, n: int) -> list[tuple[str, str]]:
+        """The ``n`` organic ``(title, snippet)`` results (no answer box), as the reference re-ranked them."""
+        data = self._request(query, n)
+        return [(str(r.get("title", "")), str(r.get("snippet", ""))) for r in data.get("organic", [])][:n]
+
+    def search(self, query: str, k: int) -> list[str]:
+        data = self._request(query, k)
         out = []
         if box := data.get("answerBox"):
             out.append(box.get("answer") or box.get("snippet") or "")
@@ -299,8 +319,13 @@ class SerperSearch:
 SEARCH_BACKENDS: dict[str, Callable[..., SearchBackend]] = {"bm25": BM25Search, "serper": SerperSearch}
 
 
-def make_search(backend: str, k: int = 3, **kwargs: Any) -> Callable[[str], str]:
-    """A ``search[query]`` tool over a backend; failures become ``Error:`` observations."""
+def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, **kwargs: Any
+                ) -> Callable[[str], str]:
+    """A ``search[query]`` tool over a backend; failures become ``Error:`` observations.
+
+    With a :class:`~lightning_nat.rerank.Reranker`, ``pool`` results are fetched and re-ranked
+    down to the reranker's ``k``, as the reference code did (10 -> 5 -> 3).
+    """
     if backend not in SEARCH_BACKENDS:
         raise ValueError(f"unknown search backend {backend!r}; expected one of {', '.join(SEARCH_BACKENDS)}")
     impl = SEARCH_BACKENDS[backend](**kwargs)
@@ -310,6 +335,8 @@ def make_search(backend: str, k: int = 3, **kwargs: Any) -> Callable[[str], str]
         if not query:
             return "Error: empty search query"
         try:
+            if reranker is not None:
+                return format_snippets([text for _, text in reranker.rank(query, impl.hits(query, pool))])
             return format_snippets(impl.search(query, k))
         except Exception as exc:  # a tool never raises into the agent loop
             return f"Error: search failed ({type(exc).__name__}: {_redact(str(exc))})"
