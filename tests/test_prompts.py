@@ -125,34 +125,39 @@ def test_loss_flags_must_agree_with_roles(strategyqa_files, tmp_path):
         read_trajectories(path, "nat", questions, "strategyqa")
 
 
-def _cot_rows(n_pos, n_neg):
+def _cot_rows(n_pos, n_neg, questions=None):
+    """Labelled CoT solutions as OpenAI messages, no prediction field, the answer in one of four last-line forms."""
     forms = ["So the total is {a}.\nA: {a}", "{a} in all.\n#### {a}", "Adding up: {a}.\nFinal answer: {a}",
              "Step by step, we get {a}. The answer is {a}."]
     rows = []
     for i in range(n_pos + n_neg):
         good = i < n_pos
+        question = questions[i] if questions else f"Problem {i}: what is {10 + i}?"
         answer = 10 + i if good else 9 + i
-        rows.append({"messages": [{"role": "user", "content": f"Problem {i}: what is {10 + i}?"},
+        rows.append({"messages": [{"role": "user", "content": question},
                                   {"role": "assistant", "content": forms[i % 4].format(a=answer)}],
                      "reward": good, "id": f"c{i}"})
     return rows
 
 
-def test_cot_trajectories_build_both_classes(tmp_path):
+def test_cot_trajectories_build_both_classes(shared_data, tmp_path):
+    # The issue's case: 2,001 right and 3,275 wrong GSM8K solutions, --pos-num 500 --neg-num 1500.
+    questions = [json.loads(line)["question"] for line in open(shared_data / "gsm8k" / "train.jsonl")][:5276]
     path = tmp_path / "cot.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _cot_rows(20, 60)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in _cot_rows(2001, 3275, questions)))
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "lightning_nat.cli", "build", "--format", "openai", "--trajectories", str(path),
-           "--task", "gsm8k", "--variant", "nat", "--pos-num", "10", "--neg-num", "30", "--prompt-mode", "cot",
+           "--task", "gsm8k", "--variant", "nat", "--pos-num", "500", "--neg-num", "1500", "--prompt-mode", "cot",
            "--out", str(out), "--cache-dir", str(tmp_path / "c")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     train = datasets.load_from_disk(str(out))["train"]
     labels = train["label"]
-    assert labels.count("positive") == 10 and labels.count("negative") == 30
+    assert labels.count("positive") == 500 and labels.count("negative") == 1500
     first = train[0]["messages"]
-    assert first[0] == {"role": "user", "content": "Question: Problem 0: what is 10?. Please solve the problem "
+    assert first[0] == {"role": "user", "content": f"Question: {questions[0].strip()}. Please solve the problem "
                                                    "correctly.", "train": False}
+    assert json.loads((out / "build.json").read_text())["report"]["stats"]["filtered"].get("unfinished", 0) == 0
 
 
 def test_a_filter_that_empties_a_class_fails_loudly(tmp_path):
