@@ -186,7 +186,7 @@ def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
     if spec.zero_class:
         if score <= 0.0:
             return 0
-        return min(1 + bisect.bisect_right(list(spec.thresholds), score), top - 1 if spec.top_at_one else top)
+        return min(1 + bisect.bisect_right(list(spec.thresholds), score), top - 1)
     return min(bisect.bisect_right(list(spec.thresholds), score), top - 1)
 
 
