@@ -53,8 +53,8 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
     path, records = questions
     out = tmp_path / "trajs.jsonl"
     faults = [429, 500, "garbage", 500, 500, 500, 500, 500, 500]
-    with FakeOpenAI(teacher(records), faults=faults, with_body=True) as server:
-        policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2, backoff=0.01,
+    with FakeOpenAI(teacher(records), faults=faults, with_body=True, retry_after_ms=10) as server:
+        policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2,
                               timeout=5)
         task = TASKS["gsm8k"]
         s1 = collect(task, records, policy, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4,
