@@ -150,6 +150,8 @@ def _run_collect(args: argparse.Namespace) -> int:
     records = load_questions_for(task, path=args.data, limit=args.limit)
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
     tools = make_tools(task.tools, search)
+    if "search" in tools:
+        search.prepare()  # a bad corpus or a missing key stops here, before the teacher is paid for anything
     policy = _make_policy(args, temperature=args.temperatures[0])
     prices = (args.price_prompt or 0.0, args.price_completion or 0.0) if args.price_prompt or args.price_completion \
         else None
@@ -206,7 +208,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .console import console, print_eval_table
-    from .evaluate import EvalConfig, evaluate, write_results
+    from .evaluate import EvalConfig, evaluate, prepare, write_results
 
     if args.data_dir is None and not args.hub:
         from .shared_data import shared_data_dir
@@ -218,6 +220,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
                      limit=args.limit, batch_size=args.batch_size, max_turns=args.max_turns, mode=args.mode,
                      search=args.search, search_corpus=args.search_corpus, hub=args.hub)
+    plan = prepare(cfg)  # every task's tools and questions, before the model loads or any episode runs
     policy = _make_policy(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -228,7 +231,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                 ids[name] = bar.add_task(name, total=total)
             bar.update(ids[name], completed=done)
 
-        results, episodes = evaluate(policy, cfg, progress)
+        results, episodes = evaluate(policy, cfg, progress, plan)
     tags = {}
     for tag in args.tag:
         key, sep, value = tag.partition("=")
@@ -258,8 +261,10 @@ def _run_solve(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus))
-    agent = ReActAgent(task, _make_policy(args), make_tools(task.tools, search) if args.mode == "react" else {},
-                       max_turns=args.max_turns, mode=args.mode)
+    tools = make_tools(task.tools, search) if args.mode == "react" else {}
+    if "search" in tools:
+        search.prepare()
+    agent = ReActAgent(task, _make_policy(args), tools, max_turns=args.max_turns, mode=args.mode)
     traj = agent.run([{"id": "cli", "question": args.question, "answer": ""}], batch_size=1)[0]
     print_episode(traj)
     return 0

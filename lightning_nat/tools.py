@@ -211,6 +211,8 @@ def calculate(expression: str) -> str:
 class SearchBackend(Protocol):
     def search(self, query: str, k: int) -> list[str]: ...
 
+    def prepare(self) -> None: ...
+
 
 def format_snippets(snippets: list[str]) -> str:
     """The observation format of the reference trajectories: `` #1: ... #2: ...``.
@@ -257,11 +259,15 @@ class BM25Search:
 
             self._reranker = CrossEncoder(self.rerank_model)
 
+    def prepare(self) -> None:
+        """Read and index the corpus now (a bad corpus then stops a run before its first episode)."""
+        if self._retriever is None:
+            self._load()
+
     def search(self, query: str, k: int) -> list[str]:
         import bm25s
 
-        if self._retriever is None:
-            self._load()
+        self.prepare()
         pool = min(len(self._docs), k * 4 if self._reranker else k)
         ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=pool, show_progress=False)
         hits = [self._docs[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
@@ -278,6 +284,11 @@ class SerperSearch:
     api_key_env: str = "SERPER_API_KEY"
     endpoint: str = "https://google.serper.dev/search"
     timeout: float = 15.0
+
+    def prepare(self) -> None:
+        """Check that the key is set before a run starts."""
+        if not os.environ.get(self.api_key_env):
+            raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
 
     def search(self, query: str, k: int) -> list[str]:
         import urllib.request
@@ -314,6 +325,8 @@ def make_search(backend: str, k: int = 3, **kwargs: Any) -> Callable[[str], str]
         except Exception as exc:  # a tool never raises into the agent loop
             return f"Error: search failed ({type(exc).__name__}: {_redact(str(exc))})"
 
+    # Callers check the backend up front (corpus readable, key set): problems then stop a run early.
+    search.prepare = getattr(impl, "prepare", lambda: None)  # type: ignore[attr-defined]
     return search
 
 
