@@ -300,6 +300,9 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
+    p.add_argument("--stage-dir", metavar="DIR", help="dataset: write the exact upload (data/*.parquet and README.md) "
+                                                     "into this new folder and keep it (e.g. with --dry-run, to check "
+                                                     "it with datasets.load_dataset(DIR))")
 
 
 def _run_push(args: argparse.Namespace) -> int:
@@ -308,7 +311,8 @@ def _run_push(args: argparse.Namespace) -> int:
     from .console import console
     from .hub import push
 
-    plan = push(args.kind, args.folder, args.repo, private=args.private, dry_run=args.dry_run)
+    plan = push(args.kind, args.folder, args.repo, private=args.private, dry_run=args.dry_run,
+                stage_dir=args.stage_dir)
     if args.dry_run:
         console.print(f"would upload to {args.repo} ({args.kind}, {'private' if args.private else 'public'}):")
         for f in plan["files"]:
