@@ -323,6 +323,32 @@ def _run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a `nat build --out` folder")
+    p.add_argument("--to", required=True, choices=["openai", "sharegpt", "alpaca"],
+                   help="openai: messages with per-turn weights (TRL, OpenAI fine-tuning, axolotl, LLaMA-Factory); "
+                        "sharegpt: from/value conversations (LLaMA-Factory, axolotl); alpaca: instruction/output with "
+                        "history (LLaMA-Factory)")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for <split>.jsonl and dataset_info.json")
+    p.add_argument("--name", help="dataset name in dataset_info.json (default: the input folder's name)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .console import console
+    from .trainer_formats import export_dataset
+
+    res = export_dataset(args.folder, args.to, args.out, name=args.name)
+    counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())
+    console.print(f"wrote {args.to} conversations ({counts}) to {escape(args.out)}: {', '.join(res['files'])}")
+    console.print(f"LLaMA-Factory: dataset_dir: {escape(args.out)}, dataset: {', '.join(res['llamafactory'])}")
+    if res["axolotl"]:
+        console.print("axolotl config snippet:")
+        console.print(escape(res["axolotl"]), highlight=False)
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     from .demo import DemoConfig
 
@@ -387,6 +413,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                 _add_collect, _run_collect),
     "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
+    "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
+               _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
     "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT and NAT, evaluate, compare",
              _add_demo, _run_demo),
