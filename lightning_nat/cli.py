@@ -100,7 +100,8 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=5, help="retries of a failed API request (default: 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default: 60)")
     p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
-    p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
+    p.add_argument("--search-corpus", help="offline BM25 search: a `nat corpus --out` folder, or a JSONL of "
+                                           "{title, text}")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
 
 
@@ -349,6 +350,30 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_corpus(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", help="JSONL files of passages and/or folders (or files) of .txt/.md text")
+    p.add_argument("--fields", nargs="+", default=["text"],
+                   help="JSONL fields holding passage text, a string or a list of strings (default: text; "
+                        "StrategyQA: facts decomposition)")
+    p.add_argument("--title-field", default="title", help="JSONL field used as each passage's title (default: title; "
+                                                         "StrategyQA: term)")
+    p.add_argument("--max-words", type=int, default=200, help="text files: longest passage in words (default: 200)")
+    p.add_argument("--out", required=True, help="a new folder: passages.jsonl, index/ and corpus.json")
+
+
+def _run_corpus(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .console import console
+    from .corpus import build_corpus
+
+    manifest = build_corpus(args.sources, args.out, fields=args.fields, title_field=args.title_field or None,
+                            max_words=args.max_words)
+    console.print(f"indexed {manifest['passages']} passages ({manifest['duplicates_dropped']} duplicates dropped) "
+                  f"into {escape(args.out)}; search it with --search-corpus {escape(args.out)}")
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     from .demo import DemoConfig
 
@@ -413,6 +438,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                 _add_collect, _run_collect),
     "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
+    "corpus": ("index text files or a JSONL of passages with BM25 for the offline search tool", _add_corpus,
+               _run_corpus),
     "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
                _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),

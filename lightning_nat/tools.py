@@ -227,7 +227,7 @@ def format_snippets(snippets: list[str]) -> str:
 
 @dataclass
 class BM25Search:
-    """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``."""
+    """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``, or a ``nat corpus`` folder."""
 
     corpus_path: str
     rerank_model: str | None = None
@@ -241,19 +241,24 @@ class BM25Search:
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
         path = Path(self.corpus_path)
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
-        if not self._docs:
-            raise ValueError(f"{path}: empty search corpus")
-        self._retriever = bm25s.BM25()
-        self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
+        if path.is_dir():  # a `nat corpus` folder: passages and their saved index
+            from .corpus import load_index
+
+            self._docs, self._retriever = load_index(path)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
+            if not self._docs:
+                raise ValueError(f"{path}: empty search corpus")
+            self._retriever = bm25s.BM25()
+            self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
         if self.rerank_model:
             from sentence_transformers import CrossEncoder
 
