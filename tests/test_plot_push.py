@@ -108,3 +108,32 @@ def test_pushed_dataset_layout_loads_with_load_dataset(tiny_dataset, tmp_path):
     for split in ("train", "dev"):
         assert loaded[split].to_list() == built[split].to_list()
     assert sorted(p.name for p in tiny_dataset.rglob("*")) == before
+
+
+def test_push_uploads_the_staged_folder_and_nothing_else(tiny_dataset, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:  # records what would go to the Hub, at the moment it would go
+        def __init__(self, token):
+            assert token == "hf_test"
+
+        def create_repo(self, repo_id, repo_type, private, exist_ok):
+            calls.append(("create", repo_id, repo_type, private))
+
+        def upload_folder(self, folder_path, repo_id, repo_type):
+            from pathlib import Path
+
+            root = Path(folder_path)
+            calls.append(("folder", sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())))
+
+        def upload_file(self, **kw):
+            calls.append(("file", kw["path_in_repo"]))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    dry = push("dataset", tiny_dataset, "me/sqa", dry_run=True)
+    real = push("dataset", tiny_dataset, "me/sqa")
+    assert calls == [("create", "me/sqa", "dataset", False), ("folder", dry["files"])]
+    assert real["url"] == "https://huggingface.co/datasets/me/sqa"
