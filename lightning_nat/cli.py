@@ -119,7 +119,8 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per API request (default: 60)")
     p.add_argument("--max-turns", type=int, default=None,
                    help="model turns per episode (default: 6; the reference code allows 7: --protocol reference)")
-    p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
+    p.add_argument("--search-corpus", help="offline BM25 search: a `nat corpus --out` folder, or a JSONL of "
+                                           "{title, text}")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
     p.add_argument("--search-rerank", action="store_true",
                    help="re-rank search results as the paper did: 10 results, the top 5 by the bi-encoder "
@@ -211,6 +212,8 @@ def _run_collect(args: argparse.Namespace) -> int:
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus,
                                     search_rerank=args.search_rerank))
     tools = make_tools(task.tools, search)
+    if "search" in tools:
+        search.prepare()  # a bad corpus or a missing key stops here, before the teacher is paid for anything
     policy = _make_policy(args, temperature=args.temperatures[0])
     args.max_turns = 6 if args.max_turns is None else args.max_turns
     prices = (args.price_prompt or 0.0, args.price_completion or 0.0) if args.price_prompt or args.price_completion \
@@ -272,7 +275,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .console import console, print_eval_table
-    from .evaluate import EvalConfig, evaluate, write_results
+    from .evaluate import EvalConfig, evaluate, prepare, write_results
 
     if args.data_dir is None and not args.hub:
         from .shared_data import shared_data_dir
@@ -290,6 +293,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                      on_parse_error=proto.on_parse_error, runs=proto.runs, seed=args.seed,  # type: ignore[attr-defined]
                      prompt_spec=saved, prompt_style=args.prompt_style,  # type: ignore[arg-type]
                      prompt_preset=args.prompt_preset, prompt_source=where)
+    plan = prepare(cfg)  # every task's tools and questions, before the model loads or any episode runs
     policy = _make_policy(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -300,7 +304,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                 ids[name] = bar.add_task(name, total=total)
             bar.update(ids[name], completed=done)
 
-        results, episodes = evaluate(policy, cfg, progress)
+        results, episodes = evaluate(policy, cfg, progress, plan)
     tags = {}
     for tag in args.tag:
         key, sep, value = tag.partition("=")
@@ -336,9 +340,11 @@ def _run_solve(args: argparse.Namespace) -> int:
     spec = resolve_eval_spec(args.task, saved, args.prompt_style, args.prompt_preset, args.mode, where)  # type: ignore[arg-type]
     search = search_tool(EvalConfig(tasks=[args.task], search=args.search, search_corpus=args.search_corpus,
                                     search_rerank=args.search_rerank))
-    agent = ReActAgent(task, _make_policy(args), make_tools(task.tools, search) if args.mode == "react" else {},
-                       max_turns=args.max_turns, mode=args.mode, on_parse_error=proto.on_parse_error,  # type: ignore[attr-defined]
-                       prompt_spec=spec)
+    tools = make_tools(task.tools, search) if args.mode == "react" else {}
+    if "search" in tools:
+        search.prepare()
+    agent = ReActAgent(task, _make_policy(args), tools, max_turns=args.max_turns, mode=args.mode,
+                       on_parse_error=proto.on_parse_error, prompt_spec=spec)  # type: ignore[attr-defined]
     traj = agent.run([{"id": "cli", "question": args.question, "answer": ""}], batch_size=1)[0]
     print_episode(traj)
     return 0
@@ -374,6 +380,9 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
+    p.add_argument("--stage-dir", metavar="DIR", help="dataset: write the exact upload (data/*.parquet and README.md) "
+                                                     "into this new folder and keep it (e.g. with --dry-run, to check "
+                                                     "it with datasets.load_dataset(DIR))")
 
 
 def _run_push(args: argparse.Namespace) -> int:
@@ -382,7 +391,8 @@ def _run_push(args: argparse.Namespace) -> int:
     from .console import console
     from .hub import push
 
-    plan = push(args.kind, args.folder, args.repo, private=args.private, dry_run=args.dry_run)
+    plan = push(args.kind, args.folder, args.repo, private=args.private, dry_run=args.dry_run,
+                stage_dir=args.stage_dir)
     if args.dry_run:
         console.print(f"would upload to {args.repo} ({args.kind}, {'private' if args.private else 'public'}):")
         for f in plan["files"]:
@@ -390,6 +400,56 @@ def _run_push(args: argparse.Namespace) -> int:
         console.print(escape(plan["card"]))
     else:
         console.print(f"uploaded to {plan['url']}")
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a `nat build --out` folder")
+    p.add_argument("--to", required=True, choices=["openai", "sharegpt", "alpaca"],
+                   help="openai: messages with per-turn weights (TRL, OpenAI fine-tuning, axolotl, LLaMA-Factory); "
+                        "sharegpt: from/value conversations (LLaMA-Factory, axolotl); alpaca: instruction/output with "
+                        "history (LLaMA-Factory)")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for <split>.jsonl and dataset_info.json")
+    p.add_argument("--name", help="dataset name in dataset_info.json (default: the input folder's name)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .console import console
+    from .trainer_formats import export_dataset
+
+    res = export_dataset(args.folder, args.to, args.out, name=args.name)
+    counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())
+    console.print(f"wrote {args.to} conversations ({counts}) to {escape(args.out)}: {', '.join(res['files'])}")
+    console.print(f"LLaMA-Factory: dataset_dir: {escape(args.out)}, dataset: {', '.join(res['llamafactory'])}")
+    if res["axolotl"]:
+        console.print("axolotl config snippet:")
+        console.print(escape(res["axolotl"]), highlight=False)
+    return 0
+
+
+def _add_corpus(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", help="JSONL files of passages and/or folders (or files) of .txt/.md text")
+    p.add_argument("--fields", nargs="+", default=["text"],
+                   help="JSONL fields holding passage text, a string or a list of strings (default: text; "
+                        "StrategyQA: facts decomposition)")
+    p.add_argument("--title-field", default="title", help="JSONL field used as each passage's title (default: title; "
+                                                         "StrategyQA: term)")
+    p.add_argument("--max-words", type=int, default=200, help="text files: longest passage in words (default: 200)")
+    p.add_argument("--out", required=True, help="a new folder: passages.jsonl, index/ and corpus.json")
+
+
+def _run_corpus(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .console import console
+    from .corpus import build_corpus
+
+    manifest = build_corpus(args.sources, args.out, fields=args.fields, title_field=args.title_field or None,
+                            max_words=args.max_words)
+    console.print(f"indexed {manifest['passages']} passages ({manifest['duplicates_dropped']} duplicates dropped) "
+                  f"into {escape(args.out)}; search it with --search-corpus {escape(args.out)}")
     return 0
 
 
@@ -457,6 +517,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                 _add_collect, _run_collect),
     "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
+    "corpus": ("index text files or a JSONL of passages with BM25 for the offline search tool", _add_corpus,
+               _run_corpus),
+    "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
+               _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
     "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT and NAT, evaluate, compare",
              _add_demo, _run_demo),

@@ -58,19 +58,63 @@ def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
 
 
 class DurableWriter:
-    """Appends one JSON line per record, flushed and fsynced before returning."""
+    """Appends one JSON line per record, flushed and fsynced before returning.
 
-    def __init__(self, path: str | os.PathLike):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "a", encoding="utf-8")
+    With ``lazy=True`` the file is only created by the first record (a failure log that
+    stays absent when nothing failed).
+    """
+
+    def __init__(self, path: str | os.PathLike, lazy: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = None if lazy else open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.fh is None:
+            self.fh = open(self.path, "a", encoding="utf-8")
         self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fh is not None:
+            self.fh.close()
+
+
+def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
+    """Failure entries whose key was never collected since, the latest entry per key.
+
+    >>> e = [{"question_id": "a", "temperature": 0.2, "sample": 0, "turns": 1},
+    ...      {"question_id": "b", "temperature": 0.2, "sample": 0, "turns": 1},
+    ...      {"question_id": "b", "temperature": 0.2, "sample": 0, "turns": 3}]
+    >>> still_failed(e, {("a", 0.2, 0)})
+    [{'question_id': 'b', 'temperature': 0.2, 'sample': 0, 'turns': 3}]
+    """
+    latest: dict[Key, dict] = {}
+    for entry in entries:
+        key = (str(entry["question_id"]), float(entry["temperature"]), int(entry["sample"]))
+        if key not in collected:
+            latest.pop(key, None)
+            latest[key] = entry
+    return list(latest.values())
+
+
+def compact_failures(path: Path, collected: set[Key]) -> int:
+    """Rewrite the failure log to what is still missing (removing it when nothing is); returns that count.
+
+    The log is replaced atomically, so a crash here leaves the old log, which the next run compacts.
+    """
+    if not path.exists():
+        return 0
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    left = still_failed(entries, collected)
+    if not left:
+        path.unlink()
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in left), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(left)
 
 
 @dataclass
@@ -107,7 +151,7 @@ def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.Path
     plan = [(float(t), s) for t in temperatures for s in range(samples)]
     total = len(records) * len(plan)
     finished = len([k for k in done if (k[1], k[2]) in set(plan)])
-    writer, failed_writer = DurableWriter(out), DurableWriter(failed_path)
+    writer, failed_writer = DurableWriter(out), DurableWriter(failed_path, lazy=True)
     new: list[Trajectory] = []
     try:
         for temperature, sample in plan:
@@ -137,6 +181,8 @@ def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.Path
         writer.close()
         failed_writer.close()
     everything = existing + new
+    # Keys collected on a retry leave the failure log; it disappears when nothing is missing.
+    compact_failures(failed_path, {key_of(t) for t in everything})
     summary.new_episodes = len(new)
     summary.positives = sum(t.reward for t in everything)
     summary.negatives = len(everything) - summary.positives

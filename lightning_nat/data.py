@@ -6,6 +6,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -135,6 +136,16 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenized_cache_dir(cache_dir: str | None = None) -> Path:
+    """Where tokenized rows are cached: ``<cache_dir>/tokenized``, by default under the datasets cache."""
+    import datasets
+
+    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "lightning_nat"
+    path = root / "tokenized"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class NATDataModule(L.LightningDataModule):
     """Loads or builds a NAT dataset, tokenizes it with an assistant-only mask and batches it per optimizer step.
 
@@ -150,7 +161,8 @@ class NATDataModule(L.LightningDataModule):
         seed: data order seed.
         num_workers: DataLoader workers.
         num_proc: processes for tokenization (``datasets.map``).
-        cache_dir: builder cache folder.
+        cache_dir: builder cache folder, also where tokenized rows are cached (default: the datasets cache,
+            never the dataset folder itself, which may be read-only or about to be pushed).
     """
 
     def __init__(self, dataset_dir: str | None = None, build: BuildSpec | None = None, tokenizer: str | None = None,
@@ -204,12 +216,17 @@ class NATDataModule(L.LightningDataModule):
 
         hp = self.hparams
         fp = Hasher.hash((ds._fingerprint, tokenizer_fingerprint(self.tokenizer), hp.max_length, hp.overlong, "v1"))
+        # datasets would write its cache files beside the input's Arrow files, i.e. into the `nat build`
+        # folder (which `nat push` uploads and `load_dataset` then misreads): name them elsewhere.
+        cache = tokenized_cache_dir(hp.cache_dir)
         out = ds.map(tokenize_batch, batched=True, fn_kwargs={"tokenizer": self.tokenizer, "max_length": hp.max_length,
                                                               "overlong": hp.overlong},
                      remove_columns=[c for c in ds.column_names if c not in ("id", "label")],
-                     num_proc=hp.num_proc if hp.num_proc > 1 else None, new_fingerprint=fp, desc="tokenizing")
+                     num_proc=hp.num_proc if hp.num_proc > 1 else None, new_fingerprint=fp, desc="tokenizing",
+                     cache_file_name=str(cache / f"{fp}.arrow"))
         truncated = sum(out["truncated"])
-        kept = out.filter(lambda keep: keep, input_columns="keep", new_fingerprint=fp + "-kept")
+        kept = out.filter(lambda keep: keep, input_columns="keep", new_fingerprint=fp + "-kept",
+                          cache_file_name=str(cache / f"{fp}-kept.arrow"))
         return kept, truncated, len(out) - len(kept)
 
     def setup(self, stage: str | None = None) -> None:

@@ -64,7 +64,8 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
 
     L.seed_everything(seed, verbose=False)
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
-                       global_batch_size=cfg.batch_size, max_length=1024, seed=seed)
+                       global_batch_size=cfg.batch_size, max_length=1024, seed=seed,
+                       cache_dir=str(run_dir.parent.parent / "cache"))
     module = NATModule(str(model_dir), learning_rate=cfg.learning_rate, warmup_ratio=0.03)
     every = max(1, cfg.steps // 8)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.steps, max_epochs=10_000,
@@ -74,6 +75,15 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
                         log_every_n_steps=every)
     trainer.fit(module, dm)
     return module, dm
+
+
+def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
+    """Keep a trained model as a from_pretrained folder, with the export's generation config."""
+    from .export import serving_generation_config
+
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    serving_generation_config(model, tokenizer).save_pretrained(out)
 
 
 def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
@@ -110,6 +120,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
     for strategy in cfg.strategies:
         say(f"seed {seed}: training {strategy} for {cfg.steps} steps")
         module, dm = _train(cfg, model_dir, datasets_dirs[strategy], root / "runs" / strategy, seed)
+        _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
         build = json.loads((datasets_dirs[strategy] / "build.json").read_text())["report"]["stats"]
         policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)

@@ -127,18 +127,35 @@ def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:
     return None
 
 
-def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None
-             ) -> tuple[dict[str, dict[str, float]], dict[str, list[Trajectory]]]:
-    """Metrics per task and the episodes as trajectories."""
+def prepare(cfg: EvalConfig) -> list[tuple[Any, list[dict], dict[str, Callable[[str], str]]]]:
+    """Every requested task with its questions and tools, checked before any episode runs.
+
+    A missing tool (``search`` without a backend), an unreadable corpus or question file, or a
+    task with no questions stops here, not after the tasks before it have run.
+    """
+    tasks = [get_task(name) for name in cfg.tasks]
+    search = search_tool(cfg)
+    tools = [make_tools(task.tools, search) if cfg.mode == "react" else {} for task in tasks]
+    if search is not None and any("search" in t for t in tools):
+        search.prepare()  # type: ignore[attr-defined]
+    plan = []
+    for task, task_tools in zip(tasks, tools):
+        records = load_questions_for(task, data_dir=cfg.data_dir, limit=cfg.limit, hub=cfg.hub)
+        if not records:
+            raise ValueError(f"{task.name}: no questions to evaluate (data folder {cfg.data_dir})")
+        plan.append((task, records, task_tools))
+    return plan
+
+
+def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
+             plan: list | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[Trajectory]]]:
+    """Metrics per task and the episodes as trajectories (``plan``: what :func:`prepare` returned, if called)."""
     results: dict[str, dict[str, float]] = {}
     episodes: dict[str, list[Trajectory]] = {}
-    search = search_tool(cfg)
-    for name in cfg.tasks:
-        task = get_task(name)
+    for task, records, tools in plan if plan is not None else prepare(cfg):
+        name = task.name
         spec = resolve_eval_spec(name, cfg.prompt_spec, cfg.prompt_style, cfg.prompt_preset, cfg.mode,
                                  cfg.prompt_source)
-        records = load_questions_for(task, data_dir=cfg.data_dir, limit=cfg.limit, hub=cfg.hub)
-        tools = make_tools(task.tools, search) if cfg.mode == "react" else {}
         done = [0]
 
         def tick(_: Trajectory, name: str = name, total: int = len(records) * cfg.runs, done: list[int] = done) -> None:

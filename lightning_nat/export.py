@@ -61,8 +61,41 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
     model.save_pretrained(out, state_dict=sd)
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
     ensure_chat_template(tok).save_pretrained(out)
+    serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
         from .prompts import write_spec
 
         write_spec(prompt_spec, str(out))
     return out
+
+
+def eos_ids(*sources: Any) -> list[int]:
+    """Every end-of-sequence id named by the sources (ints, lists, or ``None``), in order, once.
+
+    >>> eos_ids(5, [2, 5], None, 7)
+    [5, 2, 7]
+    """
+    out: list[int] = []
+    for src in sources:
+        for i in src if isinstance(src, (list, tuple)) else [src]:
+            if i is not None and int(i) not in out:
+                out.append(int(i))
+    return out
+
+
+def serving_generation_config(model: Any, tokenizer: Any) -> Any:
+    """The ``generation_config.json`` of an export: sample when a request asks for it, stop where training did.
+
+    ``do_sample: true`` matters to servers that start from the model's generation config
+    (``transformers serve``): without it they decode greedily whatever temperature a
+    request sends. No temperature, top-p or top-k is written, so the request decides.
+    The end-of-turn token the chat template closes assistant turns with (the tokenizer's
+    eos, e.g. ``<|im_end|>``) comes first, then the model's own eos ids.
+    """
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    eos = eos_ids(tokenizer.eos_token_id, getattr(base, "eos_token_id", None), model.config.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else getattr(base, "pad_token_id", None)
+    return GenerationConfig(do_sample=True, eos_token_id=eos or None, pad_token_id=pad,
+                            bos_token_id=getattr(base, "bos_token_id", None) or model.config.bos_token_id)

@@ -24,8 +24,22 @@ def _front_matter(data: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def dataset_card(folder: str | Path, repo_id: str) -> str:
-    """A dataset card from ``build.json``: variant, sources, counts and the exact ``nat build`` command."""
+def data_files_config(splits: list[str]) -> list[dict[str, Any]]:
+    """The card's ``configs`` entry mapping each split to its Parquet files (how ``load_dataset`` finds them).
+
+    >>> data_files_config(["train", "dev"])
+    [{'config_name': 'default', 'data_files': [{'split': 'train', 'path': 'data/train-*.parquet'}, \
+{'split': 'dev', 'path': 'data/dev-*.parquet'}]}]
+    """
+    return [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}]
+
+
+def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = None) -> str:
+    """A dataset card from ``build.json``: variant, sources, counts and the exact ``nat build`` command.
+
+    With ``splits``, its front matter also maps each split to ``data/<split>-*.parquet``, so that
+    ``load_dataset`` reads the pushed layout with the split names we wrote (``dev`` stays ``dev``).
+    """
     folder = Path(folder)
     build_path = folder / "build.json"
     if not build_path.exists():
@@ -35,6 +49,8 @@ def dataset_card(folder: str | Path, repo_id: str) -> str:
     stats = report.get("stats", {})
     meta = {"license": "other", "task_categories": ["text-generation"], "language": ["en"],
             "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
+    if splits:
+        meta["configs"] = data_files_config(splits)
     command = build_command(cfg)
     sources = "\n".join(f"- `{Path(p).name}`" for p in cfg.get("trajectories", []))
     return _front_matter(meta) + f"""
@@ -143,25 +159,64 @@ Fine-tuned from `{base}` as a ReAct agent with Negative-Aware Training (arXiv 24
 """
 
 
-def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> dict[str, Any]:
-    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card."""
+def stage_dataset(folder: str | Path, repo_id: str, out: str | Path) -> list[str]:
+    """Write into ``out`` exactly what a dataset push uploads; returns the files, relative to ``out``.
+
+    One Parquet file per split under ``data/`` and the card as ``README.md`` (whose ``configs``
+    names the splits): what ``load_dataset(repo_id)`` needs, and nothing else (no Arrow cache,
+    no ``state.json``: a Hub folder mixing those fails to load).
+    """
+    import datasets
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: not empty; the staged upload needs an empty or new folder")
+    ds = datasets.load_from_disk(str(folder))
+    if not isinstance(ds, datasets.DatasetDict):
+        ds = datasets.DatasetDict({"train": ds})
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, part in ds.items():
+        part.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    (out / "README.md").write_text(dataset_card(folder, repo_id, list(ds)), encoding="utf-8")
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
+         stage_dir: str | Path | None = None) -> dict[str, Any]:
+    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card.
+
+    A dataset is staged first (:func:`stage_dataset`, into ``stage_dir`` when given, which a dry
+    run then leaves in place to inspect or load) and that exact folder is what gets uploaded.
+    """
+    import tempfile
+
     folder = Path(folder)
-    card = dataset_card(folder, repo_id) if kind == "dataset" else model_card(folder, repo_id)
+    if kind == "dataset":
+        with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
+            staged = Path(stage_dir) if stage_dir else Path(tmp) / "staged"
+            files = stage_dataset(folder, repo_id, staged)
+            plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files,
+                    "card": (staged / "README.md").read_text(encoding="utf-8"), "staged": str(staged)}
+            if not dry_run:
+                plan["url"] = _upload(staged, repo_id, kind, private, None)
+        return plan
+    if stage_dir:
+        raise ValueError("--stage-dir is for datasets; a model folder is uploaded as it is")
+    card = model_card(folder, repo_id)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"], "card": card}
-    if dry_run:
-        return plan
+    if not dry_run:
+        plan["url"] = _upload(folder, repo_id, kind, private, card)
+    return plan
+
+
+def _upload(folder: Path, repo_id: str, kind: str, private: bool, card: str | None) -> str:
     token = hub_token()
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
-    if kind == "dataset":
-        import datasets
-
-        datasets.load_from_disk(str(folder)).push_to_hub(repo_id, token=token, private=private)
-    else:
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
-    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
-    plan["url"] = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
-    return plan
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=kind)
+    if card is not None:
+        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
+    return f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,14 +87,57 @@ class HFPolicy:
 
 
 class PolicyConfigError(RuntimeError):
-    """The API refuses every request (authentication, permission, unknown model)."""
+    """The API refuses every request (authentication, permission, unknown model, bad parameters)."""
+
+
+class RequestRejected(RuntimeError):
+    """The server refused one request with a 4xx that retrying cannot fix; carries its message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+# What the openai client retries itself (408, 409, 429, 5xx; timeouts and connection errors too).
+RETRIED_STATUSES = (408, 409, 429)
+FATAL_STATUSES = (401, 403, 404)  # wrong key, no access, no such model: every request would fail
+
+
+def clean_server_message(text: str, limit: int = 300) -> str:
+    r"""A server's error text made safe for one console line: printable, single-spaced, bounded.
+
+    >>> clean_server_message("Server is pinned to 'tiny';\n  requested 'my-model'\x1b[31m")
+    "Server is pinned to 'tiny'; requested 'my-model'[31m"
+    >>> len(clean_server_message("x" * 1000))
+    301
+    """
+    text = " ".join("".join(c if c.isprintable() or c.isspace() else "" for c in text).split())
+    return text if len(text) <= limit else text[:limit] + "\u2026"
+
+
+def server_message(exc: Any) -> str:
+    """The human-readable part of an API error body (OpenAI ``error.message``, FastAPI ``detail``, or raw text)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        msg = inner.get("message") or inner.get("detail") if isinstance(inner, dict) else inner
+        text = msg if isinstance(msg, str) else json.dumps(msg if msg is not None else body)
+    elif isinstance(body, str) and body:
+        text = body
+    else:
+        response = getattr(exc, "response", None)
+        text = getattr(response, "text", "") or type(exc).__name__
+    return clean_server_message(text)
 
 
 class OpenAIPolicy:
-    """Any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp, ...), asynchronous and bounded.
+    """Any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp, ``transformers serve``), asynchronous and bounded.
 
-    Requests run concurrently up to ``concurrency``; 429, 5xx, timeouts and connection
-    errors are retried with exponential backoff and jitter up to ``max_retries`` times.
+    Requests run concurrently up to ``concurrency``. Retries are the ``openai`` client's own:
+    408, 409, 429, 5xx, timeouts and connection errors, exponential backoff with jitter, and a
+    server's ``Retry-After`` (or ``retry-after-ms``) honoured. Any other 4xx is not retried: the
+    request fails at once with the server's message; 401/403/404, or a refusal before any request
+    ever succeeded (a wrong ``--model`` is a 400 on many servers), stop the run with that message.
     The key is read from the environment variable ``api_key_env`` and never logged.
 
     Args:
@@ -106,73 +149,65 @@ class OpenAIPolicy:
         concurrency: requests in flight at once.
         max_retries: retries per request on transient errors.
         timeout: seconds per request.
-        backoff: first retry delay in seconds (doubles each retry, with jitter).
     """
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, concurrency: int = 8, max_retries: int = 5,
-                 timeout: float = 60.0, backoff: float = 1.0):
+                 timeout: float = 60.0):
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
-        self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "retries": 0, "failures": 0}
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _client(self) -> Any:
-        from openai import AsyncOpenAI
-
+    def _key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if not key:
             if self.base_url is None:
                 raise RuntimeError(f"set {self.api_key_env} to call the OpenAI API")
             key = "unused"  # local servers accept any key
-        return AsyncOpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+        return key
+
+    def _client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(api_key=self._key(), base_url=self.base_url, timeout=self.timeout,
+                           max_retries=self.max_retries)
+
+    def _redact(self, text: str) -> str:
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "***") if key else text
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
         import openai
 
-        transient = (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                     openai.InternalServerError)
         async with sem:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    resp = await client.chat.completions.create(
-                        model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
-                        stop=[STOP])
-                    self.usage["requests"] += 1
-                    if resp.usage is not None:
-                        self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
-                        self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
-                    choices = getattr(resp, "choices", None) or []
-                    content = choices[0].message.content if choices and choices[0].message else None
-                    return (content or "").split(STOP, 1)[0]
-                except openai.APIStatusError as exc:
-                    if exc.status_code in (401, 403, 404):
-                        # Wrong key, no access or no such model: retrying cannot help, and every request would fail.
-                        raise PolicyConfigError(f"the API refused the request with HTTP {exc.status_code} "
-                                                f"(check {self.api_key_env}, --model and --base-url)") from None
-                    if not isinstance(exc, transient):
-                        raise
-                    if attempt == self.max_retries:
-                        self.usage["failures"] += 1
-                        raise
-                    self.usage["retries"] += 1
-                    delay = self.backoff * (2 ** attempt) * (0.5 + random.random())
-                    log.warning("request failed (HTTP %s); retry %d/%d in %.1fs", exc.status_code, attempt + 1,
-                                self.max_retries, delay)
-                    await asyncio.sleep(delay)
-                except transient as exc:
-                    if attempt == self.max_retries:
-                        self.usage["failures"] += 1
-                        raise
-                    self.usage["retries"] += 1
-                    delay = self.backoff * (2 ** attempt) * (0.5 + random.random())
-                    log.warning("request failed (%s); retry %d/%d in %.1fs", type(exc).__name__, attempt + 1,
-                                self.max_retries, delay)
-                    await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+                    stop=[STOP])
+            except openai.APIStatusError as exc:
+                if exc.status_code in RETRIED_STATUSES or exc.status_code >= 500:
+                    # The client has spent its retries (or the server asked for a wait beyond its cap).
+                    self.usage["retries"] += self.max_retries
+                    self.usage["failures"] += 1
+                    raise
+                raise RequestRejected(exc.status_code, self._redact(server_message(exc))) from None
+            except openai.APIConnectionError:  # timeouts included
+                self.usage["retries"] += self.max_retries
+                self.usage["failures"] += 1
+                raise
+            self.usage["retries"] += int(getattr(raw, "retries_taken", 0) or 0)
+            resp = raw.parse()
+            self.usage["requests"] += 1
+            if resp.usage is not None:
+                self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
+                self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
+            choices = getattr(resp, "choices", None) or []
+            content = choices[0].message.content if choices and choices[0].message else None
+            return (content or "").split(STOP, 1)[0]
 
     async def agenerate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | BaseException]:
         client = self._client()
@@ -185,19 +220,33 @@ class OpenAIPolicy:
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]:
         """Completions in order.
 
-        A request that still fails after the retries gives ``None`` (the episode is recorded
-        as failed); an answer that is not a valid completion (garbage body, no choices)
-        gives ``""``, which the agent handles as a malformed step.
+        A request that still fails after the retries, or that the server rejected, gives
+        ``None`` (the episode is recorded as failed); an answer that is not a valid
+        completion (garbage body, no choices) gives ``""``, which the agent handles as a
+        malformed step. Raises :class:`PolicyConfigError` with the server's message when
+        the server refuses in a way no request can get past.
         """
         import openai
 
         results = asyncio.run(self.agenerate(prompts))
+        rejected = [r for r in results if isinstance(r, RequestRejected)]
+        for r in rejected:
+            if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(rejected) == len(results)):
+                raise PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
+                                        f"(check --model, --base-url and {self.api_key_env})")
         out: list[str | None] = []
+        shown: set[str] = set()
         for r in results:
-            if isinstance(r, PolicyConfigError):
-                raise r
-            if isinstance(r, (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)):
-                log.error("request failed after %d retries: %s", self.max_retries, type(r).__name__)
+            if isinstance(r, RequestRejected):
+                self.usage["rejected"] = self.usage.get("rejected", 0) + 1
+                if str(r) not in shown:  # one line per distinct refusal, not one per episode
+                    shown.add(str(r))
+                    log.error("the server rejected a request with %s", r)
+                out.append(None)
+            elif isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
+                detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
+                    if isinstance(r, openai.APIStatusError) else type(r).__name__
+                log.error("request failed after %d retries: %s", self.max_retries, detail)
                 out.append(None)
             elif isinstance(r, BaseException):
                 self.usage["malformed"] = self.usage.get("malformed", 0) + 1

@@ -11,9 +11,16 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+# ChatML. The {% generation %} block marks what an assistant turn trains on (its text, <|im_end|> and
+# the newline after it, exactly our mask), so TRL's `assistant_only_loss=True` works with it too; it
+# does not change the rendered text.
 CHATML_TEMPLATE = (
     "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}{% generation %}{{- m['content'] + '<|im_end|>\\n' -}}{% endgeneration %}"
+    "{%- else -%}"
     "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )

@@ -211,6 +211,8 @@ def calculate(expression: str) -> str:
 class SearchBackend(Protocol):
     def search(self, query: str, k: int) -> list[str]: ...
 
+    def prepare(self) -> None: ...
+
 
 def format_snippets(snippets: list[str]) -> str:
     """The observation format of the reference trajectories: `` #1: ... #2: ...``.
@@ -225,7 +227,7 @@ def format_snippets(snippets: list[str]) -> str:
 
 @dataclass
 class BM25Search:
-    """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``."""
+    """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``, or a ``nat corpus`` folder."""
 
     corpus_path: str
     rerank_model: str | None = None
@@ -240,30 +242,41 @@ class BM25Search:
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
         path = Path(self.corpus_path)
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-                    self._parts.append((str(rec.get("title", "")), str(rec["text"])))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
-        if not self._docs:
-            raise ValueError(f"{path}: empty search corpus")
-        self._retriever = bm25s.BM25()
-        self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
+        if path.is_dir():  # a `nat corpus` folder: passages and their saved index
+            from .corpus import load_index, passage_text
+
+            passages, self._retriever = load_index(path)
+            self._docs = [passage_text(p) for p in passages]
+            self._parts = [(str(p.get("title") or "").strip(), str(p["text"]).strip()) for p in passages]
+        else:
+            with open(path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
+                        self._parts.append((str(rec.get("title", "")), str(rec["text"])))
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
+            if not self._docs:
+                raise ValueError(f"{path}: empty search corpus")
+            self._retriever = bm25s.BM25()
+            self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
         if self.rerank_model:
             from sentence_transformers import CrossEncoder
 
             self._reranker = CrossEncoder(self.rerank_model)
 
+    def prepare(self) -> None:
+        """Read and index the corpus now (a bad corpus then stops a run before its first episode)."""
+        if self._retriever is None:
+            self._load()
+
     def search(self, query: str, k: int) -> list[str]:
         import bm25s
 
-        if self._retriever is None:
-            self._load()
+        self.prepare()
         pool = min(len(self._docs), k * 4 if self._reranker else k)
         ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=pool, show_progress=False)
         hits = [self._docs[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
@@ -290,6 +303,11 @@ class SerperSearch:
     api_key_env: str = "SERPER_API_KEY"
     endpoint: str = "https://google.serper.dev/search"
     timeout: float = 15.0
+
+    def prepare(self) -> None:
+        """Check that the key is set before a run starts."""
+        if not os.environ.get(self.api_key_env):
+            raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
 
     def _request(self, query: str, num: int) -> dict:
         import urllib.request
@@ -341,6 +359,8 @@ def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, 
         except Exception as exc:  # a tool never raises into the agent loop
             return f"Error: search failed ({type(exc).__name__}: {_redact(str(exc))})"
 
+    # Callers check the backend up front (corpus readable, key set): problems then stop a run early.
+    search.prepare = getattr(impl, "prepare", lambda: None)  # type: ignore[attr-defined]
     return search
 
 

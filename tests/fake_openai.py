@@ -14,13 +14,16 @@ class FakeOpenAI:
 
     ``reply(messages) -> str`` (or ``reply(body)`` with ``with_body=True``) writes the assistant
     text; ``faults`` is a list consumed one per request: ``None`` (answer), an HTTP status such
-    as ``429`` or ``500``, ``"slow"`` (sleep ``slow_s`` first) or ``"garbage"`` (a 200 whose body
-    is not JSON).
+    as ``429`` or ``500``, a dict ``{"status", "message"?, "headers"?}`` (an error with that body
+    message and those response headers), ``"slow"`` (sleep ``slow_s`` first) or ``"garbage"``
+    (a 200 whose body is not JSON). ``retry_after_ms`` adds a ``retry-after-ms`` header to every
+    injected error, so that the client's retries wait that long (tests stay fast).
     """
 
     def __init__(self, reply: Callable[..., str], faults: list | None = None, slow_s: float = 2.0,
-                 delay_s: float = 0.0, with_body: bool = False):
+                 delay_s: float = 0.0, with_body: bool = False, retry_after_ms: int | None = None):
         self.reply, self.faults, self.slow_s = reply, list(faults or []), slow_s
+        self.retry_after_ms = retry_after_ms
         self.delay_s, self.with_body = delay_s, with_body
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
@@ -38,7 +41,13 @@ class FakeOpenAI:
                     outer.auth_headers.append(self.headers.get("Authorization", ""))
                     fault = outer.faults.pop(0) if outer.faults else None
                 if isinstance(fault, int):
-                    self._send(fault, {"error": {"message": "injected", "type": "server_error"}})
+                    fault = {"status": fault}
+                if isinstance(fault, dict):
+                    headers = dict(fault.get("headers") or {})
+                    if outer.retry_after_ms is not None:
+                        headers.setdefault("retry-after-ms", str(outer.retry_after_ms))
+                    self._send(fault["status"], {"error": {"message": fault.get("message", "injected"),
+                                                           "type": "server_error"}}, headers)
                     return
                 if fault == "slow":
                     time.sleep(outer.slow_s)
@@ -55,12 +64,14 @@ class FakeOpenAI:
                                               "message": {"role": "assistant", "content": text}}],
                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
-            def _send(self, code, obj):
-                self._raw(code, json.dumps(obj).encode(), "application/json")
+            def _send(self, code, obj, headers=None):
+                self._raw(code, json.dumps(obj).encode(), "application/json", headers)
 
-            def _raw(self, code, data, ctype="text/html"):
+            def _raw(self, code, data, ctype="text/html", headers=None):
                 try:
                     self.send_response(code)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

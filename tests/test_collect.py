@@ -54,8 +54,8 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
     path, records = questions
     out = tmp_path / "trajs.jsonl"
     faults = [429, 500, "garbage", 500, 500, 500, 500, 500, 500]
-    with FakeOpenAI(teacher(records), faults=faults, with_body=True) as server:
-        policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2, backoff=0.01,
+    with FakeOpenAI(teacher(records), faults=faults, with_body=True, retry_after_ms=10) as server:
+        policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2,
                               timeout=5)
         task = TASKS["gsm8k"]
         s1 = collect(task, records, policy, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4,
@@ -79,7 +79,9 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
     assert not any(t.reward for t in trajs if t.meta["temperature"] == 0.7)
     assert by_temp[0.2].meta["teacher"] == "teacher-x" and by_temp[0.2].meta["sample"] == 0
     assert s2.questions_solved == len({t.question_id for t in trajs if t.reward})
-    assert SECRET not in out.read_text() + (tmp_path / "trajs.jsonl.failed.jsonl").read_text()
+    assert SECRET not in out.read_text() + json.dumps(failed)
+    # Every failed key was collected on the rerun: the failure log is gone, not left stale.
+    assert not (tmp_path / "trajs.jsonl.failed.jsonl").exists()
     # What collect writes, nat build reads.
     assert len(read_trajectories(out, "jsonl")) == len(trajs)
 
@@ -113,6 +115,7 @@ def test_kill_9_and_resume_gives_the_same_keys(questions, tmp_path):
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-2000:]
         assert "Collection" in stdout and "positives" in stdout
+        assert not Path(str(straight) + ".failed.jsonl").exists()  # nothing failed: no empty failure log
 
         interrupted = tmp_path / "interrupted.jsonl"
         proc = run(interrupted)

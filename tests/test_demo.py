@@ -66,3 +66,16 @@ def test_nat_demo_quick(tmp_path):
     assert collected["positives"] > 0 and collected["negatives"] > 0
     for name in ("perplexity.png", "accuracy.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
+    # Every trained model is kept, and reloaded it scores what the demo reported.
+    from lightning_nat.agent import summarize
+    from lightning_nat.policies import HFPolicy
+
+    test = [json.loads(line) for line in (out / "seed0" / "test.jsonl").read_text().splitlines()]
+    for strategy in ("positive", "nut", "nat"):
+        policy = HFPolicy(str(out / "seed0" / "runs" / strategy / "model"), device="cpu", max_new_tokens=24)
+        trajs = ReActAgent(TASKS["arith"], policy, make_tools(TASKS["arith"].tools), max_turns=4).run(
+            test, batch_size=len(test))
+        assert summarize(trajs)["accuracy"] == pytest.approx(result["per_seed"][0][strategy]["accuracy"]), strategy
+        seen = [json.loads(line) for line in (out / "seed0" / "runs" / strategy / "eval_trajectories.jsonl")
+                .read_text().splitlines()]
+        assert [t.messages for t in trajs] == [t["messages"] for t in seen], strategy  # the same episodes, turn by turn

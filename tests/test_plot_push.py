@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -75,10 +76,64 @@ def test_dataset_and_model_cards(tiny_dataset, scratch_model, tmp_path):
 
 def test_push_dry_run_and_missing_token(tiny_dataset, monkeypatch, capsys):
     plan = push("dataset", tiny_dataset, "me/sqa", dry_run=True)
-    assert "dataset_dict.json" in plan["files"] and plan["card"].startswith("---\n")
+    assert plan["files"] == ["README.md", "data/dev-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    assert plan["card"].startswith("---\n")
     assert main(["push", "dataset", str(tiny_dataset), "--repo", "me/sqa", "--dry-run"]) == 0
     assert "would upload to me/sqa" in capsys.readouterr().out
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     assert main(["push", "dataset", str(tiny_dataset), "--repo", "me/sqa"]) == 1
     assert "no Hugging Face token: set HF_TOKEN" in capsys.readouterr().out
+
+
+def test_pushed_dataset_layout_loads_with_load_dataset(tiny_dataset, tmp_path):
+    # The staged folder of a dry run is byte for byte what a push uploads; the Hub reads it with load_dataset.
+    import subprocess
+    import sys
+
+    import datasets
+
+    before = sorted(p.name for p in tiny_dataset.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "push", "dataset", str(tiny_dataset), "--repo",
+                           "me/sqa", "--dry-run", "--stage-dir", str(tmp_path / "staged")], capture_output=True,
+                          text=True, timeout=300, env={k: v for k, v in os.environ.items() if "TOKEN" not in k})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    staged = tmp_path / "staged"
+    files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+    assert files == ["README.md", "data/dev-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    assert all(f in proc.stdout for f in files)
+    loaded = datasets.load_dataset(str(staged))
+    built = datasets.load_from_disk(str(tiny_dataset))
+    assert set(loaded) == {"train", "dev"}
+    for split in ("train", "dev"):
+        assert loaded[split].to_list() == built[split].to_list()
+    assert sorted(p.name for p in tiny_dataset.rglob("*")) == before
+
+
+def test_push_uploads_the_staged_folder_and_nothing_else(tiny_dataset, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:  # records what would go to the Hub, at the moment it would go
+        def __init__(self, token):
+            assert token == "hf_test"
+
+        def create_repo(self, repo_id, repo_type, private, exist_ok):
+            calls.append(("create", repo_id, repo_type, private))
+
+        def upload_folder(self, folder_path, repo_id, repo_type):
+            from pathlib import Path
+
+            root = Path(folder_path)
+            calls.append(("folder", sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())))
+
+        def upload_file(self, **kw):
+            calls.append(("file", kw["path_in_repo"]))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    dry = push("dataset", tiny_dataset, "me/sqa", dry_run=True)
+    real = push("dataset", tiny_dataset, "me/sqa")
+    assert calls == [("create", "me/sqa", "dataset", False), ("folder", dry["files"])]
+    assert real["url"] == "https://huggingface.co/datasets/me/sqa"

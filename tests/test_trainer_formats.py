@@ -1,0 +1,102 @@
+"""`nat export` output loads in the tools users run: datasets' JSON loader, LLaMA-Factory's layout, TRL."""
+
+import json
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+from lightning_nat.tokenization import IGNORE_INDEX, tokenize_conversation
+
+
+def _export(folder, layout, out):
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(folder), "--to", layout, "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _llamafactory_accepts(messages, role_tag, user_tags, assistant_tags, system_tag="system"):
+    """LLaMA-Factory's sharegpt rule: an optional system turn first, then user/assistant alternating, even count."""
+    if messages and messages[0][role_tag] == system_tag:
+        messages = messages[1:]
+    tags = (user_tags, assistant_tags)
+    return len(messages) % 2 == 0 and all(m[role_tag] in tags[i % 2] for i, m in enumerate(messages))
+
+
+@pytest.mark.parametrize("layout", ["openai", "sharegpt", "alpaca"])
+def test_export_loads_with_the_json_loader_in_llamafactory_layouts(layout, tiny_dataset, tmp_path):
+    out = tmp_path / layout
+    printed = _export(tiny_dataset, layout, out)
+    built = datasets.load_from_disk(str(tiny_dataset))
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert set(info) == {"sqa-nat", "sqa-nat_dev"}
+    for split, key in (("train", "sqa-nat"), ("dev", "sqa-nat_dev")):
+        entry = info[key]
+        loaded = datasets.load_dataset("json", data_files=str(out / entry["file_name"]), split="train")
+        assert len(loaded) == len(built[split])
+        for row, src in zip(loaded, built[split]):
+            assistant = [m["content"] for m in src["messages"] if m["role"] == "assistant"]
+            if layout == "alpaca":
+                assert [a for _, a in row["history"]] + [row["output"]] == assistant
+                assert row["system"] == src["messages"][0]["content"]
+                continue
+            field = entry["columns"]["messages"]
+            tags = entry["tags"]
+            msgs = row[field]
+            assert _llamafactory_accepts(msgs, tags["role_tag"], (tags["user_tag"],), (tags["assistant_tag"],))
+            assert msgs[-1][tags["role_tag"]] == tags["assistant_tag"]
+            assert [m[tags["content_tag"]] for m in msgs if m[tags["role_tag"]] == tags["assistant_tag"]] == assistant
+    if layout == "alpaca":
+        assert "axolotl" not in printed
+    else:
+        assert "type: chat_template" in printed and "roles_to_train: [assistant]" in printed
+
+
+def test_export_refuses_a_non_empty_folder(tiny_dataset, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(tiny_dataset), "--to", "openai",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "not an empty folder" in proc.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_generation_template_mask_equals_ours(scratch_model, tiny_dataset):
+    # What TRL's assistant_only_loss uses ({% generation %} blocks) marks exactly our target tokens.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(scratch_model)
+    for row in datasets.load_from_disk(str(tiny_dataset))["train"].select(range(8)):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        ours = tokenize_conversation(tok, row["messages"])
+        theirs = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        assert theirs["input_ids"] == ours.input_ids
+        assert theirs["assistant_masks"] == [int(lab != IGNORE_INDEX) for lab in ours.labels]
+
+
+@pytest.mark.slow
+def test_trl_sft_trainer_trains_on_the_openai_export(scratch_model, tiny_dataset, tmp_path):
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "openai"
+    _export(tiny_dataset, "openai", out)
+    train = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    tok = AutoTokenizer.from_pretrained(scratch_model)
+    model = AutoModelForCausalLM.from_pretrained(scratch_model)
+    args = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=2, per_device_train_batch_size=2,
+                         assistant_only_loss=True, max_length=4096, report_to=[], save_strategy="no",
+                         logging_steps=1, use_cpu=True, seed=0, learning_rate=1e-3)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
+    first = trainer.train_dataset[0]
+    # TRL's mask on the exported file is our mask on the built row.
+    built = datasets.load_from_disk(str(tiny_dataset))["train"]
+    src = next(r for r in built if [m["content"] for m in r["messages"]][:2] ==
+               [m["content"] for m in train[0]["messages"]][:2])
+    ours = tokenize_conversation(tok, src["messages"][: max(i for i, m in enumerate(src["messages"])
+                                                           if m["role"] == "assistant") + 1])
+    assert first["input_ids"] == ours.input_ids
+    assert first["labels"] == ours.labels
+    result = trainer.train()
+    assert trainer.state.global_step == 2 and result.training_loss > 0
