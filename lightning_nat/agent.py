@@ -158,8 +158,15 @@ class ReActAgent:
     lockstep: bool = False
     stats: EpisodeStats = field(default_factory=EpisodeStats)
 
-    def prompt(self, question: str) -> list[dict[str, str]]:
+    def prompt(self, question: str, record: dict | None = None) -> list[dict[str, str]]:
         msgs = inference_messages(self.task.name, question, self.markers)
+        if self.task.instruction_from_data:
+            # The task's instruction is the data's own system prompt: the question record's `system` field.
+            system = (record or {}).get("system")
+            if not isinstance(system, str) or not system.strip():
+                raise ValueError(f"task {self.task.name!r} takes its instruction from the data, but question "
+                                 f"{(record or {}).get('id')!r} has no 'system' field")
+            msgs[0] = {"role": "system", "content": system}
         if self.mode == "cot":
             msgs[0] = {"role": "system", "content": self.task.cot_instruction}
         return msgs
@@ -191,8 +198,8 @@ class ReActAgent:
             live = [e for e in episodes if not e.done]
             if not live and not self.lockstep:
                 break
-            prompts = [self.prompt(str(e.record["question"])) + e.messages for e in live]
-            outputs = self.policy.generate(prompts or [self.prompt("(idle)")])
+            prompts = [self.prompt(str(e.record["question"]), e.record) + e.messages for e in live]
+            outputs = self.policy.generate(prompts or [self.prompt("(idle)", dict(records[0]) if records else None)])
             for ep, text in zip(live, outputs):
                 self._advance(ep, text)
             emit()

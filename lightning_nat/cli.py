@@ -24,7 +24,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                         "ShareGPT JSONL, or our canonical trajectory JSONL (default: nat)")
     p.add_argument("--questions", metavar="FILE", help="question file (JSON or JSONL with id, question, answer); "
                                                         "needed by --format nat")
-    p.add_argument("--task", required=True, help="task name, which picks the instruction text (e.g. strategyqa)")
+    p.add_argument("--task", default="", help="task name or task YAML, which picks the instruction text; without it, "
+                   "each trajectory keeps its own leading system turn(s) as the instruction (task-less build)")
     p.add_argument("--variant", default="nat", choices=[c.name for c in PRESETS],
                    help="which training set to build: " + "; ".join(f"{c.name}: {c.description}" for c in PRESETS))
     p.add_argument("--pos-num", type=int, help="positives to keep: the first N unique by question (default: all)")
@@ -125,7 +126,7 @@ def _make_policy(args: argparse.Namespace, temperature: float | None = None) -> 
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
     _add_agent_args(p)
-    p.add_argument("--task", required=True, help="task (instruction, tools, metric)")
+    p.add_argument("--task", required=True, help="task name or task YAML (instruction, tools, metric)")
     p.add_argument("--data", required=True, help="question file (JSON or JSONL with question and answer)")
     p.add_argument("--limit", type=int, help="first N questions")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.5, 0.7],
@@ -192,7 +193,8 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k,asdiv,svamp,multiarith,hotpotqa,strategyqa")
+    p.add_argument("--tasks", required=True, help="comma-separated task names or task YAML files (built in: "
+                   + ",".join(_task_names()) + ")")
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: the Hub with --hub)")
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
@@ -202,13 +204,21 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
 
 
+def _task_names() -> list[str]:
+    from .tasks import TASKS
+
+    return sorted(TASKS)
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .console import console, print_eval_table
     from .evaluate import EvalConfig, evaluate, write_results
+    from .tasks import get_task
 
-    if args.data_dir is None and not args.hub:
+    own_data = all(get_task(t.strip()).data_file for t in args.tasks.split(",") if t.strip())
+    if args.data_dir is None and not args.hub and not own_data:
         from .shared_data import shared_data_dir
 
         found = shared_data_dir()
@@ -245,7 +255,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_solve(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--task", required=True, help="task whose instruction and tools to use")
+    p.add_argument("--task", required=True, help="task name or task YAML whose instruction and tools to use")
     p.add_argument("question", help="the question to solve")
 
 

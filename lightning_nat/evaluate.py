@@ -53,15 +53,15 @@ def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], N
                            on_parse_error=cfg.on_parse_error)  # type: ignore[arg-type]
         done = [0]
 
-        def tick(_: Trajectory, name: str = name, total: int = len(records), done: list[int] = done) -> None:
+        def tick(_: Trajectory, name: str = task.name, total: int = len(records), done: list[int] = done) -> None:
             done[0] += 1
             if progress:
                 progress(name, done[0], total)
 
         trajs = agent.run(records, batch_size=cfg.batch_size, on_episode=tick)
-        results[name] = summarize(trajs)
-        results[name]["parse_errors"] = agent.stats.parse_errors
-        episodes[name] = trajs
+        results[task.name] = summarize(trajs)
+        results[task.name]["parse_errors"] = agent.stats.parse_errors
+        episodes[task.name] = trajs
     return results, episodes
 
 

@@ -167,6 +167,31 @@ def inference_messages(task: str, question: str, markers: str = "correct",
     ]
 
 
+def instruction_of(traj: Trajectory) -> str:
+    """The instruction a trajectory trains under: its task's, else its own leading system turn(s).
+
+    A trajectory of no known task (a task-less build), or of a task declared
+    ``instruction: from_data``, keeps the system prompt it was recorded with.
+
+    >>> t = Trajectory("r0", "", "2+3?", [{"role": "assistant", "content": "Action: finish[5]"}], True,
+    ...                meta={"source_system": "You are a calculator agent."})
+    >>> instruction_of(t)
+    'You are a calculator agent.'
+    """
+    from .registry import find_task
+
+    task = find_task(traj.task) if traj.task else None
+    if task is not None and not task.instruction_from_data:
+        return task.instruction
+    source = traj.meta.get("source_system")
+    if isinstance(source, str) and source.strip():
+        return source
+    why = (f"task {traj.task!r} takes its instruction from the data" if task is not None
+           else f"task {traj.task!r} is not registered" if traj.task else "no task was given")
+    raise ValueError(f"trajectory {traj.id}: no instruction: {why} and the trajectory has no leading system turn "
+                     "(give --task NAME or a task YAML, or record the system prompt)")
+
+
 def trajectory_key(traj: Trajectory) -> tuple:
     """What makes two trajectories identical: the question and every turn."""
     return (traj.question_id or traj.question, tuple((m["role"], m["content"]) for m in traj.messages))
@@ -296,12 +321,12 @@ def reformat(trajs: Sequence[Trajectory], variant: str, markers: str = "correct"
              thresholds: Sequence[float] = (), instruction: str | None = None) -> list[dict[str, Any]]:
     """Training conversations for already selected trajectories under ``variant``.
 
-    The instruction is the task's own (``TASKS[t.task].instruction``) unless given.
+    The instruction is the given one, else :func:`instruction_of` each trajectory.
     """
     vocab = MARKERS[markers]
     out = []
     for t in trajs:
         label, marker = label_and_marker(t, variant, vocab, thresholds)
-        text = instruction if instruction is not None else get_task(t.task).instruction
+        text = instruction if instruction is not None else instruction_of(t)
         out.append(to_conversation(t, text, marker, label, placement))
     return out

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from lightning_nat.agent import ReActAgent
-from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, make_problems
-from lightning_nat.tasks import TASKS
+from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
 from lightning_nat.tools import make_tools
 
 
@@ -24,7 +23,7 @@ def test_problems_are_deterministic_and_correct():
 
 
 def _run(teacher, problems, temperature=0.0):
-    task = TASKS["arith"]
+    task = arith_task()
     teacher.temperature = temperature
     agent = ReActAgent(task, teacher, make_tools(task.tools), max_turns=6)
     return agent.run([p.record() for p in problems], batch_size=64)

@@ -63,7 +63,7 @@ class ReActEval(L.Callback):
     not hang; results are gathered. Train mode and every RNG are restored afterwards.
 
     Args:
-        tasks: task names.
+        tasks: task names or task YAML paths.
         data_dir: folder laid out like ``../shared/data``.
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
@@ -121,7 +121,7 @@ class ReActEval(L.Callback):
                         agent.run(records[:1], batch_size=self.batch_size)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
-                results[name] = summarize(episodes)
+                results[task.name] = summarize(episodes)
                 all_episodes += episodes
         for name, values in results.items():
             for key in ("accuracy", "em", "f1", "finished", "turn_limit", "parse_error_rate"):
