@@ -38,7 +38,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement", choices=["suffix", "prefix"], help="marker after (default) or before the question")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
-                   help="drop negatives scoring below this (1e-6 drops HotpotQA negatives with F1 = 0)")
+                   help="drop negatives scoring below this (1e-6 drops negatives with F1 = 0, as the paper does)")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical trajectories")
     p.add_argument("--dev-num", type=int, default=0,
                    help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
@@ -166,7 +166,8 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 def _add_clean(p: argparse.ArgumentParser) -> None:
     p.add_argument("trajectories", help="canonical trajectory JSONL (what nat collect writes)")
-    p.add_argument("--task", required=True, help="task, which picks the rules (HotpotQA also drops F1 = 0 negatives)")
+    p.add_argument("--task", required=True, help="task name or task YAML, which picks the rules (tasks graded by F1 also drop "
+                   "F1 = 0 negatives)")
     p.add_argument("--keep-unfinished", action="store_true", help="keep trajectories that never called finish")
     p.add_argument("--min-score", type=float, help="drop negatives scoring below this (overrides the task's rule)")
     p.add_argument("--out", required=True, help="cleaned JSONL")
@@ -302,7 +303,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["dataset", "model"], help="a `nat build --out` folder or an exported `hf/` folder")
     p.add_argument("folder", help="the folder to publish")
-    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/my-nat-data")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
 

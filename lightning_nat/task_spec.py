@@ -48,15 +48,20 @@ BUILTIN_DIR = Path(__file__).parent / "taskdefs"
 
 def adapt_metric(fn: Callable[..., Any], where: str) -> Callable[[str | None, object], dict[str, float]]:
     """A user metric as a task metric: ``(reward, score)``, a bool, or ``{"reward", "score", ...}`` in;
-    ``{"accuracy": reward, "score": score, ...}`` out.
+    ``{"accuracy": reward, "score": score, ...}`` out. Without a gold answer (``nat solve``) the
+    user's function is not called: no gold, no reward.
 
     >>> adapt_metric(lambda p, g: (p == g, 0.5), "m")("a", "a")
     {'accuracy': 1.0, 'score': 0.5}
     >>> adapt_metric(lambda p, g: {"reward": False, "score": 0.2, "close": 1}, "m")("a", "b")
     {'close': 1.0, 'accuracy': 0.0, 'score': 0.2}
+    >>> adapt_metric(lambda p, g: float(g), "m")("a", "")
+    {'accuracy': 0.0, 'score': 0.0}
     """
 
     def metric(prediction: str | None, gold: object) -> dict[str, float]:
+        if gold is None or gold == "":
+            return {"accuracy": 0.0, "score": 0.0}
         out = fn(prediction, gold)
         extra: dict[str, float] = {}
         if isinstance(out, dict) and "reward" in out:

@@ -64,7 +64,7 @@ class ReActEval(L.Callback):
 
     Args:
         tasks: task names or task YAML paths.
-        data_dir: folder laid out like ``../shared/data``.
+        data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
         batch_size: episodes per generation batch on each rank.
@@ -73,8 +73,8 @@ class ReActEval(L.Callback):
         search_corpus: JSONL corpus for the BM25 search tool (search tasks).
     """
 
-    def __init__(self, tasks: list[str], data_dir: str, limit: int = 32, every_n_steps: int = 0, batch_size: int = 16,
-                 max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = 32, every_n_steps: int = 0,
+                 batch_size: int = 16, max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
         self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
         self.every_n_steps, self.batch_size = every_n_steps, batch_size
         self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
