@@ -11,6 +11,7 @@ works too (:func:`resolve_task`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,17 +108,26 @@ def register_task(task: Any, replace: bool = False) -> Any:
     from .tasks import TASKS, Task
 
     if isinstance(task, dict):
-        task = task_from_dict(task, source=f"register_task({task.get('name', '?')!r})")
+        # The same declaration registered twice is one task; another one under its name is a clash.
+        digest = hashlib.sha256(repr(sorted(task.items())).encode()).hexdigest()[:12]
+        task = task_from_dict(task, source=f"register_task({task.get('name', '?')!r}, declaration {digest})")
     elif isinstance(task, (str, Path)):
         task = load_task_file(task)
     if not isinstance(task, Task):
         raise TypeError(f"register_task takes a Task, a declaration dict or a YAML path, got {type(task).__name__}")
     old = TASKS.get(task.name)
-    if old is not None and old is not task and not replace and (not old.source or old.source != task.source):
+    if old is not None and old is not task and not replace and not _same_source(old.source, task.source):
         raise ValueError(f"task name {task.name!r} is already registered (from {old.source or 'Python'}); "
                          "choose another name")
     TASKS[task.name] = task
     return task
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Whether two declarations came from the same place (one file however its path was written)."""
+    if not a or not b:
+        return False
+    return a == b or (Path(a).is_file() and Path(b).is_file() and Path(a).resolve() == Path(b).resolve())
 
 
 def is_task_file(name: str) -> bool:

@@ -104,25 +104,27 @@ def test_eval_collect_and_solve_take_a_task_yaml_and_use_its_tool(workdir):
 
 
 def test_taskless_build_keeps_each_trajectorys_own_system_prompt(workdir):
+    from lightning_nat.builders import build_dataset
+
     source = workdir / "examples/custom_task/trajectories.jsonl"
     system = json.loads(source.read_text().splitlines()[0])["messages"][0]["content"]
+    proc = _nat(["build", "--format", "openai", "--trajectories", str(source), "--variant", "nat", "--out", "own"],
+                workdir)  # the README's task-less command
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cli_rows = datasets.load_from_disk(str(workdir / "own"))["train"]
     for variant, negative_marker in (("nat", "Please solve it incorrectly."), ("nut", "Please solve it correctly."),
                                      ("nat-2", "Please solve it incorrectly. (answer quality")):
-        proc = _nat(["build", "--format", "openai", "--trajectories", str(source), "--variant", variant,
-                     "--out", f"own-{variant}"], workdir)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        rows = datasets.load_from_disk(str(workdir / f"own-{variant}"))["train"]
+        rows = build_dataset([source], variant, cache_dir=str(workdir / "cache"), format="openai").dataset["train"]
         assert len(rows) == 39 and {r["messages"][0]["content"] for r in rows} == {system}
         negatives = [r["messages"][1]["content"].splitlines()[-1] for r in rows if not r["reward"]]
         assert len(negatives) == 15 and all(m.startswith(negative_marker) for m in negatives)
-    # The same command, the same data (seeded): a task-less build is deterministic.
-    proc = _nat(["build", "--format", "openai", "--trajectories", str(source), "--variant", "nat", "--neg-num", "5",
-                 "--seed", "3", "--out", "again-a"], workdir)
-    proc2 = _nat(["build", "--format", "openai", "--trajectories", str(source), "--variant", "nat", "--neg-num", "5",
-                  "--seed", "3", "--out", "again-b", "--cache-dir", str(workdir / "other-cache")], workdir)
-    assert proc.returncode == proc2.returncode == 0
-    a, b = (datasets.load_from_disk(str(workdir / d))["train"]["id"] for d in ("again-a", "again-b"))
-    assert a == b
+        if variant == "nat":
+            assert rows["messages"] == cli_rows["messages"]
+    # The same parameters and data (seeded), built twice from scratch: the same rows.
+    a, b = (build_dataset([source], "nat", cache_dir=str(workdir / d), format="openai", neg_num=5, seed=3)
+            .dataset["train"]["id"] for d in ("cache-a", "cache-b"))
+    assert a == b and a != build_dataset([source], "nat", cache_dir=str(workdir / "cache-c"), format="openai",
+                                         neg_num=5, seed=4).dataset["train"]["id"]
 
 
 def test_taskless_build_without_a_system_turn_names_the_trajectory(workdir):

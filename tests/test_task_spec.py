@@ -76,8 +76,12 @@ def test_yaml_task_with_file_tool_and_metric(tmp_path, clean_registry):
     assert records[0]["id"] == "a" and records[0]["question"] == "say hi"
     assert task.score("HI", records[0]) == (True, 0.25, {"accuracy": 1.0, "score": 0.25})
     assert task.score("hi", records[0])[0] is False
-    # Loading the same file again is the same task, not a clash.
+    # Loading the same file again (however its path is written) is the same task, not a clash.
     assert get_task(str(task_file)).name == "shouting"
+    assert get_task(str(tmp_path / "." / "shouting.yaml")).name == "shouting"
+    other = _write(tmp_path, "other.yaml", "name: shouting\ninstruction: x\nmetric: exact\n")
+    with pytest.raises(ValueError, match="already registered"):
+        get_task(str(other))
 
 
 @pytest.mark.parametrize("field,value,expected", [
@@ -132,6 +136,10 @@ def test_register_task_and_tool_from_python(clean_registry):
         register_tool("reverse", lambda s: s)
     with pytest.raises(ValueError, match="already registered"):
         register_task({"name": "gsm8k", "instruction": "x", "metric": "exact"})
+    assert register_task({"name": "rev", "instruction": {"what": "a reversal", "answer": "the text"},
+                          "tools": ["reverse"], "metric": "exact"}).name == "rev"  # the same declaration again
+    with pytest.raises(ValueError, match="already registered"):
+        register_task({"name": "rev", "instruction": "Something else.", "metric": "exact"})
     with pytest.raises(ValueError, match="built in"):
         register_tool("calculate", reverse)
     with pytest.raises(ValueError, match="lower-case"):
