@@ -84,6 +84,7 @@ def test_eval_collect_and_solve_take_a_task_yaml_and_use_its_tool(workdir):
         api = ["--policy", "openai", "--model", "unit-teacher", "--base-url", server.base_url, "--max-retries", "0"]
         proc = _nat(["eval", *api, "--tasks", task, "--limit", "8", "--out", "ev"], workdir, OPENAI_API_KEY="sk-x")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "score" in proc.stdout.split("units")[0]  # the task metric's graded score is a column of the table
         proc = _nat(["collect", *api, "--task", task, "--data", "examples/custom_task/questions.jsonl",
                      "--temperatures", "0.5", "--out", "c.jsonl"], workdir, OPENAI_API_KEY="sk-x")
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -92,7 +93,7 @@ def test_eval_collect_and_solve_take_a_task_yaml_and_use_its_tool(workdir):
         assert proc.returncode == 0 and "23 kg = 50.7063 lb" in proc.stdout, proc.stdout + proc.stderr
     results = json.loads((workdir / "ev/results.json").read_text())["results"]["units"]
     # Six questions are converted right; h7 (grams to ounces) and h8 get the tool's error, then a wrong answer.
-    assert results["episodes"] == 8 and results["accuracy"] == 6 / 8
+    assert results["episodes"] == 8 and results["accuracy"] == 6 / 8 and 0.75 < results["score"] < 1.0
     episodes = {e["question_id"]: e for e in map(json.loads, (workdir / "ev/trajectories.jsonl").open())}
     assert episodes["h1"]["messages"][1]["content"] == "Observation: 23 kg = 50.7063 lb"
     assert episodes["h7"]["messages"][1]["content"] == "Observation: Error: ValueError: unknown unit 'parsecs'"

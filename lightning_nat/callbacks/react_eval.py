@@ -124,7 +124,7 @@ class ReActEval(L.Callback):
                 results[task.name] = summarize(episodes)
                 all_episodes += episodes
         for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "finished", "turn_limit", "parse_error_rate"):
+            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "parse_error_rate"):
                 if key in values:
                     pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
