@@ -4,7 +4,8 @@ What the model writes inside ``tool[...]`` is untrusted input, and a user's tool
 be slow or buggy. :func:`guard` wraps a plain function so that the agent loop always
 gets a short string back: exceptions become ``Error: ...`` observations, a call that
 runs past its timeout is answered ``Error: ... timed out``, anything that is not a
-string is converted with ``str``, and long outputs are cut.
+string is converted with ``str``, long outputs are cut, and the API keys the package
+knows of are masked (a tool's error message may echo a request URL or header).
 
 A Python thread cannot be killed: a timed-out call is abandoned (its daemon thread
 finishes or dies with the process), so a tool that may block forever should use its
@@ -48,11 +49,13 @@ def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAUL
             worker.join(timeout)
             if worker.is_alive():
                 return f"Error: {name} timed out after {timeout:g} s"
+        from .tools import _redact
+
         if "error" in box:
             exc = box["error"]
-            return _cut(f"Error: {type(exc).__name__}: {exc}".rstrip(": "), max_chars)
+            return _cut(_redact(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), max_chars)
         value = box.get("value")
-        return _cut("" if value is None else str(value), max_chars)
+        return _cut(_redact("" if value is None else str(value)), max_chars)
 
     call.__name__ = name
     call.__doc__ = fn.__doc__

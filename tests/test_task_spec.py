@@ -189,6 +189,16 @@ def test_tool_contract_errors_timeouts_and_non_strings(clean_registry):
     assert tools["huge"]("").endswith("(cut at 2000 characters)") and len(tools["huge"]("")) < 2100
 
 
+def test_a_tool_error_never_shows_an_api_key(clean_registry, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+
+    def leaky(text):
+        raise ConnectionError("GET https://api.example/v1?key=sk-secret-123 failed")
+
+    register_tool("leaky", leaky)
+    assert make_tools(("leaky",))["leaky"]("x") == "Error: ConnectionError: GET https://api.example/v1?key=*** failed"
+
+
 def test_agent_turns_a_tool_failure_into_an_observation(clean_registry):
     from lightning_nat.agent import ReActAgent
 
