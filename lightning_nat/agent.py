@@ -164,8 +164,19 @@ class ReActAgent:
         elif self.prompt_spec.mode != self.mode:
             raise ValueError(f"the prompt spec is for {self.prompt_spec.mode} episodes, the agent runs {self.mode}")
 
-    def prompt(self, question: str) -> list[dict[str, str]]:
-        return head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
+    def prompt(self, question: str, record: dict | None = None) -> list[dict[str, str]]:
+        msgs = head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
+        if self.task.instruction_from_data:
+            # The task's instruction is the data's own system prompt: the question record's `system` field.
+            system = (record or {}).get("system")
+            if not isinstance(system, str) or not system.strip():
+                raise ValueError(f"task {self.task.name!r} takes its instruction from the data, but question "
+                                 f"{(record or {}).get('id')!r} has no 'system' field")
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {"role": "system", "content": system}
+            else:
+                msgs.insert(0, {"role": "system", "content": system})
+        return msgs
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
@@ -194,8 +205,8 @@ class ReActAgent:
             live = [e for e in episodes if not e.done]
             if not live and not self.lockstep:
                 break
-            prompts = [self.prompt(str(e.record["question"])) + e.messages for e in live]
-            outputs = self.policy.generate(prompts or [self.prompt("(idle)")])
+            prompts = [self.prompt(str(e.record["question"]), e.record) + e.messages for e in live]
+            outputs = self.policy.generate(prompts or [self.prompt("(idle)", dict(records[0]) if records else None)])
             for ep, text in zip(live, outputs):
                 self._advance(ep, text)
             emit()

@@ -24,7 +24,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                         "ShareGPT JSONL, or our canonical trajectory JSONL (default: nat)")
     p.add_argument("--questions", metavar="FILE", help="question file (JSON or JSONL with id, question, answer); "
                                                         "needed by --format nat")
-    p.add_argument("--task", required=True, help="task name, which picks the instruction text (e.g. strategyqa)")
+    p.add_argument("--task", default="", help="task name or task YAML, which picks the instruction text; without it, "
+                   "each trajectory keeps its own leading system turn(s) as the instruction (task-less build)")
     p.add_argument("--variant", default="nat", choices=[c.name for c in PRESETS],
                    help="which training set to build: " + "; ".join(f"{c.name}: {c.description}" for c in PRESETS))
     p.add_argument("--pos-num", type=int, help="positives to keep: the first N unique by question (default: all)")
@@ -40,8 +41,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-style", choices=["reference", "native"],
                    help="reference: the paper's reference strings verbatim (instruction turn, acknowledgement, "
                         "'Question: ... **correctly**.', NAT-2's four F1 prefixes, Table 4 ablations); native: this "
-                        "package's system instruction and marker sentence (default: reference for gsm8k, asdiv, svamp, "
-                        "multiarith, hotpotqa, strategyqa; native otherwise)")
+                        "package's system instruction and marker sentence (default: reference for the tasks whose "
+                        "declaration names reference_prompts, the paper's six; native otherwise)")
     p.add_argument("--prompt-mode", choices=["react", "cot"], default="react",
                    help="react (tools) or cot: chain-of-thought solutions, prompted as the reference's "
                         "cot-zero-shot-target-aware (paper Table 7) (default: react)")
@@ -54,7 +55,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    help="native style: marker after (default) or before the question")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
-                   help="drop negatives scoring below this (1e-6 drops HotpotQA negatives with F1 = 0)")
+                   help="drop negatives scoring below this (1e-6 drops negatives with F1 = 0, as the paper does)")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical trajectories")
     p.add_argument("--dev-num", type=int, default=0,
                    help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
@@ -186,7 +187,7 @@ def _make_policy(args: argparse.Namespace, temperature: float | None = None) -> 
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
     _add_agent_args(p)
-    p.add_argument("--task", required=True, help="task (instruction, tools, metric)")
+    p.add_argument("--task", required=True, help="task name or task YAML (instruction, tools, metric)")
     p.add_argument("--data", required=True, help="question file (JSON or JSONL with question and answer)")
     p.add_argument("--limit", type=int, help="first N questions")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.5, 0.7],
@@ -230,7 +231,8 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 def _add_clean(p: argparse.ArgumentParser) -> None:
     p.add_argument("trajectories", help="canonical trajectory JSONL (what nat collect writes)")
-    p.add_argument("--task", required=True, help="task, which picks the rules (HotpotQA also drops F1 = 0 negatives)")
+    p.add_argument("--task", required=True, help="task name or task YAML, which picks the rules (tasks graded by F1 also drop "
+                   "F1 = 0 negatives)")
     p.add_argument("--keep-unfinished", action="store_true", help="keep trajectories that never called finish")
     p.add_argument("--min-score", type=float, help="drop negatives scoring below this (overrides the task's rule)")
     p.add_argument("--out", required=True, help="cleaned JSONL")
@@ -257,7 +259,8 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k,asdiv,svamp,multiarith,hotpotqa,strategyqa")
+    p.add_argument("--tasks", required=True, help="comma-separated task names or task YAML files (built in: "
+                   + ",".join(_task_names()) + ")")
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: the Hub with --hub)")
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
@@ -271,13 +274,21 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
 
 
+def _task_names() -> list[str]:
+    from .tasks import TASKS
+
+    return sorted(TASKS)
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .console import console, print_eval_table
     from .evaluate import EvalConfig, evaluate, prepare, write_results
+    from .tasks import get_task
 
-    if args.data_dir is None and not args.hub:
+    own_data = all(get_task(t.strip()).data_file for t in args.tasks.split(",") if t.strip())
+    if args.data_dir is None and not args.hub and not own_data:
         from .shared_data import shared_data_dir
 
         found = shared_data_dir()
@@ -322,7 +333,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_solve(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--task", required=True, help="task whose instruction and tools to use")
+    p.add_argument("--task", required=True, help="task name or task YAML whose instruction and tools to use")
     p.add_argument("question", help="the question to solve")
 
 
@@ -377,7 +388,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["dataset", "model"], help="a `nat build --out` folder or an exported `hf/` folder")
     p.add_argument("folder", help="the folder to publish")
-    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/my-nat-data")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
     p.add_argument("--stage-dir", metavar="DIR", help="dataset: write the exact upload (data/*.parquet and README.md) "
@@ -433,9 +444,9 @@ def _add_corpus(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", help="JSONL files of passages and/or folders (or files) of .txt/.md text")
     p.add_argument("--fields", nargs="+", default=["text"],
                    help="JSONL fields holding passage text, a string or a list of strings (default: text; "
-                        "StrategyQA: facts decomposition)")
+                        "e.g. facts decomposition for the shared data's train.jsonl)")
     p.add_argument("--title-field", default="title", help="JSONL field used as each passage's title (default: title; "
-                                                         "StrategyQA: term)")
+                                                         "e.g. term)")
     p.add_argument("--max-words", type=int, default=200, help="text files: longest passage in words (default: 200)")
     p.add_argument("--out", required=True, help="a new folder: passages.jsonl, index/ and corpus.json")
 

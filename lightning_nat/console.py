@@ -54,7 +54,8 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
 
 def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     """One row per task: its metrics and how episodes ended."""
-    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string"})
+    # "score": the graded score of a task whose own metric returns (reward, score).
+    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string", "score"})
 
     def cell(r: dict, m: str) -> Any:
         # Over several runs: mean ± sample sd.

@@ -232,10 +232,11 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
     return _from_chat_record(record, messages, task, traj_id)
 
 
-def load_questions(path: str | os.PathLike) -> dict[str, dict]:
+def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
     """Questions by id from a JSON list or JSONL of ``{"id", "question", "answer"}``.
 
-    Records without an ``id`` (GSM8K) are keyed by their 0-based position.
+    Records without an ``id`` (GSM8K) are keyed by their 0-based position. ``fields``
+    maps our field names to the file's (``{"question": "prompt"}``) for other layouts.
     """
     path = Path(path)
     records = _load_json_or_jsonl(path)
@@ -243,6 +244,8 @@ def load_questions(path: str | os.PathLike) -> dict[str, dict]:
     for where, index, rec in records:
         if isinstance(rec, TrajectoryFormatError):
             raise rec.located(path, where)
+        if fields and isinstance(rec, dict):
+            rec = {**rec, **{ours: rec[theirs] for ours, theirs in fields.items() if theirs in rec}}
         if not isinstance(rec, dict) or "question" not in rec:
             raise TrajectoryFormatError("expected an object with a 'question'", path, where)
         qid = str(rec.get("id", index))

@@ -110,7 +110,8 @@ def label_and_marker(traj: Trajectory, variant: str, vocab: MarkerVocab,
     >>> label_and_marker(t, "nat", MARKERS["correct"], [0.4])[0]
     'negative-2'
     """
-    spec = native_spec(traj.task or "gsm8k", markers=vocab.name, thresholds=tuple(thresholds))
+    # Only the markers matter here: an empty instruction keeps the task out of it.
+    spec = native_spec(traj.task, markers=vocab.name, thresholds=tuple(thresholds), instruction="")
     label, cls = label_and_class(traj, variant, spec)
     return label, spec.templates[cls].replace("{question}\n", "")
 
@@ -148,6 +149,39 @@ def inference_messages(task: str, question: str, spec: PromptSpec | None = None)
     'What is 2+3?\\nPlease solve it correctly.'
     """
     return head_messages(spec if spec is not None else make_spec(task), question)
+
+
+def instruction_of(traj: Trajectory) -> str:
+    """The instruction a trajectory trains under: its task's, else its own leading system turn(s).
+
+    A trajectory of no known task (a task-less build), or of a task declared
+    ``instruction: from_data``, keeps the system prompt it was recorded with.
+
+    >>> t = Trajectory("r0", "", "2+3?", [{"role": "assistant", "content": "Action: finish[5]"}], True,
+    ...                meta={"source_system": "You are a calculator agent."})
+    >>> instruction_of(t)
+    'You are a calculator agent.'
+    """
+    from .registry import find_task
+
+    task = find_task(traj.task) if traj.task else None
+    if task is not None and not task.instruction_from_data:
+        return task.instruction
+    source = traj.meta.get("source_system")
+    if isinstance(source, str) and source.strip():
+        return source
+    why = (f"task {traj.task!r} takes its instruction from the data" if task is not None
+           else f"task {traj.task!r} is not registered" if traj.task else "no task was given")
+    raise ValueError(f"trajectory {traj.id}: no instruction: {why} and the trajectory has no leading system turn "
+                     "(give --task NAME or a task YAML, or record the system prompt)")
+
+
+def _own_instruction(traj: Trajectory) -> bool:
+    """Whether a trajectory trains under its own system turn (no known task, or a ``from_data`` one)."""
+    from .registry import find_task
+
+    task = find_task(traj.task) if traj.task else None
+    return task is None or task.instruction_from_data
 
 
 def trajectory_key(traj: Trajectory) -> tuple:
@@ -326,19 +360,24 @@ def reformat(trajs: Sequence[Trajectory], variant: str, markers: str = "correct"
     """Training conversations for already selected trajectories under ``variant``.
 
     The prompt is ``spec``, else :func:`~lightning_nat.prompts.make_spec` of each
-    trajectory's task with ``style`` (default: reference for the paper's tasks) and
-    ``preset`` (default: the variant); markers, placement and thresholds shape the
-    native style only.
+    trajectory's task with ``style`` (default: the task's declared style) and ``preset``
+    (default: the variant); markers, placement and thresholds shape the native style only.
+    A trajectory of no known task, or of a task declared ``instruction: from_data``,
+    trains under the given ``instruction``, else :func:`instruction_of` it (its own system turn).
     """
-    specs: dict[str, PromptSpec] = {}
+    specs: dict[tuple, PromptSpec] = {}
     out = []
     for t in trajs:
         s = spec
         if s is None:
-            if t.task not in specs:
-                specs[t.task] = make_spec(t.task, preset or _preset_of(variant, thresholds), style, mode, markers,
-                                          placement, tuple(thresholds), instruction)
-            s = specs[t.task]
+            text = instruction
+            if text is None and _own_instruction(t):
+                text = instruction_of(t)
+            key = (t.task, text)
+            if key not in specs:
+                specs[key] = make_spec(t.task, preset or _preset_of(variant, thresholds), style, mode, markers,
+                                       placement, tuple(thresholds), text)
+            s = specs[key]
         label, cls = label_and_class(t, variant, s)
         out.append(to_conversation(t, s, cls, label))
     return out

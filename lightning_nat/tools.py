@@ -373,8 +373,17 @@ def _redact(text: str) -> str:
 
 
 def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = None) -> dict[str, Callable[[str], str]]:
-    """The callable tools a task's agent gets (``finish`` is handled by the agent loop)."""
+    """The callable tools a task's agent gets (``finish`` is handled by the agent loop).
+
+    Tools registered with :func:`lightning_nat.registry.register_tool` (or declared by a task)
+    come guarded: exceptions and timeouts become ``Error: ...`` observations.
+    """
+    from .registry import find_tool
+
     available: dict[str, Callable[[str], str]] = {"calculate": calculate}
+    for name in names:
+        if name not in available and name != "search" and (spec := find_tool(name)) is not None:
+            available[name] = spec.call
     if search is not None:
         available["search"] = search
     tools = {}

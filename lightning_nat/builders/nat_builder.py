@@ -70,6 +70,8 @@ class NATConfig(datasets.BuilderConfig):
     allow_empty_class: bool = False
     # sha256 of every input file: part of the cache key, so edited files rebuild.
     input_sha256: str = ""
+    # sha256 of the task's instruction and tools: an edited task declaration rebuilds too.
+    task_sha256: str = ""
 
 
 def _cfg(name: str, description: str, **kw: Any) -> NATConfig:
@@ -211,6 +213,14 @@ def build_dataset(trajectories: Sequence[str | os.PathLike], config: str = "nat"
             raise FileNotFoundError(f"no such file: {f}")
     if params.get("questions"):
         params["questions"] = str(Path(params["questions"]).resolve())
+    if params.get("task"):
+        from ..registry import resolve_task
+
+        # A task YAML path is loaded and registered here; the rows then carry its name.
+        task = resolve_task(params["task"])
+        params["task"] = task.name
+        params["task_sha256"] = hashlib.sha256(repr((task.instruction, task.tools, task.instruction_from_data,
+                                                     task.source)).encode()).hexdigest()
     if "thresholds" in params and params["thresholds"] is not None:
         params["thresholds"] = tuple(float(t) for t in params["thresholds"])
     unknown = set(params) - set(NATConfig.__dataclass_fields__)

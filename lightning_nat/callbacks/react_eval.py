@@ -64,8 +64,8 @@ class ReActEval(L.Callback):
     not hang; results are gathered. Train mode and every RNG are restored afterwards.
 
     Args:
-        tasks: task names.
-        data_dir: folder laid out like ``../shared/data``.
+        tasks: task names or task YAML paths.
+        data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
         batch_size: episodes per generation batch on each rank.
@@ -74,8 +74,8 @@ class ReActEval(L.Callback):
         search_corpus: JSONL corpus for the BM25 search tool (search tasks).
     """
 
-    def __init__(self, tasks: list[str], data_dir: str, limit: int = 32, every_n_steps: int = 0, batch_size: int = 16,
-                 max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = 32, every_n_steps: int = 0,
+                 batch_size: int = 16, max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
         self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
         self.every_n_steps, self.batch_size = every_n_steps, batch_size
         self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
@@ -125,10 +125,10 @@ class ReActEval(L.Callback):
                         agent.run(records[:1], batch_size=self.batch_size)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
-                results[name] = summarize(episodes)
+                results[task.name] = summarize(episodes)
                 all_episodes += episodes
         for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "finished", "turn_limit", "parse_error_rate"):
+            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "parse_error_rate"):
                 if key in values:
                     pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
