@@ -320,7 +320,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds to average over (mean and spread)")
+    p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds to average over (mean and spread)")
     sizes = p.add_argument_group("sizes and rates (defaults: the full run; --quick shrinks them)")
     for name, help_text in (("train_problems", "training problems"), ("test_problems", "held-out test problems"),
                             ("min_steps", "fewest operations per problem"), ("max_steps", "most operations per problem"),
@@ -388,34 +388,85 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1.
+
+    >>> _positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def error_line(exc: BaseException, command: str | None = None) -> str:
+    """One located line for an error: the message as raised (which names file and record), on one line.
+
+    >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
+    "[Errno 2] No such file or directory: 'q.jsonl'"
+    """
+    from .trajectory import TrajectoryFormatError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {exc}"
+    elif not isinstance(exc, (TrajectoryFormatError, OSError, ValueError, RuntimeError)):
+        text = f"{type(exc).__name__}: {text}"
+    # Only commands that have the option get the hint (nat collect has no --on-error).
+    if isinstance(exc, TrajectoryFormatError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
+        text += " (--on-error skip skips and counts such records)"
+    return text
+
+
+ON_ERROR_COMMANDS = {"build"}
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PASSTHROUGH:
         module, func = PASSTHROUGH[argv[0]][1].rsplit(":", 1)
         import importlib
 
         return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-    parser = argparse.ArgumentParser(prog="nat", description="Negative-Aware Training (NAT) of LLM agents: "
-                                     "build training sets from successful and failed trajectories, fine-tune, evaluate.")
+    # allow_abbrev=False: `nat demo --seed 0` must not be read as `--seeds 0`.
+    parser = argparse.ArgumentParser(prog="nat", allow_abbrev=False,
+                                     description="Negative-Aware Training (NAT) of LLM agents: build training sets "
+                                     "from successful and failed trajectories, fine-tune, evaluate.")
     parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _module_func) in PASSTHROUGH.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
     for name, (help_text, add, _) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        add(p)
+        p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from .trajectory import TrajectoryFormatError
+    return COMMANDS[args.command][2](args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error ends as one located line and exit code 1 (the traceback with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if argv and argv[0] == "--debug" or (argv and argv[0] in PASSTHROUGH):
+        argv = [a for a in argv if a != "--debug"]  # LightningCLI does not know the flag
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        return COMMANDS[args.command][2](args)
-    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        from .console import console
-
-        hint = " (--on-error skip skips and counts such records)" if isinstance(exc, TrajectoryFormatError) else ""
-        console.print(f"[red]error:[/red] {exc}{hint}", markup=True, highlight=False, soft_wrap=True)
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("nat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a located line
+        if debug:
+            raise
+        print(f"error: {error_line(exc, command)}", file=sys.stderr)
         return 1
 
 

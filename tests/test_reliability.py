@@ -1,0 +1,142 @@
+"""Regression tests for issue 17: nothing lost, nothing wrong with exit 0.
+
+Each attack is replayed where a user meets it: ``nat ...`` run as a subprocess in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nat(*args, cwd, env=None, timeout=600, **kw):
+    """Run ``nat ARGS`` in ``cwd`` with this worktree's code; return the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lightning_nat.cli", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def one_error_line(proc) -> str:
+    """The CLI's error output: exactly one line starting with ``error:``, no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return errors[0]
+
+
+# -- 1. exact resume through `nat fit` ------------------------------------------------------------------------
+
+
+class BatchLog(Callback):
+    """Appends (global step, micro-batch key, loss) per micro-batch to ``$NAT_TEST_BATCH_LOG``.
+
+    With ``$NAT_TEST_HOLD_AT`` set, the run stops making progress once that optimizer step is done, so a test
+    can ``kill -9`` it at a known point (after a mid-epoch checkpoint, before the next one).
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._row = {"step": trainer.global_step, "epoch": trainer.current_epoch,
+                     "key": hashlib.sha256(batch["input_ids"].cpu().numpy().tobytes()).hexdigest()[:16]}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._row["loss"] = float(outputs["loss"])
+        with open(os.environ["NAT_TEST_BATCH_LOG"], "a") as f:
+            f.write(json.dumps(self._row) + "\n")
+        hold = os.environ.get("NAT_TEST_HOLD_AT")
+        if hold and trainer.global_step >= int(hold):
+            Path(os.environ["NAT_TEST_BATCH_LOG"] + ".held").write_text(str(trainer.global_step))
+            time.sleep(600)
+
+
+def _fit_config(tmp_path, scratch_model, tiny_dataset, root) -> Path:
+    cfg = tmp_path / f"{root}.yaml"
+    cfg.write_text(json.dumps({
+        "model": {"model_name_or_path": str(scratch_model), "learning_rate": 3e-3, "warmup_ratio": 0.1},
+        "data": {"dataset_dir": str(tiny_dataset), "micro_batch_size": 2, "global_batch_size": 4, "max_length": 2048},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "log_every_n_steps": 1,
+                    "default_root_dir": str(tmp_path / root), "enable_progress_bar": False,
+                    "callbacks": [{"class_path": "test_reliability.BatchLog"}]},
+        "checkpoint": {"every_n_train_steps": 3},
+    }))
+    return cfg
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_dataset, tmp_path):
+    # Uninterrupted reference: 40 rows, 20 micro-batches, 10 optimizer steps per epoch, 2 epochs.
+    cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "straight")
+    straight = nat("fit", "--config", cfg, cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": str(tmp_path / "straight.jsonl")})
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    ref = _rows(tmp_path / "straight.jsonl")
+    assert len(ref) == 40 and ref[-1]["step"] == 19
+    # The README promises a checkpoint at each epoch end: every 3 steps alone would leave last.ckpt at step 18.
+    import torch
+
+    last = torch.load(tmp_path / "straight/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 20
+
+    # The same run, killed with SIGKILL after step 5 (its last checkpoint is step 3, mid-epoch) ...
+    cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "killed")
+    log = tmp_path / "killed.jsonl"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "NAT_TEST_BATCH_LOG": str(log),
+           "NAT_TEST_HOLD_AT": "5"}
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(cfg)], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    held = Path(str(log) + ".held")
+    deadline = time.time() + 300
+    while not held.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert held.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else "timed out"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    killed = _rows(log)
+    assert killed[-1]["step"] == 4  # step 5 was completed, so the loader had moved past the checkpoint
+
+    # ... and resumed the way the README says.
+    resumed_log = tmp_path / "resumed.jsonl"
+    resumed = nat("fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path,
+                  env={"NAT_TEST_BATCH_LOG": str(resumed_log)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = _rows(resumed_log)
+    k = again[0]["step"]
+    assert k == 3
+    combined = [r for r in killed if r["step"] < k] + again
+    assert [r["key"] for r in combined] == [r["key"] for r in ref]
+    assert [(r["step"], r["epoch"]) for r in combined] == [(r["step"], r["epoch"]) for r in ref]
+    assert [r["loss"] for r in combined] == [r["loss"] for r in ref]
+
+
+def test_ckpt_path_last_without_checkpoint_is_an_error(tmp_path, scratch_model, tiny_dataset):
+    cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "none")
+    proc = nat("fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": os.devnull})
+    line = one_error_line(proc)
+    assert "last.ckpt does not exist" in line and str(tmp_path / "none" / "checkpoints") in line
+    assert not (tmp_path / "none" / "nat").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(4096), b"PK\x03\x04" + b"\0" * 100])
+def test_corrupt_checkpoint_is_a_located_error(tmp_path, scratch_model, tiny_dataset, content):
+    cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "bad")
+    (tmp_path / "bad" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bad" / "checkpoints" / "last.ckpt").write_bytes(content)
+    proc = nat("fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": os.devnull})
+    line = one_error_line(proc)
+    assert "last.ckpt" in line and "weights_only" not in proc.stderr + proc.stdout
