@@ -409,15 +409,15 @@ def error_line(exc: BaseException, command: str | None = None) -> str:
     >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
     "[Errno 2] No such file or directory: 'q.jsonl'"
     """
-    from .trajectory import TrajectoryFormatError
+    from .jsonl import RecordError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing key {exc}"
-    elif not isinstance(exc, (TrajectoryFormatError, OSError, ValueError, RuntimeError)):
+    elif not isinstance(exc, (OSError, ValueError, RuntimeError)):
         text = f"{type(exc).__name__}: {text}"
     # Only commands that have the option get the hint (nat collect has no --on-error).
-    if isinstance(exc, TrajectoryFormatError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
+    if isinstance(exc, RecordError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
         text += " (--on-error skip skips and counts such records)"
     return text
 

@@ -9,7 +9,6 @@ already written. A question whose requests still fail after the retries is writt
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jsonl
 from .agent import ReActAgent
+from .jsonl import RecordError
 from .reformat import FilterReport, filter_trajectories
 from .tasks import Task
 from .trajectory import Trajectory, TrajectoryFormatError
@@ -47,13 +48,11 @@ def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
     out = []
-    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, raw in jsonl.split_lines(data[:good_end]):
         try:
-            out.append(Trajectory.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TrajectoryFormatError) as exc:
-            raise TrajectoryFormatError(f"cannot resume: {exc}", path, f"line {lineno}") from None
+            out.append(Trajectory.from_dict(jsonl.parse_line(raw)))
+        except RecordError as exc:
+            raise TrajectoryFormatError(f"cannot resume: {exc.problem}", path, f"line {lineno}") from None
     return out, torn
 
 
@@ -65,7 +64,7 @@ class DurableWriter:
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.fh.write(jsonl.dumps_line(record))
         self.fh.flush()
         os.fsync(self.fh.fileno())
 

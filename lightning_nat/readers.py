@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import jsonl
+from .jsonl import RecordError
 from .trajectory import Trajectory, TrajectoryFormatError
 
 OnError = Literal["raise", "skip"]
@@ -32,7 +34,7 @@ class ReadReport:
     read: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def skip(self, err: TrajectoryFormatError) -> None:
+    def skip(self, err: RecordError) -> None:
         self.skipped.append((err.path or "", err.where or "", err.problem))
 
     def reasons(self) -> Counter:
@@ -208,8 +210,8 @@ def load_questions(path: str | os.PathLike) -> dict[str, dict]:
     records = _load_json_or_jsonl(path)
     out: dict[str, dict] = {}
     for where, index, rec in records:
-        if isinstance(rec, TrajectoryFormatError):
-            raise rec.located(path, where)
+        if isinstance(rec, RecordError):
+            raise TrajectoryFormatError(rec.problem, path, where)
         if not isinstance(rec, dict) or "question" not in rec:
             raise TrajectoryFormatError("expected an object with a 'question'", path, where)
         qid = str(rec.get("id", index))
@@ -222,27 +224,19 @@ def load_questions(path: str | os.PathLike) -> dict[str, dict]:
 def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
     """Records of a JSON list or a JSONL file, each with a location for error messages.
 
-    A malformed JSONL line comes back as a :class:`TrajectoryFormatError` in place of
-    its record, so a caller can skip that line alone.
+    A bad JSONL line (malformed, undecodable) comes back as a located :class:`RecordError`
+    in place of its record, so a caller can skip that line alone. A byte-order mark is accepted.
     """
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("["):
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
+        text = jsonl.read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
         return [(f"record {i}", i, rec) for i, rec in enumerate(data)]
-    out: list[tuple[str, int, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rec = TrajectoryFormatError(f"malformed JSON ({exc.msg} at column {exc.colno})")
-        out.append((f"line {lineno}", len(out), rec))
-    return out
+    return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
 
 
 FORMATS: dict[str, Callable[..., Trajectory]] = {
@@ -275,16 +269,17 @@ def read_trajectories(
     report = report if report is not None else ReadReport()
     try:
         records = _load_json_or_jsonl(path)
-    except TrajectoryFormatError as exc:
+    except RecordError as err:
+        exc = TrajectoryFormatError(err.problem, err.path, err.where)
         if on_error == "raise":
-            raise
+            raise exc from None
         report.skip(exc)
         return []
     out = []
     for where, index, rec in records:
         traj_id = f"{path.stem}:{index}"
         try:
-            if isinstance(rec, TrajectoryFormatError):
+            if isinstance(rec, RecordError):
                 raise rec
             if format == "nat":
                 traj = from_nat_record(rec, questions or {}, task, traj_id)
@@ -294,8 +289,8 @@ def read_trajectories(
                 traj = Trajectory.from_dict(rec)
             else:
                 traj = FORMATS[format](rec, task, traj_id)
-        except TrajectoryFormatError as exc:
-            located = exc.located(path, where)
+        except RecordError as exc:
+            located = TrajectoryFormatError(exc.problem, exc.path or path, exc.where or where)
             if on_error == "raise":
                 raise located from None
             report.skip(located)

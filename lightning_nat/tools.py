@@ -238,16 +238,15 @@ class BM25Search:
             import bm25s
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
+        from .jsonl import RecordError, read_records
+
         path = Path(self.corpus_path)
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
+        for lineno, rec in read_records(path):
+            if isinstance(rec, RecordError):
+                raise rec
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise RecordError("expected a JSON object with a 'text' string", path, f"line {lineno}")
+            self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
         if not self._docs:
             raise ValueError(f"{path}: empty search corpus")
         self._retriever = bm25s.BM25()

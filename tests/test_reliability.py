@@ -140,3 +140,96 @@ def test_corrupt_checkpoint_is_a_located_error(tmp_path, scratch_model, tiny_dat
     proc = nat("fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": os.devnull})
     line = one_error_line(proc)
     assert "last.ckpt" in line and "weights_only" not in proc.stderr + proc.stdout
+
+
+# -- 2. one JSONL module: written records read back -----------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lightning_nat import jsonl  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.text(), _json_values, max_size=5), max_size=6))
+def test_jsonl_round_trip_over_arbitrary_unicode(tmp_path_factory, records):
+    path = tmp_path_factory.mktemp("rt") / "r.jsonl"
+    assert jsonl.write_jsonl(path, records) == len(records)
+    # Empty objects are blank-free lines ("{}"), so every record comes back, in order.
+    assert jsonl.read_jsonl(path) == records
+
+
+def test_jsonl_line_separators_survive(tmp_path):
+    text = "a\u2028b\u2029c\x85d\x1ce\x1df\x1eg\x0bh\x0ci\rj"
+    jsonl.write_jsonl(tmp_path / "x.jsonl", [{"t": text}, {"t": "next"}])
+    assert jsonl.read_jsonl(tmp_path / "x.jsonl") == [{"t": text}, {"t": "next"}]
+
+
+def _collected(tmp_path, content):
+    """A canonical trajectory file (what nat collect writes) with one teacher answer holding ``content``."""
+    from lightning_nat.trajectory import Trajectory, write_jsonl
+
+    trajs = [Trajectory(id=f"gsm8k:{i}:t0.2:s0", task="gsm8k", question=f"Q{i}?", reward=bool(i % 2), score=None,
+                        prediction="4", answer="4", question_id=str(i), meta={"temperature": 0.2, "sample": 0},
+                        messages=[{"role": "assistant", "content": content if i == 1 else "Action: finish[4]"},
+                                  {"role": "user", "content": "Observation: Episode finished"}]) for i in range(4)]
+    path = tmp_path / "collected.jsonl"
+    write_jsonl(path, trajs)
+    return path
+
+
+def test_clean_and_build_read_back_unicode_line_separators(tmp_path):
+    content = "Thought: two lines\u2028of thought\u2029and a NEL\x85.\nAction: finish[4]"
+    path = _collected(tmp_path, content)
+    proc = nat("clean", path, "--task", "gsm8k", "--out", tmp_path / "clean.jsonl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from lightning_nat.trajectory import read_trajectories_jsonl
+
+    back = read_trajectories_jsonl(tmp_path / "clean.jsonl")
+    assert len(back) == 4 and back[1].messages[0]["content"] == content
+    proc = nat("build", "--format", "jsonl", "--trajectories", tmp_path / "clean.jsonl", "--task", "gsm8k",
+               "--variant", "nat", "--out", tmp_path / "ds", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert len(ds["train"]) == 4 and any(content in m["content"] for r in ds["train"] for m in r["messages"])
+
+
+def _openai_line(q, reward=True, **extra):
+    return {"id": q, "messages": [{"role": "user", "content": f"What is {q}?"},
+                                  {"role": "assistant", "content": "Action: finish[1]"}], "reward": reward, **extra}
+
+
+def test_bom_and_undecodable_bytes_are_located_and_skippable(tmp_path):
+    lines = [jsonl.dumps_line(_openai_line(f"q{i}")).encode() for i in range(3)]
+    lines[1] = lines[1].replace(b"What", b"Wh\xffat")  # not UTF-8
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(jsonl.BOM + b"".join(lines))
+    args = ["build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "nut",
+            "--cache-dir", tmp_path / "cache"]
+    line = one_error_line(nat(*args, "--out", tmp_path / "a", cwd=tmp_path))
+    assert f"{path}, line 2: undecodable bytes (not UTF-8)" in line and "--on-error skip" in line
+    assert not (tmp_path / "a").exists()
+    proc = nat(*args, "--on-error", "skip", "--out", tmp_path / "b", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import datasets
+
+    assert len(datasets.load_from_disk(str(tmp_path / "b"))["train"]) == 2  # the BOM line (q0) was read
+    record = json.loads((tmp_path / "b" / "build.json").read_text())["report"]
+    assert record["skipped"] == [[str(path), "line 2", "undecodable bytes (not UTF-8) at column 58"]]
+
+
+def test_bom_in_a_reference_format_json_list(tmp_path, strategyqa_files):
+    data = json.loads(Path(strategyqa_files["pos"]).read_text())[:5]
+    path = tmp_path / "pos.json"
+    path.write_bytes(jsonl.BOM + json.dumps(data, ensure_ascii=False).encode())
+    proc = nat("build", "--format", "nat", "--trajectories", path, "--questions", strategyqa_files["questions"],
+               "--task", "strategyqa", "--variant", "positive", "--out", tmp_path / "ds", "--cache-dir",
+               tmp_path / "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "ds" / "build.json").read_text())["report"]["skipped"] == []
