@@ -44,7 +44,10 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="on a bad record: stop with an error naming it (default), or skip it and report it")
     p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
-    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk")
+    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk (written whole at the "
+                   "end: a failed build leaves the previous one as it was)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an earlier `nat build` output")
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -59,10 +62,33 @@ def _run_build(args: argparse.Namespace) -> int:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:
         params["placement"] = args.placement
-    result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
-    save_build(result, args.out)
+    from .outputs import output_lock, staged_folder
+
+    _check_out_folder(args.out, "build.json", "nat build", args.overwrite,
+                      inputs=[*args.trajectories, *([args.questions] if args.questions else [])])
+    with output_lock(args.out, "nat build"):
+        # Checked again under the lock: another build may have finished into it meanwhile.
+        _check_out_folder(args.out, "build.json", "nat build", args.overwrite)
+        result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
+        with staged_folder(args.out) as staged:
+            save_build(result, staged)
     print_build_summary(summarize(result.dataset), result.report, args.out, result.from_cache)
     return 0
+
+
+def _check_out_folder(out: str, marker: str, command: str, overwrite: bool, inputs: list[str] = ()) -> None:
+    """Refuse an --out that would destroy something (see :func:`lightning_nat.outputs.check_out_folder`)."""
+    from pathlib import Path
+
+    from .outputs import OutputError, check_out_folder
+
+    target = Path(out).resolve()
+    for f in inputs:
+        path = Path(f).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
+                              "choose another --out")
+    check_out_folder(out, marker, command, overwrite)
 
 
 def _add_scratch(p: argparse.ArgumentParser) -> None:
@@ -200,6 +226,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`")
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -208,6 +236,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .console import console, print_eval_table
     from .evaluate import EvalConfig, evaluate, write_results
 
+    _check_out_folder(args.out, "results.json", "nat eval", args.overwrite)
     if args.data_dir is None and not args.hub:
         from .shared_data import shared_data_dir
 

@@ -89,7 +89,8 @@ def print_collect_summary(summary: Any, out: str) -> None:
         rows.append(["cost (USD)", round(summary.cost_usd, 4)])
     console.print(table("Collection", ["", "count"], rows))
     if summary.torn_bytes:
-        console.print(f"[yellow]cut {summary.torn_bytes} bytes of a torn last line left by a crash[/yellow]")
+        console.print(f"[yellow]set aside {summary.torn_bytes} bytes of a torn last line left by a crash "
+                      f"(in {out}.torn)[/yellow]")
     console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))
 
 

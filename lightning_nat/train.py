@@ -6,6 +6,7 @@ writes the complete record of a run and ``--config FILE.yaml`` replays it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -101,6 +102,14 @@ def resolve_ckpt_path(ckpt_path: str | None, dirpath: str | None) -> str | None:
     return ckpt_path
 
 
+_HELD = contextlib.ExitStack()
+
+
+def _is_launching_process() -> bool:
+    """True in the process a user started, not in the rank processes that DDP, torchrun or SLURM add."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 class NATCLI(LightningCLI):
     """Fills in what follows from other settings: the tokenizer and the accumulation steps."""
 
@@ -141,6 +150,11 @@ class NATCLI(LightningCLI):
                 logger.init_args.save_dir = root
         if self.subcommand == "fit":
             cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
+            if root and _is_launching_process():
+                # Two runs into one root would interleave checkpoints and logs; held until the process exits.
+                from .outputs import output_lock
+
+                _HELD.enter_context(output_lock(root, "nat fit"))
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -233,3 +233,125 @@ def test_bom_in_a_reference_format_json_list(tmp_path, strategyqa_files):
                tmp_path / "cache", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "ds" / "build.json").read_text())["report"]["skipped"] == []
+
+
+# -- 3. outputs that never clobber ---------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _trajs_file(tmp_path, n=6) -> Path:
+    path = tmp_path / "trajs.jsonl"
+    path.write_text("".join(jsonl.dumps_line(_openai_line(f"q{i}", reward=i % 2 == 0)) for i in range(n)))
+    return path
+
+
+def _build_args(tmp_path, trajs, out):
+    return ["build", "--format", "openai", "--trajectories", trajs, "--task", "gsm8k", "--variant", "nat",
+            "--cache-dir", tmp_path / "cache", "--out", out]
+
+
+def test_build_refuses_a_foreign_folder_and_replaces_its_own(tmp_path):
+    trajs = _trajs_file(tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    line = one_error_line(nat(*_build_args(tmp_path, trajs, foreign), cwd=tmp_path))
+    assert f"--out {foreign}: folder is not empty and is not an earlier `nat build` output" in line
+    assert "--overwrite" in line and _snapshot(foreign) == {"notes.txt": b"keep me"}
+    # An existing file, or a folder holding the input, is never taken as --out.
+    line = one_error_line(nat(*_build_args(tmp_path, trajs, trajs), cwd=tmp_path))
+    assert "exists and is a file" in line or "holds the input" in line
+    assert trajs.read_text().count("\n") == 6
+    line = one_error_line(nat(*_build_args(tmp_path, trajs, tmp_path), "--overwrite", cwd=tmp_path))
+    assert "holds the input" in line and trajs.exists()
+    # --overwrite replaces a foreign folder; an earlier build output is replaced without asking.
+    out = tmp_path / "ds"
+    for _ in range(2):
+        proc = nat(*_build_args(tmp_path, trajs, out), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    proc = nat(*_build_args(tmp_path, trajs, foreign), "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0 and not (foreign / "notes.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def _no_big_files():
+    """In the child: files may not grow past 2 kB, as on a full disk (writes fail with EFBIG)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+
+def test_failed_rebuild_leaves_the_previous_dataset_loadable(tmp_path):
+    import datasets
+
+    trajs = _trajs_file(tmp_path, n=40)
+    out = tmp_path / "ds"
+    assert nat(*_build_args(tmp_path, trajs, out), cwd=tmp_path).returncode == 0
+    before = _snapshot(out)
+    # The same build (served by the cache) again, on a "full disk": saving the dataset fails midway.
+    proc = nat(*_build_args(tmp_path, trajs, out), cwd=tmp_path, preexec_fn=_no_big_files)
+    line = one_error_line(proc)
+    assert "File too large" in line
+    assert _snapshot(out) == before
+    assert len(datasets.load_from_disk(str(out))["train"]) == 20  # the negatives never finished and were dropped
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_second_build_into_a_locked_output_names_the_holder(tmp_path):
+    from lightning_nat.outputs import output_lock
+
+    trajs = _trajs_file(tmp_path)
+    out = tmp_path / "ds"
+    with output_lock(out, "nat build"):
+        line = one_error_line(nat(*_build_args(tmp_path, trajs, out), cwd=tmp_path))
+    assert f"{out}: in use by nat build (pid {os.getpid()} on " in line
+    assert not out.exists()
+    assert nat(*_build_args(tmp_path, trajs, out), cwd=tmp_path).returncode == 0  # released
+
+
+def test_collect_never_touches_a_user_file(tmp_path, shared_data):
+    user = tmp_path / "mine.jsonl"
+    user.write_text(jsonl.dumps_line(_openai_line("a")) + jsonl.dumps_line(_openai_line("b")).rstrip("\n"))
+    before = user.read_bytes()
+    proc = nat("collect", "--task", "gsm8k", "--data", shared_data / "gsm8k" / "test.jsonl", "--limit", "2",
+               "--policy", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--out", user,
+               cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    line = one_error_line(proc)
+    assert f"{user}, line 1: cannot resume" in line and "--on-error" not in line
+    assert user.read_bytes() == before and not Path(str(user) + ".torn").exists()
+
+
+def test_collect_into_a_locked_file_names_the_holder(tmp_path, shared_data):
+    from lightning_nat.outputs import output_lock
+
+    out = tmp_path / "c.jsonl"
+    with output_lock(out, "nat collect"):
+        proc = nat("collect", "--task", "gsm8k", "--data", shared_data / "gsm8k" / "test.jsonl", "--limit", "2",
+                   "--policy", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--out", out,
+                   cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    assert f"{out}: in use by nat collect (pid {os.getpid()}" in one_error_line(proc)
+    assert not out.exists()
+
+
+def test_fit_into_a_locked_root_names_the_holder(tmp_path, scratch_model, tiny_dataset):
+    from lightning_nat.outputs import output_lock
+
+    cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "root")
+    with output_lock(tmp_path / "root", "nat fit"):
+        proc = nat("fit", "--config", cfg, cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": os.devnull})
+    assert f"{tmp_path / 'root'}: in use by nat fit (pid {os.getpid()}" in one_error_line(proc)
+    assert not (tmp_path / "root" / "checkpoints").exists()
+
+
+def test_eval_refuses_a_foreign_out_folder(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    proc = nat("eval", "--policy", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--tasks", "gsm8k",
+               "--out", foreign, cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    assert "not an earlier `nat eval` output" in one_error_line(proc)
+    assert _snapshot(foreign) == {"notes.txt": b"keep me"}
