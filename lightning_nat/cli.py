@@ -128,6 +128,9 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
     p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
+    p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
+                   help="exit with an error when more than this share of episodes failed on policy (API) errors; "
+                        "everything is still written (default: 0.5)")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -186,6 +189,10 @@ def _run_collect(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, max_turns=args.max_turns, tools=tools, price_per_million=prices,
                           progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
     print_collect_summary(summary, args.out)
+    attempted = summary.new_episodes + summary.failures
+    _check_error_rate(summary.failures, attempted, args.max_error_rate,
+                      f"{args.out}: {summary.failures} of {attempted} episodes failed on API errors",
+                      f"they are listed in {args.out}.failed.jsonl and a rerun retries them")
     return 0
 
 
@@ -269,7 +276,36 @@ def _run_eval(args: argparse.Namespace) -> int:
     out = write_results(args.out, results, episodes, meta)
     print_eval_table(results)
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
+    for task, r in results.items():
+        n = int(r.get("episodes", 0))
+        failed = round(r.get("failed", 0.0) * n)
+        _check_error_rate(failed, n, args.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
+                          f"the {task} figures are not trustworthy ({out}/results.json)")
     return 0
+
+
+def _error_rate(text: str) -> float:
+    """argparse type: a share in [0, 1].
+
+    >>> _error_rate("0.25")
+    0.25
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+class TooManyErrors(RuntimeError):
+    """More requests or episodes failed than ``--max-error-rate`` allows."""
+
+
+def _check_error_rate(failed: int, total: int, limit: float, what: str, consequence: str) -> None:
+    if total and failed / total > limit:
+        raise TooManyErrors(f"{what} ({failed / total:.0%}, more than --max-error-rate {limit:g}); {consequence}")
 
 
 def _add_solve(p: argparse.ArgumentParser) -> None:

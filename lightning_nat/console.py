@@ -58,9 +58,10 @@ def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     rows = []
     for task, r in results.items():
         rows.append([task, int(r.get("episodes", 0)), *[r.get(m, float("nan")) for m in metric_names],
-                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0)])
+                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0),
+                     r.get("failed", 0.0)])
     console.print(table("Evaluation", ["task", "episodes", *metric_names, "finished", "turn limit",
-                                       "with parse errors"], rows))
+                                       "with parse errors", "failed (API errors)"], rows))
 
 
 def print_episode(traj: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from . import jsonl
 from .jsonl import RecordError
-from .trajectory import Trajectory, TrajectoryFormatError
+from .trajectory import Trajectory, TrajectoryFormatError, check_score
 
 OnError = Literal["raise", "skip"]
 
@@ -59,13 +59,16 @@ def _to_bool(value: Any, what: str) -> bool:
 
 
 def _to_score(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    raise TrajectoryFormatError(f"score must be a number, got {value!r}")
+    """A score in [0, 1] (accuracy or F1); NaN, infinities and anything else are refused.
+
+    >>> _to_score(1), _to_score(None)
+    (1.0, None)
+    >>> _to_score(float("nan"))
+    Traceback (most recent call last):
+    ...
+    lightning_nat.trajectory.TrajectoryFormatError: score must be a number in [0, 1], got nan
+    """
+    return check_score(value)
 
 
 def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
@@ -143,12 +146,27 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
     tid = str(record.get("id", traj_id or ""))
     if not tid:
         raise TrajectoryFormatError("missing id")
+    # Without an id the question text is the question's identity: a position-based id would make every
+    # record its own question and defeat "first unique by question" (and the dev split's exclusion).
+    qid = record.get("question_id", record.get("id"))
+    qid = question_key(question) if qid is None else str(qid)
     return Trajectory(
         id=tid, task=str(record.get("task") or task), question=question, messages=turns,
         reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
         prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
-        question_id=str(record.get("question_id", tid)), meta=meta,
+        question_id=qid, meta=meta,
     )
+
+
+def question_key(question: str) -> str:
+    """A stable question id from its text (whitespace-normalised), for records that carry none.
+
+    >>> question_key("What is  2+3?") == question_key(" What is 2+3?\t")
+    True
+    """
+    import hashlib
+
+    return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
 
 
 def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
@@ -172,7 +190,36 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
         raise TrajectoryFormatError("messages must be a list")
     if not messages:
         raise TrajectoryFormatError("empty conversation")
+    for i, m in enumerate(messages):  # indices of the record as written, before the question is split off
+        check_openai_message(m, i)
     return _from_chat_record(record, messages, task, traj_id)
+
+
+def check_openai_message(message: Any, index: int) -> None:
+    """Refuse what an OpenAI message may hold that we cannot train on, naming the message.
+
+    Tool calls are refused rather than dropped: an assistant turn whose action lives in ``tool_calls``
+    would otherwise train as an empty or action-less turn.
+
+    >>> check_openai_message({"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}, 2)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_nat.trajectory.TrajectoryFormatError: message 2: OpenAI tool calls (tool_calls) are not supported yet; ...
+    """
+    if not isinstance(message, dict):
+        raise TrajectoryFormatError(f"message {index}: expected an object, got {type(message).__name__}")
+    for key in ("tool_calls", "function_call"):
+        if message.get(key):
+            raise TrajectoryFormatError(f"message {index}: OpenAI tool calls ({key}) are not supported yet; write the "
+                                        "action as 'Action: tool[argument]' text, or skip such records with "
+                                        "--on-error skip")
+    if message.get("role") == "tool":
+        raise TrajectoryFormatError(f"message {index}: OpenAI tool results (role 'tool') are not supported yet; "
+                                    "write them as user turns 'Observation: ...'")
+    if not isinstance(message.get("content"), str):
+        raise TrajectoryFormatError(f"message {index}: content must be a string, got "
+                                    f"{type(message.get('content')).__name__}")
 
 
 def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:

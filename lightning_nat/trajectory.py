@@ -81,10 +81,26 @@ class Trajectory:
         data.setdefault("question_id", None)
         data["messages"] = [dict(m) for m in data["messages"]]
         data["meta"] = dict(data.get("meta") or {})
+        data["score"] = check_score(data.get("score"))
         traj = cls(**data)
         if traj.question_id is None:
             traj.question_id = traj.id
         return traj
+
+
+def check_score(value: Any) -> float | None:
+    """A score must be None or a finite number in [0, 1]; bools count as 0/1.
+
+    >>> check_score(0.5), check_score(True)
+    (0.5, 1.0)
+    """
+    import math
+
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, float)) and math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0:
+        return float(value)
+    raise TrajectoryFormatError(f"score must be a number in [0, 1], got {value!r}")
 
 
 def validate_messages(messages: Any) -> None:

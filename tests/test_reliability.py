@@ -355,3 +355,128 @@ def test_eval_refuses_a_foreign_out_folder(tmp_path):
                "--out", foreign, cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
     assert "not an earlier `nat eval` output" in one_error_line(proc)
     assert _snapshot(foreign) == {"notes.txt": b"keep me"}
+
+
+# -- 4. failures that show -----------------------------------------------------------------------------------
+
+DEAD_API = ["--policy", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0",
+            "--timeout", "2"]
+
+
+def test_eval_against_a_failing_api_shows_the_failures_and_exits_nonzero(tmp_path, shared_data):
+    args = ["eval", *DEAD_API, "--tasks", "gsm8k", "--limit", "3", "--data-dir", shared_data]
+    proc = nat(*args, "--out", tmp_path / "ev", cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    line = one_error_line(proc)
+    assert "gsm8k: 3 of 3 episodes ended on policy errors (100%, more than --max-error-rate 0.5)" in line
+    assert "failed" in proc.stdout  # the table's column
+    # Nothing is lost: the results are written, with the failure share.
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["results"]["gsm8k"]["failed"] == 1.0
+    proc = nat(*args, "--max-error-rate", "1", "--out", tmp_path / "ev", cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    assert proc.returncode == 0, proc.stderr
+    assert nat(*args, "--max-error-rate", "2", "--out", tmp_path / "x", cwd=tmp_path).returncode == 2
+
+
+def test_collect_against_a_failing_api_exits_nonzero(tmp_path, shared_data):
+    out = tmp_path / "c.jsonl"
+    proc = nat("collect", *DEAD_API, "--task", "gsm8k", "--data", shared_data / "gsm8k" / "test.jsonl", "--limit", "2",
+               "--temperatures", "0.2", "--out", out, cwd=tmp_path, env={"OPENAI_API_KEY": "x"})
+    line = one_error_line(proc)
+    assert f"{out}: 2 of 2 episodes failed on API errors (100%, more than --max-error-rate 0.5)" in line
+    assert len(Path(str(out) + ".failed.jsonl").read_text().splitlines()) == 2
+
+
+def test_every_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    args = ["build", "--format", "openai", "--trajectories", missing, "--task", "gsm8k", "--out", tmp_path / "o"]
+    assert f"no such file: {missing}" in one_error_line(nat(*args, cwd=tmp_path))
+    debug = nat(*args, "--debug", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    # An --out below a file: the OS error, located, on one line.
+    trajs = _trajs_file(tmp_path)
+    assert "trajs.jsonl" in one_error_line(nat(*_build_args(tmp_path, trajs, trajs / "sub"), cwd=tmp_path))
+
+
+def test_no_prefix_matching_and_seeds_validated(tmp_path):
+    proc = nat("demo", "--seed", "0", "--out", tmp_path / "d", cwd=tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments: --seed 0" in proc.stderr
+    proc = nat("demo", "--seeds", "0", "--out", tmp_path / "d", cwd=tmp_path)
+    assert proc.returncode == 2 and "argument --seeds: must be at least 1, got 0" in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([], "no training conversation is left (read 0 trajectories)"),
+    (["{broken", '{"messages": []}'], "no training conversation is left (read 0 trajectories; skipped 2 bad records"),
+])
+def test_nothing_to_train_on_is_a_clear_error(tmp_path, lines, expected):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(x + "\n" for x in lines))
+    proc = nat("build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--on-error", "skip",
+               "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o", cwd=tmp_path)
+    line = one_error_line(proc)
+    assert f"{path}: {expected}" in line and "corresponds to no data" not in proc.stderr
+
+
+def test_records_without_ids_are_one_question_per_text(tmp_path):
+    def rec(q, reward, answer="Action: finish[1]"):
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+                "reward": reward, "prediction": "1"}
+
+    # Three positives on question A (written differently in spacing), one on B; no ids anywhere.
+    rows = [rec("What is A?", True, "x"), rec("What is  A?", True, "y"), rec("What is A?", True, "z"),
+            rec("What is B?", True)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(jsonl.dumps_line(r) for r in rows))
+    proc = nat("build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "positive",
+               "--pos-num", "1", "--dev-num", "5", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "o"))
+    train_q = {r["question_id"] for r in ds["train"]}
+    dev_q = {r["question_id"] for r in ds["dev"]}
+    assert len(train_q) == 1 and len(dev_q) == 1 and not train_q & dev_q  # dev never repeats a training question
+    assert "filtered 2: positive on a question that already has one" in proc.stdout
+
+
+@pytest.mark.parametrize("score", ["NaN", "Infinity", "-Infinity", "1.5", "-0.1", '"high"'])
+def test_bad_scores_are_refused_with_their_location(tmp_path, score):
+    good = jsonl.dumps_line(_openai_line("q0", reward=False, prediction="2", score=0.5))
+    bad = good.replace('"score": 0.5', f'"score": {score}')
+    path = tmp_path / "t.jsonl"
+    path.write_text(good + bad)
+    proc = nat("build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "nat-2",
+               "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o", cwd=tmp_path)
+    assert f"{path}, line 2: score must be a number in [0, 1]" in one_error_line(proc)
+
+
+def test_one_id_with_two_contents_is_reported(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(jsonl.dumps_line(_openai_line("same")) + jsonl.dumps_line(
+        _openai_line("same", messages=[{"role": "user", "content": "What is same?"},
+                                       {"role": "assistant", "content": "Action: finish[2]"}])))
+    proc = nat("build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "nat",
+               "--cache-dir", tmp_path / "cache", "--out", tmp_path / "o", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "id 'same' is used by 2 trajectories with different contents" in proc.stdout
+    assert "filtered 1: positive on a question that already has one" in proc.stdout
+
+
+# -- 7. tool calls are never dropped silently ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_openai_tool_calls_are_refused_at_their_message(tmp_path, content):
+    call = {"role": "assistant", "content": content,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculate", "arguments": "{}"}}]}
+    rec = {"id": "t", "messages": [{"role": "system", "content": "be an agent"}, {"role": "user", "content": "Q?"},
+                                   call, {"role": "assistant", "content": "Action: finish[1]"}], "reward": True}
+    path = tmp_path / "t.jsonl"
+    path.write_text(jsonl.dumps_line(rec) + jsonl.dumps_line(_openai_line("ok")))
+    args = ["build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "nat",
+            "--cache-dir", tmp_path / "cache"]
+    line = one_error_line(nat(*args, "--out", tmp_path / "a", cwd=tmp_path))
+    assert f"{path}, line 1: message 2: OpenAI tool calls (tool_calls) are not supported yet" in line
+    proc = nat(*args, "--on-error", "skip", "--out", tmp_path / "b", cwd=tmp_path)
+    assert proc.returncode == 0 and "skipped 1 bad record(s): message 2: OpenAI tool calls" in proc.stdout
