@@ -480,3 +480,35 @@ def test_openai_tool_calls_are_refused_at_their_message(tmp_path, content):
     assert f"{path}, line 1: message 2: OpenAI tool calls (tool_calls) are not supported yet" in line
     proc = nat(*args, "--on-error", "skip", "--out", tmp_path / "b", cwd=tmp_path)
     assert proc.returncode == 0 and "skipped 1 bad record(s): message 2: OpenAI tool calls" in proc.stdout
+
+
+# -- 5. the step parser and the calculator -------------------------------------------------------------------
+
+
+def _solve_with(tmp_path, turns):
+    """``nat solve`` against a loopback teacher that writes ``turns`` one per request."""
+    from fake_openai import FakeOpenAI
+
+    script = list(turns)
+    with FakeOpenAI(lambda messages: script.pop(0) if script else "Action: finish[0]") as server:
+        return nat("solve", "--policy", "openai", "--model", "m", "--base-url", server.base_url, "--task", "gsm8k",
+                   "--max-turns", "3", "What is it?", cwd=tmp_path, env={"OPENAI_API_KEY": "x"}, timeout=120)
+
+
+def test_long_whitespace_runs_parse_in_linear_time(tmp_path):
+    proc = _solve_with(tmp_path, ["Action" + " " * 200_000 + "x", "Action: finish[7]"])
+    assert proc.returncode == 0, proc.stderr
+    assert "Invalid action" in proc.stdout and "prediction: 7" in proc.stdout
+
+
+@pytest.mark.parametrize("expression, observation", [
+    ("1.5**2000", "15223626185737824681999045305841060014774798957514742055029998831623115465645255"),
+    ("round(2**70+1)", "1180591620717411303425"),
+    ("10**20+0.5", "100000000000000000000.5"),
+    ("2**9000", "Error: power too large"),
+])
+def test_calculator_is_exact_through_the_agent(tmp_path, expression, observation):
+    proc = _solve_with(tmp_path, [f"Action: calculate[{expression}]", "Action: finish[1]"])
+    assert proc.returncode == 0, proc.stderr
+    shown = "".join(proc.stdout.split())  # rich wraps long lines
+    assert f"Observation:{''.join(observation.split())}" in shown and "inf" not in shown.replace("Invalid", "")
