@@ -210,6 +210,12 @@ def _run_clean(args: argparse.Namespace) -> int:
     from .tasks import get_task
     from .trajectory import read_trajectories_jsonl, write_jsonl
 
+    from pathlib import Path
+
+    if Path(args.out).resolve() == Path(args.trajectories).resolve():
+        raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a file name")
     rules = default_rules(get_task(args.task))
     rules.drop_unfinished = not args.keep_unfinished
     if args.min_score is not None:

@@ -512,3 +512,23 @@ def test_calculator_is_exact_through_the_agent(tmp_path, expression, observation
     assert proc.returncode == 0, proc.stderr
     shown = "".join(proc.stdout.split())  # rich wraps long lines
     assert f"Observation:{''.join(observation.split())}" in shown and "inf" not in shown.replace("Invalid", "")
+
+
+def test_clean_never_overwrites_its_input(tmp_path):
+    path = _collected(tmp_path, "Action: finish[4]")
+    before = path.read_bytes()
+    assert "is the input file" in one_error_line(nat("clean", path, "--task", "gsm8k", "--out", path, cwd=tmp_path))
+    assert "is a folder" in one_error_line(nat("clean", path, "--task", "gsm8k", "--out", tmp_path, cwd=tmp_path))
+    assert path.read_bytes() == before
+
+
+def test_collect_sets_a_torn_last_line_aside(tmp_path, shared_data):
+    out = _collected(tmp_path, "Action: finish[4]")
+    good = out.read_bytes()
+    out.write_bytes(good + b'{"id": "gsm8k:9:t0.2:s0", "ta')  # as left by a kill -9 mid-write
+    proc = nat("collect", *DEAD_API, "--task", "gsm8k", "--data", shared_data / "gsm8k" / "test.jsonl", "--limit", "1",
+               "--temperatures", "0.2", "--max-error-rate", "1", "--out", out, cwd=tmp_path,
+               env={"OPENAI_API_KEY": "x"})
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == good and Path(str(out) + ".torn").read_bytes() == b'{"id": "gsm8k:9:t0.2:s0", "ta\n'
+    assert "torn last line" in proc.stdout
