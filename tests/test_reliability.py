@@ -78,25 +78,37 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_dataset, tmp_path):
-    # Uninterrupted reference: 40 rows, 20 micro-batches, 10 optimizer steps per epoch, 2 epochs.
+@pytest.fixture(scope="module")
+def uninterrupted(scratch_model, tiny_dataset, tmp_path_factory):
+    """The reference run: 40 rows, 20 micro-batches, 10 optimizer steps per epoch, 2 epochs."""
+    tmp_path = tmp_path_factory.mktemp("straight")
     cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "straight")
     straight = nat("fit", "--config", cfg, cwd=tmp_path, env={"NAT_TEST_BATCH_LOG": str(tmp_path / "straight.jsonl")})
     assert straight.returncode == 0, straight.stderr[-3000:]
-    ref = _rows(tmp_path / "straight.jsonl")
-    assert len(ref) == 40 and ref[-1]["step"] == 19
-    # The README promises a checkpoint at each epoch end: every 3 steps alone would leave last.ckpt at step 18.
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_an_epoch_end_checkpoint_is_written(uninterrupted):
     import torch
 
-    last = torch.load(tmp_path / "straight/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ref = _rows(uninterrupted / "straight.jsonl")
+    assert len(ref) == 40 and ref[-1]["step"] == 19
+    # The README promises a checkpoint at each epoch end: every 3 steps alone would leave last.ckpt at step 18.
+    last = torch.load(uninterrupted / "straight/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 20
 
-    # The same run, killed with SIGKILL after step 5 (its last checkpoint is step 3, mid-epoch) ...
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hold, resumed_at", [(5, 3), (11, 10)])  # mid-epoch; just after the epoch-end checkpoint
+def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_dataset, tmp_path, uninterrupted,
+                                                           hold, resumed_at):
+    ref = _rows(uninterrupted / "straight.jsonl")
+    # The same run, killed with SIGKILL once optimizer step `hold` is done (checkpoints every 3 steps) ...
     cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "killed")
     log = tmp_path / "killed.jsonl"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "NAT_TEST_BATCH_LOG": str(log),
-           "NAT_TEST_HOLD_AT": "5"}
+           "NAT_TEST_HOLD_AT": str(hold)}
     proc = subprocess.Popen([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(cfg)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     held = Path(str(log) + ".held")
@@ -108,7 +120,7 @@ def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_d
     proc.wait()
     proc.stderr.close()
     killed = _rows(log)
-    assert killed[-1]["step"] == 4  # step 5 was completed, so the loader had moved past the checkpoint
+    assert killed[-1]["step"] == hold - 1  # the loader had moved past the checkpoint
 
     # ... and resumed the way the README says.
     resumed_log = tmp_path / "resumed.jsonl"
@@ -116,9 +128,8 @@ def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_d
                   env={"NAT_TEST_BATCH_LOG": str(resumed_log)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = _rows(resumed_log)
-    k = again[0]["step"]
-    assert k == 3
-    combined = [r for r in killed if r["step"] < k] + again
+    assert again[0]["step"] == resumed_at
+    combined = [r for r in killed if r["step"] < resumed_at] + again
     assert [r["key"] for r in combined] == [r["key"] for r in ref]
     assert [(r["step"], r["epoch"]) for r in combined] == [(r["step"], r["epoch"]) for r in ref]
     assert [r["loss"] for r in combined] == [r["loss"] for r in ref]
