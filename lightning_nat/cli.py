@@ -205,12 +205,12 @@ def _add_clean(p: argparse.ArgumentParser) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .collect import clean, default_rules
     from .console import console, table
     from .tasks import get_task
     from .trajectory import read_trajectories_jsonl, write_jsonl
-
-    from pathlib import Path
 
     if Path(args.out).resolve() == Path(args.trajectories).resolve():
         raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")

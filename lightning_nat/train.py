@@ -151,7 +151,7 @@ class NATCLI(LightningCLI):
         if self.subcommand == "fit":
             cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
             if root and _is_launching_process():
-                # Two runs into one root would interleave checkpoints and logs; held until the process exits.
+                # Two runs into one root would interleave checkpoints and logs; held until cli_main returns.
                 from .outputs import output_lock
 
                 _HELD.enter_context(output_lock(root, "nat fit"))
@@ -166,8 +166,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     # launcher re-runs that same command line in each child process).
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
     try:
-        NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
-               save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
+        with _HELD:  # the root's lock, taken once the config names the root, is released when the run ends
+            NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                   save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
     except (pickle.UnpicklingError, EOFError) as exc:
         # torch's own message advises weights_only=False, which would run code from a file of unknown origin.
         raise CheckpointError(f"the checkpoint given to --ckpt_path cannot be read ({type(exc).__name__}): it is "
