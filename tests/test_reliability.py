@@ -112,13 +112,16 @@ def test_nat_fit_kill9_and_resume_equals_uninterrupted_run(scratch_model, tiny_d
     proc = subprocess.Popen([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(cfg)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     held = Path(str(log) + ".held")
-    deadline = time.time() + 300
-    while not held.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert held.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else "timed out"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    try:
+        deadline = time.time() + 300
+        while not held.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert held.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else "timed out"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # kill -9, as the test intends (and never a stray child)
+        proc.wait()
+        proc.stderr.close()
     killed = _rows(log)
     assert killed[-1]["step"] == hold - 1  # the loader had moved past the checkpoint
 
