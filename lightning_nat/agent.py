@@ -21,7 +21,8 @@ from .tasks import Task
 from .trajectory import Trajectory
 
 STOP = "Observation:"
-_ACTION = re.compile(r"Action\s*\d*\s*:\s*", re.IGNORECASE)
+# One optional whitespace run before the colon: two adjacent `\s*` made a long run without a colon quadratic.
+_ACTION = re.compile(r"Action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
 
 

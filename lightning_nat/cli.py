@@ -62,7 +62,10 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="on a bad record: stop with an error naming it (default), or skip it and report it")
     p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
-    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk")
+    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk (written whole at the "
+                   "end: a failed build leaves the previous one as it was)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an earlier `nat build` output")
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -78,10 +81,33 @@ def _run_build(args: argparse.Namespace) -> int:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:
         params["placement"] = args.placement
-    result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
-    save_build(result, args.out)
+    from .outputs import output_lock, staged_folder
+
+    _check_out_folder(args.out, "build.json", "nat build", args.overwrite,
+                      inputs=[*args.trajectories, *([args.questions] if args.questions else [])])
+    with output_lock(args.out, "nat build"):
+        # Checked again under the lock: another build may have finished into it meanwhile.
+        _check_out_folder(args.out, "build.json", "nat build", args.overwrite)
+        result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
+        with staged_folder(args.out) as staged:
+            save_build(result, staged)
     print_build_summary(summarize(result.dataset), result.report, args.out, result.from_cache)
     return 0
+
+
+def _check_out_folder(out: str, marker: str, command: str, overwrite: bool, inputs: list[str] = ()) -> None:
+    """Refuse an --out that would destroy something (see :func:`lightning_nat.outputs.check_out_folder`)."""
+    from pathlib import Path
+
+    from .outputs import OutputError, check_out_folder
+
+    target = Path(out).resolve()
+    for f in inputs:
+        path = Path(f).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
+                              "choose another --out")
+    check_out_folder(out, marker, command, overwrite)
 
 
 def _add_scratch(p: argparse.ArgumentParser) -> None:
@@ -127,6 +153,9 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
                    help="re-rank search results as the paper did: 10 results, the top 5 by the bi-encoder "
                         "all-mpnet-base-v2, the top 3 by the DPR reader dpr-reader-multiset-base (needs "
                         "`pip install lightning_nat[rerank]`; downloads both models)")
+    p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
+                   help="exit with an error when more than this share of episodes failed on policy (API) errors; "
+                        "everything is still written (default: 0.5)")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -226,6 +255,10 @@ def _run_collect(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, max_turns=args.max_turns, tools=tools, price_per_million=prices,
                           progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
     print_collect_summary(summary, args.out)
+    attempted = summary.new_episodes + summary.failures
+    _check_error_rate(summary.failures, attempted, args.max_error_rate,
+                      f"{args.out}: {summary.failures} of {attempted} episodes failed on API errors",
+                      f"they are listed in {args.out}.failed.jsonl and a rerun retries them")
     return 0
 
 
@@ -239,11 +272,17 @@ def _add_clean(p: argparse.ArgumentParser) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .collect import clean, default_rules
     from .console import console, table
     from .tasks import get_task
     from .trajectory import read_trajectories_jsonl, write_jsonl
 
+    if Path(args.out).resolve() == Path(args.trajectories).resolve():
+        raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a file name")
     rules = default_rules(get_task(args.task))
     rules.drop_unfinished = not args.keep_unfinished
     if args.min_score is not None:
@@ -272,6 +311,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`")
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
 
 
 def _task_names() -> list[str]:
@@ -287,6 +328,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate, prepare, write_results
     from .tasks import get_task
 
+    _check_out_folder(args.out, "results.json", "nat eval", args.overwrite)
     own_data = all(get_task(t.strip()).data_file for t in args.tasks.split(",") if t.strip())
     if args.data_dir is None and not args.hub and not own_data:
         from .shared_data import shared_data_dir
@@ -328,7 +370,36 @@ def _run_eval(args: argparse.Namespace) -> int:
     out = write_results(args.out, results, episodes, meta)
     print_eval_table(results)
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
+    for task, r in results.items():
+        n = int(r.get("episodes", 0))
+        failed = round(r.get("failed", 0.0) * n)
+        _check_error_rate(failed, n, args.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
+                          f"the {task} figures are not trustworthy ({out}/results.json)")
     return 0
+
+
+def _error_rate(text: str) -> float:
+    """argparse type: a share in [0, 1].
+
+    >>> _error_rate("0.25")
+    0.25
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+class TooManyErrors(RuntimeError):
+    """More requests or episodes failed than ``--max-error-rate`` allows."""
+
+
+def _check_error_rate(failed: int, total: int, limit: float, what: str, consequence: str) -> None:
+    if total and failed / total > limit:
+        raise TooManyErrors(f"{what} ({failed / total:.0%}, more than --max-error-rate {limit:g}); {consequence}")
 
 
 def _add_solve(p: argparse.ArgumentParser) -> None:
@@ -470,7 +541,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds to average over (mean and spread)")
+    p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds to average over (mean and spread)")
     sizes = p.add_argument_group("sizes and rates (defaults: the full run; --quick shrinks them)")
     for name, help_text in (("train_problems", "training problems"), ("test_problems", "held-out test problems"),
                             ("min_steps", "fewest operations per problem"), ("max_steps", "most operations per problem"),
@@ -542,34 +613,85 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1.
+
+    >>> _positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def error_line(exc: BaseException, command: str | None = None) -> str:
+    """One located line for an error: the message as raised (which names file and record), on one line.
+
+    >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
+    "[Errno 2] No such file or directory: 'q.jsonl'"
+    """
+    from .jsonl import RecordError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {exc}"
+    elif not isinstance(exc, (OSError, ValueError, RuntimeError)):
+        text = f"{type(exc).__name__}: {text}"
+    # Only commands that have the option get the hint (nat collect has no --on-error).
+    if isinstance(exc, RecordError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
+        text += " (--on-error skip skips and counts such records)"
+    return text
+
+
+ON_ERROR_COMMANDS = {"build"}
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PASSTHROUGH:
         module, func = PASSTHROUGH[argv[0]][1].rsplit(":", 1)
         import importlib
 
         return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-    parser = argparse.ArgumentParser(prog="nat", description="Negative-Aware Training (NAT) of LLM agents: "
-                                     "build training sets from successful and failed trajectories, fine-tune, evaluate.")
+    # allow_abbrev=False: `nat demo --seed 0` must not be read as `--seeds 0`.
+    parser = argparse.ArgumentParser(prog="nat", allow_abbrev=False,
+                                     description="Negative-Aware Training (NAT) of LLM agents: build training sets "
+                                     "from successful and failed trajectories, fine-tune, evaluate.")
     parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _module_func) in PASSTHROUGH.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
     for name, (help_text, add, _) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        add(p)
+        p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from .trajectory import TrajectoryFormatError
+    return COMMANDS[args.command][2](args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error ends as one located line and exit code 1 (the traceback with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if argv and argv[0] == "--debug" or (argv and argv[0] in PASSTHROUGH):
+        argv = [a for a in argv if a != "--debug"]  # LightningCLI does not know the flag
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        return COMMANDS[args.command][2](args)
-    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        from .console import console
-
-        hint = " (--on-error skip skips and counts such records)" if isinstance(exc, TrajectoryFormatError) else ""
-        console.print(f"[red]error:[/red] {exc}{hint}", markup=True, highlight=False, soft_wrap=True)
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("nat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a located line
+        if debug:
+            raise
+        print(f"error: {error_line(exc, command)}", file=sys.stderr)
         return 1
 
 

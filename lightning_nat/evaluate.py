@@ -184,6 +184,9 @@ def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], N
 def write_results(out_dir: str | Path, results: dict, episodes: dict[str, Sequence[Trajectory]], meta: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"results": results, **meta}, indent=1))
+    from .jsonl import atomic_write_text
+
+    # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
     write_jsonl(out / "trajectories.jsonl", [t for trajs in episodes.values() for t in trajs])
+    atomic_write_text(out / "results.json", json.dumps({"results": results, **meta}, indent=1))
     return out

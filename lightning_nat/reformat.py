@@ -189,6 +189,20 @@ def trajectory_key(traj: Trajectory) -> tuple:
     return (traj.question_id or traj.question, tuple((m["role"], m["content"]) for m in traj.messages))
 
 
+def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:
+    """One note per trajectory id that comes with different contents (a merge of two files, a reused id).
+
+    >>> mk = lambda i, c: Trajectory(i, "", "q", [{"role": "assistant", "content": c}], True)
+    >>> conflicting_ids([mk("a", "x"), mk("a", "y"), mk("b", "z"), mk("b", "z")])
+    ["id 'a' is used by 2 trajectories with different contents"]
+    """
+    contents: dict[str, set] = {}
+    for t in trajs:
+        contents.setdefault(t.id, set()).add(trajectory_key(t))
+    return [f"id {tid!r} is used by {len(keys)} trajectories with different contents"
+            for tid, keys in contents.items() if len(keys) > 1]
+
+
 @dataclass
 class FilterReport:
     """How many trajectories each quality rule removed."""
@@ -314,6 +328,11 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
         unique = list(pos_all)
     else:
         unique = first_unique_by_question(pos_all, None)
+        if len(unique) < len(pos_all):
+            # Kept out of the training set by design ("first unique by question"), but never silently.
+            stats.filtered["positive on a question that already has one"] += len(pos_all) - len(unique)
+    for note in conflicting_ids(trajs):
+        stats.notes.append(note)
     if pos_sampling == "random":
         unique = rng.sample(unique, len(unique))
     elif pos_sampling not in ("first", "reference"):

@@ -160,6 +160,8 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
                                cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats,
                                neg_population=population, allow_empty_class=cfg.allow_empty_class)
+        if not pos and not neg:
+            raise ValueError(_no_rows_message(cfg.trajectories, trajs, read, stats))
         splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
         if dev:
             splits["dev"] = reformat(dev, cfg.variant, spec=spec)
@@ -171,6 +173,18 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, rows: list[dict[str, Any]]):
         yield from enumerate(rows)
+
+
+def _no_rows_message(files: Sequence[str], trajs: list, read: ReadReport, stats: BuildStats) -> str:
+    """Why a build has nothing to train on, with what was read, skipped and filtered."""
+    names = ", ".join(files)
+    why = [f"read {len(trajs)} trajectories"]
+    if read.skipped:
+        reasons = "; ".join(f"{n} x {p}" for p, n in read.reasons().most_common(3))
+        why.append(f"skipped {len(read.skipped)} bad records ({reasons})")
+    if stats.filtered:
+        why.append("filtered " + ", ".join(f"{n} {r}" for r, n in stats.filtered.items()))
+    return f"{names}: no training conversation is left ({'; '.join(why)})"
 
 
 def file_sha256(paths: Sequence[str | os.PathLike]) -> str:
