@@ -16,12 +16,14 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     Under DeepSpeed ZeRO-3 the partitions are gathered (16-bit), under FSDP a full
     state dict is assembled on CPU; otherwise the local weights are complete already.
     """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
     strategy = trainer.strategy
-    name = type(strategy).__name__
     prefix = "model."
-    if name == "DeepSpeedStrategy" and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
+    # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
+    if isinstance(strategy, DeepSpeedStrategy) and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
         sd = strategy.deepspeed_engine._zero3_consolidated_16bit_state_dict()
-    elif name in ("FSDPStrategy", "ModelParallelStrategy"):
+    elif isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

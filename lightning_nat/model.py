@@ -174,8 +174,11 @@ def _deepspeed_stage(module: L.LightningModule) -> int | None:
         strategy = module.trainer.strategy
     except RuntimeError:
         return None
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
+
     config = getattr(strategy, "config", None)
-    if type(strategy).__name__ != "DeepSpeedStrategy" or not isinstance(config, dict):
+    # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
+    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(config, dict):
         return None
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
