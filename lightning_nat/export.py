@@ -46,7 +46,10 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir)
     model = module.model
     if module.hparams.lora_r > 0:
-        # Fold the adapters into the base weights so the export is a plain model.
+        # Fold the adapters into the base weights so the export is a plain model. Under ZeRO-3 the live
+        # model's parameters are empty partitions that cannot take the gathered weights: merge in a copy.
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            model = _unpartitioned_copy(model)
         model.load_state_dict(sd, strict=False)
         model = model.merge_and_unload()
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -60,3 +63,23 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike) -> Pa
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
     ensure_chat_template(tok).save_pretrained(out)
     return out
+
+
+def _unpartitioned_copy(peft_model: Any) -> Any:
+    """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3.
+
+    transformers builds models under ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is alive
+    (the module holds one during ZeRO-3 training), so that switch is turned off for the build.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    base = peft_model.get_base_model()
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        plain = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+    return get_peft_model(plain, peft_model.peft_config[peft_model.active_adapter])
