@@ -112,8 +112,12 @@ class NATModule(L.LightningModule):
     def loss_scale(self) -> float:
         """Factor that undoes the averaging done downstream of ``training_step``.
 
-        Lightning divides by the accumulation steps, data-parallel reduction averages over
-        ranks, and DeepSpeed divides by its accumulation steps once more.
+        Lightning divides the returned loss by ``accumulate_grad_batches`` (its closure result),
+        data-parallel reduction averages the gradients over the ranks (DDP's all-reduce, ZeRO's
+        reduce-scatter), and under DeepSpeed ``DeepSpeedEngine.backward`` divides the loss once
+        more by its ``gradient_accumulation_steps`` (``scale_wrt_gas=True``), which Lightning sets
+        to ``accumulate_grad_batches``. Proven against a single process on 2 ZeRO-3 CPU processes
+        (tests/test_zero3.py, gradients equal to 1e-5).
         """
         trainer = self.trainer
         acc = trainer.accumulate_grad_batches

@@ -93,6 +93,9 @@ def test_loss_scaling_matches_single_process(runs, scratch_model):
         w1, w3 = torch.load(runs["single"] / "probe" / f), torch.load(runs["zero3"] / "probe" / f)
         for name in w1:
             torch.testing.assert_close(w3[name], w1[name], rtol=1e-5, atol=1e-5, msg=f"{f} {name}")
+    # DeepSpeed stays a lazy import: the single-process CPU run trained without loading it.
+    assert torch.load(runs["single"] / "probe" / "deepspeed_imported.pt") is False
+    assert torch.load(runs["zero3"] / "probe" / "deepspeed_imported.pt") is True
     start = AutoModelForCausalLM.from_pretrained(scratch_model).state_dict()
     w1 = torch.load(runs["zero3"] / "probe" / "weights1.pt")
     assert any(not torch.equal(w1[n], start[n]) for n in w1), "the first step changed nothing: nothing was compared"
@@ -219,3 +222,51 @@ def _group_gone(pgid: int, wait: float = 10.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+@pytest.mark.timeout(900)
+def test_fabric_run_launches_ddp_on_two_processes(runs, scratch_model, tiny_dataset):
+    """The design card's launch: Lightning's own launcher around `nat fit` (here DDP on 2 CPU processes)."""
+    root = runs["root"]
+    cfg = _config(root, "fabric-ddp", scratch_model, tiny_dataset, "ddp", WORLD, max_epochs=None, max_steps=2)
+    cfg_path = root / "fabric-ddp.yaml"
+    cfg_path.write_text(json.dumps(cfg))
+    fabric = Path(sys.executable).with_name("fabric")
+    proc = run_group([str(fabric), "run", "--accelerator", "cpu", "--devices", str(WORLD), "--main-port", str(free_port()),
+                      str(LAUNCH / "fit.py"), "--config", str(cfg_path)], root, timeout=400)
+    _ok(proc, "fabric run launch/fit.py (ddp)")
+    assert "MEMBER: 2/2" in proc.stdout
+    rows = read_rows(root / "fabric-ddp" / "probe", WORLD)
+    assert [r["step"] for r in rows[1]] == [0, 0, 1, 1]
+    AutoModelForCausalLM.from_pretrained(_export(root / "fabric-ddp"))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", ["zero3.json", "zero3_offload.json"])
+def test_shipped_deepspeed_configs_train_a_step_on_cpu(name, runs, scratch_model, tiny_dataset):
+    """The JSONs in launch/deepspeed as shipped. On CPU, pin_memory (CUDA host pinning) is turned off; the
+    offload config's optimizer runs as DeepSpeedCPUAdam (its C++ op is compiled on first use)."""
+    root = runs["root"]
+    run = f"shipped-{name.removesuffix('.json')}"
+    cfg = _config(root, run, scratch_model, tiny_dataset, _z3(LAUNCH / "deepspeed" / name), WORLD,
+                  max_epochs=None, max_steps=1)
+    _ok(nat_fit(cfg, root, timeout=600), f"nat fit with launch/deepspeed/{name}")
+    w = torch.load(root / run / "probe" / "weights1.pt")
+    start = AutoModelForCausalLM.from_pretrained(scratch_model).state_dict()
+    assert any(not torch.equal(w[n], start[n]) for n in w)
+    exported = AutoModelForCausalLM.from_pretrained(_export(root / run)).state_dict()
+    assert all(torch.equal(exported[n], w[n]) for n in w)
+
+
+def test_cpu_strategy_config_and_refusal():
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    from lightning_nat.cpu_deepspeed import CPUDeepSpeedStrategy
+
+    strategy = CPUDeepSpeedStrategy(config=str(LAUNCH / "deepspeed" / "zero3_offload.json"))
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert strategy._process_group_backend == "gloo"
+    strategy.accelerator = CUDAAccelerator()
+    with pytest.raises(RuntimeError, match="accelerator='cpu' only"):
+        strategy.setup_environment()

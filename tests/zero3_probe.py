@@ -105,6 +105,8 @@ class Probe(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rank0_save(trainer, full_weights(trainer, pl_module), "weights_end.pt")
+        # Whether training needed deepspeed at all (a CPU run without DeepSpeed should not import it).
+        self._rank0_save(trainer, "deepspeed" in sys.modules, "deepspeed_imported.pt")
 
 
 def read_rows(out: str | os.PathLike, world: int) -> list[list[dict]]:
