@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("single", 1, "auto", {}, ()), ("zero3", n, z3, {}, ()), ("killed", n, z3, {"kill_at_step": args.kill_at}, ()),
             ("killed", n, z3, {}, ("--ckpt_path", "last"))]
     device = torch.cuda.get_device_name(0) if gpu else f"CPU processes ({accelerator})"
-    print(f"device: {device}; {n} ZeRO-3 ranks vs 1 process; precision {args.precision}; work folder {work}")
+    print(f"device: {device}; {n} ZeRO-3 ranks vs 1 process; precision {args.precision}; work folder {work}", flush=True)
     for name, devices, strategy, probe, extra in runs:
         t0 = time.perf_counter()
         proc = nat_fit(config(name, devices, strategy, **probe), work, *extra, timeout=args.timeout)
         expected = -9 if probe.get("kill_at_step") else 0
-        print(f"  nat fit {name:7s} {'resume' if extra else '':6s} rc {proc.returncode:3d}  {time.perf_counter() - t0:6.1f} s")
+        took = time.perf_counter() - t0
+        print(f"  nat fit {name:7s} {'resume' if extra else '':6s} rc {proc.returncode:3d}  {took:6.1f} s", flush=True)
         if proc.returncode != expected:
             print(proc.stdout[-5000:])
             return 1
