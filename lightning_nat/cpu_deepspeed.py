@@ -7,10 +7,10 @@ refusal so that ``nat fit ... --trainer.accelerator cpu --trainer.devices 2`` wi
 DeepSpeed code paths (partitioned parameters, its gradient accumulation and loss division,
 sharded checkpoints, the 16-bit consolidated export) on a laptop or a CI runner.
 
-It is a check, not a way to train: CPU DeepSpeed is slow, fp32 only here, and the parts of a
-config that need a GPU (``pin_memory``, NVMe offload, fused CUDA Adam) are switched off or fail
-with DeepSpeed's own message. What it relies on in Lightning (pinned by the tests in
-``tests/test_zero3.py``): ``DeepSpeedStrategy.setup_environment`` is the only CUDA check,
+It is a check, not a way to train: CPU DeepSpeed is slow and was only tried in fp32;
+``pin_memory`` (host pinning for CUDA transfers) is switched off, and NVMe offload was not tried.
+What it relies on in Lightning (the constructor checks the methods exist; ``tests/test_zero3.py``
+checks the behaviour): ``DeepSpeedStrategy.setup_environment`` is the only CUDA check,
 ``setup_distributed`` validates device indices against local ranks, and
 ``_init_deepspeed_distributed`` exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*``
 before calling ``deepspeed.init_distributed`` with the strategy's process group backend.
@@ -57,8 +57,6 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     consolidated export, callbacks that run collectives) works end to end on two CPU
     processes before a GPU job; it is not meant for real training.
     """
-
-    strategy_name = "deepspeed_cpu"
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("process_group_backend", "gloo")
