@@ -84,6 +84,11 @@ class _KeyedBatches:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    @property
+    def batch_size(self) -> int:
+        # DeepSpeedStrategy reads the loader's batch_sampler.batch_size for its train_micro_batch_size_per_gpu.
+        return self.sampler.batch_size
+
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 

@@ -96,7 +96,9 @@ class ReActEval(L.Callback):
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        sharded = type(trainer.strategy).__name__ in ("DeepSpeedStrategy", "FSDPStrategy")
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
         tokenizer = trainer.datamodule.tokenizer
         policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
                           synced_gpus=sharded and trainer.world_size > 1)
