@@ -128,6 +128,9 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=6, help="model turns per episode (default: 6, as the reference)")
     p.add_argument("--search-corpus", help="JSONL of {title, text} for the offline BM25 search tool")
     p.add_argument("--search", choices=["serper"], help="online search backend (key from SERPER_API_KEY)")
+
+
+def _add_max_error_rate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
                    help="exit with an error when more than this share of episodes failed on policy (API) errors; "
                         "everything is still written (default: 0.5)")
@@ -164,6 +167,7 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-prompt", type=float, help="USD per million prompt tokens, to report the cost")
     p.add_argument("--price-completion", type=float, help="USD per million completion tokens")
     p.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
+    _add_max_error_rate(p)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -241,6 +245,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
+    _add_max_error_rate(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
