@@ -153,6 +153,9 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
                    help="re-rank search results as the paper did: 10 results, the top 5 by the bi-encoder "
                         "all-mpnet-base-v2, the top 3 by the DPR reader dpr-reader-multiset-base (needs "
                         "`pip install lightning_nat[rerank]`; downloads both models)")
+
+
+def _add_max_error_rate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
                    help="exit with an error when more than this share of episodes failed on policy (API) errors; "
                         "everything is still written (default: 0.5)")
@@ -226,6 +229,7 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-prompt", type=float, help="USD per million prompt tokens, to report the cost")
     p.add_argument("--price-completion", type=float, help="USD per million completion tokens")
     p.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
+    _add_max_error_rate(p)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -313,6 +317,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
+    _add_max_error_rate(p)
 
 
 def _task_names() -> list[str]:
