@@ -102,7 +102,7 @@ def test_pushed_dataset_layout_loads_with_load_dataset(tiny_dataset, tmp_path):
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
     assert files == ["README.md", "data/dev-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
     assert all(f in proc.stdout for f in files)
-    loaded = datasets.load_dataset(str(staged))
+    loaded = datasets.load_dataset(str(staged), cache_dir=str(tmp_path / "hf-cache"))  # no stale cache hit
     built = datasets.load_from_disk(str(tiny_dataset))
     assert set(loaded) == {"train", "dev"}
     for split in ("train", "dev"):

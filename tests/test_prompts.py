@@ -171,6 +171,6 @@ def test_a_filter_that_empties_a_class_fails_loudly(tmp_path):
     cmd = [sys.executable, "-m", "lightning_nat.cli", "build", "--format", "openai", "--trajectories", str(path),
            "--task", "gsm8k", "--out", str(tmp_path / "ds"), "--cache-dir", str(tmp_path / "c")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 1 and "removed every negative" in done.stdout and "unfinished" in done.stdout
+    assert done.returncode == 1 and "removed every negative" in done.stderr and "unfinished" in done.stderr
     done = subprocess.run(cmd + ["--allow-empty-class"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

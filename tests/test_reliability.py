@@ -311,7 +311,8 @@ def test_failed_rebuild_leaves_the_previous_dataset_loadable(tmp_path):
     line = one_error_line(proc)
     assert "File too large" in line
     assert _snapshot(out) == before
-    assert len(datasets.load_from_disk(str(out))["train"]) == 20  # the negatives never finished and were dropped
+    # 20 positives and 20 negatives (their finish[...] is the extracted answer, so they count as finished)
+    assert len(datasets.load_from_disk(str(out))["train"]) == 40
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 

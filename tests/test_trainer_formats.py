@@ -52,7 +52,8 @@ def test_export_loads_with_the_json_loader_in_llamafactory_layouts(layout, nativ
     assert set(info) == {"sqa-nat", "sqa-nat_dev"}
     for split, key in (("train", "sqa-nat"), ("dev", "sqa-nat_dev")):
         entry = info[key]
-        loaded = datasets.load_dataset("json", data_files=str(out / entry["file_name"]), split="train")
+        loaded = datasets.load_dataset("json", data_files=str(out / entry["file_name"]), split="train",
+                              cache_dir=str(tmp_path / "hf-cache"))
         assert len(loaded) == len(built[split])
         for row, src in zip(loaded, built[split]):
             assistant = [m["content"] for m in src["messages"] if m["role"] == "assistant"]
@@ -111,7 +112,8 @@ def test_trl_sft_trainer_trains_on_the_openai_export(scratch_model, native_datas
 
     out = tmp_path / "openai"
     _export(tiny_dataset, "openai", out)
-    train = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    train = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train",
+                                  cache_dir=str(tmp_path / "hf-cache"))
     tok = AutoTokenizer.from_pretrained(scratch_model)
     model = AutoModelForCausalLM.from_pretrained(scratch_model)
     args = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=2, per_device_train_batch_size=2,
