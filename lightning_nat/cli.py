@@ -43,6 +43,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="on a bad record: stop with an error naming it (default), or skip it and report it")
+    p.add_argument("--pairs-per-question", type=int, metavar="N",
+                   help="--variant dpo: at most N seeded (positive, negative) pairs per question (default: every pair)")
     p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
     p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk")
 
@@ -59,6 +61,10 @@ def _run_build(args: argparse.Namespace) -> int:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:
         params["placement"] = args.placement
+    if args.pairs_per_question is not None:
+        if args.variant != "dpo":
+            raise ValueError(f"--pairs-per-question applies to --variant dpo only, not {args.variant}")
+        params["pairs_per_question"] = args.pairs_per_question
     result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
     save_build(result, args.out)
     print_build_summary(summarize(result.dataset), result.report, args.out, result.from_cache)
