@@ -369,8 +369,10 @@ class PreferenceModule(NATModule):
         with torch.no_grad():
             kl_logps = sequence_logps(self(batch["kl_input_ids"], batch["kl_attention_mask"]), batch["kl_labels"])
         kl = kto_reference_point(kl_logps, ref[:, 1])
-        if self.trainer.world_size > 1:
-            kl = self.trainer.strategy.reduce(kl, reduce_op="mean").clamp(min=0)
+        trainer = self._trainer  # None when called outside a run (tests, notebooks)
+        if trainer is not None and trainer.world_size > 1:
+            # TRL's estimate too: each rank's batch mean, averaged over ranks.
+            kl = trainer.strategy.reduce(kl, reduce_op="mean").clamp(min=0)
         losses = kto_losses(logps, ref[:, 0], batch["desirable"], kl, hp.beta, hp.desirable_weight,
                             hp.undesirable_weight)
         return losses.sum(), {"loss": losses.detach().mean(), "kl": kl}
