@@ -16,9 +16,9 @@ from .tokenization import IGNORE_INDEX
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-row sum of next-token log-probabilities over target positions (labels != -100), in fp32.
+    """Per-row sum of next-token log-probabilities over target positions (labels != -100), in fp32 or wider.
 
-    Only target positions are upcast, as in :func:`lightning_nat.model.target_nll`.
+    Only target positions are upcast (16-bit logits), as in :func:`lightning_nat.model.target_nll`.
 
     >>> logits = torch.zeros(2, 3, 4); labels = torch.tensor([[-100, 1, 2], [-100, -100, 3]])
     >>> torch.allclose(sequence_logps(logits, labels), torch.log(torch.tensor([1 / 16, 1 / 4])))
@@ -26,7 +26,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     shift = labels[:, 1:]
     mask = shift != IGNORE_INDEX
-    picked = logits[:, :-1][mask].float()
+    picked = logits[:, :-1][mask]
+    if picked.dtype in (torch.float16, torch.bfloat16):
+        picked = picked.float()
     token_logps = -F.cross_entropy(picked, shift[mask], reduction="none")
     rows = mask.nonzero(as_tuple=True)[0]
     return torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(0, rows, token_logps)
