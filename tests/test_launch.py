@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightning_nat.cli import _add_build
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import NATModule
+from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
 from lightning_nat.train import NATCLI, TRAINER_DEFAULTS
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch"
@@ -24,13 +23,19 @@ class _ParseOnly(NATCLI):
 
 def test_there_is_a_config_per_paper_setting():
     names = {c.stem for c in CONFIGS}
-    assert len([n for n in names if n.startswith("gsm8k-")]) == 12
+    assert len([n for n in names if n.startswith("gsm8k-") and not n.endswith(("-dpo", "-kto"))]) == 12
     assert {"hotpotqa-7b-500-nat", "hotpotqa-7b-500-nat2", "strategyqa-7b-1000-500-nat", "tiny-cpu"} <= names
+    # The preference baselines on the paper's settings, each with the w/o-Neg run it starts from.
+    for objective in ("dpo", "kto"):
+        assert {f"gsm8k-7b-2k-{objective}", f"gsm8k-7b-5k-{objective}", f"hotpotqa-7b-500-{objective}",
+                f"strategyqa-7b-1000-500-{objective}", f"tiny-cpu-{objective}"} <= names
+    assert "hotpotqa-7b-500-wo-neg" in names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_parses_and_header_commands_are_valid(path):
-    cli = _ParseOnly(NATModule, NATDataModule, args=["--config", str(path)], run=False, trainer_defaults=TRAINER_DEFAULTS)
+    cli = _ParseOnly(PreferenceModule, PreferenceDataModule, args=["--config", str(path)], run=False,
+                     trainer_defaults=TRAINER_DEFAULTS)
     cfg = cli.config
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     assert cfg.trainer.accumulate_grad_batches * cfg.data.micro_batch_size * devices == cfg.data.global_batch_size
@@ -41,7 +46,15 @@ def test_config_parses_and_header_commands_are_valid(path):
     if not isinstance(strategy, str):
         ds = LAUNCH.parent / strategy.init_args.config
         assert json.loads(ds.read_text())["zero_optimization"]["stage"] == 3
-        assert cfg.model.learning_rate == 5e-5 and cfg.data.global_batch_size == 64 and cfg.trainer.max_epochs == 2
+        lr = 5e-5 if cfg.model.objective == "sft" else 5e-7
+        assert cfg.model.learning_rate == lr and cfg.data.global_batch_size == 64 and cfg.trainer.max_epochs == 2
+    if cfg.model.objective != "sft":
+        # Trained on a build of its own variant, starting from the exported w/o-Neg model of the same setting.
+        assert cfg.data.objective == cfg.model.objective and f"--variant {cfg.model.objective}" in header
+        start = cfg.model.model_name_or_path
+        if not path.stem.startswith("tiny-cpu"):
+            sft = re.search(r"nat fit --config launch/configs/(\S+-wo-neg)\.yaml", header).group(1)
+            assert start == f"runs/{sft}/nat/version_0/hf" and (LAUNCH / "configs" / f"{sft}.yaml").exists()
     # The `nat build` line in the header takes only flags that `nat build` knows.
     build_line = next(line for line in header.splitlines() if "nat build" in line)
     argv = shlex.split(re.sub(r"^.*?nat build", "", build_line))
