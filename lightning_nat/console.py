@@ -117,7 +117,8 @@ def print_collect_summary(summary: Any, out: str) -> None:
 def print_demo_table(result: dict[str, Any], seconds: float) -> None:
     """The demo's comparison, laid out like the paper's Table 2."""
     cfg = result["config"]
-    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)"}
+    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",
+             "dpo": "DPO (pairs, from w/o Neg)", "kto": "KTO (labels, from w/o Neg)"}
     rows = []
     for strategy, v in result["table"].items():
         spread = f" ± {100 * v['accuracy_sd']:.1f}" if cfg["seeds"] > 1 else ""
