@@ -215,3 +215,34 @@ def test_nat_fit_trains_dpo_and_kto(scratch_model, dpo_dataset, kto_dataset, obj
     assert losses[0] == pytest.approx(math.log(2) if objective == "dpo" else 0.5, abs=1e-5)
     ckpt = torch.load(Path(tmp_path / "run" / "checkpoints" / "last.ckpt"), weights_only=False)
     assert ckpt["preference_reference"].shape[1] == 2
+
+
+@pytest.mark.slow
+def test_reference_pass_shards_rows_across_ddp_ranks(scratch_model, dpo_dataset, tmp_path):
+    """Two DDP processes each compute half of the reference; the gathered result is every row's, in order."""
+    import json
+    import os
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(json.dumps({
+        "model": {"model_name_or_path": str(scratch_model), "objective": "dpo", "learning_rate": 1e-3},
+        "data": {"dataset_dir": str(dpo_dataset), "micro_batch_size": 2, "global_batch_size": 4, "max_length": 1024},
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 1, "log_every_n_steps": 1,
+                    "default_root_dir": str(tmp_path / "run"), "enable_progress_bar": False},
+    }))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gathered = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["preference_reference"]
+    dm, module = _modules(scratch_model, dpo_dataset, "dpo")
+    dm.setup("fit")
+    module.configure_model()
+    module.eval()
+    n = len(dm.train_rows)
+    assert gathered.shape == (n, 2)
+    with torch.no_grad():
+        for start in range(0, n, 4):
+            batch = next(iter(dm.preference_loader([[(i, 1, 1.0) for i in range(start, min(n, start + 4))]],
+                                                   with_reference=False)))
+            torch.testing.assert_close(gathered[batch["index"]], module._sequence_logps(batch), rtol=1e-4, atol=1e-3)
