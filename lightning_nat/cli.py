@@ -336,6 +336,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
                             ("hidden_size", "model width"), ("layers", "model depth"), ("heads", "attention heads"),
                             ("steps", "optimizer steps per strategy (the same budget for each)"),
                             ("batch_size", "conversations per step"), ("learning_rate", "peak learning rate"),
+                            ("preference_learning_rate", "peak learning rate of DPO/KTO (from the w/o-Neg model)"),
+                            ("beta", "DPO/KTO beta"),
                             ("max_turns", "agent turns per episode"), ("max_new_tokens", "tokens per turn")):
         default = getattr(d, name)
         sizes.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
@@ -385,7 +387,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "clean": ("apply the paper's cleaning rules to collected trajectories", _add_clean, _run_clean),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
-    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT and NAT, evaluate, compare",
+    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT, NAT, DPO and KTO, evaluate, compare",
              _add_demo, _run_demo),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
