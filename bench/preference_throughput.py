@@ -1,15 +1,15 @@
 """Step throughput of DPO and KTO against NAT's SFT step, on the same trajectories, arms alternated.
 
 All three arms train the same scratch Llama with `PreferenceModule`/`PreferenceDataModule` (what `nat fit`
-runs) on builds of the same StrategyQA selection (1000 positives, 500 negatives): `nat` (1,500
-conversations), `dpo` (its pairs; each row is a chosen and a rejected trajectory) and `kto` (the 1,500
-conversations, each with its mismatched pair). Every arm takes the same number of rows per optimizer
+runs) on builds of the same StrategyQA selection (`--pos-num` positives, `--neg-num` negatives): `nat`, `dpo`
+(its pairs; each row is a chosen and a rejected trajectory) and `kto` (the `nat` conversations, each
+with its mismatched pair). Every arm takes the same number of rows per optimizer
 step; a DPO row is two sequences with gradients, a KTO row one with gradients plus one forward pass
 without. The arms run in turn (NAT, DPO, KTO, NAT, DPO, KTO, ...) so that machine noise hits each alike;
 the ratios are per round, and the median and range over rounds are reported. The reference pass of
 DPO/KTO (one forward pass per sequence, before training) is timed apart.
 
-    python bench/preference_throughput.py --rounds 3 --steps 4
+    python bench/preference_throughput.py --rounds 3 --steps 4 --pos-num 300 --neg-num 300
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def build(tmp: Path, variant: str) -> Path:
+def build(tmp: Path, variant: str, pos_num: int, neg_num: int) -> Path:
     from lightning_nat.builders import build_dataset, save_build
     from lightning_nat.shared_data import require_shared_data
 
     d = require_shared_data() / "strategyqa"
     res = build_dataset([str(d / "trajectories_positive.json"), str(d / "trajectories_negative.json")], variant,
                         cache_dir=str(tmp / "cache"), questions=str(d / "train.jsonl"), task="strategyqa",
-                        on_error="skip", pos_num=1000, neg_num=500, seed=42)
+                        on_error="skip", pos_num=pos_num, neg_num=neg_num, seed=42)
     return save_build(res, tmp / variant)
 
 
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--acc", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--pos-num", type=int, default=1000, help="positives selected (StrategyQA)")
+    ap.add_argument("--neg-num", type=int, default=500, help="negatives selected")
     ap.add_argument("--hidden", type=int, default=128, help="scratch model width")
     ap.add_argument("--layers", type=int, default=2, help="scratch model depth")
     args = ap.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
     arms = {"nat": "sft", "dpo": "dpo", "kto": "kto"}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        data = {variant: build(tmp, variant) for variant in arms}
+        data = {variant: build(tmp, variant, args.pos_num, args.neg_num) for variant in arms}
         from lightning_nat.scratch import conversation_texts, make_scratch_model
 
         model = str(make_scratch_model(tmp / "model", conversation_texts(data["nat"]), vocab_size=1024,
@@ -113,7 +115,8 @@ def main() -> None:
         xs = [rd[arm][key] / rd["nat"][key] for rd in rounds]
         return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
 
-    result = {"rounds": args.rounds, "steps": args.steps, "rows_per_step": args.micro * args.acc,
+    result = {"pos_num": args.pos_num, "neg_num": args.neg_num, "rounds": args.rounds, "steps": args.steps,
+              "rows_per_step": args.micro * args.acc,
               "micro_batch": args.micro, "max_length": args.max_length, "per_round": rounds,
               "step_time_ratio_vs_nat": {a: {"steps_per_s": ratio(a, "steps_per_s"),
                                              "tokens_per_s": ratio(a, "tokens_per_s")} for a in ("dpo", "kto")},
