@@ -42,7 +42,7 @@ class DemoConfig:
     steps: int = 800
     batch_size: int = 8
     learning_rate: float = 5e-3
-    preference_learning_rate: float = 5e-4
+    preference_learning_rate: float = 5e-5
     beta: float = 0.1
     max_turns: int = 6
     max_new_tokens: int = 40
