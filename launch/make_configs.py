@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"7b": "meta-llama/Llama-2-7b-chat-hf", "13b": "meta-llama/Llama-2-13b-chat-hf"}
-VARIANT_FLAG = {"wo-neg": "positive", "nut": "nut", "nat": "nat", "nat2": "nat-2"}
+VARIANT_FLAG = {"wo-neg": "positive", "nut": "nut", "nat": "nat", "nat2": "nat-2", "dpo": "dpo", "kto": "kto"}
 
 
 def config(name: str, title: str, build: str, size: str, zero: str = "zero3") -> str:
@@ -63,7 +63,7 @@ RELEASED = {
     "strategyqa": ("D=../shared/data/strategyqa; ", "$D/trajectories_positive.json $D/trajectories_negative.json",
                    "$D/train.jsonl"),
 }
-NEGATIVE_NAME = {"wo-neg": "w/o Neg", "nut": "NUT", "nat": "NAT", "nat2": "NAT-2"}
+NEGATIVE_NAME = {"wo-neg": "w/o Neg", "nut": "NUT", "nat": "NAT", "nat2": "NAT-2", "dpo": "DPO", "kto": "KTO"}
 
 
 def released_build(task: str, variant: str, pos: int, neg: int) -> str:
@@ -78,6 +78,60 @@ def released_build(task: str, variant: str, pos: int, neg: int) -> str:
 def write(out: Path, name: str, title: str, build: str, size: str, zero: str = "zero3") -> str:
     (out / f"{name}.yaml").write_text(config(name, title, build, size, zero))
     return name
+
+
+# DPO/KTO start from the w/o-Neg SFT model of the same setting (SFT, then preference optimisation) and train on
+# the same trajectories NUT/NAT use. lr 5e-7 and beta 0.1 are the common full-parameter DPO choice (e.g.
+# Zephyr), not tuned here; the rest (2 epochs, 64 rows per step, ZeRO-3) is the SFT runs' budget.
+PREFERENCE_LR = "5.0e-07"
+
+
+def preference_config(name: str, title: str, build: str, sft_name: str, objective: str, zero: str = "zero3") -> str:
+    """A DPO or KTO run config: the SFT config of the same setting with the objective and its start model."""
+    text = config(name, title, build, "7b", zero)
+    start = f"runs/{sft_name}/nat/version_0/hf"
+    text = text.replace("# 1. data:", f"# 0. first train the w/o-Neg model it starts from: nat fit --config "
+                        f"launch/configs/{sft_name}.yaml (exports {start})\n# 1. data:")
+    text = text.replace(f"  model_name_or_path: {MODELS['7b']}\n",
+                        f"  model_name_or_path: {start}\n  objective: {objective}\n  beta: 0.1\n")
+    text = text.replace("  learning_rate: 5.0e-05\n", f"  learning_rate: {PREFERENCE_LR}\n")
+    if objective == "dpo":
+        # A pair is two sequences: one pair per micro-batch holds what two SFT rows do.
+        text = text.replace("  micro_batch_size: 2\n", "  micro_batch_size: 1\n")
+    return text
+
+
+def tiny_preference_config(name: str, objective: str, build: str) -> str:
+    """A CPU config for DPO/KTO on the scratch model (what CI-sized runs use)."""
+    return f"""# {objective.upper()} on the offline scratch model with real StrategyQA trajectories, on a CPU in minutes.
+# On a real model, start from the w/o-Neg SFT export instead (model.model_name_or_path: .../hf).
+# Launch (from the repository root, with ../shared beside it; the scratch model as in tiny-cpu.yaml):
+#   D=../shared/data/strategyqa
+#   {build} --out runs/data/strategyqa-{objective}-tiny
+#   nat fit --config launch/configs/{name}.yaml
+model:
+  model_name_or_path: runs/scratch-model
+  objective: {objective}
+  beta: 0.1
+  dtype: float32
+  attn_implementation: sdpa
+  learning_rate: 1.0e-4
+  warmup_ratio: 0.03
+data:
+  dataset_dir: runs/data/strategyqa-{objective}-tiny
+  max_length: 1024
+  micro_batch_size: 4
+  global_batch_size: 8
+  order: length_grouped
+trainer:
+  accelerator: cpu
+  devices: 1
+  precision: 32-true
+  max_epochs: 1
+  log_every_n_steps: 5
+  val_check_interval: 0.5
+  default_root_dir: runs/tiny-cpu-{objective}
+"""
 
 
 def main() -> None:
@@ -129,11 +183,38 @@ def main() -> None:
                              f"GSM8K chain-of-thought (no tools), LLaMA-2-7B-chat, 2000 positives"
                              f"{'' if variant == 'wo-neg' else ' + 10000 negatives'}, {NEGATIVE_NAME[variant]} "
                              f"(paper Table 7)", build, "7b"))
+    written += write_preference_configs(out)
     # Configs from earlier layouts that this script no longer writes would silently go stale: remove them.
     keep = set(written) | {"tiny-cpu"}
     for old in out.glob("*.yaml"):
         if old.stem not in keep:
             old.unlink()
+
+
+def write_preference_configs(out: Path) -> list[str]:
+    """DPO and KTO baselines on the same trajectories as each setting's NUT/NAT, from its w/o-Neg model."""
+    written = []
+    for objective in ("dpo", "kto"):
+        pairs = " --pairs-per-question 4" if objective == "dpo" else ""
+        settings = [(f"gsm8k-7b-{pos // 1000}k", "gsm8k", pos, 10000, f"gsm8k-7b-{pos // 1000}k-wo-neg")
+                    for pos in (2000, 5000)]
+        settings += [("hotpotqa-7b-500-2000", "hotpotqa", 500, 2000, "hotpotqa-7b-500-wo-neg"),
+                     ("strategyqa-7b-1000-500", "strategyqa", 1000, 500, "strategyqa-7b-1000-500-wo-neg")]
+        for prefix, task, pos, neg, sft in settings:
+            name = f"{prefix}-{objective}"
+            title = (f"{task}, LLaMA-2-7B-chat, {NEGATIVE_NAME[objective]} baseline on {pos} positives + {neg} "
+                     "negatives, from the w/o-Neg model")
+            build = released_build(task, objective, pos, neg) + pairs
+            (out / f"{name}.yaml").write_text(preference_config(name, title, build, sft, objective))
+            written.append(name)
+        tiny_build = ("nat build --format nat --trajectories $D/trajectories_positive.json $D/trajectories_negative.json "
+                      f"--questions $D/train.jsonl --task strategyqa --variant {objective} "
+                      + ("--pos-num 1000 --neg-num 500 --pairs-per-question 2" if objective == "dpo"
+                         else "--pos-num 200 --neg-num 100") + " --dev-num 32 --on-error skip")
+        (out / f"tiny-cpu-{objective}.yaml").write_text(tiny_preference_config(f"tiny-cpu-{objective}", objective,
+                                                                               tiny_build))
+        written.append(f"tiny-cpu-{objective}")
+    return written
 
 
 if __name__ == "__main__":

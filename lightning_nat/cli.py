@@ -61,6 +61,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="on a bad record: stop with an error naming it (default), or skip it and report it")
+    p.add_argument("--pairs-per-question", type=int, metavar="N",
+                   help="--variant dpo: at most N seeded (positive, negative) pairs per question (default: every pair)")
     p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
     p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk (written whole at the "
                    "end: a failed build leaves the previous one as it was)")
@@ -81,6 +83,10 @@ def _run_build(args: argparse.Namespace) -> int:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:
         params["placement"] = args.placement
+    if args.pairs_per_question is not None:
+        if args.variant != "dpo":
+            raise ValueError(f"--pairs-per-question applies to --variant dpo only, not {args.variant}")
+        params["pairs_per_question"] = args.pairs_per_question
     from .outputs import output_lock, staged_folder
 
     _check_out_folder(args.out, "build.json", "nat build", args.overwrite,
@@ -556,6 +562,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
                             ("hidden_size", "model width"), ("layers", "model depth"), ("heads", "attention heads"),
                             ("steps", "optimizer steps per strategy (the same budget for each)"),
                             ("batch_size", "conversations per step"), ("learning_rate", "peak learning rate"),
+                            ("preference_learning_rate", "peak learning rate of DPO/KTO (from the w/o-Neg model)"),
+                            ("beta", "DPO/KTO beta"),
                             ("max_turns", "agent turns per episode"), ("max_new_tokens", "tokens per turn")):
         default = getattr(d, name)
         sizes.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
@@ -609,7 +617,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
                _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
-    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT and NAT, evaluate, compare",
+    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT, NAT, DPO and KTO, evaluate, compare",
              _add_demo, _run_demo),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).

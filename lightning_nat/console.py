@@ -46,10 +46,31 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
         console.print(f"filtered {n}: {reason}")
     for note in stats.get("notes", []):
         console.print(f"[yellow]note: {note}[/yellow]")
+    print_preference_summary(report)
     if from_cache:
         console.print("(served from the builder cache)")
     if out:
         console.print(f"wrote {out} (datasets.load_from_disk) and {out}/preview.jsonl")
+
+
+def print_preference_summary(report: dict[str, Any]) -> None:
+    """The pairing of a DPO build, or the class balance of a KTO build (nothing for other variants)."""
+    dpo, kto = report.get("dpo"), report.get("kto")
+    if dpo:
+        rows = [[k.replace("_", " "), dpo[k]] for k in ("pairs", "questions_paired", "questions_capped",
+                                                          "questions_positive_only", "questions_negative_only",
+                                                          "positives_unpaired", "negatives_unpaired")]
+        cap = dpo.get("pairs_per_question")
+        console.print(table(f"DPO pairs (at most {cap if cap is not None else 'all'} per question, seed {dpo['seed']})",
+                            ["", "count"], rows))
+    if kto:
+        weights = kto.get("desirable_weight_range")
+        console.print(table("KTO labels", ["", "count"], [["desirable", kto["desirable"]],
+                                                           ["undesirable", kto["undesirable"]]]))
+        if weights:
+            console.print(f"desirable share {100 * kto['desirable_share']:.1f} %; the KTO paper's balance rule "
+                          f"(undesirable_weight 1) suggests model.desirable_weight between {weights[0]:g} and "
+                          f"{weights[1]:g}")
 
 
 def print_eval_table(results: dict[str, dict[str, float]]) -> None:
@@ -106,7 +127,8 @@ def print_collect_summary(summary: Any, out: str) -> None:
 def print_demo_table(result: dict[str, Any], seconds: float) -> None:
     """The demo's comparison, laid out like the paper's Table 2."""
     cfg = result["config"]
-    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)"}
+    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",
+             "dpo": "DPO (pairs, from w/o Neg)", "kto": "KTO (labels, from w/o Neg)"}
     rows = []
     for strategy, v in result["table"].items():
         spread = f" ± {100 * v['accuracy_sd']:.1f}" if cfg["seeds"] > 1 else ""

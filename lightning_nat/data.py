@@ -220,7 +220,7 @@ class NATDataModule(L.LightningDataModule):
         self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
         return res.dataset
 
-    def _tokenize(self, ds: Any) -> Any:
+    def _tokenize(self, ds: Any, split: str = "train") -> Any:
         from datasets.fingerprint import Hasher
 
         hp = self.hparams
@@ -242,7 +242,7 @@ class NATDataModule(L.LightningDataModule):
         if self.train_rows is not None:
             return
         ds = self.load_conversations()
-        self.train_rows, truncated, dropped = self._tokenize(ds["train"])
+        self.train_rows, truncated, dropped = self._tokenize(ds["train"], "train")
         if len(self.train_rows) == 0:
             raise ValueError(f"no training conversation is left: all {len(ds['train'])} lost their assistant turns to "
                              f"max_length={self.hparams.max_length} (or were dropped as over-long); raise max_length")
@@ -250,7 +250,7 @@ class NATDataModule(L.LightningDataModule):
                       "target_tokens": int(sum(self.train_rows["n_targets"])),
                       "tokens": int(sum(self.train_rows["length"]))}
         if "dev" in ds:
-            self.dev_rows, _, _ = self._tokenize(ds["dev"])
+            self.dev_rows, _, _ = self._tokenize(ds["dev"], "dev")
             self.stats["dev_rows"] = len(self.dev_rows)
         if truncated or dropped:
             how = "dropped" if self.hparams.overlong == "drop" else "truncated"

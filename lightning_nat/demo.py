@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("positive", "nut", "nat")
+STRATEGIES = ("positive", "nut", "nat", "dpo", "kto")
+# Preference baselines continue from the demo's own w/o-Neg model (SFT, then DPO/KTO), on the same trajectories.
+PREFERENCE = ("dpo", "kto")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class DemoConfig:
     steps: int = 800
     batch_size: int = 8
     learning_rate: float = 5e-3
+    preference_learning_rate: float = 5e-5
+    beta: float = 0.1
     max_turns: int = 6
     max_new_tokens: int = 40
     strategies: tuple[str, ...] = STRATEGIES
@@ -54,19 +58,19 @@ class DemoConfig:
         return cls(**base)
 
 
-def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int) -> Any:
+def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, objective: str = "sft") -> Any:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     from .callbacks import DevPerplexity
-    from .data import NATDataModule
-    from .model import NATModule
+    from .preference_training import PreferenceDataModule, PreferenceModule
 
     L.seed_everything(seed, verbose=False)
-    dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
-                       global_batch_size=cfg.batch_size, max_length=1024, seed=seed,
-                       cache_dir=str(run_dir.parent.parent / "cache"))
-    module = NATModule(str(model_dir), learning_rate=cfg.learning_rate, warmup_ratio=0.03)
+    dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
+                              global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
+                              cache_dir=str(run_dir.parent.parent / "cache"))
+    lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
+    module = PreferenceModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
     every = max(1, cfg.steps // 8)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.steps, max_epochs=10_000,
                         use_distributed_sampler=False, logger=CSVLogger(str(run_dir), name="", version=""),
@@ -106,21 +110,32 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
     summary = collect(task, [p.record() for p in train], teacher, root / "trajectories.jsonl", cfg.temperatures,
                       teacher="scripted", batch_size=256, max_turns=cfg.max_turns, tools=make_tools(task.tools))
     (root / "test.jsonl").write_text("".join(json.dumps(p.record()) + "\n" for p in test))
+    if any(s in PREFERENCE for s in cfg.strategies) and "positive" not in cfg.strategies:
+        raise ValueError("the dpo and kto strategies start from the demo's w/o-Neg model: keep 'positive' in strategies")
+    # The SFT strategies first: DPO/KTO continue from the w/o-Neg model.
+    strategies = [s for s in cfg.strategies if s not in PREFERENCE] + [s for s in cfg.strategies if s in PREFERENCE]
     datasets_dirs = {}
-    for strategy in cfg.strategies:
+    for strategy in strategies:
         res = build_dataset([str(root / "trajectories.jsonl")], strategy, cache_dir=str(root / "cache"),
                             format="jsonl", task=task.name, pos_num=cfg.pos_num, neg_num=cfg.neg_num, seed=seed,
                             dev_num=cfg.dev_num)
         datasets_dirs[strategy] = save_build(res, root / "data" / strategy)
-    texts = conversation_texts(datasets_dirs[cfg.strategies[-1]]) + [p.question for p in test]
+    vocab_source = "nat" if "nat" in datasets_dirs else strategies[0]
+    texts = conversation_texts(datasets_dirs[vocab_source]) + [p.question for p in test]
     model_dir = make_scratch_model(root / "scratch-model", texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                                    num_layers=cfg.layers, num_heads=cfg.heads, max_position_embeddings=1024, seed=seed)
     out: dict[str, Any] = {"collected": {"positives": summary.positives, "negatives": summary.negatives}}
-    for strategy in cfg.strategies:
-        say(f"seed {seed}: training {strategy} for {cfg.steps} steps")
-        module, dm = _train(cfg, model_dir, datasets_dirs[strategy], root / "runs" / strategy, seed)
+    # The w/o-Neg model, kept like every strategy's; DPO and KTO start from it.
+    sft_dir = root / "runs" / "positive" / "model"
+    for strategy in strategies:
+        preference = strategy in PREFERENCE
+        start = sft_dir if preference else model_dir
+        say(f"seed {seed}: training {strategy} for {cfg.steps} steps" + (" from the w/o-Neg model" if preference else ""))
+        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed,
+                            objective=strategy if preference else "sft")
         _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
-        build = json.loads((datasets_dirs[strategy] / "build.json").read_text())["report"]["stats"]
+        record = json.loads((datasets_dirs[strategy] / "build.json").read_text())["report"]
+        build = record["stats"]
         policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
         say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
@@ -129,6 +144,8 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
         out[strategy] = {"accuracy": metrics["accuracy"], "finished": metrics["finished"],
                          "parse_error_rate": metrics["parse_error_rate"], "positives": build["positives"],
                          "negatives": build["negatives"]}
+        if strategy == "dpo":
+            out[strategy]["pairs"] = record["dpo"]["pairs"]
         from .trajectory import write_jsonl
 
         write_jsonl(root / "runs" / strategy / "eval_trajectories.jsonl", trajs)

@@ -1,4 +1,4 @@
-"""``nat fit``: LightningCLI over :class:`NATModule` and :class:`NATDataModule`.
+"""``nat fit``: LightningCLI over NATModule and NATDataModule, with the DPO and KTO objectives (:mod:`.preference_training`).
 
 Every argument is a typed, documented ``__init__`` field, so ``nat fit --print_config``
 writes the complete record of a run and ``--config FILE.yaml`` replays it.
@@ -15,8 +15,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .data import NATDataModule
-from .model import NATModule
+from .preference_training import PreferenceDataModule, PreferenceModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 2,
@@ -127,6 +126,9 @@ class NATCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if not cfg.data.tokenizer:
             cfg.data.tokenizer = cfg.model.model_name_or_path
+        if "objective" in cfg.model and "objective" in cfg.data:
+            # One switch: the data module serves what the model's objective needs.
+            cfg.data.objective = cfg.model.objective
         world = _device_count(cfg.trainer.devices, cfg.trainer.accelerator) * int(cfg.trainer.num_nodes or 1)
         per_pass = cfg.data.micro_batch_size * world
         if cfg.data.global_batch_size % per_pass:
@@ -167,7 +169,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
     try:
         with _HELD:  # the root's lock, taken once the config names the root, is released when the run ends
-            NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
+            # NATModule/NATDataModule with the DPO and KTO objectives; `model.objective: sft` (the default) is NAT's SFT.
+            NATCLI(PreferenceModule, PreferenceDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
                    save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
     except (pickle.UnpicklingError, EOFError) as exc:
         # torch's own message advises weights_only=False, which would run code from a file of unknown origin.

@@ -58,8 +58,14 @@ def test_nat_demo_quick(tmp_path):
     assert "NAT (negative-aware)" in proc.stdout and "w/o Neg" in proc.stdout
     result = json.loads((out / "results.json").read_text())
     table = result["table"]
-    assert set(table) == {"positive", "nut", "nat"}
-    assert table["positive"]["negatives"] == 0 and table["nat"]["negatives"] == table["nut"]["negatives"] == 72
+    assert set(table) == {"positive", "nut", "nat", "dpo", "kto"}
+    assert "DPO (pairs, from w/o Neg)" in proc.stdout and "KTO (labels, from w/o Neg)" in proc.stdout
+    assert table["positive"]["negatives"] == 0
+    assert table["nat"]["negatives"] == table["nut"]["negatives"] == table["kto"]["negatives"] == 72
+    # DPO and KTO continue from the demo's own w/o-Neg model, on pairs of the same trajectories.
+    seed0 = out / "seed0"
+    assert (seed0 / "runs" / "positive" / "hf" / "config.json").exists()
+    assert 0 < result["per_seed"][0]["dpo"]["pairs"] <= 72
     assert all(0.0 <= v["accuracy"] <= 1.0 and v["positives"] == 24 for v in table.values())
     collected = result["per_seed"][0]["collected"]
     assert collected["positives"] > 0 and collected["negatives"] > 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from ..preference import PLAIN_PROMPT_VARIANT, PREFERENCE_VARIANTS, preference_rows, unpaired_row
 from ..prompts import PromptSpec, default_style, make_spec
 from ..readers import ReadReport, load_questions, read_trajectories
 from ..reformat import MARKERS, VARIANTS, BuildStats, reformat, select
@@ -35,6 +36,15 @@ FEATURES = datasets.Features({
         "content": datasets.Value("string"),
         "train": datasets.Value("bool"),
     }),
+})
+# DPO rows: the chosen conversation in ``messages`` (so dev perplexity and previews read it as any row) plus the
+# rejected side; dev rows of a DPO build have an empty rejected side.
+PAIR_FEATURES = datasets.Features({
+    **FEATURES,
+    "chosen_id": datasets.Value("string"),
+    "rejected_id": datasets.Value("string"),
+    "rejected_score": datasets.Value("float64"),
+    "rejected": FEATURES["messages"],
 })
 REPORT_FILE = "nat_build_report.json"
 
@@ -68,6 +78,8 @@ class NATConfig(datasets.BuilderConfig):
     # order, with random.seed(seed), then filter (what the reference code did).
     neg_sampling: str = "paper"
     allow_empty_class: bool = False
+    # dpo only: at most this many (positive, negative) pairs per question; None for every combination.
+    pairs_per_question: int | None = None
     # sha256 of every input file: part of the cache key, so edited files rebuild.
     input_sha256: str = ""
     # sha256 of the task's instruction and tools: an edited task declaration rebuilds too.
@@ -88,6 +100,10 @@ PRESETS: list[NATConfig] = [
     _cfg("nat-prefix", "NAT with the marker before the question", variant="nat", placement="prefix"),
     *[_cfg(f"nat-{name}", f"NAT with the '{name}' marker vocabulary (Table 4 ablation)", variant="nat", markers=name)
       for name in MARKERS if name != "correct"],
+    _cfg("dpo", "DPO baseline: (positive, negative) pairs of the same question, plain positive prompt, no markers",
+         variant="dpo"),
+    _cfg("kto", "KTO baseline: every trajectory labelled desirable/undesirable, plain positive prompt, no markers",
+         variant="kto"),
 ]
 
 
@@ -103,7 +119,9 @@ def build_spec(cfg: NATConfig) -> PromptSpec:
                 if have != default:
                     raise ValueError(f"{opt} {have} applies to --prompt-style native only; the reference style takes "
                                      f"its strings and classes from the preset ({cfg.name}, see nat build --help)")
-    return make_spec(cfg.task, cfg.name, style, cfg.mode, cfg.markers, cfg.placement,  # type: ignore[arg-type]
+    # Preference rows (DPO, KTO) take the plain positive prompt, as w/o Neg and NUT do.
+    preset_name = PLAIN_PROMPT_VARIANT if cfg.variant in PREFERENCE_VARIANTS else cfg.name
+    return make_spec(cfg.task, preset_name, style, cfg.mode, cfg.markers, cfg.placement,  # type: ignore[arg-type]
                      tuple(cfg.thresholds), cfg.instruction)
 
 
@@ -139,14 +157,16 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "nat"
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(description=self.config.description or "", features=FEATURES)
+        features = PAIR_FEATURES if self.config.variant == "dpo" else FEATURES
+        return datasets.DatasetInfo(description=self.config.description or "", features=features)
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
         cfg = self.config
         if not cfg.trajectories:
             raise ValueError("no trajectory files given (trajectories=...)")
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {cfg.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if cfg.variant not in VARIANTS and cfg.variant not in PREFERENCE_VARIANTS:
+            raise ValueError(f"unknown variant {cfg.variant!r}; expected one of "
+                             f"{', '.join([*VARIANTS, *PREFERENCE_VARIANTS])}")
         if cfg.markers not in MARKERS:
             raise ValueError(f"unknown markers {cfg.markers!r}; expected one of {', '.join(MARKERS)}")
         questions = load_questions(cfg.questions) if cfg.questions else None
@@ -157,17 +177,31 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         spec = build_spec(cfg)
         stats = BuildStats()
         population = reference_population(trajs, read, cfg.trajectories) if cfg.neg_sampling == "reference" else None
-        pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
+        preference = cfg.variant in PREFERENCE_VARIANTS
+        # Preference variants select exactly the trajectories NUT/NAT would train on, under the plain positive prompt.
+        select_variant = PLAIN_PROMPT_VARIANT if preference else cfg.variant
+        pos, neg, dev = select(trajs, select_variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
                                cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats,
                                neg_population=population, allow_empty_class=cfg.allow_empty_class)
         if not pos and not neg:
             raise ValueError(_no_rows_message(cfg.trajectories, trajs, read, stats))
-        splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
-        if dev:
-            splits["dev"] = reformat(dev, cfg.variant, spec=spec)
+        extra: dict[str, Any] = {}
+        if preference:
+            train, extra = preference_rows(cfg.variant, pos, neg, cfg.pairs_per_question, cfg.seed, spec=spec)
+            if not train:
+                raise ValueError(f"the {cfg.variant} build has no training row: no question has both a positive and a "
+                                 f"negative among the {len(pos)} positives and {len(neg)} negatives selected")
+            splits = {"train": train}
+            if dev:
+                dev_rows = reformat(dev, PLAIN_PROMPT_VARIANT, spec=spec)
+                splits["dev"] = [unpaired_row(r) for r in dev_rows] if cfg.variant == "dpo" else dev_rows
+        else:
+            splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
+            if dev:
+                splits["dev"] = reformat(dev, cfg.variant, spec=spec)
         self.build_report = {
             "read": dict(read.read), "skipped": [list(s) for s in read.skipped], "skipped_by_reason": dict(read.reasons()),
-            "stats": {**asdict(stats), "filtered": dict(stats.filtered)}, "prompt": spec.to_dict(),
+            "stats": {**asdict(stats), "filtered": dict(stats.filtered)}, "prompt": spec.to_dict(), **extra,
         }
         return [datasets.SplitGenerator(name=name, gen_kwargs={"rows": rows}) for name, rows in splits.items()]
 
