@@ -64,7 +64,7 @@ def test_nat_demo_quick(tmp_path):
     assert table["nat"]["negatives"] == table["nut"]["negatives"] == table["kto"]["negatives"] == 72
     # DPO and KTO continue from the demo's own w/o-Neg model, on pairs of the same trajectories.
     seed0 = out / "seed0"
-    assert (seed0 / "runs" / "positive" / "hf" / "config.json").exists()
+    assert (seed0 / "runs" / "positive" / "model" / "config.json").exists()
     assert 0 < result["per_seed"][0]["dpo"]["pairs"] <= 72
     assert all(0.0 <= v["accuracy"] <= 1.0 and v["positives"] == 24 for v in table.values())
     collected = result["per_seed"][0]["collected"]
