@@ -1,0 +1,77 @@
+"""The episode engine: one pool scheduler behind every caller that runs agent episodes.
+
+``nat eval``, ``nat collect``, ``nat solve``, the ``ReActEval`` callback, the demo and the
+benchmark all run episodes through :func:`run_pool`. It keeps up to ``pool_size``
+episodes live; each step asks the policy to continue every live episode at once, applies
+the agent's rules to each answer (parse, run the tool, score) and, as soon as an episode
+ends, admits the next waiting question into its place. A batch therefore never waits
+for its slowest member, and the policy sees full batches until the questions run out.
+
+The engine is policy-agnostic (anything with ``generate(prompts) -> texts``) and
+task-agnostic: the episode rules (prompt, tools, metric) belong to the agent it is given.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .trajectory import Trajectory
+
+if TYPE_CHECKING:  # the agent imports this module lazily; no cycle at run time
+    from .agent import ReActAgent
+
+# (episodes done, episodes live) after each step; the CLI's progress bar listens.
+Progress = Callable[[int, int], None]
+
+
+def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
+             on_episode: Callable[[Trajectory], None] | None = None, progress: Progress | None = None,
+             any_live: Callable[[bool], bool] | None = None) -> list[Trajectory]:
+    """Every record's episode, in input order, with at most ``pool_size`` episodes live at once.
+
+    Args:
+        agent: the episode rules (prompt, tools, parser, scorer, turn limit) and the policy.
+        records: ``{"id", "question", "answer", ...}`` questions.
+        pool_size: episodes continued together per policy call.
+        on_episode: called with each trajectory as soon as its episode ends.
+        progress: called with (done, live) after every step.
+        any_live: lock-step across ranks (ZeRO-3 / FSDP): given whether this rank still has a
+            live episode, returns whether any rank has. While any rank does, every rank calls the
+            policy once per step (a rank with nothing left sends a stand-in prompt), so sharded
+            forward passes stay paired.
+    """
+    if pool_size < 1:
+        raise ValueError(f"pool size must be at least 1, got {pool_size}")
+    waiting = deque(enumerate(records))
+    live: list[tuple[int, object]] = []
+    out: list[Trajectory | None] = [None] * len(records)
+    done = 0
+    limit = agent.turn_limit()
+    while True:
+        while waiting and len(live) < pool_size:
+            index, record = waiting.popleft()
+            live.append((index, agent.new_episode(record)))
+        go = any_live(bool(live)) if any_live is not None else bool(live)
+        if not go:
+            break
+        prompts = [agent.episode_prompt(ep) for _, ep in live]
+        outputs = agent.policy.generate(prompts or [agent.prompt("(idle)")])
+        if len(outputs) != len(prompts) and prompts:
+            raise RuntimeError(f"the policy returned {len(outputs)} completions for {len(prompts)} prompts")
+        still = []
+        for (index, ep), text in zip(live, outputs):
+            agent.advance(ep, text, limit)
+            if ep.done:  # type: ignore[attr-defined]
+                traj = agent.trajectory(ep)
+                out[index] = traj
+                done += 1
+                if on_episode:
+                    on_episode(traj)
+            else:
+                still.append((index, ep))
+        live = still
+        if progress:
+            progress(done, len(live))
+    return [t for t in out if t is not None]
