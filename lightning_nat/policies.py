@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 class HFPolicy:
     """Batched generation with a local causal LM, left-padded, stopping at ``Observation:``.
 
+    Each row stops on token ids (``Observation:`` in any of the tokenizer's ways of writing
+    it, or EOS) and leaves the batch at once; ``usage`` counts prompt and generated tokens.
+
     The prompt is rendered with the tokenizer's chat template (the one training used;
     Llama-2-chat when the tokenizer has none), with the generation prompt appended.
 
@@ -27,10 +30,13 @@ class HFPolicy:
         max_new_tokens: per turn.
         device: where to run (default: the model's device, or cuda when available).
         synced_gpus: keep every rank generating until all are done (ZeRO-3 sharded weights).
+        loop: ``engine`` (:mod:`lightning_nat.decoding`) or ``generate`` (``model.generate`` with
+            ``stop_strings``, the former loop; kept for comparison).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
-                 device: str | None = None, synced_gpus: bool = False, dtype: str = "auto"):
+                 device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
+                 loop: str = "engine"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,25 +54,73 @@ class HFPolicy:
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.synced_gpus = synced_gpus
+        if loop not in ("engine", "generate"):
+            raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
+        self.loop = loop
+        self._matcher: Any = None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0}
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _encode(self, prompts: Sequence[list[dict[str, str]]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in enc.items()}
+
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
+        """Each prompt's continuation up to ``Observation:`` (cut there), EOS or ``max_new_tokens``.
+
+        The decoding loop is :func:`lightning_nat.decoding.decode` (rows leave the batch as soon as
+        they stop); under ``synced_gpus`` (sharded weights) it is ``model.generate``, whose lock-step
+        the ranks need. Greedy outputs are the same either way.
+        """
+        if not prompts:
+            return []
+        if self.synced_gpus or self.loop == "generate":
+            return self.generate_hf(prompts)
+        from .decoding import decode
+
+        enc = self._encode(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = decode(self.model, enc["input_ids"], enc["attention_mask"], self._stops(), self.max_new_tokens,
+                          self.temperature, self._stop_ids())
+        finally:
+            self.model.train(was_training)
+        self.usage["calls"] += 1
+        self.usage["requests"] += len(prompts)
+        self.usage["prompt_tokens"] += int(enc["attention_mask"].sum())
+        self.usage["completion_tokens"] += sum(len(r) for r in rows)
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [t.split(STOP, 1)[0] for t in texts]
+
+    def _stops(self) -> Any:
+        if self._matcher is None:
+            from .decoding import StopMatcher
+
+            self._matcher = StopMatcher(self.tokenizer, STOP)
+        return self._matcher
+
+    def _stop_ids(self) -> list[int]:
+        # The tokenizer's eos only, as the former generate call passed (the export's generation config lists more).
+        return [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
+
+    def generate_hf(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
+        """The same continuations with ``model.generate`` and its ``stop_strings`` (one call per batch)."""
         import torch
 
         if not prompts:
             return []
         tok = self.tokenizer
-        texts = [self.render(p) for p in prompts]
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}
+        enc = self._encode(prompts)
         kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
                                       eos_token_id=tok.eos_token_id, stop_strings=[STOP], tokenizer=tok)
         if self.temperature > 0:
@@ -83,6 +137,11 @@ class HFPolicy:
         finally:
             self.model.train(was_training)
         new = out[:, enc["input_ids"].shape[1]:]
+        self.usage["calls"] += 1
+        self.usage["requests"] += len(prompts)
+        self.usage["prompt_tokens"] += int(enc["attention_mask"].sum())
+        self.usage["completion_tokens"] += int((new != tok.pad_token_id).sum()) if tok.pad_token_id is not None \
+            else new.numel()
         return [t.split(STOP, 1)[0] for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
