@@ -56,27 +56,71 @@ class StopMatcher:
         return joined[-(len(self.stop) - 1):] if len(self.stop) > 1 else "", hit
 
 
-def decode(model: Any, input_ids: Any, attention_mask: Any, stops: StopMatcher, max_new_tokens: int,
-           temperature: float = 0.0, stop_ids: Sequence[int] = ()) -> list[list[int]]:
+class PrefixCache:
+    """The KV cache of the prompt head every row shares (the task's instruction and examples), computed once.
+
+    Every episode's prompt starts with the same rendered head, so its keys and values are
+    computed for one row the first time and reused for every row of every later batch.
+    """
+
+    def __init__(self, min_tokens: int = 16):
+        self.min_tokens = min_tokens
+        self.ids: list[int] = []
+        self.layers: list[tuple[Any, Any]] = []
+
+    def get(self, model: Any, rows: Sequence[Sequence[int]]) -> tuple[int, list[tuple[Any, Any]]]:
+        """The shared prefix length used for ``rows`` and its per-layer (keys, values) for one row."""
+        import os
+
+        import torch
+        from transformers import DynamicCache
+
+        common = list(os.path.commonprefix([list(r) for r in rows]))
+        common = common[:min(len(r) for r in rows) - 1]  # every row keeps at least one token to prefill
+        if len(common) < self.min_tokens:
+            return 0, []
+        if self.ids and common[:len(self.ids)] == self.ids:
+            return len(self.ids), self.layers
+        device = next(model.parameters()).device
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([common], device=device), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+        self.ids, self.layers = common, [(layer.keys, layer.values) for layer in cache.layers]
+        return len(common), self.layers
+
+
+def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, max_new_tokens: int,
+           temperature: float = 0.0, stop_ids: Sequence[int] = (), pad_id: int = 0,
+           prefix: PrefixCache | None = None) -> list[list[int]]:
     """New token ids per row (EOS left out), each row ending at EOS, the stop string or ``max_new_tokens``.
 
     Greedy when ``temperature`` is 0, else sampling from the softmax at that temperature
-    (no top-k/top-p, as the former ``generate`` call). Position ids follow the attention
-    mask, as ``generate`` computes them, so left padding does not shift a row.
+    (no top-k/top-p, as the former ``generate`` call). With ``prefix``, the rows' shared head
+    comes from its cache and only the rest is prefilled; a row is laid out as head, padding,
+    own tokens, with position ids that skip the padding, so no row is shifted by it.
     """
     import torch
     from transformers import DynamicCache
 
-    batch = input_ids.shape[0]
+    batch = len(rows_ids)
     out: list[list[int]] = [[] for _ in range(batch)]
     if max_new_tokens <= 0 or batch == 0:
         return out
+    device = next(model.parameters()).device
+    shared, layers = prefix.get(model, rows_ids) if prefix is not None else (0, [])
+    rest = [list(r[shared:]) for r in rows_ids]
+    width = max(len(r) for r in rest)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rest], device=device)
+    own = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+    mask = torch.cat([own.new_ones((batch, shared)), own], dim=1)
+    positions = (shared + own.cumsum(-1) - 1).masked_fill(own == 0, 1)
+    cache = DynamicCache(config=model.config)
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), i)
     rows = list(range(batch))  # the original index of each row still in the batch
     tails = [""] * batch
     ends = set(int(i) for i in stop_ids)
-    mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache = DynamicCache(config=model.config)
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1, :]

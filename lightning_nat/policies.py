@@ -32,11 +32,12 @@ class HFPolicy:
         synced_gpus: keep every rank generating until all are done (ZeRO-3 sharded weights).
         loop: ``engine`` (:mod:`lightning_nat.decoding`) or ``generate`` (``model.generate`` with
             ``stop_strings``, the former loop; kept for comparison).
+        prefix_cache: reuse the KV cache of the prompt head all episodes share (``loop="engine"``).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
-                 loop: str = "engine"):
+                 loop: str = "engine", prefix_cache: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,6 +59,11 @@ class HFPolicy:
             raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
         self.loop = loop
         self._matcher: Any = None
+        # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
+        # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
+        from .decoding import PrefixCache
+
+        self._prefix = PrefixCache() if prefix_cache else None
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0}
 
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -87,17 +93,17 @@ class HFPolicy:
             return self.generate_hf(prompts)
         from .decoding import decode
 
-        enc = self._encode(prompts)
+        ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
         was_training = self.model.training
         self.model.eval()
         try:
-            rows = decode(self.model, enc["input_ids"], enc["attention_mask"], self._stops(), self.max_new_tokens,
-                          self.temperature, self._stop_ids())
+            rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
+                          pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix)
         finally:
             self.model.train(was_training)
         self.usage["calls"] += 1
         self.usage["requests"] += len(prompts)
-        self.usage["prompt_tokens"] += int(enc["attention_mask"].sum())
+        self.usage["prompt_tokens"] += sum(len(i) for i in ids)
         self.usage["completion_tokens"] += sum(len(r) for r in rows)
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [t.split(STOP, 1)[0] for t in texts]

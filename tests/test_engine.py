@@ -98,9 +98,11 @@ def test_greedy_decoding_loop_matches_batched_generate(scratch_model, shared_dat
     policy = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=40))
     _, prompts = _prompts(shared_data, 6)
     fast = policy.generate(prompts)
+    assert policy._prefix.ids  # the shared head came from its cache
     assert fast == policy.generate_hf(prompts)
+    assert fast[2:] == policy.generate(prompts[2:])  # a later call reuses the head's cache
     assert len(set(fast)) == len(fast)  # six different continuations
-    assert policy.usage["completion_tokens"] > 0 and policy.usage["calls"] == 2
+    assert policy.usage["completion_tokens"] > 0 and policy.usage["calls"] == 3
 
 
 @pytest.mark.parametrize("stop", ["e", "th", " o"])
@@ -108,15 +110,16 @@ def test_rows_leave_at_the_stop_string_as_generate_stops(scratch_model, shared_d
     """With frequent stop strings rows stop at different steps; the ids equal generate's up to each stop."""
     import torch
 
-    from lightning_nat.decoding import StopMatcher, decode
+    from lightning_nat.decoding import PrefixCache, StopMatcher, decode
     from lightning_nat.policies import HFPolicy
 
     policy = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=30))
     _, prompts = _prompts(shared_data, 6)
     enc = policy._encode(prompts)
     tok = policy.tokenizer
-    ours = decode(policy.model, enc["input_ids"], enc["attention_mask"], StopMatcher(tok, stop), 30, 0.0,
-                  [tok.eos_token_id])
+    ids = tok([policy.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
+    ours = decode(policy.model, ids, StopMatcher(tok, stop), 30, 0.0, [tok.eos_token_id], tok.pad_token_id,
+                  PrefixCache())
     with torch.no_grad():
         out = policy.model.generate(**enc, max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id,
                                     eos_token_id=tok.eos_token_id, stop_strings=[stop], tokenizer=tok)
