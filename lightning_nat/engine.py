@@ -7,6 +7,10 @@ the agent's rules to each answer (parse, run the tool, score) and, as soon as an
 ends, admits the next waiting question into its place. A batch therefore never waits
 for its slowest member, and the policy sees full batches until the questions run out.
 
+A policy that serves one request at a time (the OpenAI-compatible one, which has a
+``session``) gets the same pool without steps: each place's next request is sent as soon
+as its episode needs it, so ``--concurrency`` requests stay in flight.
+
 The engine is policy-agnostic (anything with ``generate(prompts) -> texts``) and
 task-agnostic: the episode rules (prompt, tools, metric) belong to the agent it is given.
 """
@@ -44,6 +48,10 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     """
     if pool_size < 1:
         raise ValueError(f"pool size must be at least 1, got {pool_size}")
+    if hasattr(agent.policy, "session") and any_live is None:
+        import asyncio
+
+        return asyncio.run(_run_pool_async(agent, records, pool_size, on_episode, progress))
     waiting = deque(enumerate(records))
     live: list[tuple[int, object]] = []
     out: list[Trajectory | None] = [None] * len(records)
@@ -74,4 +82,40 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
         live = still
         if progress:
             progress(done, len(live))
+    return [t for t in out if t is not None]
+
+
+async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size: int,
+                          on_episode: Callable[[Trajectory], None] | None, progress: Progress | None) -> list[Trajectory]:
+    """The same pool for a policy that completes one request at a time (an API): nothing waits for a step.
+
+    Each of ``pool_size`` places holds one live episode whose next request is in flight
+    (the policy bounds how many at once); when an episode ends, its place takes the next
+    question at once.
+    """
+    import asyncio
+
+    waiting = deque(enumerate(records))
+    out: list[Trajectory | None] = [None] * len(records)
+    state = {"done": 0, "live": 0}
+    limit = agent.turn_limit()
+    async with agent.policy.session(first_wave=min(pool_size, len(records))) as complete:
+
+        async def place() -> None:
+            while waiting:
+                index, record = waiting.popleft()
+                ep = agent.new_episode(record)
+                state["live"] += 1
+                while not ep.done:
+                    agent.advance(ep, await complete(agent.episode_prompt(ep)), limit)
+                traj = agent.trajectory(ep)
+                out[index] = traj
+                state["done"] += 1
+                state["live"] -= 1
+                if on_episode:
+                    on_episode(traj)
+                if progress:
+                    progress(state["done"], state["live"])
+
+        await asyncio.gather(*[place() for _ in range(min(pool_size, len(records)))])
     return [t for t in out if t is not None]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from .agent import STOP
@@ -291,32 +292,63 @@ class OpenAIPolicy:
         malformed step. Raises :class:`PolicyConfigError` with the server's message when
         the server refuses in a way no request can get past.
         """
-        import openai
-
         results = asyncio.run(self.agenerate(prompts))
         rejected = [r for r in results if isinstance(r, RequestRejected)]
         for r in rejected:
             if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(rejected) == len(results)):
-                raise PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
-                                        f"(check --model, --base-url and {self.api_key_env})")
-        out: list[str | None] = []
+                raise self._config_error(r)
         shown: set[str] = set()
-        for r in results:
-            if isinstance(r, RequestRejected):
-                self.usage["rejected"] = self.usage.get("rejected", 0) + 1
-                if str(r) not in shown:  # one line per distinct refusal, not one per episode
-                    shown.add(str(r))
-                    log.error("the server rejected a request with %s", r)
-                out.append(None)
-            elif isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
-                detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
-                    if isinstance(r, openai.APIStatusError) else type(r).__name__
-                log.error("request failed after %d retries: %s", self.max_retries, detail)
-                out.append(None)
-            elif isinstance(r, BaseException):
-                self.usage["malformed"] = self.usage.get("malformed", 0) + 1
-                log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
-                out.append("")
-            else:
-                out.append(r)
-        return out
+        return [self._settle(r, shown) for r in results]
+
+    def _config_error(self, r: RequestRejected) -> PolicyConfigError:
+        return PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
+                                 f"(check --model, --base-url and {self.api_key_env})")
+
+    def _settle(self, r: Any, shown: set[str]) -> str | None:
+        """One request's outcome as a completion: the text, ``None`` for a failed request, ``""`` for garbage."""
+        import openai
+
+        if isinstance(r, RequestRejected):
+            self.usage["rejected"] = self.usage.get("rejected", 0) + 1
+            if str(r) not in shown:  # one line per distinct refusal, not one per episode
+                shown.add(str(r))
+                log.error("the server rejected a request with %s", r)
+            return None
+        if isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
+            detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
+                if isinstance(r, openai.APIStatusError) else type(r).__name__
+            log.error("request failed after %d retries: %s", self.max_retries, detail)
+            return None
+        if isinstance(r, BaseException):
+            self.usage["malformed"] = self.usage.get("malformed", 0) + 1
+            log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
+            return ""
+        return r
+
+    @contextlib.asynccontextmanager
+    async def session(self, first_wave: int = 1) -> AsyncIterator[Callable[[list[dict[str, str]]], Awaitable[str | None]]]:
+        """``complete(messages)`` for the engine's pool: one request, at most ``concurrency`` in flight.
+
+        Outcomes are those of :meth:`generate`; the run stops (:class:`PolicyConfigError`) on
+        401/403/404, or when the first ``first_wave`` requests were all refused with none answered.
+        """
+        client = self._client()
+        sem = asyncio.Semaphore(self.concurrency)
+        shown: set[str] = set()
+        refused: list[RequestRejected] = []
+
+        async def complete(messages: list[dict[str, str]]) -> str | None:
+            try:
+                result: Any = await self._one(client, sem, list(messages))
+            except Exception as exc:  # settled below, as generate() settles a batch's results
+                result = exc
+            if isinstance(result, RequestRejected):
+                refused.append(result)
+                if result.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
+                    raise self._config_error(result)
+            return self._settle(result, shown)
+
+        try:
+            yield complete
+        finally:
+            await client.close()

@@ -157,3 +157,33 @@ def test_engine_episodes_equal_the_former_batched_loop(scratch_model, shared_dat
     a = ReActAgent(task, engine, make_tools(task.tools), max_turns=3).run(records, batch_size=4)
     b = ReActAgent(task, former, make_tools(task.tools), max_turns=3).run(records, batch_size=6)
     assert [t.messages for t in a] == [t.messages for t in b]
+
+
+def test_api_policy_keeps_requests_in_flight_without_waiting_for_a_step():
+    import asyncio
+    import contextlib
+
+    class SlowAPI:
+        """Question 0 answers slowly; the others at once. Records requests in flight."""
+
+        def __init__(self):
+            self.in_flight, self.most, self.order = 0, 0, []
+
+        @contextlib.asynccontextmanager
+        async def session(self, first_wave=1):
+            async def complete(messages):
+                question = next(m["content"] for m in messages if "Question" in m["content"])
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                await asyncio.sleep(0.3 if "Question 0?" in question else 0.01)
+                self.in_flight -= 1
+                self.order.append(question.split("Question ")[1][0])
+                return "Action: finish[1]"
+
+            yield complete
+
+    api = SlowAPI()
+    records = [{"id": str(i), "question": f"Question {i}?", "answer": "#### 1"} for i in range(6)]
+    trajs = ReActAgent(TASKS["gsm8k"], api, {}, max_turns=2).run(records, batch_size=2)
+    assert [t.question_id for t in trajs] == [str(i) for i in range(6)] and all(t.reward for t in trajs)
+    assert api.most == 2 and api.order[-1] == "0"  # 1..5 went through the other place while 0 was in flight
