@@ -20,7 +20,8 @@ from .tasks import Task
 from .trajectory import Trajectory
 
 STOP = "Observation:"
-_ACTION = re.compile(r"Action\s*\d*\s*:\s*", re.IGNORECASE)
+# One optional whitespace run before the colon: two adjacent `\s*` made a long run without a colon quadratic.
+_ACTION = re.compile(r"Action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
 
 
@@ -161,8 +162,19 @@ class ReActAgent:
         elif self.prompt_spec.mode != self.mode:
             raise ValueError(f"the prompt spec is for {self.prompt_spec.mode} episodes, the agent runs {self.mode}")
 
-    def prompt(self, question: str) -> list[dict[str, str]]:
-        return head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
+    def prompt(self, question: str, record: dict | None = None) -> list[dict[str, str]]:
+        msgs = head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
+        if self.task.instruction_from_data:
+            # The task's instruction is the data's own system prompt: the question record's `system` field.
+            system = (record or {}).get("system")
+            if not isinstance(system, str) or not system.strip():
+                raise ValueError(f"task {self.task.name!r} takes its instruction from the data, but question "
+                                 f"{(record or {}).get('id')!r} has no 'system' field")
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {"role": "system", "content": system}
+            else:
+                msgs.insert(0, {"role": "system", "content": system})
+        return msgs
 
     def turn_limit(self) -> int:
         """Model turns an episode may take."""
@@ -173,7 +185,7 @@ class ReActAgent:
 
     def episode_prompt(self, ep: _Episode) -> list[dict[str, str]]:
         """What the policy continues: the task's head messages and the episode so far."""
-        return self.prompt(str(ep.record["question"])) + ep.messages
+        return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
 
     def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
         """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""

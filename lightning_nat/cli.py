@@ -24,7 +24,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                         "ShareGPT JSONL, or our canonical trajectory JSONL (default: nat)")
     p.add_argument("--questions", metavar="FILE", help="question file (JSON or JSONL with id, question, answer); "
                                                         "needed by --format nat")
-    p.add_argument("--task", required=True, help="task name, which picks the instruction text (e.g. strategyqa)")
+    p.add_argument("--task", default="", help="task name or task YAML, which picks the instruction text; without it, "
+                   "each trajectory keeps its own leading system turn(s) as the instruction (task-less build)")
     p.add_argument("--variant", default="nat", choices=[c.name for c in PRESETS],
                    help="which training set to build: " + "; ".join(f"{c.name}: {c.description}" for c in PRESETS))
     p.add_argument("--pos-num", type=int, help="positives to keep: the first N unique by question (default: all)")
@@ -40,8 +41,8 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-style", choices=["reference", "native"],
                    help="reference: the paper's reference strings verbatim (instruction turn, acknowledgement, "
                         "'Question: ... **correctly**.', NAT-2's four F1 prefixes, Table 4 ablations); native: this "
-                        "package's system instruction and marker sentence (default: reference for gsm8k, asdiv, svamp, "
-                        "multiarith, hotpotqa, strategyqa; native otherwise)")
+                        "package's system instruction and marker sentence (default: reference for the tasks whose "
+                        "declaration names reference_prompts, the paper's six; native otherwise)")
     p.add_argument("--prompt-mode", choices=["react", "cot"], default="react",
                    help="react (tools) or cot: chain-of-thought solutions, prompted as the reference's "
                         "cot-zero-shot-target-aware (paper Table 7) (default: react)")
@@ -54,14 +55,17 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    help="native style: marker after (default) or before the question")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
-                   help="drop negatives scoring below this (1e-6 drops HotpotQA negatives with F1 = 0)")
+                   help="drop negatives scoring below this (1e-6 drops negatives with F1 = 0, as the paper does)")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical trajectories")
     p.add_argument("--dev-num", type=int, default=0,
                    help="held-out positives (questions with no training positive) in a 'dev' split, for perplexity")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="on a bad record: stop with an error naming it (default), or skip it and report it")
     p.add_argument("--cache-dir", help="builder cache folder (default: the datasets cache)")
-    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk")
+    p.add_argument("--out", required=True, help="output folder for datasets.load_from_disk (written whole at the "
+                   "end: a failed build leaves the previous one as it was)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an earlier `nat build` output")
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -77,10 +81,33 @@ def _run_build(args: argparse.Namespace) -> int:
         params["thresholds"] = tuple(args.thresholds)
     if args.placement is not None:
         params["placement"] = args.placement
-    result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
-    save_build(result, args.out)
+    from .outputs import output_lock, staged_folder
+
+    _check_out_folder(args.out, "build.json", "nat build", args.overwrite,
+                      inputs=[*args.trajectories, *([args.questions] if args.questions else [])])
+    with output_lock(args.out, "nat build"):
+        # Checked again under the lock: another build may have finished into it meanwhile.
+        _check_out_folder(args.out, "build.json", "nat build", args.overwrite)
+        result = build_dataset(args.trajectories, args.variant, cache_dir=args.cache_dir, **params)
+        with staged_folder(args.out) as staged:
+            save_build(result, staged)
     print_build_summary(summarize(result.dataset), result.report, args.out, result.from_cache)
     return 0
+
+
+def _check_out_folder(out: str, marker: str, command: str, overwrite: bool, inputs: list[str] = ()) -> None:
+    """Refuse an --out that would destroy something (see :func:`lightning_nat.outputs.check_out_folder`)."""
+    from pathlib import Path
+
+    from .outputs import OutputError, check_out_folder
+
+    target = Path(out).resolve()
+    for f in inputs:
+        path = Path(f).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
+                              "choose another --out")
+    check_out_folder(out, marker, command, overwrite)
 
 
 def _add_scratch(p: argparse.ArgumentParser) -> None:
@@ -126,6 +153,12 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
                    help="re-rank search results as the paper did: 10 results, the top 5 by the bi-encoder "
                         "all-mpnet-base-v2, the top 3 by the DPR reader dpr-reader-multiset-base (needs "
                         "`pip install lightning_nat[rerank]`; downloads both models)")
+
+
+def _add_max_error_rate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
+                   help="exit with an error when more than this share of episodes failed on policy (API) errors; "
+                        "everything is still written (default: 0.5)")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -186,7 +219,7 @@ def _make_policy(args: argparse.Namespace, temperature: float | None = None) -> 
 
 def _add_collect(p: argparse.ArgumentParser) -> None:
     _add_agent_args(p)
-    p.add_argument("--task", required=True, help="task (instruction, tools, metric)")
+    p.add_argument("--task", required=True, help="task name or task YAML (instruction, tools, metric)")
     p.add_argument("--data", required=True, help="question file (JSON or JSONL with question and answer)")
     p.add_argument("--limit", type=int, help="first N questions")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.5, 0.7],
@@ -196,6 +229,7 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-prompt", type=float, help="USD per million prompt tokens, to report the cost")
     p.add_argument("--price-completion", type=float, help="USD per million completion tokens")
     p.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
+    _add_max_error_rate(p)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -225,23 +259,34 @@ def _run_collect(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, max_turns=args.max_turns, tools=tools, price_per_million=prices,
                           progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
     print_collect_summary(summary, args.out)
+    attempted = summary.new_episodes + summary.failures
+    _check_error_rate(summary.failures, attempted, args.max_error_rate,
+                      f"{args.out}: {summary.failures} of {attempted} episodes failed on API errors",
+                      f"they are listed in {args.out}.failed.jsonl and a rerun retries them")
     return 0
 
 
 def _add_clean(p: argparse.ArgumentParser) -> None:
     p.add_argument("trajectories", help="canonical trajectory JSONL (what nat collect writes)")
-    p.add_argument("--task", required=True, help="task, which picks the rules (HotpotQA also drops F1 = 0 negatives)")
+    p.add_argument("--task", required=True, help="task name or task YAML, which picks the rules (tasks graded by F1 also drop "
+                   "F1 = 0 negatives)")
     p.add_argument("--keep-unfinished", action="store_true", help="keep trajectories that never called finish")
     p.add_argument("--min-score", type=float, help="drop negatives scoring below this (overrides the task's rule)")
     p.add_argument("--out", required=True, help="cleaned JSONL")
 
 
 def _run_clean(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .collect import clean, default_rules
     from .console import console, table
     from .tasks import get_task
     from .trajectory import read_trajectories_jsonl, write_jsonl
 
+    if Path(args.out).resolve() == Path(args.trajectories).resolve():
+        raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a file name")
     rules = default_rules(get_task(args.task))
     rules.drop_unfinished = not args.keep_unfinished
     if args.min_score is not None:
@@ -257,7 +302,8 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k,asdiv,svamp,multiarith,hotpotqa,strategyqa")
+    p.add_argument("--tasks", required=True, help="comma-separated task names or task YAML files (built in: "
+                   + ",".join(_task_names()) + ")")
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: the Hub with --hub)")
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
@@ -272,13 +318,25 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`")
     p.add_argument("--out", required=True, help="output folder: results.json and trajectories.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
+    _add_max_error_rate(p)
+
+
+def _task_names() -> list[str]:
+    from .tasks import TASKS
+
+    return sorted(TASKS)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .console import console, episode_progress, print_eval_table
     from .evaluate import EvalConfig, evaluate, prepare
+    from .tasks import get_task
 
-    if args.data_dir is None and not args.hub:
+    _check_out_folder(args.out, "results.json", "nat eval", args.overwrite)
+    own_data = all(get_task(t.strip()).data_file for t in args.tasks.split(",") if t.strip())
+    if args.data_dir is None and not args.hub and not own_data:
         from .shared_data import shared_data_dir
 
         found = shared_data_dir()
@@ -310,12 +368,41 @@ def _run_eval(args: argparse.Namespace) -> int:
     out = report.write(args.out)
     print_eval_table({k: v.to_dict() for k, v in report.results.items()})
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
+    for task, r in report.results.items():
+        n = r.episodes
+        failed = round(r.failed * n)
+        _check_error_rate(failed, n, args.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
+                          f"the {task} figures are not trustworthy ({out}/results.json)")
     return 0
+
+
+def _error_rate(text: str) -> float:
+    """argparse type: a share in [0, 1].
+
+    >>> _error_rate("0.25")
+    0.25
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+class TooManyErrors(RuntimeError):
+    """More requests or episodes failed than ``--max-error-rate`` allows."""
+
+
+def _check_error_rate(failed: int, total: int, limit: float, what: str, consequence: str) -> None:
+    if total and failed / total > limit:
+        raise TooManyErrors(f"{what} ({failed / total:.0%}, more than --max-error-rate {limit:g}); {consequence}")
 
 
 def _add_solve(p: argparse.ArgumentParser) -> None:
     _add_policy(p)
-    p.add_argument("--task", required=True, help="task whose instruction and tools to use")
+    p.add_argument("--task", required=True, help="task name or task YAML whose instruction and tools to use")
     p.add_argument("question", help="the question to solve")
 
 
@@ -370,7 +457,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 def _add_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["dataset", "model"], help="a `nat build --out` folder or an exported `hf/` folder")
     p.add_argument("folder", help="the folder to publish")
-    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/strategyqa-nat")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. me/my-nat-data")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card, upload nothing")
     p.add_argument("--stage-dir", metavar="DIR", help="dataset: write the exact upload (data/*.parquet and README.md) "
@@ -426,9 +513,9 @@ def _add_corpus(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", help="JSONL files of passages and/or folders (or files) of .txt/.md text")
     p.add_argument("--fields", nargs="+", default=["text"],
                    help="JSONL fields holding passage text, a string or a list of strings (default: text; "
-                        "StrategyQA: facts decomposition)")
+                        "e.g. facts decomposition for the shared data's train.jsonl)")
     p.add_argument("--title-field", default="title", help="JSONL field used as each passage's title (default: title; "
-                                                         "StrategyQA: term)")
+                                                         "e.g. term)")
     p.add_argument("--max-words", type=int, default=200, help="text files: longest passage in words (default: 200)")
     p.add_argument("--out", required=True, help="a new folder: passages.jsonl, index/ and corpus.json")
 
@@ -452,7 +539,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds to average over (mean and spread)")
+    p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds to average over (mean and spread)")
     sizes = p.add_argument_group("sizes and rates (defaults: the full run; --quick shrinks them)")
     for name, help_text in (("train_problems", "training problems"), ("test_problems", "held-out test problems"),
                             ("min_steps", "fewest operations per problem"), ("max_steps", "most operations per problem"),
@@ -524,34 +611,85 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1.
+
+    >>> _positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def error_line(exc: BaseException, command: str | None = None) -> str:
+    """One located line for an error: the message as raised (which names file and record), on one line.
+
+    >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
+    "[Errno 2] No such file or directory: 'q.jsonl'"
+    """
+    from .jsonl import RecordError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {exc}"
+    elif not isinstance(exc, (OSError, ValueError, RuntimeError)):
+        text = f"{type(exc).__name__}: {text}"
+    # Only commands that have the option get the hint (nat collect has no --on-error).
+    if isinstance(exc, RecordError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
+        text += " (--on-error skip skips and counts such records)"
+    return text
+
+
+ON_ERROR_COMMANDS = {"build"}
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PASSTHROUGH:
         module, func = PASSTHROUGH[argv[0]][1].rsplit(":", 1)
         import importlib
 
         return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-    parser = argparse.ArgumentParser(prog="nat", description="Negative-Aware Training (NAT) of LLM agents: "
-                                     "build training sets from successful and failed trajectories, fine-tune, evaluate.")
+    # allow_abbrev=False: `nat demo --seed 0` must not be read as `--seeds 0`.
+    parser = argparse.ArgumentParser(prog="nat", allow_abbrev=False,
+                                     description="Negative-Aware Training (NAT) of LLM agents: build training sets "
+                                     "from successful and failed trajectories, fine-tune, evaluate.")
     parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _module_func) in PASSTHROUGH.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
     for name, (help_text, add, _) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        add(p)
+        p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from .trajectory import TrajectoryFormatError
+    return COMMANDS[args.command][2](args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error ends as one located line and exit code 1 (the traceback with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if argv and argv[0] == "--debug" or (argv and argv[0] in PASSTHROUGH):
+        argv = [a for a in argv if a != "--debug"]  # LightningCLI does not know the flag
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        return COMMANDS[args.command][2](args)
-    except (TrajectoryFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        from .console import console
-
-        hint = " (--on-error skip skips and counts such records)" if isinstance(exc, TrajectoryFormatError) else ""
-        console.print(f"[red]error:[/red] {exc}{hint}", markup=True, highlight=False, soft_wrap=True)
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("nat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a located line
+        if debug:
+            raise
+        print(f"error: {error_line(exc, command)}", file=sys.stderr)
         return 1
 
 

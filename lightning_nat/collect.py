@@ -9,7 +9,6 @@ already written. A question whose requests still fail after the retries is writt
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jsonl
 from .agent import ReActAgent
+from .jsonl import RecordError
 from .reformat import FilterReport, filter_trajectories
 from .tasks import Task
 from .trajectory import Trajectory, TrajectoryFormatError
@@ -31,30 +32,61 @@ def key_of(traj: Trajectory) -> Key:
 
 
 def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
-    """Trajectories already collected, and how many bytes of a torn last line were cut off.
+    """Trajectories already collected, and how many bytes of a torn last line were set aside.
 
     Records are written whole, newline last, so only the final line can be torn by a
-    crash: it is truncated away (its episode is collected again). A bad complete line
-    is a real error and names its line.
+    crash. Every complete line is checked first, so a file that is not a collection (a
+    user's JSONL given as ``--out`` by mistake) is refused before anything in it changes.
+    A last line that is a complete record missing only its newline is kept; a torn one is
+    moved to ``<out>.torn`` (nothing is thrown away) and its episode is collected again.
     """
     path = Path(path)
     if not path.exists():
         return [], 0
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1
-    torn = len(data) - good_end
-    if torn:
+    out = [_collected_record(raw, path, lineno) for lineno, raw in jsonl.split_lines(data[:good_end])]
+    tail = data[good_end:]
+    if not tail.strip():
+        return out, 0
+    lineno = data[:good_end].count(b"\n") + 1
+    try:
+        last = _collected_record(tail.removeprefix(jsonl.BOM) if not good_end else tail, path, lineno)
+    except TrajectoryFormatError:
+        if not out and _is_json(tail):  # a whole record that is not ours: a user's file, leave it alone
+            raise
+        with open(path.with_name(path.name + ".torn"), "ab") as fh:
+            fh.write(tail + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
-    out = []
-    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(Trajectory.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TrajectoryFormatError) as exc:
-            raise TrajectoryFormatError(f"cannot resume: {exc}", path, f"line {lineno}") from None
-    return out, torn
+        return out, len(tail)
+    with open(path, "ab") as fh:
+        fh.write(b"\n")
+    return [*out, last], 0
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        jsonl.parse_line(raw)
+    except RecordError:
+        return False
+    return True
+
+
+def _collected_record(raw: bytes, path: Path, lineno: int) -> Trajectory:
+    """One line of a collection file, or a located error saying why it cannot be one."""
+    try:
+        traj = Trajectory.from_dict(jsonl.parse_line(raw))
+        key_of(traj)
+    except RecordError as exc:
+        raise TrajectoryFormatError(f"cannot resume: {exc.problem}; is --out a `nat collect` output?", path,
+                                    f"line {lineno}") from None
+    except (KeyError, TypeError, ValueError):
+        raise TrajectoryFormatError("cannot resume: not a `nat collect` record (no meta.temperature and "
+                                    "meta.sample); is --out a `nat collect` output?", path, f"line {lineno}") from None
+    return traj
 
 
 class DurableWriter:
@@ -72,7 +104,7 @@ class DurableWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self.fh is None:
             self.fh = open(self.path, "a", encoding="utf-8")
-        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.fh.write(jsonl.dumps_line(record))
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
@@ -106,15 +138,12 @@ def compact_failures(path: Path, collected: set[Key]) -> int:
     """
     if not path.exists():
         return 0
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    entries = jsonl.read_jsonl(path)
     left = still_failed(entries, collected)
     if not left:
         path.unlink()
         return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in left), encoding="utf-8")
-    os.replace(tmp, path)
-    return len(left)
+    return jsonl.write_jsonl(path, left)
 
 
 @dataclass
@@ -143,7 +172,18 @@ def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.Path
 
     ``policy`` must have a ``temperature`` attribute (both policies do); it is set per pass.
     """
+    from .outputs import output_lock
+
     out = Path(out)
+    with output_lock(out, "nat collect"):
+        return _collect(task, records, policy, out, temperatures, samples, teacher, batch_size, max_turns, tools,
+                        price_per_million, progress)
+
+
+def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temperatures: Sequence[float], samples: int,
+             teacher: str, batch_size: int, max_turns: int, tools: dict[str, Callable[[str], str]] | None,
+             price_per_million: tuple[float, float] | None,
+             progress: Callable[[int, int], None] | None) -> CollectSummary:
     failed_path = out.with_name(out.name + ".failed.jsonl")
     existing, torn = recover(out)
     done = {key_of(t) for t in existing}

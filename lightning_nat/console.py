@@ -56,7 +56,8 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
 
 def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     """One row per task: its metrics and how episodes ended."""
-    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string"})
+    # "score": the graded score of a task whose own metric returns (reward, score).
+    metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string", "score"})
 
     def cell(r: dict, m: str) -> Any:
         # Over several runs: mean ± sample sd.
@@ -67,9 +68,10 @@ def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     rows = []
     for task, r in results.items():
         rows.append([task, int(r.get("episodes", 0)), *[cell(r, m) for m in metric_names],
-                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0)])
+                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0),
+                     r.get("failed", 0.0)])
     console.print(table("Evaluation", ["task", "episodes", *metric_names, "finished", "turn limit",
-                                       "with parse errors"], rows))
+                                       "with parse errors", "failed (API errors)"], rows))
 
 
 def print_episode(traj: Any) -> None:
@@ -98,7 +100,8 @@ def print_collect_summary(summary: Any, out: str) -> None:
         rows.append(["cost (USD)", round(summary.cost_usd, 4)])
     console.print(table("Collection", ["", "count"], rows))
     if summary.torn_bytes:
-        console.print(f"[yellow]cut {summary.torn_bytes} bytes of a torn last line left by a crash[/yellow]")
+        console.print(f"[yellow]set aside {summary.torn_bytes} bytes of a torn last line left by a crash "
+                      f"(in {out}.torn)[/yellow]")
     console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import jsonl
+
 TEXT_SUFFIXES = (".txt", ".md")
 PASSAGES, INDEX, MANIFEST = "passages.jsonl", "index", "corpus.json"
 
@@ -81,19 +83,14 @@ def read_sources(sources: Sequence[str | os.PathLike], fields: Sequence[str] = (
         elif path.suffix.lower() in TEXT_SUFFIXES:
             passages += passages_from_text(path.stem, path.read_text(encoding="utf-8", errors="replace"), max_words)
         else:
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}, line {lineno}: not JSON ({exc.msg})") from None
-                    if not isinstance(record, dict):
-                        raise ValueError(f"{path}, line {lineno}: expected a JSON object")
-                    if not any(record.get(f) for f in fields):
-                        raise ValueError(f"{path}, line {lineno}: none of the fields {', '.join(fields)}")
-                    passages += passages_from_record(record, fields, title_field)
+            for lineno, record in jsonl.read_records(path):
+                if isinstance(record, jsonl.RecordError):
+                    raise record
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}, line {lineno}: expected a JSON object")
+                if not any(record.get(f) for f in fields):
+                    raise ValueError(f"{path}, line {lineno}: none of the fields {', '.join(fields)}")
+                passages += passages_from_record(record, fields, title_field)
         counts[str(path)] = len(passages) - before
     return passages, counts
 
@@ -129,9 +126,7 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike, f
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize([passage_text(p) for p in unique], show_progress=False), show_progress=False)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / PASSAGES, "w", encoding="utf-8") as fh:
-        for p in unique:
-            fh.write(json.dumps(p, ensure_ascii=False) + "\n")
+    jsonl.write_jsonl(out / PASSAGES, unique)
     retriever.save(str(out / INDEX), show_progress=False)
     manifest = {"passages": len(unique), "duplicates_dropped": len(passages) - len(unique), "sources": counts,
                 "fields": list(fields), "title_field": title_field, "max_words": max_words}
@@ -147,7 +142,7 @@ def load_index(folder: str | os.PathLike) -> tuple[list[dict], Any]:
     for name in (PASSAGES, INDEX, MANIFEST):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: no {name} (is it a `nat corpus --out` folder?)")
-    docs = [json.loads(line) for line in (folder / PASSAGES).read_text(encoding="utf-8").split("\n") if line.strip()]
+    docs = jsonl.read_jsonl(folder / PASSAGES)
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if len(docs) != manifest["passages"]:
         raise ValueError(f"{folder}: {PASSAGES} has {len(docs)} passages but the index was built on "

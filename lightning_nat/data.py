@@ -84,6 +84,11 @@ class _KeyedBatches:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    @property
+    def batch_size(self) -> int:
+        # DeepSpeedStrategy reads the loader's batch_sampler.batch_size for its train_micro_batch_size_per_gpu.
+        return self.sampler.batch_size
+
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
@@ -103,6 +108,9 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler = self.batch_sampler.sampler  # type: ignore[union-attr]
         sampler.epoch, sampler.skip = state["epoch"], state["consumed"]
+        # The iterator may already exist (Lightning builds it to count steps); its lazy sampler reads `skip`
+        # at the first batch, but the count must start from the restored position now.
+        self.consumed = state["consumed"]
 
 
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -180,6 +188,7 @@ class NATDataModule(L.LightningDataModule):
         self._train_loader: ResumableLoader | None = None
         # The prompt the conversations were rendered with; the export saves it beside the model.
         self.prompt_spec: Any = None
+        self._loader_state: dict[str, int] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -276,7 +285,22 @@ class NATDataModule(L.LightningDataModule):
         self._train_loader = ResumableLoader(_Rows(self.train_rows.select_columns(["input_ids", "labels"])),
                                              batch_sampler=_KeyedBatches(sampler), num_workers=self.hparams.num_workers,
                                              collate_fn=partial(collate, pad_id=pad))
+        if self._loader_state is not None:  # once: a loader rebuilt at a later epoch starts that epoch whole
+            self._train_loader.load_state_dict(self._loader_state)
+            self._loader_state = None
         return self._train_loader
+
+    # The data position also travels in the datamodule's own checkpoint entry: Lightning restores a loader's
+    # state only when it builds the loader after the restore, and `estimated_stepping_batches` (called by
+    # `configure_optimizers` when training by epochs) builds it before, which silently restarted the epoch.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loader_state = state.get("train_loader")
+        if self._loader_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._loader_state)
+            self._loader_state = None
 
     def val_dataloader(self) -> list:
         if self.dev_rows is None or len(self.dev_rows) == 0:

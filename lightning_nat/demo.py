@@ -94,12 +94,11 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
     from .policies import HFPolicy
     from .report import task_result
     from .scratch import conversation_texts, make_scratch_model
-    from .synthetic import ScriptedTeacher, make_problems
-    from .tasks import TASKS
+    from .synthetic import ScriptedTeacher, arith_task, make_problems
     from .tools import make_tools
 
     root = Path(cfg.out) / f"seed{seed}"
-    task = TASKS["arith"]
+    task = arith_task()
     problems = make_problems(cfg.train_problems + cfg.test_problems, seed, cfg.min_steps, cfg.max_steps)
     train, test = problems[: cfg.train_problems], problems[cfg.train_problems:]
     teacher = ScriptedTeacher({p.question: p for p in train}, error_rate=cfg.error_rate, seed=seed)
@@ -111,7 +110,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
     datasets_dirs = {}
     for strategy in cfg.strategies:
         res = build_dataset([str(root / "trajectories.jsonl")], strategy, cache_dir=str(root / "cache"),
-                            format="jsonl", task="arith", pos_num=cfg.pos_num, neg_num=cfg.neg_num, seed=seed,
+                            format="jsonl", task=task.name, pos_num=cfg.pos_num, neg_num=cfg.neg_num, seed=seed,
                             dev_num=cfg.dev_num)
         datasets_dirs[strategy] = save_build(res, root / "data" / strategy)
     texts = conversation_texts(datasets_dirs[cfg.strategies[-1]]) + [p.question for p in test]
@@ -183,7 +182,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     (out / "results.json").write_text(json.dumps(result, indent=1))
     runs = load_perplexity_runs([out / "seed0" / "runs" / s for s in cfg.strategies])
     plot_perplexity(runs, out / "perplexity.png", title="Dev perplexity of held-out positives (seed 0)")
-    points = [{"strategy": s, "negatives": float(v["negatives"]), "task": "arith", "metric": "accuracy",
+    from .synthetic import ARITH_DECLARATION
+
+    points = [{"strategy": s, "negatives": float(v["negatives"]), "task": ARITH_DECLARATION["name"],
+               "metric": "accuracy",
                "value": v["accuracy"]} for s, v in table.items()]
     plot_sweep(points, out / "accuracy.png")
     return result

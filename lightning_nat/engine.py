@@ -65,7 +65,8 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
         if not go:
             break
         prompts = [agent.episode_prompt(ep) for _, ep in live]
-        outputs = agent.policy.generate(prompts or [agent.prompt("(idle)")])
+        # A rank with nothing left keeps its ranks paired with a stand-in prompt.
+        outputs = agent.policy.generate(prompts or [agent.prompt("(idle)", dict(records[0]) if records else None)])
         if len(outputs) != len(prompts) and prompts:
             raise RuntimeError(f"the policy returned {len(outputs)} completions for {len(prompts)} prompts")
         still = []

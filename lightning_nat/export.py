@@ -16,12 +16,14 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     Under DeepSpeed ZeRO-3 the partitions are gathered (16-bit), under FSDP a full
     state dict is assembled on CPU; otherwise the local weights are complete already.
     """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
     strategy = trainer.strategy
-    name = type(strategy).__name__
     prefix = "model."
-    if name == "DeepSpeedStrategy" and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
+    # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
+    if isinstance(strategy, DeepSpeedStrategy) and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
         sd = strategy.deepspeed_engine._zero3_consolidated_16bit_state_dict()
-    elif name in ("FSDPStrategy", "ModelParallelStrategy"):
+    elif isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -48,7 +50,10 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
     out = Path(out_dir)
     model = module.model
     if module.hparams.lora_r > 0:
-        # Fold the adapters into the base weights so the export is a plain model.
+        # Fold the adapters into the base weights so the export is a plain model. Under ZeRO-3 the live
+        # model's parameters are empty partitions that cannot take the gathered weights: merge in a copy.
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            model = _unpartitioned_copy(model)
         model.load_state_dict(sd, strict=False)
         model = model.merge_and_unload()
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -99,3 +104,23 @@ def serving_generation_config(model: Any, tokenizer: Any) -> Any:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else getattr(base, "pad_token_id", None)
     return GenerationConfig(do_sample=True, eos_token_id=eos or None, pad_token_id=pad,
                             bos_token_id=getattr(base, "bos_token_id", None) or model.config.bos_token_id)
+
+
+def _unpartitioned_copy(peft_model: Any) -> Any:
+    """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3.
+
+    transformers builds models under ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is alive
+    (the module holds one during ZeRO-3 training), so that switch is turned off for the build.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    base = peft_model.get_base_model()
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        plain = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+    return get_peft_model(plain, peft_model.peft_config[peft_model.active_adapter])

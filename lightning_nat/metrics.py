@@ -162,3 +162,14 @@ def yesno_metric(prediction: str | None, gold: object) -> dict[str, float]:
     """
     pred = parse_yes_no(prediction)
     return {"accuracy": float(pred is not None and pred == parse_yes_no(gold))}
+
+
+def exact_match_metric(prediction: str | None, gold: object) -> dict[str, float]:
+    """Accuracy of an answer that must equal the gold one after SQuAD normalisation (case, articles, punctuation).
+
+    >>> exact_match_metric("The Eiffel Tower.", "eiffel tower"), exact_match_metric(None, "x")
+    ({'accuracy': 1.0}, {'accuracy': 0.0})
+    """
+    if prediction is None:
+        return {"accuracy": 0.0}
+    return {"accuracy": float(normalize_answer(prediction) == normalize_answer(str(gold)))}

@@ -112,12 +112,26 @@ class NATModule(L.LightningModule):
     def loss_scale(self) -> float:
         """Factor that undoes the averaging done downstream of ``training_step``.
 
-        Lightning divides by the accumulation steps, data-parallel reduction averages over
-        ranks, and DeepSpeed divides by its accumulation steps once more.
+        Lightning divides the returned loss by ``accumulate_grad_batches`` (its closure result),
+        data-parallel reduction averages the gradients over the ranks (DDP's all-reduce, ZeRO's
+        reduce-scatter), and under DeepSpeed ``DeepSpeedEngine.backward`` divides the loss once
+        more by its ``gradient_accumulation_steps`` (``scale_wrt_gas=True``), which Lightning sets
+        to ``accumulate_grad_batches``. Proven against a single process on 2 ZeRO-3 CPU processes
+        (tests/test_zero3.py, gradients equal to 1e-5).
         """
         trainer = self.trainer
         acc = trainer.accumulate_grad_batches
         return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
+
+    def on_train_start(self) -> None:
+        # Under DeepSpeed Lightning restores a checkpoint only after the strategy's setup, and that setup
+        # already built the train loader (configure_optimizers asks for estimated_stepping_batches), so
+        # the fit loop never hands the saved data position to it and a resumed run restarts the epoch.
+        # Hand it over now, before the first batch is drawn (found by the 2-process ZeRO-3 resume check).
+        fit_loop = self.trainer.fit_loop
+        pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
+        if pending and self.trainer.strategy.restore_checkpoint_after_setup and fit_loop._combined_loader is not None:
+            fit_loop._load_combined_loader_states()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
@@ -174,8 +188,11 @@ def _deepspeed_stage(module: L.LightningModule) -> int | None:
         strategy = module.trainer.strategy
     except RuntimeError:
         return None
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
+
     config = getattr(strategy, "config", None)
-    if type(strategy).__name__ != "DeepSpeedStrategy" or not isinstance(config, dict):
+    # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
+    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(config, dict):
         return None
     return int(config.get("zero_optimization", {}).get("stage", 0))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +26,9 @@ def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}, line {lineno}: malformed JSON") from None
-    return rows
+    from .jsonl import read_jsonl
+
+    return read_jsonl(path)
 
 
 def load_perplexity_runs(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:

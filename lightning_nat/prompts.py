@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 STYLES = ("reference", "native")
-PAPER_TASKS = frozenset({"gsm8k", "asdiv", "svamp", "multiarith", "hotpotqa", "strategyqa"})
-MATH_TASKS = frozenset({"gsm8k", "asdiv", "svamp", "multiarith", "arith"})
+# The reference code's prompt files: a task declaration names its family (``reference_prompts:``).
+FAMILIES = ("math", "multihop_qa", "yesno_qa")
 
 # ---------------------------------------------------------------- reference strings (verbatim)
 ACKNOWLEDGEMENT = "I've understood your instruction, start please."
@@ -47,8 +47,8 @@ _MATH_TOOLS = ("Solve a math problem with interleaving Thought, Action, Observat
 # The first user turn of the reference's templates: (plain, target-aware) per task family.
 REFERENCE_INSTRUCTIONS: dict[str, tuple[str, str]] = {
     "math": (_MATH_TOOLS, _MATH_TOOLS),
-    "hotpotqa": (_QA_TOOLS, _QA_TOOLS + _AWARE),
-    "strategyqa": (_QA_TOOLS + _YES_NO, _QA_TOOLS + _AWARE + _YES_NO),
+    "multihop_qa": (_QA_TOOLS, _QA_TOOLS + _AWARE),
+    "yesno_qa": (_QA_TOOLS + _YES_NO, _QA_TOOLS + _AWARE + _YES_NO),
 }
 # ``zero-shot-target-aware``: (positive, negative) question templates per task family.
 REFERENCE_NAT: dict[str, tuple[str, str]] = {
@@ -191,16 +191,19 @@ def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
 
 
 def family(task: str) -> str:
-    """The reference's prompt file a task reads: ``math``, ``hotpotqa`` or ``strategyqa``.
+    """The reference prompt family a task declares (``reference_prompts:``): ``math``, ``multihop_qa`` or ``yesno_qa``.
 
     >>> family("svamp"), family("strategyqa")
-    ('math', 'strategyqa')
+    ('math', 'yesno_qa')
     """
-    if task in MATH_TASKS:
-        return "math"
-    if task in ("hotpotqa", "strategyqa"):
-        return task
-    raise KeyError(f"the reference style has no prompts for task {task!r}; use --prompt-style native")
+    from .registry import find_task
+
+    found = find_task(task)
+    fam = getattr(found, "reference_prompts", None)
+    if fam is None:
+        raise KeyError(f"the reference style has no prompts for task {task!r} (its declaration names no "
+                       "reference_prompts); use --prompt-style native")
+    return fam
 
 
 # preset -> which reference template set it maps to
@@ -264,16 +267,26 @@ def native_spec(task: str, preset: str = "nat", mode: str = "react", markers: st
                 for c in range(1, k + 1)]
     else:
         negs = [put(neg)]
-    task_obj = get_task(task)
-    text = instruction if instruction is not None else (task_obj.cot_instruction if mode == "cot"
-                                                         else task_obj.instruction)
+    if instruction is not None:
+        text = instruction
+    else:
+        task_obj = get_task(task)
+        text = task_obj.cot_instruction if mode == "cot" else task_obj.instruction
     return PromptSpec("native", task, preset, (*negs, put(pos)), instruction=text, thresholds=tuple(thresholds),
                       mode=mode, placement=placement, markers=markers)
 
 
 def default_style(task: str) -> str:
-    """``reference`` for the paper's tasks, ``native`` for the others (the demo's ``arith``)."""
-    return "reference" if task in PAPER_TASKS else "native"
+    """The task's declared ``prompt_style``; else ``reference`` where it names reference prompts (the paper's
+    tasks), ``native`` otherwise (the demo's task, user tasks, task-less builds)."""
+    from .registry import find_task
+
+    found = find_task(task) if task else None
+    if found is None:
+        return "native"
+    if found.prompt_style:
+        return found.prompt_style
+    return "reference" if getattr(found, "reference_prompts", None) else "native"
 
 
 def make_spec(task: str, preset: str = "nat", style: str | None = None, mode: str = "react", markers: str = "correct",

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import jsonl
 from .answers import extract_answer
-from .trajectory import Trajectory, TrajectoryFormatError
+from .jsonl import RecordError
+from .trajectory import Trajectory, TrajectoryFormatError, check_score
 
 OnError = Literal["raise", "skip"]
 
@@ -37,7 +39,7 @@ class ReadReport:
     origin: dict[int, tuple[str, int]] = field(default_factory=dict)
     records: Counter = field(default_factory=Counter)
 
-    def skip(self, err: TrajectoryFormatError) -> None:
+    def skip(self, err: RecordError) -> None:
         self.skipped.append((err.path or "", err.where or "", err.problem))
 
     def reasons(self) -> Counter:
@@ -62,13 +64,16 @@ def _to_bool(value: Any, what: str) -> bool:
 
 
 def _to_score(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    raise TrajectoryFormatError(f"score must be a number, got {value!r}")
+    """A score in [0, 1] (accuracy or F1); NaN, infinities and anything else are refused.
+
+    >>> _to_score(1), _to_score(None)
+    (1.0, None)
+    >>> _to_score(float("nan"))
+    Traceback (most recent call last):
+    ...
+    lightning_nat.trajectory.TrajectoryFormatError: score must be a number in [0, 1], got nan
+    """
+    return check_score(value)
 
 
 def check_loss_flag(turn: dict, i: int) -> None:
@@ -174,12 +179,27 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
     tid = str(record.get("id", traj_id or ""))
     if not tid:
         raise TrajectoryFormatError("missing id")
+    # Without an id the question text is the question's identity: a position-based id would make every
+    # record its own question and defeat "first unique by question" (and the dev split's exclusion).
+    qid = record.get("question_id", record.get("id"))
+    qid = question_key(question) if qid is None else str(qid)
     return Trajectory(
         id=tid, task=str(record.get("task") or task), question=question, messages=turns,
         reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
         prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
-        question_id=str(record.get("question_id", tid)), meta=meta,
+        question_id=qid, meta=meta,
     )
+
+
+def question_key(question: str) -> str:
+    """A stable question id from its text (whitespace-normalised), for records that carry none.
+
+    >>> question_key("What is  2+3?") == question_key(" What is 2+3?\t")
+    True
+    """
+    import hashlib
+
+    return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
 
 
 def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
@@ -203,7 +223,36 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
         raise TrajectoryFormatError("messages must be a list")
     if not messages:
         raise TrajectoryFormatError("empty conversation")
+    for i, m in enumerate(messages):  # indices of the record as written, before the question is split off
+        check_openai_message(m, i)
     return _from_chat_record(record, messages, task, traj_id)
+
+
+def check_openai_message(message: Any, index: int) -> None:
+    """Refuse what an OpenAI message may hold that we cannot train on, naming the message.
+
+    Tool calls are refused rather than dropped: an assistant turn whose action lives in ``tool_calls``
+    would otherwise train as an empty or action-less turn.
+
+    >>> check_openai_message({"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}, 2)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_nat.trajectory.TrajectoryFormatError: message 2: OpenAI tool calls (tool_calls) are not supported yet; ...
+    """
+    if not isinstance(message, dict):
+        raise TrajectoryFormatError(f"message {index}: expected an object, got {type(message).__name__}")
+    for key in ("tool_calls", "function_call"):
+        if message.get(key):
+            raise TrajectoryFormatError(f"message {index}: OpenAI tool calls ({key}) are not supported yet; write the "
+                                        "action as 'Action: tool[argument]' text, or skip such records with "
+                                        "--on-error skip")
+    if message.get("role") == "tool":
+        raise TrajectoryFormatError(f"message {index}: OpenAI tool results (role 'tool') are not supported yet; "
+                                    "write them as user turns 'Observation: ...'")
+    if not isinstance(message.get("content"), str):
+        raise TrajectoryFormatError(f"message {index}: content must be a string, got "
+                                    f"{type(message.get('content')).__name__}")
 
 
 def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
@@ -232,17 +281,20 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
     return _from_chat_record(record, messages, task, traj_id)
 
 
-def load_questions(path: str | os.PathLike) -> dict[str, dict]:
+def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
     """Questions by id from a JSON list or JSONL of ``{"id", "question", "answer"}``.
 
-    Records without an ``id`` (GSM8K) are keyed by their 0-based position.
+    Records without an ``id`` (GSM8K) are keyed by their 0-based position. ``fields``
+    maps our field names to the file's (``{"question": "prompt"}``) for other layouts.
     """
     path = Path(path)
     records = _load_json_or_jsonl(path)
     out: dict[str, dict] = {}
     for where, index, rec in records:
-        if isinstance(rec, TrajectoryFormatError):
-            raise rec.located(path, where)
+        if isinstance(rec, RecordError):
+            raise TrajectoryFormatError(rec.problem, path, where)
+        if fields and isinstance(rec, dict):
+            rec = {**rec, **{ours: rec[theirs] for ours, theirs in fields.items() if theirs in rec}}
         if not isinstance(rec, dict) or "question" not in rec:
             raise TrajectoryFormatError("expected an object with a 'question'", path, where)
         qid = str(rec.get("id", index))
@@ -255,27 +307,19 @@ def load_questions(path: str | os.PathLike) -> dict[str, dict]:
 def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
     """Records of a JSON list or a JSONL file, each with a location for error messages.
 
-    A malformed JSONL line comes back as a :class:`TrajectoryFormatError` in place of
-    its record, so a caller can skip that line alone.
+    A bad JSONL line (malformed, undecodable) comes back as a located :class:`RecordError`
+    in place of its record, so a caller can skip that line alone. A byte-order mark is accepted.
     """
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("["):
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
+        text = jsonl.read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
         return [(f"record {i}", i, rec) for i, rec in enumerate(data)]
-    out: list[tuple[str, int, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rec = TrajectoryFormatError(f"malformed JSON ({exc.msg} at column {exc.colno})")
-        out.append((f"line {lineno}", len(out), rec))
-    return out
+    return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
 
 
 FORMATS: dict[str, Callable[..., Trajectory]] = {
@@ -308,9 +352,10 @@ def read_trajectories(
     report = report if report is not None else ReadReport()
     try:
         records = _load_json_or_jsonl(path)
-    except TrajectoryFormatError as exc:
+    except RecordError as err:
+        exc = TrajectoryFormatError(err.problem, err.path, err.where)
         if on_error == "raise":
-            raise
+            raise exc from None
         report.skip(exc)
         return []
     out = []
@@ -318,7 +363,7 @@ def read_trajectories(
     for where, index, rec in records:
         traj_id = f"{path.stem}:{index}"
         try:
-            if isinstance(rec, TrajectoryFormatError):
+            if isinstance(rec, RecordError):
                 raise rec
             if format == "nat":
                 traj = from_nat_record(rec, questions or {}, task, traj_id)
@@ -328,8 +373,8 @@ def read_trajectories(
                 traj = Trajectory.from_dict(rec)
             else:
                 traj = FORMATS[format](rec, task, traj_id)
-        except TrajectoryFormatError as exc:
-            located = exc.located(path, where)
+        except RecordError as exc:
+            located = TrajectoryFormatError(exc.problem, exc.path or path, exc.where or where)
             if on_error == "raise":
                 raise located from None
             report.skip(located)

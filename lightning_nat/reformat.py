@@ -110,7 +110,8 @@ def label_and_marker(traj: Trajectory, variant: str, vocab: MarkerVocab,
     >>> label_and_marker(t, "nat", MARKERS["correct"], [0.4])[0]
     'negative-2'
     """
-    spec = native_spec(traj.task or "gsm8k", markers=vocab.name, thresholds=tuple(thresholds))
+    # Only the markers matter here: an empty instruction keeps the task out of it.
+    spec = native_spec(traj.task, markers=vocab.name, thresholds=tuple(thresholds), instruction="")
     label, cls = label_and_class(traj, variant, spec)
     return label, spec.templates[cls].replace("{question}\n", "")
 
@@ -150,9 +151,56 @@ def inference_messages(task: str, question: str, spec: PromptSpec | None = None)
     return head_messages(spec if spec is not None else make_spec(task), question)
 
 
+def instruction_of(traj: Trajectory) -> str:
+    """The instruction a trajectory trains under: its task's, else its own leading system turn(s).
+
+    A trajectory of no known task (a task-less build), or of a task declared
+    ``instruction: from_data``, keeps the system prompt it was recorded with.
+
+    >>> t = Trajectory("r0", "", "2+3?", [{"role": "assistant", "content": "Action: finish[5]"}], True,
+    ...                meta={"source_system": "You are a calculator agent."})
+    >>> instruction_of(t)
+    'You are a calculator agent.'
+    """
+    from .registry import find_task
+
+    task = find_task(traj.task) if traj.task else None
+    if task is not None and not task.instruction_from_data:
+        return task.instruction
+    source = traj.meta.get("source_system")
+    if isinstance(source, str) and source.strip():
+        return source
+    why = (f"task {traj.task!r} takes its instruction from the data" if task is not None
+           else f"task {traj.task!r} is not registered" if traj.task else "no task was given")
+    raise ValueError(f"trajectory {traj.id}: no instruction: {why} and the trajectory has no leading system turn "
+                     "(give --task NAME or a task YAML, or record the system prompt)")
+
+
+def _own_instruction(traj: Trajectory) -> bool:
+    """Whether a trajectory trains under its own system turn (no known task, or a ``from_data`` one)."""
+    from .registry import find_task
+
+    task = find_task(traj.task) if traj.task else None
+    return task is None or task.instruction_from_data
+
+
 def trajectory_key(traj: Trajectory) -> tuple:
     """What makes two trajectories identical: the question and every turn."""
     return (traj.question_id or traj.question, tuple((m["role"], m["content"]) for m in traj.messages))
+
+
+def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:
+    """One note per trajectory id that comes with different contents (a merge of two files, a reused id).
+
+    >>> mk = lambda i, c: Trajectory(i, "", "q", [{"role": "assistant", "content": c}], True)
+    >>> conflicting_ids([mk("a", "x"), mk("a", "y"), mk("b", "z"), mk("b", "z")])
+    ["id 'a' is used by 2 trajectories with different contents"]
+    """
+    contents: dict[str, set] = {}
+    for t in trajs:
+        contents.setdefault(t.id, set()).add(trajectory_key(t))
+    return [f"id {tid!r} is used by {len(keys)} trajectories with different contents"
+            for tid, keys in contents.items() if len(keys) > 1]
 
 
 @dataclass
@@ -280,6 +328,11 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
         unique = list(pos_all)
     else:
         unique = first_unique_by_question(pos_all, None)
+        if len(unique) < len(pos_all):
+            # Kept out of the training set by design ("first unique by question"), but never silently.
+            stats.filtered["positive on a question that already has one"] += len(pos_all) - len(unique)
+    for note in conflicting_ids(trajs):
+        stats.notes.append(note)
     if pos_sampling == "random":
         unique = rng.sample(unique, len(unique))
     elif pos_sampling not in ("first", "reference"):
@@ -326,19 +379,24 @@ def reformat(trajs: Sequence[Trajectory], variant: str, markers: str = "correct"
     """Training conversations for already selected trajectories under ``variant``.
 
     The prompt is ``spec``, else :func:`~lightning_nat.prompts.make_spec` of each
-    trajectory's task with ``style`` (default: reference for the paper's tasks) and
-    ``preset`` (default: the variant); markers, placement and thresholds shape the
-    native style only.
+    trajectory's task with ``style`` (default: the task's declared style) and ``preset``
+    (default: the variant); markers, placement and thresholds shape the native style only.
+    A trajectory of no known task, or of a task declared ``instruction: from_data``,
+    trains under the given ``instruction``, else :func:`instruction_of` it (its own system turn).
     """
-    specs: dict[str, PromptSpec] = {}
+    specs: dict[tuple, PromptSpec] = {}
     out = []
     for t in trajs:
         s = spec
         if s is None:
-            if t.task not in specs:
-                specs[t.task] = make_spec(t.task, preset or _preset_of(variant, thresholds), style, mode, markers,
-                                          placement, tuple(thresholds), instruction)
-            s = specs[t.task]
+            text = instruction
+            if text is None and _own_instruction(t):
+                text = instruction_of(t)
+            key = (t.task, text)
+            if key not in specs:
+                specs[key] = make_spec(t.task, preset or _preset_of(variant, thresholds), style, mode, markers,
+                                       placement, tuple(thresholds), text)
+            s = specs[key]
         label, cls = label_and_class(t, variant, s)
         out.append(to_conversation(t, s, cls, label))
     return out

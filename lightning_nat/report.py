@@ -136,10 +136,13 @@ class EvalReport:
 
     def write(self, out_dir: str | Path) -> Path:
         """``results.json`` and ``trajectories.jsonl`` into ``out_dir`` (the only writer of ``results.json``)."""
+        from .jsonl import atomic_write_text
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(self.to_dict(), indent=1))
+        # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
         write_jsonl(out / "trajectories.jsonl", [t for trajs in self.episodes.values() for t in trajs])
+        atomic_write_text(out / "results.json", json.dumps(self.to_dict(), indent=1))
         return out
 
     @classmethod

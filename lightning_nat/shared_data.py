@@ -28,5 +28,5 @@ def require_shared_data() -> Path:
     if found is None:
         where = os.environ.get("NAT_SHARED_DATA") or str(_REPO_ROOT.parent / "shared" / "data")
         raise FileNotFoundError(f"shared data not found at {where}; set NAT_SHARED_DATA to the folder holding "
-                                "gsm8k/, strategyqa/, ... (see ../shared/data/README.md)")
+                                "one folder per task (see ../shared/data/README.md)")
     return found

@@ -30,6 +30,28 @@ PHRASES = {
 VERBS = {"+": "add", "-": "subtract", "*": "multiply by", "/": "divide by"}
 QUESTION = ["How many {item}s does {name} have now?", "How many {item}s are left?", "What is the number of {item}s now?"]
 
+# The demo's task, declared like any user task. Its instruction is short on purpose: the demo's tiny model
+# trains on CPU, where every token costs.
+ARITH_DECLARATION = {
+    "name": "arith",
+    "instruction": "Solve the word problem step by step: one 'Thought:' and one 'Action:' per turn, "
+                   "using calculate[expression], then finish[number].",
+    "cot_instruction": "Solve a math word problem. Think step by step in plain text, then end with one line of the "
+                       "form 'Final answer: <answer>', where the answer is a single number. "
+                       "Write 'Final answer: <answer>'.",
+    "tools": ["calculate", "finish"],
+    "metric": "math",
+    "answer": {"gold": "number"},
+    "data": {"local": "arith/test.jsonl"},
+}
+
+
+def arith_task():  # -> lightning_nat.tasks.Task (imported lazily: the registry imports this module's users)
+    """The demo's task, registered (also the ``lightning_nat.tasks`` entry point ``arith``)."""
+    from .registry import register_task
+
+    return register_task(ARITH_DECLARATION)
+
 
 @dataclass
 class Problem:

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,7 +96,8 @@ def _exp(x: sympy.Expr) -> sympy.Expr:
 def _round(x: sympy.Expr, digits: sympy.Expr = sympy.Integer(0)) -> sympy.Expr:
     if not digits.is_Integer or abs(int(digits)) > 50:
         raise CalculatorError("round needs a small integer number of digits")
-    return sympy.Rational(str(round(float(x), int(digits))))
+    # Exact, half to even on the true value (floats would give 1180591620717411300000 for round(2**70 + 1)).
+    return sympy.Rational(round(_exact(x), int(digits)))
 
 
 _FUNCTIONS: dict[str, Callable[..., sympy.Expr]] = {
@@ -158,19 +160,30 @@ def normalize_expression(text: str) -> str:
     return text
 
 
+def _exact(x: sympy.Expr) -> Fraction:
+    """A number as an exact fraction: rationals as they are, others from enough significant digits."""
+    if x.is_Rational:
+        return Fraction(int(x.p), int(x.q))
+    digits = 30 + max(0, int(_bits(x) * 0.30103))
+    return Fraction(str(sympy.N(x, digits)))
+
+
 def format_number(x: sympy.Expr) -> str:
-    """An observation-friendly number: integers plainly, others to 6 decimals.
+    """An observation-friendly number, exact: integers in full, others rounded (half to even) to 6 decimals.
+
+    No float in between, so big values keep every digit and never turn into ``inf``.
 
     >>> format_number(sympy.Integer(18)), format_number(sympy.Rational(1, 3)), format_number(sympy.Rational(5, 2))
     ('18', '0.333333', '2.5')
+    >>> format_number(sympy.Integer(10)**20 + sympy.Rational(1, 2)), format_number(-sympy.sqrt(2))
+    ('100000000000000000000.5', '-1.414214')
     """
     if x.is_Integer:
         return str(int(x))
-    value = float(sympy.N(x, 30))
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text if text not in ("-0", "") else "0"
+    scaled = round(_exact(x) * 10**6)
+    whole, frac = divmod(abs(scaled), 10**6)
+    text = f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
+    return f"-{text}" if scaled < 0 else text
 
 
 def calculate(expression: str) -> str:
@@ -241,6 +254,8 @@ class BM25Search:
             import bm25s
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
+        from .jsonl import RecordError, read_records
+
         path = Path(self.corpus_path)
         if path.is_dir():  # a `nat corpus` folder: passages and their saved index
             from .corpus import load_index, passage_text
@@ -249,16 +264,13 @@ class BM25Search:
             self._docs = [passage_text(p) for p in passages]
             self._parts = [(str(p.get("title") or "").strip(), str(p["text"]).strip()) for p in passages]
         else:
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                        self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-                        self._parts.append((str(rec.get("title", "")), str(rec["text"])))
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise ValueError(f"{path}, line {lineno}: expected a JSON object with 'text' ({exc})") from None
+            for lineno, rec in read_records(path):
+                if isinstance(rec, RecordError):
+                    raise rec
+                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                    raise RecordError("expected a JSON object with a 'text' string", path, f"line {lineno}")
+                self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
+                self._parts.append((str(rec.get("title", "")), rec["text"]))
             if not self._docs:
                 raise ValueError(f"{path}: empty search corpus")
             self._retriever = bm25s.BM25()
@@ -373,8 +385,17 @@ def _redact(text: str) -> str:
 
 
 def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = None) -> dict[str, Callable[[str], str]]:
-    """The callable tools a task's agent gets (``finish`` is handled by the agent loop)."""
+    """The callable tools a task's agent gets (``finish`` is handled by the agent loop).
+
+    Tools registered with :func:`lightning_nat.registry.register_tool` (or declared by a task)
+    come guarded: exceptions and timeouts become ``Error: ...`` observations.
+    """
+    from .registry import find_tool
+
     available: dict[str, Callable[[str], str]] = {"calculate": calculate}
+    for name in names:
+        if name not in available and name != "search" and (spec := find_tool(name)) is not None:
+            available[name] = spec.call
     if search is not None:
         available["search"] = search
     tools = {}

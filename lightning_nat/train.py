@@ -6,8 +6,13 @@ writes the complete record of a run and ``--config FILE.yaml`` replays it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import zipfile
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from .data import NATDataModule
@@ -45,16 +50,74 @@ def _device_count(devices: Any, accelerator: Any) -> int:
     return torch.cuda.device_count()
 
 
+class NATCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch.
+
+    Lightning treats ``every_n_train_steps`` and per-epoch saving as exclusive triggers, so a run saving
+    every N steps would otherwise end an epoch without a checkpoint of it.
+    """
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be a PyTorch checkpoint, named by path."""
+
+
+def check_checkpoint(path: str) -> None:
+    """Refuse a checkpoint that is missing, empty or not a ``torch.save`` archive, before any unpickling.
+
+    A directory is accepted as is (DeepSpeed writes checkpoints as folders).
+    """
+    if os.path.isdir(path):
+        return
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); it was not written completely. "
+                              "Delete it to train from scratch, or give --ckpt_path another checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated or corrupt archive). "
+                              "Delete it to train from scratch, or give --ckpt_path another checkpoint")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, dirpath: str | None) -> str | None:
+    """``last`` -> ``<dirpath>/last.ckpt``, which must exist (Lightning would silently train from scratch)."""
+    if ckpt_path in (None, "", "best", "hpc", "registry"):
+        return ckpt_path
+    if ckpt_path == "last":
+        if not dirpath:
+            raise CheckpointError("--ckpt_path last: no checkpoint folder (set trainer.default_root_dir or "
+                                  "checkpoint.dirpath)")
+        path = os.path.join(dirpath, "last.ckpt")
+        if not os.path.exists(path):
+            raise CheckpointError(f"--ckpt_path last: {path} does not exist, so there is nothing to resume; "
+                                  "run without --ckpt_path to train from scratch")
+        ckpt_path = path
+    check_checkpoint(ckpt_path)
+    return ckpt_path
+
+
+_HELD = contextlib.ExitStack()
+
+
+def _is_launching_process() -> bool:
+    """True in the process a user started, not in the rank processes that DDP, torchrun or SLURM add."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 class NATCLI(LightningCLI):
     """Fills in what follows from other settings: the tokenizer and the accumulation steps."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         from .callbacks import DevPerplexity, ExportHF
 
         # Always present, configured as checkpoint.* and export.* (not lost when a YAML lists callbacks).
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(NATCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(ExportHF, "export")
         parser.add_lightning_class_args(DevPerplexity, "perplexity")
@@ -85,6 +148,13 @@ class NATCLI(LightningCLI):
             # Loggers follow trainer.default_root_dir unless a config names their folder.
             if getattr(logger, "init_args", None) is not None and logger.init_args.get("save_dir") == "runs" and root:
                 logger.init_args.save_dir = root
+        if self.subcommand == "fit":
+            cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
+            if root and _is_launching_process():
+                # Two runs into one root would interleave checkpoints and logs; held until cli_main returns.
+                from .outputs import output_lock
+
+                _HELD.enter_context(output_lock(root, "nat fit"))
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -95,6 +165,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     # From the `nat` console script sys.argv already reads `nat fit ...`: let LightningCLI read it (the DDP
     # launcher re-runs that same command line in each child process).
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
-    NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
-           save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
+    try:
+        with _HELD:  # the root's lock, taken once the config names the root, is released when the run ends
+            NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                   save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
+    except (pickle.UnpicklingError, EOFError) as exc:
+        # torch's own message advises weights_only=False, which would run code from a file of unknown origin.
+        raise CheckpointError(f"the checkpoint given to --ckpt_path cannot be read ({type(exc).__name__}): it is "
+                              "truncated, corrupt or not a Lightning checkpoint") from exc
     return 0

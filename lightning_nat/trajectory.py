@@ -9,36 +9,23 @@ trajectory can be rendered under any prompt variant.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from . import jsonl
+from .jsonl import RecordError
 
 ROLES = ("system", "user", "assistant")
 
 
-class TrajectoryFormatError(ValueError):
-    """A record that cannot be read, with the file and record it came from.
+class TrajectoryFormatError(RecordError):
+    """A record that cannot be read as a trajectory, with the file and record it came from.
 
     >>> str(TrajectoryFormatError("missing reward", path="a.json", where="record 3"))
     'a.json, record 3: missing reward'
     """
-
-    def __init__(self, problem: str, path: str | os.PathLike | None = None, where: str | None = None):
-        self.problem = problem
-        self.path = None if path is None else str(path)
-        self.where = where
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        place = ", ".join(p for p in (self.path, self.where) if p)
-        return f"{place}: {self.problem}" if place else self.problem
-
-    def located(self, path: str | os.PathLike, where: str) -> TrajectoryFormatError:
-        """The same problem, placed in a file and record."""
-        return TrajectoryFormatError(self.problem, path=path, where=where)
 
 
 @dataclass
@@ -94,10 +81,26 @@ class Trajectory:
         data.setdefault("question_id", None)
         data["messages"] = [dict(m) for m in data["messages"]]
         data["meta"] = dict(data.get("meta") or {})
+        data["score"] = check_score(data.get("score"))
         traj = cls(**data)
         if traj.question_id is None:
             traj.question_id = traj.id
         return traj
+
+
+def check_score(value: Any) -> float | None:
+    """A score must be None or a finite number in [0, 1]; bools count as 0/1.
+
+    >>> check_score(0.5), check_score(True)
+    (0.5, 1.0)
+    """
+    import math
+
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, float)) and math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0:
+        return float(value)
+    raise TrajectoryFormatError(f"score must be a number in [0, 1], got {value!r}")
 
 
 def validate_messages(messages: Any) -> None:
@@ -127,17 +130,7 @@ def validate_messages(messages: Any) -> None:
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -> int:
     """Write records as JSONL (atomically: a partial file never replaces a good one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            obj = rec.to_dict() if isinstance(rec, Trajectory) else rec
-            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+    return jsonl.write_jsonl(path, (rec.to_dict() if isinstance(rec, Trajectory) else rec for rec in records))
 
 
 def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:

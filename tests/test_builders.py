@@ -81,7 +81,7 @@ def test_nat_build_cli(strategyqa_files, tmp_path, capsys):
             "--pos-num", "1000", "--neg-num", "500", "--seed", "42", "--out", str(out), "--cache-dir",
             str(tmp_path / "cache")]
     assert main(args) == 1  # strict by default: the real file has empty conversations
-    assert "record 282: empty conversation" in capsys.readouterr().out
+    assert "record 282: empty conversation" in capsys.readouterr().err  # errors go to stderr
     assert main(args + ["--on-error", "skip", "--dev-num", "20"]) == 0
     text = capsys.readouterr().out
     assert "skipped 7 bad record(s): empty conversation" in text and "1000" in text

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from lightning_nat.agent import ReActAgent
-from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, make_problems
-from lightning_nat.tasks import TASKS
+from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
 from lightning_nat.tools import make_tools
 
 
@@ -24,7 +23,7 @@ def test_problems_are_deterministic_and_correct():
 
 
 def _run(teacher, problems, temperature=0.0):
-    task = TASKS["arith"]
+    task = arith_task()
     teacher.temperature = temperature
     agent = ReActAgent(task, teacher, make_tools(task.tools), max_turns=6)
     return agent.run([p.record() for p in problems], batch_size=64)
@@ -73,7 +72,7 @@ def test_nat_demo_quick(tmp_path):
     test = [json.loads(line) for line in (out / "seed0" / "test.jsonl").read_text().splitlines()]
     for strategy in ("positive", "nut", "nat"):
         policy = HFPolicy(str(out / "seed0" / "runs" / strategy / "model"), device="cpu", max_new_tokens=24)
-        trajs = ReActAgent(TASKS["arith"], policy, make_tools(TASKS["arith"].tools), max_turns=4).run(
+        trajs = ReActAgent(arith_task(), policy, make_tools(arith_task().tools), max_turns=4).run(
             test, batch_size=len(test))
         assert summarize(trajs)["accuracy"] == pytest.approx(result["per_seed"][0][strategy]["accuracy"]), strategy
         seen = [json.loads(line) for line in (out / "seed0" / "runs" / strategy / "eval_trajectories.jsonl")

@@ -45,11 +45,11 @@ def test_plots_are_valid_images(tmp_path, suffix, magic):
 
 def test_plot_errors(tmp_path, capsys):
     assert main(["plot", "perplexity", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 1
-    assert "no such file or folder" in capsys.readouterr().out
+    assert "no such file or folder" in capsys.readouterr().err  # errors go to stderr
     bad = tmp_path / "r.json"
     bad.write_text(json.dumps({"results": {"gsm8k": {"accuracy": 0.1}}}))
     assert main(["plot", "sweep", str(bad), "--out", str(tmp_path / "x.png")]) == 1
-    assert "--tag variant=NAME" in capsys.readouterr().out
+    assert "--tag variant=NAME" in capsys.readouterr().err  # errors go to stderr
 
 
 def test_dataset_and_model_cards(tiny_dataset, scratch_model, tmp_path):
@@ -83,7 +83,7 @@ def test_push_dry_run_and_missing_token(tiny_dataset, monkeypatch, capsys):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     assert main(["push", "dataset", str(tiny_dataset), "--repo", "me/sqa"]) == 1
-    assert "no Hugging Face token: set HF_TOKEN" in capsys.readouterr().out
+    assert "no Hugging Face token: set HF_TOKEN" in capsys.readouterr().err  # errors go to stderr
 
 
 def test_pushed_dataset_layout_loads_with_load_dataset(tiny_dataset, tmp_path):

@@ -71,7 +71,8 @@ def test_malformed_json(tmp_path):
      "missing reward"),
     ("openai", {"messages": [], "reward": True}, "empty conversation"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "A"}], "reward": True},
-     "message 0: unknown role 'tool' (expected system, user or assistant)"),
+     # Indexed as written (the question at 0 is split off later): the tool result is message 1.
+     "message 1: OpenAI tool results (role 'tool') are not supported yet; write them as user turns 'Observation: ...'"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "O"}], "reward": False},
      "no assistant turn"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "alien", "value": "A"}], "reward": True},

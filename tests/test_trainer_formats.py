@@ -25,8 +25,26 @@ def _llamafactory_accepts(messages, role_tag, user_tags, assistant_tags, system_
     return len(messages) % 2 == 0 and all(m[role_tag] in tags[i % 2] for i, m in enumerate(messages))
 
 
+@pytest.fixture(scope="module")
+def native_dataset(strategyqa_files, tmp_path_factory):
+    """The tiny data set in the native prompt style: a system instruction, every assistant turn trained.
+
+    (The reference style's acknowledgement is an untrained assistant turn, which the sharegpt and
+    alpaca layouts cannot express; see the refusal test below.)
+    """
+    from lightning_nat.builders import build_dataset, save_build
+
+    out = tmp_path_factory.mktemp("data") / "sqa-nat"
+    res = build_dataset([str(strategyqa_files["pos"]), str(strategyqa_files["neg"])], "nat",
+                        cache_dir=str(tmp_path_factory.mktemp("cache")), questions=str(strategyqa_files["questions"]),
+                        task="strategyqa", on_error="skip", pos_num=24, neg_num=16, dev_num=8, prompt_style="native")
+    save_build(res, out)
+    return out
+
+
 @pytest.mark.parametrize("layout", ["openai", "sharegpt", "alpaca"])
-def test_export_loads_with_the_json_loader_in_llamafactory_layouts(layout, tiny_dataset, tmp_path):
+def test_export_loads_with_the_json_loader_in_llamafactory_layouts(layout, native_dataset, tmp_path):
+    tiny_dataset = native_dataset
     out = tmp_path / layout
     printed = _export(tiny_dataset, layout, out)
     built = datasets.load_from_disk(str(tiny_dataset))
@@ -54,16 +72,26 @@ def test_export_loads_with_the_json_loader_in_llamafactory_layouts(layout, tiny_
         assert "type: chat_template" in printed and "roles_to_train: [assistant]" in printed
 
 
+@pytest.mark.parametrize("layout", ["sharegpt", "alpaca"])
+def test_untrained_assistant_turns_are_refused_not_trained(layout, tiny_dataset, tmp_path):
+    # The reference style's acknowledgement turn carries no loss; these layouts would train it.
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(tiny_dataset), "--to", layout,
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "has train=False" in proc.stderr and "--to openai" in proc.stderr
+
+
 def test_export_refuses_a_non_empty_folder(tiny_dataset, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(tiny_dataset), "--to", "openai",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "not an empty folder" in proc.stdout
+    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-def test_generation_template_mask_equals_ours(scratch_model, tiny_dataset):
-    # What TRL's assistant_only_loss uses ({% generation %} blocks) marks exactly our target tokens.
+def test_generation_template_mask_equals_ours(scratch_model, native_dataset):
+    # What TRL's assistant_only_loss uses ({% generation %} blocks) marks exactly our target tokens, where every
+    # assistant turn is trained (the native style; the reference style's acknowledgement is not).
+    tiny_dataset = native_dataset
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(scratch_model)
@@ -76,8 +104,9 @@ def test_generation_template_mask_equals_ours(scratch_model, tiny_dataset):
 
 
 @pytest.mark.slow
-def test_trl_sft_trainer_trains_on_the_openai_export(scratch_model, tiny_dataset, tmp_path):
+def test_trl_sft_trainer_trains_on_the_openai_export(scratch_model, native_dataset, tmp_path):
     trl = pytest.importorskip("trl")
+    tiny_dataset = native_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "openai"

@@ -70,6 +70,8 @@ class NATConfig(datasets.BuilderConfig):
     allow_empty_class: bool = False
     # sha256 of every input file: part of the cache key, so edited files rebuild.
     input_sha256: str = ""
+    # sha256 of the task's instruction and tools: an edited task declaration rebuilds too.
+    task_sha256: str = ""
 
 
 def _cfg(name: str, description: str, **kw: Any) -> NATConfig:
@@ -158,6 +160,8 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
                                cfg.drop_unfinished, cfg.min_score, cfg.dedupe, cfg.dev_num, stats,
                                neg_population=population, allow_empty_class=cfg.allow_empty_class)
+        if not pos and not neg:
+            raise ValueError(_no_rows_message(cfg.trajectories, trajs, read, stats))
         splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
         if dev:
             splits["dev"] = reformat(dev, cfg.variant, spec=spec)
@@ -169,6 +173,18 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, rows: list[dict[str, Any]]):
         yield from enumerate(rows)
+
+
+def _no_rows_message(files: Sequence[str], trajs: list, read: ReadReport, stats: BuildStats) -> str:
+    """Why a build has nothing to train on, with what was read, skipped and filtered."""
+    names = ", ".join(files)
+    why = [f"read {len(trajs)} trajectories"]
+    if read.skipped:
+        reasons = "; ".join(f"{n} x {p}" for p, n in read.reasons().most_common(3))
+        why.append(f"skipped {len(read.skipped)} bad records ({reasons})")
+    if stats.filtered:
+        why.append("filtered " + ", ".join(f"{n} {r}" for r, n in stats.filtered.items()))
+    return f"{names}: no training conversation is left ({'; '.join(why)})"
 
 
 def file_sha256(paths: Sequence[str | os.PathLike]) -> str:
@@ -211,6 +227,14 @@ def build_dataset(trajectories: Sequence[str | os.PathLike], config: str = "nat"
             raise FileNotFoundError(f"no such file: {f}")
     if params.get("questions"):
         params["questions"] = str(Path(params["questions"]).resolve())
+    if params.get("task"):
+        from ..registry import resolve_task
+
+        # A task YAML path is loaded and registered here; the rows then carry its name.
+        task = resolve_task(params["task"])
+        params["task"] = task.name
+        params["task_sha256"] = hashlib.sha256(repr((task.instruction, task.tools, task.instruction_from_data,
+                                                     task.source)).encode()).hexdigest()
     if "thresholds" in params and params["thresholds"] is not None:
         params["thresholds"] = tuple(float(t) for t in params["thresholds"])
     unknown = set(params) - set(NATConfig.__dataclass_fields__)

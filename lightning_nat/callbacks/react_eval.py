@@ -76,8 +76,8 @@ class ReActEval(L.Callback):
     gathered. Train mode and every RNG are restored afterwards.
 
     Args:
-        tasks: task names.
-        data_dir: folder laid out like ``../shared/data``.
+        tasks: task names or task YAML paths.
+        data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
         batch_size: the engine's pool on each rank (episodes live at once).
@@ -86,8 +86,8 @@ class ReActEval(L.Callback):
         search_corpus: JSONL corpus for the BM25 search tool (search tasks).
     """
 
-    def __init__(self, tasks: list[str], data_dir: str, limit: int = 32, every_n_steps: int = 0, batch_size: int = 16,
-                 max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = 32, every_n_steps: int = 0,
+                 batch_size: int = 16, max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
         self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
         self.every_n_steps, self.batch_size = every_n_steps, batch_size
         self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
@@ -108,7 +108,9 @@ class ReActEval(L.Callback):
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        sharded = type(trainer.strategy).__name__ in ("DeepSpeedStrategy", "FSDPStrategy")
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
         tokenizer = trainer.datamodule.tokenizer
         policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
                           synced_gpus=sharded and trainer.world_size > 1)
@@ -131,10 +133,10 @@ class ReActEval(L.Callback):
                                   any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
-                results[name] = task_result([episodes]).to_dict()
+                results[task.name] = task_result([episodes]).to_dict()
                 all_episodes += episodes
         for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "finished", "turn_limit", "stopped_on_error", "failed",
+            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed",
                         "parse_error_rate"):
                 if key in values:
                     pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
