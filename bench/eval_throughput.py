@@ -93,7 +93,11 @@ def main() -> None:
 
         rounds: list[dict[str, dict]] = []
         for r in range(args.rounds):
-            rounds.append({name: run_arm(name, agent_for, records, args) for name in arms})
+            rounds.append({})
+            for name in arms:
+                rounds[-1][name] = run_arm(name, agent_for, records, args)
+                print(json.dumps({"round": r, "arm": name, "seconds": round(rounds[-1][name]["seconds"], 2),
+                                  "episodes_per_s": round(rounds[-1][name]["episodes_per_s"], 4)}), file=sys.stderr)
             print(json.dumps({"round": r, **{n: round(v["episodes_per_s"], 3) for n, v in rounds[-1].items()}}),
                   file=sys.stderr)
     same = all(rd[a]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds for a in arms)
