@@ -187,3 +187,19 @@ def test_api_policy_keeps_requests_in_flight_without_waiting_for_a_step():
     trajs = ReActAgent(TASKS["gsm8k"], api, {}, max_turns=2).run(records, batch_size=2)
     assert [t.question_id for t in trajs] == [str(i) for i in range(6)] and all(t.reward for t in trajs)
     assert api.most == 2 and api.order[-1] == "0"  # 1..5 went through the other place while 0 was in flight
+
+
+def test_eval_progress_bar_shows_done_live_and_rate(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from lightning_nat import console as console_module
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console_module, "console", Console(file=buf, force_terminal=True, width=150))
+    with console_module.episode_progress() as progress:
+        progress("gsm8k", 3, 10, 4)
+        progress("gsm8k", 7, 10, 3)
+    text = buf.getvalue()
+    assert "7/10" in text and "3 live" in text and "episodes/s" in text
