@@ -1,22 +1,53 @@
-"""Episodes per second of the batched ReAct evaluator against one question at a time.
+"""Episodes per second of the episode engine against one question at a time and the former batched loop.
 
-One-at-a-time is how the reference implementation evaluates. Both sides run the same
-model on the same GSM8K test questions with the same turn and token limits, in one run.
+Three arms, same model, same GSM8K test questions, same turn and token limits, in one run,
+alternated (A, B, C, A, B, C, ...) so that a noisy machine hits every arm alike:
 
-    python bench/eval_throughput.py --questions 32 --batch-size 16
-    python bench/eval_throughput.py --model DIR --device cuda --questions 128 --batch-size 64
+- ``one_at_a_time``: one question at a time with ``model.generate`` (how the reference evaluates);
+- ``batched``: the former loop: fixed batches of ``--batch-size`` with ``model.generate``, a
+  finished episode's place staying empty until its batch ends;
+- ``engine``: the engine's pool of ``--pool-size`` kept full, with the policy's own decoding loop
+  (rows stop on token ids and leave the batch at once).
+
+Reported: episodes/s and generated tokens/s per arm (median over rounds), and the median of
+the per-round ratios engine / one_at_a_time and engine / batched with their range.
+
+    python bench/eval_throughput.py --questions 64 --pool-size 64 --rounds 3
+    python bench/eval_throughput.py --device cuda --hidden-size 2048 --layers 16 --dtype bfloat16 --questions 256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace) -> dict:
+    """One arm's episodes, timed; the policy's usage gives the tokens generated."""
+    agent = agent_for(name)
+    before = dict(agent.policy.usage)
+    start = time.perf_counter()
+    if name == "one_at_a_time":
+        trajs = agent.run(records, batch_size=1)
+    elif name == "batched":  # the former loop: each batch runs to its end before the next starts
+        trajs = []
+        for s in range(0, len(records), args.batch_size):
+            trajs += agent.run(records[s:s + args.batch_size], batch_size=args.batch_size)
+    else:
+        trajs = agent.run(records, batch_size=args.pool_size)
+    secs = time.perf_counter() - start
+    tokens = agent.policy.usage["completion_tokens"] - before["completion_tokens"]
+    return {"seconds": secs, "episodes": len(trajs), "episodes_per_s": len(trajs) / secs,
+            "tokens_per_s": tokens / secs, "generated_tokens": tokens,
+            "model_turns": sum(1 for t in trajs for m in t.messages if m["role"] == "assistant"),
+            "messages": [t.messages for t in trajs]}
 
 
 def main() -> None:
@@ -31,32 +62,61 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: a scratch Llama made here)")
-    ap.add_argument("--questions", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--pool-size", type=int, default=64, help="the engine's pool (episodes live at once)")
+    ap.add_argument("--batch-size", type=int, default=16, help="the former loop's batch")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of the three arms")
+    ap.add_argument("--arms", default="one_at_a_time,batched,engine")
+    ap.add_argument("--hidden-size", type=int, default=256, help="scratch model width")
+    ap.add_argument("--layers", type=int, default=4, help="scratch model depth")
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    arms = [a.strip() for a in args.arms.split(",")]
     torch.manual_seed(0)
     task = TASKS["gsm8k"]
-    records = load_questions_for(task, data_dir=str(require_shared_data()), limit=args.questions)
+    data = str(require_shared_data())
+    records = load_questions_for(task, data_dir=data, limit=args.questions)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(make_scratch_model(
-            Path(tmp) / "m", [r["question"] for r in load_questions_for(task, data_dir=str(require_shared_data()))]
-            + [task.instruction], vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4))
-        policy = HFPolicy(model, max_new_tokens=args.max_new_tokens, device=args.device)
-        timings = {}
-        for name, bs in (("one_at_a_time", 1), ("batched", args.batch_size)):
-            agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=args.max_turns)
-            start = time.perf_counter()
-            trajs = agent.run(records, batch_size=bs)
-            secs = time.perf_counter() - start
-            timings[name] = {"batch_size": bs, "episodes": len(trajs), "seconds": round(secs, 2),
-                             "episodes_per_s": len(trajs) / secs,
-                             "model_turns": sum(1 for t in trajs for m in t.messages if m["role"] == "assistant")}
-    result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "questions": args.questions,
-              "max_new_tokens": args.max_new_tokens, "max_turns": args.max_turns, **timings,
-              "speedup": timings["batched"]["episodes_per_s"] / timings["one_at_a_time"]["episodes_per_s"]}
+            Path(tmp) / "m", [r["question"] for r in load_questions_for(task, data_dir=data)] + [task.instruction],
+            vocab_size=1024, hidden_size=args.hidden_size, num_layers=args.layers,
+            num_heads=max(4, args.hidden_size // 64)))
+        policy = HFPolicy(model, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
+        former = HFPolicy(policy.model, policy.tokenizer, max_new_tokens=args.max_new_tokens, loop="generate")
+
+        def agent_for(name: str) -> ReActAgent:
+            return ReActAgent(task, policy if name == "engine" else former, make_tools(task.tools),
+                              max_turns=args.max_turns)
+
+        rounds: list[dict[str, dict]] = []
+        for r in range(args.rounds):
+            rounds.append({})
+            for name in arms:
+                rounds[-1][name] = run_arm(name, agent_for, records, args)
+                print(json.dumps({"round": r, "arm": name, "seconds": round(rounds[-1][name]["seconds"], 2),
+                                  "episodes_per_s": round(rounds[-1][name]["episodes_per_s"], 4)}), file=sys.stderr)
+            print(json.dumps({"round": r, **{n: round(v["episodes_per_s"], 3) for n, v in rounds[-1].items()}}),
+                  file=sys.stderr)
+    same = all(rd[a]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds for a in arms)
+    result: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                    "questions": args.questions, "pool_size": args.pool_size, "batch_size": args.batch_size,
+                    "max_new_tokens": args.max_new_tokens, "max_turns": args.max_turns, "rounds": args.rounds,
+                    "dtype": args.dtype, "hidden_size": args.hidden_size, "layers": args.layers,
+                    "greedy_episodes_identical_across_arms": same}
+    for name in arms:
+        runs = [rd[name] for rd in rounds]
+        result[name] = {"episodes_per_s": round(statistics.median(x["episodes_per_s"] for x in runs), 3),
+                        "tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in runs), 1),
+                        "seconds": [round(x["seconds"], 2) for x in runs],
+                        "generated_tokens": runs[0]["generated_tokens"], "model_turns": runs[0]["model_turns"]}
+    for base in ("one_at_a_time", "batched"):
+        if "engine" in arms and base in arms:
+            ratios = [rd["engine"]["episodes_per_s"] / rd[base]["episodes_per_s"] for rd in rounds]
+            result[f"engine_over_{base}"] = {"median": round(statistics.median(ratios), 2),
+                                             "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
     print(json.dumps(result, indent=1))
 
 

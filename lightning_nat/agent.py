@@ -1,16 +1,15 @@
-"""The ReAct agent: parse a step, run its tool, batch the episodes.
+"""The ReAct agent's rules: parse a step, run its tool, score the episode.
 
 The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers
-``Observation: ...`` until ``finish[answer]`` or the turn limit. All live episodes of
-a batch generate together each turn; finished ones leave the batch. Every episode
-becomes a :class:`Trajectory`, so evaluation output feeds straight back into
-``nat build``.
+``Observation: ...`` until ``finish[answer]`` or the turn limit. The episodes are
+scheduled by :mod:`lightning_nat.engine` (a pool kept full: a finished episode's place
+goes to the next question at once). Every episode becomes a :class:`Trajectory`, so
+evaluation output feeds straight back into ``nat build``.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -128,12 +127,13 @@ class _Episode:
     prediction: str | None = None
     done: bool = False
     parse_errors: int = 0
+    turns: int = 0
     end: str = "turn_limit"
 
 
 @dataclass
 class ReActAgent:
-    """Runs a task's ReAct episodes in batches with a policy.
+    """A task's ReAct episodes with a policy, run by the engine's pool.
 
     Args:
         task: the task (instruction, tools, metric).
@@ -145,8 +145,6 @@ class ReActAgent:
         mode: ``react`` (tools) or ``cot`` (one reasoning turn ending in ``Final answer:``).
         prompt_spec: the prompt the model was trained with (:mod:`lightning_nat.prompts`); its positive
             class is used. Default: the task's default style, preset ``nat``.
-        lockstep: call the policy every turn even with no live episode (with a stand-in prompt), so
-            that ranks sharing sharded weights (ZeRO-3) run the same number of forward passes.
     """
 
     task: Task
@@ -156,7 +154,6 @@ class ReActAgent:
     on_parse_error: Literal["observe", "stop"] = "observe"
     mode: Literal["react", "cot"] = "react"
     prompt_spec: PromptSpec | None = None
-    lockstep: bool = False
     stats: EpisodeStats = field(default_factory=EpisodeStats)
 
     def __post_init__(self) -> None:
@@ -179,42 +176,42 @@ class ReActAgent:
                 msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
+    def turn_limit(self) -> int:
+        """Model turns an episode may take."""
+        return 1 if self.mode == "cot" else self.max_turns
+
+    def new_episode(self, record: dict) -> _Episode:
+        return _Episode(dict(record))
+
+    def episode_prompt(self, ep: _Episode) -> list[dict[str, str]]:
+        """What the policy continues: the task's head messages and the episode so far."""
+        return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
+
+    def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
+        """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""
+        self._advance(ep, text)
+        ep.turns += 1
+        if not ep.done and ep.turns >= limit:
+            ep.done = True
+
+    def trajectory(self, ep: _Episode) -> Trajectory:
+        """The ended episode as a scored trajectory (and counted in :attr:`stats`)."""
+        return self._trajectory(ep)
+
     def run(self, records: Sequence[dict], batch_size: int = 16,
-            on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+            on_episode: Callable[[Trajectory], None] | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            any_live: Callable[[bool], bool] | None = None) -> list[Trajectory]:
         """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order.
 
+        ``batch_size`` is the pool: that many episodes are live at once, a finished one is
+        replaced by the next question at once (:func:`lightning_nat.engine.run_pool`).
         ``on_episode`` is called with each trajectory as soon as its episode ends.
         """
-        out: list[Trajectory] = []
-        for s in range(0, len(records), batch_size):
-            out += self._run_batch(records[s:s + batch_size], on_episode)
-        return out
+        from .engine import run_pool
 
-    def _run_batch(self, records: Sequence[dict], on_episode: Callable[[Trajectory], None] | None) -> list[Trajectory]:
-        episodes = [_Episode(dict(r)) for r in records]
-        done: dict[int, Trajectory] = {}
-
-        def emit() -> None:
-            for i, e in enumerate(episodes):
-                if e.done and i not in done:
-                    done[i] = self._trajectory(e)
-                    if on_episode:
-                        on_episode(done[i])
-
-        turns = 1 if self.mode == "cot" else self.max_turns
-        for _ in range(turns):
-            live = [e for e in episodes if not e.done]
-            if not live and not self.lockstep:
-                break
-            prompts = [self.prompt(str(e.record["question"]), e.record) + e.messages for e in live]
-            outputs = self.policy.generate(prompts or [self.prompt("(idle)", dict(records[0]) if records else None)])
-            for ep, text in zip(live, outputs):
-                self._advance(ep, text)
-            emit()
-        for e in episodes:
-            e.done = True
-        emit()
-        return [done[i] for i in range(len(episodes))]
+        return run_pool(self, records, pool_size=batch_size, on_episode=on_episode, progress=progress,
+                        any_live=any_live)
 
     def _advance(self, ep: _Episode, text: str | None) -> None:
         if text is None:
@@ -274,16 +271,7 @@ def _jsonable(x: object) -> object:
 
 
 def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
-    """Mean metrics and episode-end rates over a task's trajectories."""
-    n = len(trajs)
-    if not n:
-        return {"episodes": 0}
-    sums: Counter = Counter()
-    for t in trajs:
-        sums.update(t.meta.get("metrics", {}))
-    ends = Counter(t.meta.get("end") for t in trajs)
-    out: dict[str, float] = {k: v / n for k, v in sums.items()}
-    out.update({"episodes": n, "finished": ends["finished"] / n, "turn_limit": ends["turn_limit"] / n,
-                "failed": ends["failed"] / n,
-                "parse_error_rate": sum(1 for t in trajs if t.meta.get("parse_errors")) / n})
-    return out
+    """Mean metrics and episode-end rates over a task's trajectories (one run's flat figures)."""
+    from .report import run_figures
+
+    return run_figures(trajs)

@@ -313,7 +313,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: the Hub with --hub)")
     p.add_argument("--hub", action="store_true", help="load questions from each task's Hub dataset (needs network)")
     p.add_argument("--limit", type=int, help="first N questions per task")
-    p.add_argument("--batch-size", type=int, default=16, help="episodes generated together (default: 16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="the engine's pool: episodes live at once, a finished one replaced by the next question at "
+                        "once (default: 16; with --policy openai, at most --concurrency of them are requests in "
+                        "flight)")
     p.add_argument("--runs", type=int, default=None,
                    help="independent runs (seeds --seed, --seed+1, ...) reported as mean and sd (default: 1; 5 under "
                         "--protocol reference)")
@@ -333,10 +336,8 @@ def _task_names() -> list[str]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from .console import console, print_eval_table
-    from .evaluate import EvalConfig, evaluate, prepare, write_results
+    from .console import console, episode_progress, print_eval_table
+    from .evaluate import EvalConfig, evaluate, prepare
     from .tasks import get_task
 
     _check_out_folder(args.out, "results.json", "nat eval", args.overwrite)
@@ -359,16 +360,6 @@ def _run_eval(args: argparse.Namespace) -> int:
                      prompt_preset=args.prompt_preset, prompt_source=where)
     plan = prepare(cfg)  # every task's tools and questions, before the model loads or any episode runs
     policy = _make_policy(args)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        ids: dict[str, object] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in ids:
-                ids[name] = bar.add_task(name, total=total)
-            bar.update(ids[name], completed=done)
-
-        results, episodes = evaluate(policy, cfg, progress, plan)
     tags = {}
     for tag in args.tag:
         key, sep, value = tag.partition("=")
@@ -376,14 +367,16 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--tag {tag!r}: expected KEY=VALUE")
         tags[key] = value
     meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
-            "usage": getattr(policy, "usage", None), "tags": tags, "protocol": args.protocol,
-            "max_turns": args.max_turns, "temperature": args.temperature, "runs": cfg.runs, "seed": args.seed}
-    out = write_results(args.out, results, episodes, meta)
-    print_eval_table(results)
+            "tags": tags, "protocol": args.protocol, "max_turns": args.max_turns, "temperature": args.temperature,
+            "runs": cfg.runs, "seed": args.seed, "pool_size": args.batch_size}
+    with episode_progress() as progress:
+        report = evaluate(policy, cfg, progress, plan, meta=meta)
+    out = report.write(args.out)
+    print_eval_table({k: v.to_dict() for k, v in report.results.items()})
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
-    for task, r in results.items():
-        n = int(r.get("episodes", 0))
-        failed = round(r.get("failed", 0.0) * n)
+    for task, r in report.results.items():
+        n = r.episodes
+        failed = round(r.failed * n)
         _check_error_rate(failed, n, args.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
                           f"the {task} figures are not trustworthy ({out}/results.json)")
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -138,3 +140,32 @@ def print_demo_table(result: dict[str, Any], seconds: float) -> None:
                         f"{cfg['steps']} steps each", ["strategy", "positives", "negatives", "accuracy (%)", "finished"],
                         rows))
     console.print(f"done in {seconds / 60:.1f} minutes")
+
+
+def rate_line(done: int, live: int, seconds: float) -> str:
+    """The engine's state for the progress bar: episodes live and episodes per second so far.
+
+    >>> rate_line(30, 8, 12.0)
+    '8 live, 2.50 episodes/s'
+    """
+    return f"{live} live, {done / seconds if seconds > 0 else 0.0:.2f} episodes/s"
+
+
+@contextmanager
+def episode_progress() -> Iterator[Callable[[str, int, int, int], None]]:
+    """A progress bar per task showing episodes done of all, episodes live, and episodes per second."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[engine]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        ids: dict[str, Any] = {}
+        started: dict[str, float] = {}
+
+        def progress(name: str, done: int, total: int, live: int) -> None:
+            if name not in ids:
+                ids[name] = bar.add_task(name, total=total, engine="")
+                started[name] = time.perf_counter()
+            bar.update(ids[name], completed=done,
+                       engine=rate_line(done, live, time.perf_counter() - started[name]))
+
+        yield progress

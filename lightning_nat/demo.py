@@ -2,7 +2,7 @@
 
 collect (scripted teacher, real agent loop and calculator) -> build positive / NUT / NAT
 with few positives and several times more negatives -> train the same scratch model for
-each with the same budget -> evaluate each with the batched agent on held-out problems
+each with the same budget -> evaluate each with the episode engine on held-out problems
 -> a table like the paper's Table 2, plus the perplexity and accuracy plots.
 """
 
@@ -92,10 +92,11 @@ def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
 
 def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
     """One seed: collect, build, train and evaluate every strategy. Returns metrics per strategy."""
-    from .agent import ReActAgent, summarize
+    from .agent import ReActAgent
     from .builders import build_dataset, save_build
     from .collect import collect
     from .policies import HFPolicy
+    from .report import task_result
     from .scratch import conversation_texts, make_scratch_model
     from .synthetic import ScriptedTeacher, arith_task, make_problems
     from .tools import make_tools
@@ -140,10 +141,10 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
         say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
         trajs = agent.run([p.record() for p in test], batch_size=len(test))
-        metrics = summarize(trajs)
-        out[strategy] = {"accuracy": metrics["accuracy"], "finished": metrics["finished"],
-                         "parse_error_rate": metrics["parse_error_rate"], "positives": build["positives"],
-                         "negatives": build["negatives"]}
+        result = task_result([trajs])
+        out[strategy] = {"accuracy": result.metrics["accuracy"], "finished": result.finished,
+                         "parse_error_rate": result.parse_error_rate, "failed": result.failed,
+                         "positives": build["positives"], "negatives": build["negatives"]}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
         from .trajectory import write_jsonl

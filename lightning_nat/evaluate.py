@@ -1,20 +1,18 @@
-"""`nat eval`: run the batched agent on tasks and write metrics and trajectories."""
+"""`nat eval`: run the engine on tasks; an :class:`~lightning_nat.report.EvalReport` of metrics and trajectories."""
 
 from __future__ import annotations
 
-import json
 import random
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .agent import ReActAgent, summarize
+from .agent import ReActAgent
 from .prompts import PromptSpec, resolve_eval_spec
+from .report import EvalReport, task_result
 from .tasks import get_task, load_questions_for
 from .tools import make_search, make_tools
-from .trajectory import Trajectory, write_jsonl
+from .trajectory import Trajectory
 
 
 @dataclass
@@ -85,25 +83,6 @@ def apply_protocol(name: str, max_turns: int | None = None, temperature: float |
     return Protocol(on_parse_error=base.on_parse_error, **out)
 
 
-def aggregate(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """Mean of every metric over runs, with its sample standard deviation as ``<metric>_sd``.
-
-    >>> aggregate([{"accuracy": 0.4}, {"accuracy": 0.5}, {"accuracy": 0.6}])["accuracy_sd"]
-    0.1
-    """
-    if len(runs) == 1:
-        return dict(runs[0])
-    out: dict[str, Any] = {}
-    for key in runs[0]:
-        values = [float(r[key]) for r in runs]
-        out[key] = sum(values) / len(values)
-        if key not in ("episodes",):
-            out[f"{key}_sd"] = round(statistics.stdev(values), 12)
-    out["runs"] = len(runs)
-    out["per_run"] = [dict(r) for r in runs]
-    return out
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     try:
@@ -147,46 +126,35 @@ def prepare(cfg: EvalConfig) -> list[tuple[Any, list[dict], dict[str, Callable[[
     return plan
 
 
-def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
-             plan: list | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[Trajectory]]]:
-    """Metrics per task and the episodes as trajectories (``plan``: what :func:`prepare` returned, if called)."""
-    results: dict[str, dict[str, float]] = {}
-    episodes: dict[str, list[Trajectory]] = {}
+def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int, int], None] | None = None,
+             plan: list | None = None, meta: dict[str, Any] | None = None) -> EvalReport:
+    """Every task's episodes through the engine's pool, as one :class:`EvalReport`.
+
+    ``plan``: what :func:`prepare` returned, if already called. ``progress`` is called with
+    (task, episodes done, episodes in all, episodes live) after every engine step.
+    """
+    report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg):
         name = task.name
         spec = resolve_eval_spec(name, cfg.prompt_spec, cfg.prompt_style, cfg.prompt_preset, cfg.mode,
                                  cfg.prompt_source)
-        done = [0]
-
-        def tick(_: Trajectory, name: str = name, total: int = len(records) * cfg.runs, done: list[int] = done) -> None:
-            done[0] += 1
-            if progress:
-                progress(name, done[0], total)
-
-        per_run, all_trajs = [], []
+        total = len(records) * cfg.runs
+        runs: list[list[Trajectory]] = []
         for run in range(cfg.runs):
             _seed_everything(cfg.seed + run)
             agent = ReActAgent(task, policy, tools, max_turns=cfg.max_turns, mode=cfg.mode,  # type: ignore[arg-type]
                                on_parse_error=cfg.on_parse_error, prompt_spec=spec)  # type: ignore[arg-type]
-            trajs = agent.run(records, batch_size=cfg.batch_size, on_episode=tick)
-            summary = summarize(trajs)
-            summary["parse_errors"] = agent.stats.parse_errors
-            per_run.append(summary)
+            before = len(records) * run
+
+            def tick(done: int, live: int, name: str = name, before: int = before, total: int = total) -> None:
+                if progress:
+                    progress(name, before + done, total, live)
+
+            trajs = agent.run(records, batch_size=cfg.batch_size, progress=tick)
             for t in trajs:
                 t.meta["run"] = run
-            all_trajs += trajs
-        results[name] = aggregate(per_run)
-        results[name]["prompt"] = spec.to_dict()  # what the model was asked with, for the record
-        episodes[name] = all_trajs
-    return results, episodes
-
-
-def write_results(out_dir: str | Path, results: dict, episodes: dict[str, Sequence[Trajectory]], meta: dict) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from .jsonl import atomic_write_text
-
-    # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
-    write_jsonl(out / "trajectories.jsonl", [t for trajs in episodes.values() for t in trajs])
-    atomic_write_text(out / "results.json", json.dumps({"results": results, **meta}, indent=1))
-    return out
+            runs.append(trajs)
+        report.results[name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
+        report.episodes[name] = [t for r in runs for t in r]
+    report.usage = getattr(policy, "usage", None)
+    return report

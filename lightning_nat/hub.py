@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .report import EvalReport
+
 TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
@@ -131,7 +133,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     prompt_path = folder / "nat_prompt.json"
     prompt = json.loads(prompt_path.read_text()) if prompt_path.exists() else None
     results_path = folder / "results.json"
-    results = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
+    results = {task: r.metrics for task, r in EvalReport.read(results_path).results.items()} \
+        if results_path.exists() else {}
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
                             "tags": ["agents", "react", "negative-aware-training", "lightning_nat"]}
     if isinstance(base, str) and "/" in base and not Path(base).exists():

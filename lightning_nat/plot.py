@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,21 +98,27 @@ def load_sweep(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     ``nat eval --tag variant=nat --tag neg_num=500`` records the strategy and the count;
     ``react_eval.jsonl`` rows carry them from the built dataset.
     """
+    from .report import EvalReport, TaskResult
+
     points = []
     for f in _files(paths, "results.json") if any(Path(p).is_dir() for p in paths) else [Path(p) for p in paths]:
-        rows = _jsonl(f) if f.suffix == ".jsonl" else [json.loads(f.read_text())]
-        for row in rows:
-            tags = row.get("tags", {})
+        if f.suffix == ".jsonl":  # ReActEval rows: one task result per task and step
+            rows = [(row.get("tags", {}), row, {task: TaskResult.from_dict(v, f"{f}, task {task}")
+                                                for task, v in row["results"].items()}) for row in _jsonl(f)]
+        else:
+            report = EvalReport.read(f)
+            rows = [(report.tags, report.meta, report.results)]
+        for tags, row, results in rows:
             strategy = tags.get("variant", row.get("variant"))
             negatives = tags.get("neg_num", row.get("negatives"))
             if strategy is None or negatives is None:
                 raise ValueError(f"{f}: no strategy or number of negatives; run nat eval with "
                                  "--tag variant=NAME --tag neg_num=N")
-            for task, values in row["results"].items():
+            for task, result in results.items():
                 for metric in ("accuracy", "em", "f1"):
-                    if metric in values:
+                    if metric in result.metrics:
                         points.append({"strategy": str(strategy), "negatives": float(negatives), "task": task,
-                                       "metric": metric, "value": float(values[metric])})
+                                       "metric": metric, "value": result.metrics[metric]})
     return points
 
 

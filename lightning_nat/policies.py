@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from .agent import STOP
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 class HFPolicy:
     """Batched generation with a local causal LM, left-padded, stopping at ``Observation:``.
+
+    Each row stops on token ids (``Observation:`` in any of the tokenizer's ways of writing
+    it, or EOS) and leaves the batch at once; ``usage`` counts prompt and generated tokens.
 
     The prompt is rendered with the tokenizer's chat template (the one training used;
     Llama-2-chat when the tokenizer has none), with the generation prompt appended.
@@ -27,10 +31,14 @@ class HFPolicy:
         max_new_tokens: per turn.
         device: where to run (default: the model's device, or cuda when available).
         synced_gpus: keep every rank generating until all are done (ZeRO-3 sharded weights).
+        loop: ``engine`` (:mod:`lightning_nat.decoding`) or ``generate`` (``model.generate`` with
+            ``stop_strings``, the former loop; kept for comparison).
+        prefix_cache: reuse the KV cache of the prompt head all episodes share (``loop="engine"``).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
-                 device: str | None = None, synced_gpus: bool = False, dtype: str = "auto"):
+                 device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
+                 loop: str = "engine", prefix_cache: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,25 +56,78 @@ class HFPolicy:
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.synced_gpus = synced_gpus
+        if loop not in ("engine", "generate"):
+            raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
+        self.loop = loop
+        self._matcher: Any = None
+        # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
+        # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
+        from .decoding import PrefixCache
+
+        self._prefix = PrefixCache() if prefix_cache else None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0}
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _encode(self, prompts: Sequence[list[dict[str, str]]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in enc.items()}
+
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
+        """Each prompt's continuation up to ``Observation:`` (cut there), EOS or ``max_new_tokens``.
+
+        The decoding loop is :func:`lightning_nat.decoding.decode` (rows leave the batch as soon as
+        they stop); under ``synced_gpus`` (sharded weights) it is ``model.generate``, whose lock-step
+        the ranks need. Greedy outputs are the same either way.
+        """
+        if not prompts:
+            return []
+        if self.synced_gpus or self.loop == "generate":
+            return self.generate_hf(prompts)
+        from .decoding import decode
+
+        ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
+                          pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix)
+        finally:
+            self.model.train(was_training)
+        self.usage["calls"] += 1
+        self.usage["requests"] += len(prompts)
+        self.usage["prompt_tokens"] += sum(len(i) for i in ids)
+        self.usage["completion_tokens"] += sum(len(r) for r in rows)
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [t.split(STOP, 1)[0] for t in texts]
+
+    def _stops(self) -> Any:
+        if self._matcher is None:
+            from .decoding import StopMatcher
+
+            self._matcher = StopMatcher(self.tokenizer, STOP)
+        return self._matcher
+
+    def _stop_ids(self) -> list[int]:
+        # The tokenizer's eos only, as the former generate call passed (the export's generation config lists more).
+        return [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
+
+    def generate_hf(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
+        """The same continuations with ``model.generate`` and its ``stop_strings`` (one call per batch)."""
         import torch
 
         if not prompts:
             return []
         tok = self.tokenizer
-        texts = [self.render(p) for p in prompts]
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}
+        enc = self._encode(prompts)
         kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
                                       eos_token_id=tok.eos_token_id, stop_strings=[STOP], tokenizer=tok)
         if self.temperature > 0:
@@ -83,6 +144,11 @@ class HFPolicy:
         finally:
             self.model.train(was_training)
         new = out[:, enc["input_ids"].shape[1]:]
+        self.usage["calls"] += 1
+        self.usage["requests"] += len(prompts)
+        self.usage["prompt_tokens"] += int(enc["attention_mask"].sum())
+        self.usage["completion_tokens"] += int((new != tok.pad_token_id).sum()) if tok.pad_token_id is not None \
+            else new.numel()
         return [t.split(STOP, 1)[0] for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
@@ -226,32 +292,63 @@ class OpenAIPolicy:
         malformed step. Raises :class:`PolicyConfigError` with the server's message when
         the server refuses in a way no request can get past.
         """
-        import openai
-
         results = asyncio.run(self.agenerate(prompts))
         rejected = [r for r in results if isinstance(r, RequestRejected)]
         for r in rejected:
             if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(rejected) == len(results)):
-                raise PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
-                                        f"(check --model, --base-url and {self.api_key_env})")
-        out: list[str | None] = []
+                raise self._config_error(r)
         shown: set[str] = set()
-        for r in results:
-            if isinstance(r, RequestRejected):
-                self.usage["rejected"] = self.usage.get("rejected", 0) + 1
-                if str(r) not in shown:  # one line per distinct refusal, not one per episode
-                    shown.add(str(r))
-                    log.error("the server rejected a request with %s", r)
-                out.append(None)
-            elif isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
-                detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
-                    if isinstance(r, openai.APIStatusError) else type(r).__name__
-                log.error("request failed after %d retries: %s", self.max_retries, detail)
-                out.append(None)
-            elif isinstance(r, BaseException):
-                self.usage["malformed"] = self.usage.get("malformed", 0) + 1
-                log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
-                out.append("")
-            else:
-                out.append(r)
-        return out
+        return [self._settle(r, shown) for r in results]
+
+    def _config_error(self, r: RequestRejected) -> PolicyConfigError:
+        return PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
+                                 f"(check --model, --base-url and {self.api_key_env})")
+
+    def _settle(self, r: Any, shown: set[str]) -> str | None:
+        """One request's outcome as a completion: the text, ``None`` for a failed request, ``""`` for garbage."""
+        import openai
+
+        if isinstance(r, RequestRejected):
+            self.usage["rejected"] = self.usage.get("rejected", 0) + 1
+            if str(r) not in shown:  # one line per distinct refusal, not one per episode
+                shown.add(str(r))
+                log.error("the server rejected a request with %s", r)
+            return None
+        if isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
+            detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
+                if isinstance(r, openai.APIStatusError) else type(r).__name__
+            log.error("request failed after %d retries: %s", self.max_retries, detail)
+            return None
+        if isinstance(r, BaseException):
+            self.usage["malformed"] = self.usage.get("malformed", 0) + 1
+            log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
+            return ""
+        return r
+
+    @contextlib.asynccontextmanager
+    async def session(self, first_wave: int = 1) -> AsyncIterator[Callable[[list[dict[str, str]]], Awaitable[str | None]]]:
+        """``complete(messages)`` for the engine's pool: one request, at most ``concurrency`` in flight.
+
+        Outcomes are those of :meth:`generate`; the run stops (:class:`PolicyConfigError`) on
+        401/403/404, or when the first ``first_wave`` requests were all refused with none answered.
+        """
+        client = self._client()
+        sem = asyncio.Semaphore(self.concurrency)
+        shown: set[str] = set()
+        refused: list[RequestRejected] = []
+
+        async def complete(messages: list[dict[str, str]]) -> str | None:
+            try:
+                result: Any = await self._one(client, sem, list(messages))
+            except Exception as exc:  # settled below, as generate() settles a batch's results
+                result = exc
+            if isinstance(result, RequestRejected):
+                refused.append(result)
+                if result.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
+                    raise self._config_error(result)
+            return self._settle(result, shown)
+
+        try:
+            yield complete
+        finally:
+            await client.close()

@@ -53,7 +53,9 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     path, records = questions
     out = tmp_path / "trajs.jsonl"
-    faults = [429, 500, "garbage", 500, 500, 500, 500, 500, 500]
+    # 9+ 500s in a row: 4 requests in flight absorb at most 2 each (max_retries=2), so one fails for good
+    # whichever order the pool sends them in.
+    faults = [429, 500, "garbage", *[500] * 10]
     with FakeOpenAI(teacher(records), faults=faults, with_body=True, retry_after_ms=10) as server:
         policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2,
                               timeout=5)

@@ -38,15 +38,15 @@ def test_runs_report_mean_and_sd_and_repeat_with_the_seed(shared_data):
     records = load_questions_for(TASKS["gsm8k"], data_dir=str(shared_data), limit=20)
     gold = {r["question"].strip(): r["answer"].rsplit("####", 1)[1].strip().replace(",", "") for r in records}
     cfg = EvalConfig(tasks=["gsm8k"], data_dir=str(shared_data), limit=20, runs=3, seed=5)
-    results, episodes = evaluate(CoinPolicy(gold), cfg)
-    r = results["gsm8k"]
+    report = evaluate(CoinPolicy(gold), cfg)
+    r, episodes = report.results["gsm8k"].to_dict(), report.episodes
     assert r["runs"] == 3 and len(r["per_run"]) == 3 and len(episodes["gsm8k"]) == 60
     accs = [run["accuracy"] for run in r["per_run"]]
     assert r["accuracy"] == pytest.approx(sum(accs) / 3) and r["accuracy_sd"] > 0
     # '18.0' is right for the lenient metric and wrong for the reference's exact string comparison.
     assert all(run["exact_string"] < run["accuracy"] for run in r["per_run"])
-    again, _ = evaluate(CoinPolicy(gold), cfg)
-    assert again["gsm8k"]["per_run"] == r["per_run"]
+    again = evaluate(CoinPolicy(gold), cfg)
+    assert again.results["gsm8k"].per_run == r["per_run"]
 
 
 def test_reference_protocol_values_and_conflicts():

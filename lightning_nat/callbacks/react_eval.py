@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from ..agent import ReActAgent, summarize
+from ..agent import ReActAgent
 from ..prompts import resolve_eval_spec
+from ..report import task_result
 from ..tasks import get_task, load_questions_for
 from ..tools import make_search, make_tools
 from ..trajectory import Trajectory, write_jsonl
@@ -27,6 +27,17 @@ def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
     out: list[Any] = [None] * trainer.world_size
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def _any_rank(device: torch.device) -> Any:
+    """``any_live`` for the engine: whether any rank still has a live episode (a MAX all-reduce)."""
+
+    def any_live(mine: bool) -> bool:
+        flag = torch.tensor([1 if mine else 0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return any_live
 
 
 class _RNGState:
@@ -57,18 +68,19 @@ class _RNGState:
 class ReActEval(L.Callback):
     """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
 
-    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit and
-    parse-error rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
-    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks
-    and every rank generates in lock-step (``synced_gpus``), so ZeRO-3 sharded weights do
-    not hang; results are gathered. Train mode and every RNG are restored afterwards.
+    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit,
+    parse-error and failed rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
+    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks;
+    with sharded weights every rank steps the engine in lock-step (``synced_gpus`` and an
+    all-reduce of "any episode live?" per step), so ZeRO-3 does not hang; results are
+    gathered. Train mode and every RNG are restored afterwards.
 
     Args:
         tasks: task names or task YAML paths.
         data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
-        batch_size: episodes per generation batch on each rank.
+        batch_size: the engine's pool on each rank (episodes live at once).
         max_turns: model turns per episode.
         max_new_tokens: tokens per turn.
         search_corpus: JSONL corpus for the BM25 search tool (search tasks).
@@ -115,22 +127,17 @@ class ReActEval(L.Callback):
                 spec = resolve_eval_spec(name, getattr(trainer.datamodule, "prompt_spec", None),
                                          where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
-                                   lockstep=sharded, prompt_spec=spec)
-                # Same number of batches on every rank; a rank short of questions reruns one and drops it.
-                n_batches = math.ceil(math.ceil(len(records) / world) / self.batch_size)
-                trajs = []
-                for b in range(n_batches):
-                    chunk = mine[b * self.batch_size:(b + 1) * self.batch_size]
-                    if chunk:
-                        trajs += agent.run(chunk, batch_size=self.batch_size)
-                    elif sharded:
-                        agent.run(records[:1], batch_size=self.batch_size)
+                                   prompt_spec=spec)
+                # Sharded weights: every rank steps the engine until no rank has a live episode.
+                trajs = agent.run(mine, batch_size=self.batch_size,
+                                  any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
-                results[task.name] = summarize(episodes)
+                results[task.name] = task_result([episodes]).to_dict()
                 all_episodes += episodes
         for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "parse_error_rate"):
+            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed",
+                        "parse_error_rate"):
                 if key in values:
                     pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
