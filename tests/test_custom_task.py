@@ -134,7 +134,7 @@ def test_taskless_build_without_a_system_turn_names_the_trajectory(workdir):
                                                          {"role": "assistant", "content": "Action: finish[5]"}],
                                 "reward": True}) + "\n")
     proc = _nat(["build", "--format", "openai", "--trajectories", str(bare), "--out", "out"], workdir)
-    text = " ".join(proc.stdout.split())
+    text = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1 and "trajectory r7: no instruction: no task was given" in text, text
     assert not (workdir / "out").exists()
 

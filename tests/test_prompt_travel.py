@@ -81,4 +81,4 @@ def test_nat_eval_reads_the_exported_prompt(strategyqa_files, scratch_model, sha
     assert used["preset"] == "nat-ab" and used["templates"][-1] == "[A] Question: {question}."
     done = subprocess.run(base + ["--prompt-style", "native", "--out", str(tmp_path / "ev2")], capture_output=True,
                           text=True, cwd=tmp_path)
-    assert done.returncode == 1 and "--prompt-style native contradicts" in done.stdout
+    assert done.returncode == 1 and "--prompt-style native contradicts" in done.stderr

@@ -156,7 +156,8 @@ def test_cot_trajectories_build_both_classes(shared_data, tmp_path):
     assert labels.count("positive") == 500 and labels.count("negative") == 1500
     first = train[0]["messages"]
     assert first[0] == {"role": "user", "content": f"Question: {questions[0].strip()}. Please solve the problem "
-                                                   "correctly.", "train": False}
+                                                   "correctly.", "train": False,
+                        "tool_calls": None, "tool_call_id": None}  # every built message has the call fields
     assert json.loads((out / "build.json").read_text())["report"]["stats"]["filtered"].get("unfinished", 0) == 0
 
 
@@ -171,6 +172,6 @@ def test_a_filter_that_empties_a_class_fails_loudly(tmp_path):
     cmd = [sys.executable, "-m", "lightning_nat.cli", "build", "--format", "openai", "--trajectories", str(path),
            "--task", "gsm8k", "--out", str(tmp_path / "ds"), "--cache-dir", str(tmp_path / "c")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 1 and "removed every negative" in done.stdout and "unfinished" in done.stdout
+    assert done.returncode == 1 and "removed every negative" in done.stderr and "unfinished" in done.stderr
     done = subprocess.run(cmd + ["--allow-empty-class"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

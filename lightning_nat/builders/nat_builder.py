@@ -20,7 +20,7 @@ import datasets
 
 from ..prompts import PromptSpec, default_style, make_spec
 from ..readers import ReadReport, load_questions, read_trajectories
-from ..reformat import MARKERS, VARIANTS, BuildStats, reformat, select
+from ..reformat import MARKERS, VARIANTS, BuildStats, instruction_of, reformat, select
 from ..trajectory import Trajectory
 
 FEATURES = datasets.Features({
@@ -34,7 +34,13 @@ FEATURES = datasets.Features({
         "role": datasets.Value("string"),
         "content": datasets.Value("string"),
         "train": datasets.Value("bool"),
+        # Function calls (None on ReAct turns); arguments are JSON text, see lightning_nat.function_calls.
+        "tool_calls": datasets.List({"id": datasets.Value("string"), "name": datasets.Value("string"),
+                                     "arguments": datasets.Value("string")}),
+        "tool_call_id": datasets.Value("string"),
     }),
+    # The OpenAI-style tools list as JSON text, or None.
+    "tools": datasets.Value("string"),
 })
 REPORT_FILE = "nat_build_report.json"
 
@@ -75,7 +81,7 @@ class NATConfig(datasets.BuilderConfig):
 
 
 def _cfg(name: str, description: str, **kw: Any) -> NATConfig:
-    return NATConfig(name=name, version=datasets.Version("1.0.0"), description=description, **kw)
+    return NATConfig(name=name, version=datasets.Version("1.1.0"), description=description, **kw)
 
 
 PRESETS: list[NATConfig] = [
@@ -105,6 +111,16 @@ def build_spec(cfg: NATConfig) -> PromptSpec:
                                      f"its strings and classes from the preset ({cfg.name}, see nat build --help)")
     return make_spec(cfg.task, cfg.name, style, cfg.mode, cfg.markers, cfg.placement,  # type: ignore[arg-type]
                      tuple(cfg.thresholds), cfg.instruction)
+
+
+def _own_instructions(cfg: NATConfig) -> bool:
+    """Whether a build's trajectories train under their own system turns (no task, or a ``from_data`` one)."""
+    from ..registry import find_task
+
+    if cfg.instruction is not None:
+        return False
+    task = find_task(cfg.task) if cfg.task else None
+    return task is None or task.instruction_from_data
 
 
 def reference_population(trajs: Sequence[Trajectory], read: ReadReport, files: Sequence[str]
@@ -154,7 +170,6 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         trajs = []
         for path in cfg.trajectories:
             trajs += read_trajectories(path, cfg.format, questions, cfg.task, cfg.on_error, read)  # type: ignore[arg-type]
-        spec = build_spec(cfg)
         stats = BuildStats()
         population = reference_population(trajs, read, cfg.trajectories) if cfg.neg_sampling == "reference" else None
         pos, neg, dev = select(trajs, cfg.variant, cfg.pos_num, cfg.neg_num, cfg.seed, cfg.pos_sampling,  # type: ignore[arg-type]
@@ -162,9 +177,21 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
                                neg_population=population, allow_empty_class=cfg.allow_empty_class)
         if not pos and not neg:
             raise ValueError(_no_rows_message(cfg.trajectories, trajs, read, stats))
-        splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
-        if dev:
-            splits["dev"] = reformat(dev, cfg.variant, spec=spec)
+        if _own_instructions(cfg):
+            # Task-less (or ``instruction: from_data``) builds: each trajectory keeps its own system turn, so the
+            # spec is made per trajectory; the recorded one carries the first kept trajectory's instruction.
+            kw = dict(markers=cfg.markers, placement=cfg.placement, thresholds=tuple(cfg.thresholds),
+                      style=cfg.prompt_style, preset=cfg.name, mode=cfg.mode)
+            splits = {"train": reformat(pos + neg, cfg.variant, **kw)}
+            if dev:
+                splits["dev"] = reformat(dev, cfg.variant, **kw)
+            spec = make_spec(cfg.task, cfg.name, cfg.prompt_style, cfg.mode, cfg.markers, cfg.placement,
+                             tuple(cfg.thresholds), instruction_of((pos + neg)[0]))
+        else:
+            spec = build_spec(cfg)
+            splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
+            if dev:
+                splits["dev"] = reformat(dev, cfg.variant, spec=spec)
         self.build_report = {
             "read": dict(read.read), "skipped": [list(s) for s in read.skipped], "skipped_by_reason": dict(read.reasons()),
             "stats": {**asdict(stats), "filtered": dict(stats.filtered)}, "prompt": spec.to_dict(),
