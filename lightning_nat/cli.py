@@ -51,8 +51,9 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", type=float, nargs="+",
                    help="native style: score bands for fine-grained NAT, overriding the variant's (e.g. 0.4 for "
                         "NAT-2); the reference style's NAT-2 bands are F1 = 0, < 0.4, < 1, = 1")
-    p.add_argument("--placement", choices=["suffix", "prefix"],
-                   help="native style: marker after (default) or before the question")
+    p.add_argument("--placement", choices=["suffix", "prefix", "system"],
+                   help="native style: marker after (default) or before the question in the first user turn, or "
+                        "(system) at the end of the system turn, the question left bare")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
                    help="drop negatives scoring below this (1e-6 drops negatives with F1 = 0, as the paper does)")

@@ -32,7 +32,7 @@ from .function_calls import message_to_row
 from .prompts import NATIVE_MARKERS, PromptSpec, head_messages, make_spec, native_spec, negative_class
 from .trajectory import Trajectory
 
-Placement = Literal["suffix", "prefix"]
+Placement = Literal["suffix", "prefix", "system"]
 
 
 @dataclass(frozen=True)

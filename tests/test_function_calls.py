@@ -143,3 +143,39 @@ def test_dedupe_tells_trajectories_apart_by_their_calls(tmp_path):
 
     ta, tb = read_trajectories(write_jsonl(tmp_path / "w.jsonl", [a, b]), "openai")
     assert trajectory_key(ta) != trajectory_key(tb)
+
+
+@pytest.mark.parametrize("placement", ["suffix", "system"])
+def test_nat_variants_mean_the_same_for_function_calling_data(tmp_path, placement):
+    """w/o Neg, NUT, NAT and NAT-2 on tool-call trajectories; the marker in the first user turn or the system turn."""
+    import datasets
+
+    from lightning_nat.prompts import head_messages, read_spec
+
+    records = [weather_record(i, i % 2 == 0) for i in range(6)]
+    for i, r in enumerate(records):
+        r["score"] = 1.0 if r["reward"] else 0.1 * i
+    src = write_jsonl(tmp_path / "weather.jsonl", records)
+    expect = {"positive": {"positive": 3}, "nut": {"positive": 3, "negative": 3}, "nat": {"positive": 3, "negative": 3},
+              "nat-2": {"positive": 3, "negative-1": 2, "negative-2": 1}}  # scores 0.1, 0.3 | 0.5
+    for variant, labels in expect.items():
+        out = f"built-{variant}"
+        proc = nat(["build", "--format", "openai", "--trajectories", str(src), "--variant", variant,
+                    "--placement", placement, "--out", out], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        rows = datasets.load_from_disk(str(tmp_path / out))["train"]
+        got: dict[str, int] = {}
+        for row in rows:
+            got[row["label"]] = got.get(row["label"], 0) + 1
+            system, user = row["messages"][0]["content"], row["messages"][1]["content"]
+            marked, bare = (system, user) if placement == "system" else (user, system)
+            marker = "incorrectly" if row["label"].startswith("negative") and variant != "nut" else "correctly."
+            assert marker in marked.splitlines()[-1] and "solve it" not in bare
+            assert system.startswith("You are a weather agent. Use the tools.")
+            assert [m["train"] for m in row["messages"]] == [False, False, True, False, True]
+            assert row["messages"][2]["tool_calls"][0]["name"] == "get_weather"
+        assert got == labels
+        spec = read_spec(str(tmp_path / out))
+        assert spec.placement == placement  # recorded in build.json, saved beside the model by the export
+        inference = head_messages(spec, "Weather in Oslo?")
+        assert "Please solve it correctly." in (inference[0] if placement == "system" else inference[1])["content"]
