@@ -88,3 +88,48 @@ def test_react_rows_render_as_before(scratch_model, tiny_dataset):
     row = datasets.load_from_disk(str(tiny_dataset))["train"][0]
     plain = [{"role": m["role"], "content": m["content"], "train": m["train"]} for m in row["messages"]]
     assert tokenize_conversation(tok, row["messages"]).input_ids == tokenize_conversation(tok, plain).input_ids
+
+
+def test_nat_inspect_shows_calls_trained_and_results_untrained(scratch_model, tmp_path):
+    """The issue's weather case through `nat inspect`: the call inside the trained marks, the tool result outside."""
+    import subprocess
+    import sys
+
+    from test_function_calls import nat, write_jsonl
+    from tool_templates import HERMES
+
+    src = write_jsonl(tmp_path / "w.jsonl", [weather_record(i, i % 2 == 0) for i in range(2)])
+    assert nat(["build", "--format", "openai", "--trajectories", str(src), "--out", "built"], tmp_path).returncode == 0
+    (tmp_path / "hermes.jinja").write_text(HERMES)
+    base = [sys.executable, "-m", "lightning_nat.cli", "inspect", "built", "--tokenizer", str(scratch_model)]
+    shown = {}
+    for row in (0, 1):
+        proc = subprocess.run(base + ["--row", str(row), "--chat-template", "hermes.jinja"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        shown[row] = proc.stdout
+    out = shown[0]
+    trained = "".join(part.split("⟧")[0] for part in out.split("⟦")[1:])
+    assert "get_weather" in trained and "Paris" in trained and "It is 21 C in Paris." in trained
+    assert '{"temp": 21}' in out and "temp" not in trained and "Current weather" not in trained
+    assert "label: positive" in out and "marker: 'Please solve it correctly.'" in out and "tool calls: 1" in out
+    assert "label: negative" in shown[1] and "marker: 'Please solve it incorrectly.'" in shown[1]
+    counts = dict(kv.split(": ") for kv in out.splitlines()[1].split("  "))
+    assert 0 < int(counts["trained tokens"]) < int(counts["tokens"])
+    # Without a tool-capable template: the clear error, exit 1.
+    proc = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "--chat-template FILE" in proc.stderr
+
+
+def test_nat_inspect_shows_a_react_row(scratch_model, tiny_dataset):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "inspect", str(tiny_dataset), "--row", "0",
+                           "--tokenizer", str(scratch_model)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    trained = "".join(part.split("⟧")[0] for part in proc.stdout.split("⟦")[1:])
+    assert "Action:" in trained and "Observation:" not in trained and "tool calls: 0" in proc.stdout
+    header = proc.stdout.splitlines()[0]
+    assert "label: positive" in header and "marker: 'Question: ..." in header
+    assert header.endswith("solve the question **correctly**.'")
