@@ -133,3 +133,39 @@ def test_nat_inspect_shows_a_react_row(scratch_model, tiny_dataset):
     header = proc.stdout.splitlines()[0]
     assert "label: positive" in header and "marker: 'Question: ..." in header
     assert header.endswith("solve the question **correctly**.'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["hermes", "llama31"])
+def test_nat_fit_trains_function_calling_rows_and_exports_the_template(scratch_model, tmp_path, family):
+    """`nat fit` on tool-call rows with --data.chat_template; the exported tokenizer renders tools the same way."""
+    import os
+    import subprocess
+    import sys
+
+    from test_function_calls import nat, write_jsonl
+
+    src = write_jsonl(tmp_path / "w.jsonl", [weather_record(i, i % 2 == 0) for i in range(4)])
+    assert nat(["build", "--format", "openai", "--trajectories", str(src), "--placement", "system", "--out", "built"],
+               tmp_path).returncode == 0
+    (tmp_path / "t.jinja").write_text(FAMILIES[family])
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps({
+        "model": {"model_name_or_path": str(scratch_model), "learning_rate": 1e-3},
+        "data": {"dataset_dir": "built", "micro_batch_size": 2, "global_batch_size": 4, "max_length": 2048,
+                 "cache_dir": "cache", "chat_template": "t.jinja"},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "default_root_dir": "run",
+                    "enable_progress_bar": False, "limit_val_batches": 0},
+    }))
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(cfg)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (hf,) = tmp_path.glob("run/**/hf")
+    exported = AutoTokenizer.from_pretrained(hf)
+    assert exported.chat_template == FAMILIES[family]
+    assert json.loads((hf / "nat_prompt.json").read_text())["placement"] == "system"
+    # Two optimizer steps on the function-calling rows moved the weights.
+    from safetensors.torch import load_file
+
+    before, after = load_file(scratch_model / "model.safetensors"), load_file(hf / "model.safetensors")
+    assert any(not before[k].equal(after[k]) for k in before)
