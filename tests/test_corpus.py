@@ -51,9 +51,9 @@ def test_text_folder_corpus_and_refusals(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mars: Mars has two moons" in make_search("bm25", 1, corpus_path=str(tmp_path / "idx"))("moons of Mars")
     proc = _nat("corpus", "docs", "--out", "idx", cwd=tmp_path)  # never overwrites
-    assert proc.returncode == 1 and "not an empty folder" in proc.stdout
+    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     proc = _nat("corpus", "bad.jsonl", "--out", "idx2", cwd=tmp_path)
-    assert proc.returncode == 1 and "bad.jsonl, line 2: none of the fields text" in proc.stdout
+    assert proc.returncode == 1 and "bad.jsonl, line 2: none of the fields text" in proc.stderr
     assert not (tmp_path / "idx2").exists()

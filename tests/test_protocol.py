@@ -71,7 +71,7 @@ def test_cli_protocol_conflict_and_help(tmp_path):
     cmd = [sys.executable, "-m", "lightning_nat.cli", "eval", "--model", "nowhere", "--tasks", "gsm8k",
            "--protocol", "reference", "--temperature", "0", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 1 and "--temperature 0.0 contradicts --protocol reference" in done.stdout
+    assert done.returncode == 1 and "--temperature 0.0 contradicts --protocol reference" in done.stderr
     text = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "eval", "--help"], capture_output=True,
                           text=True, env={**os.environ, "COLUMNS": "200"}).stdout
     assert "the reference code allows 7" in text and "6, as the reference" not in text

@@ -111,7 +111,7 @@ def test_cli_reports_a_bad_tool_path_in_one_line(tmp_path):
                            str(traj), "--task", str(path), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"{path}: field 'tools[0]': cannot import 'nosuchmodule_xyz:run'" in " ".join(proc.stdout.split())
+    assert f"{path}: field 'tools[0]': cannot import 'nosuchmodule_xyz:run'" in " ".join(proc.stderr.split())
     assert not (tmp_path / "out").exists()
 
 
