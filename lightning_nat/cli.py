@@ -51,8 +51,9 @@ def _add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", type=float, nargs="+",
                    help="native style: score bands for fine-grained NAT, overriding the variant's (e.g. 0.4 for "
                         "NAT-2); the reference style's NAT-2 bands are F1 = 0, < 0.4, < 1, = 1")
-    p.add_argument("--placement", choices=["suffix", "prefix"],
-                   help="native style: marker after (default) or before the question")
+    p.add_argument("--placement", choices=["suffix", "prefix", "system"],
+                   help="native style: marker after (default) or before the question in the first user turn, or "
+                        "(system) at the end of the system turn, the question left bare")
     p.add_argument("--keep-unfinished", action="store_true", help="keep negatives that never called finish")
     p.add_argument("--min-score", type=float,
                    help="drop negatives scoring below this (1e-6 drops negatives with F1 = 0, as the paper does)")
@@ -515,6 +516,38 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="a `nat build --out` folder")
+    p.add_argument("--row", type=int, default=0, help="row index in the split (default: 0)")
+    p.add_argument("--split", default="train", help="split (default: train)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (the model's) whose chat template renders the row")
+    p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the tokenizer's (as "
+                   "nat fit's --data.chat_template)")
+    p.add_argument("--plain", action="store_true", help="mark trained tokens with ⟦ ⟧ instead of colour "
+                   "(the default when the output is not a terminal)")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    import datasets
+    from transformers import AutoTokenizer
+
+    from .console import console
+    from .inspect_row import inspect_row, print_inspected
+    from .prompts import read_spec
+    from .tokenization import ensure_chat_template, load_chat_template
+
+    ds = datasets.load_from_disk(args.dataset)
+    if args.split not in ds:
+        raise ValueError(f"{args.dataset}: no split {args.split!r} (it has {', '.join(ds)})")
+    part = ds[args.split]
+    if not 0 <= args.row < len(part):
+        raise ValueError(f"{args.dataset}: split {args.split} has {len(part)} rows; --row {args.row} is out of range")
+    tok = ensure_chat_template(load_chat_template(AutoTokenizer.from_pretrained(args.tokenizer), args.chat_template))
+    res = inspect_row(part[args.row], tok, read_spec(args.dataset))
+    print_inspected(res, args.plain or not console.is_terminal)
+    return 0
+
+
 def _add_corpus(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", help="JSONL files of passages and/or folders (or files) of .txt/.md text")
     p.add_argument("--fields", nargs="+", default=["text"],
@@ -607,6 +640,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", _add_plot, _run_plot),
     "corpus": ("index text files or a JSONL of passages with BM25 for the offline search tool", _add_corpus,
                _run_corpus),
+    "inspect": ("show one built row rendered by a tokenizer, its trained tokens marked, with label, marker and "
+                "token counts", _add_inspect, _run_inspect),
     "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
                _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .sampling import StepBatchSampler
-from .tokenization import IGNORE_INDEX, ensure_chat_template, tokenize_batch
+from .tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_batch
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,15 @@ class NATDataModule(L.LightningDataModule):
         num_proc: processes for tokenization (``datasets.map``).
         cache_dir: builder cache folder, also where tokenized rows are cached (default: the datasets cache,
             never the dataset folder itself, which may be read-only or about to be pushed).
+        chat_template: a Jinja chat template file that replaces the tokenizer's (function-calling data needs one
+            that renders ``tools`` and ``tool_calls``); the export saves the tokenizer with it.
     """
 
     def __init__(self, dataset_dir: str | None = None, build: BuildSpec | None = None, tokenizer: str | None = None,
                  max_length: int = 4096, overlong: Literal["truncate", "drop"] = "truncate", micro_batch_size: int = 2,
                  global_batch_size: int = 64, order: Literal["length_grouped", "random"] = "length_grouped",
-                 seed: int = 42, num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None):
+                 seed: int = 42, num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None,
+                 chat_template: str | None = None):
         super().__init__()
         if dataset_dir is None and build is None:
             raise ValueError("give dataset_dir (a `nat build` output) or build (trajectory files to build from)")
@@ -200,7 +203,8 @@ class NATDataModule(L.LightningDataModule):
             tok = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
-            self._tokenizer = ensure_chat_template(tok)
+            # A Jinja file that replaces the tokenizer's template (one that renders tools, for function calling).
+            self._tokenizer = ensure_chat_template(load_chat_template(tok, self.hparams.chat_template))
         return self._tokenizer
 
     def load_conversations(self) -> Any:

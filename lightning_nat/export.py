@@ -34,7 +34,8 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     return {k[len(prefix):]: v.detach().cpu() for k, v in sd.items() if k.startswith(prefix)}
 
 
-def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, prompt_spec: Any = None) -> Path | None:
+def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, prompt_spec: Any = None,
+              chat_template: str | None = None) -> Path | None:
     """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer).
 
     With ``prompt_spec`` (the prompt the training conversations were rendered with) it is
@@ -45,7 +46,7 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         return None
     from transformers import AutoTokenizer
 
-    from .tokenization import ensure_chat_template
+    from .tokenization import ensure_chat_template, load_chat_template
 
     out = Path(out_dir)
     model = module.model
@@ -65,7 +66,7 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         raise RuntimeError(f"export holds {len(empty)} empty tensors (first: {empty[0]}): sharded weights were not gathered")
     model.save_pretrained(out, state_dict=sd)
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
-    ensure_chat_template(tok).save_pretrained(out)
+    ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
         from .prompts import write_spec

@@ -108,6 +108,8 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 PROMPT_FILE = "nat_prompt.json"
+# Where the native marker goes: after or before the question (first user turn), or at the end of the system turn.
+PLACEMENTS = ("suffix", "prefix", "system")
 
 
 @dataclass(frozen=True)
@@ -251,13 +253,14 @@ def native_spec(task: str, preset: str = "nat", mode: str = "react", markers: st
     """
     from .tasks import get_task
 
-    if placement not in ("suffix", "prefix"):
-        raise ValueError(f"placement must be 'suffix' or 'prefix', got {placement!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if markers not in NATIVE_MARKERS:
         raise ValueError(f"unknown markers {markers!r}; expected one of {', '.join(NATIVE_MARKERS)}")
     pos, neg = NATIVE_MARKERS[markers]
 
     def put(marker: str) -> str:
+        # "system": the template keeps the marker before the question; head_messages moves it to the system turn.
         return f"{{question}}\n{marker}" if placement == "suffix" else f"{marker}\n{{question}}"
 
     if thresholds:
@@ -324,9 +327,17 @@ def head_messages(spec: PromptSpec, question: str, cls: int | None = None) -> li
     ['user', 'assistant', 'user']
     >>> head_messages(native_spec("gsm8k"), " 2+2? ")[1]["content"]
     '2+2?\\nPlease solve it correctly.'
+    >>> [m["content"] for m in head_messages(native_spec("gsm8k", placement="system", instruction="Use tools."), "2+2?", 0)]
+    ['Use tools.\\n\\nPlease solve it incorrectly.', '2+2?']
     """
     template = spec.templates[-1 if cls is None else cls]
     out: list[dict[str, str]] = []
+    if spec.placement == "system":
+        # The class marker closes the system turn; the user turn is the bare question.
+        marker = template.replace("{question}", "").strip()
+        out.append({"role": "system", "content": f"{(spec.instruction or '').rstrip()}\n\n{marker}".lstrip()})
+        out.append({"role": "user", "content": question.strip()})
+        return out
     if spec.instruction_role == "system" and spec.instruction is not None:
         out.append({"role": "system", "content": spec.instruction})
     elif spec.instruction_role == "user" and spec.instruction is not None:
@@ -346,6 +357,8 @@ def split_prompt(spec: PromptSpec, messages: Sequence[dict[str, str]]) -> tuple[
     ('What is 2+3?', 1)
     """
     n = len(head_messages(spec, "?"))
+    if spec.placement == "system":
+        return messages[n - 1]["content"], list(messages[n:])
     before, _, after = spec.positive.partition("{question}")
     text = messages[n - 1]["content"]
     if not (text.startswith(before) and text.endswith(after)):

@@ -18,14 +18,18 @@ from typing import Any, Literal
 
 from . import jsonl
 from .answers import extract_answer
+from .function_calls import call_from_openai, calls_from_sharegpt, tools_from_any
 from .jsonl import RecordError
-from .trajectory import Trajectory, TrajectoryFormatError, check_score
+from .trajectory import Trajectory, TrajectoryFormatError, check_score, validate_messages
 
 OnError = Literal["raise", "skip"]
 
+# ShareGPT without function calls: observations are user turns ("Observation: ..."), as ReAct agents saw them.
+# In a record with function_call turns they are tool results (LLaMA-Factory's convention), see from_sharegpt_record.
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                    "observation": "user", "function": "user", "tool": "user"}
-_LABEL_FIELDS = ("id", "question_id", "task", "question", "reward", "score", "prediction", "pred", "answer", "gt", "meta")
+_LABEL_FIELDS = ("id", "question_id", "task", "question", "reward", "score", "prediction", "pred", "answer", "gt", "meta",
+                 "tools")
 
 
 @dataclass
@@ -187,7 +191,7 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
         id=tid, task=str(record.get("task") or task), question=question, messages=turns,
         reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
         prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
-        question_id=qid, meta=meta,
+        question_id=qid, meta=meta, tools=tools_from_any(record.get("tools")),
     )
 
 
@@ -223,36 +227,53 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
         raise TrajectoryFormatError("messages must be a list")
     if not messages:
         raise TrajectoryFormatError("empty conversation")
-    for i, m in enumerate(messages):  # indices of the record as written, before the question is split off
-        check_openai_message(m, i)
+    # indices of the record as written, before the question is split off
+    messages = [openai_message(m, i) for i, m in enumerate(messages)]
+    validate_messages(messages)  # call ids checked here, where message indices are still the record's own
     return _from_chat_record(record, messages, task, traj_id)
 
 
-def check_openai_message(message: Any, index: int) -> None:
-    """Refuse what an OpenAI message may hold that we cannot train on, naming the message.
+def openai_message(message: Any, index: int) -> dict[str, Any]:
+    """One OpenAI chat message as a trajectory message, tool calls and results kept as data.
 
-    Tool calls are refused rather than dropped: an assistant turn whose action lives in ``tool_calls``
-    would otherwise train as an empty or action-less turn.
+    ``content: null`` (an assistant turn that only calls tools) becomes ``""``; the calls'
+    JSON-text arguments become objects; a ``tool`` turn keeps its ``tool_call_id``.
 
-    >>> check_openai_message({"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}, 2)
-    ... # doctest: +ELLIPSIS
+    >>> openai_message({"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+    ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}]}, 2)
+    {'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'c1', 'name': 'get_weather', 'arguments': {'city': 'Paris'}}]}
+    >>> openai_message({"role": "tool", "content": None}, 3)
     Traceback (most recent call last):
     ...
-    lightning_nat.trajectory.TrajectoryFormatError: message 2: OpenAI tool calls (tool_calls) are not supported yet; ...
+    lightning_nat.trajectory.TrajectoryFormatError: message 3: content must be a string, got NoneType
     """
     if not isinstance(message, dict):
         raise TrajectoryFormatError(f"message {index}: expected an object, got {type(message).__name__}")
-    for key in ("tool_calls", "function_call"):
-        if message.get(key):
-            raise TrajectoryFormatError(f"message {index}: OpenAI tool calls ({key}) are not supported yet; write the "
-                                        "action as 'Action: tool[argument]' text, or skip such records with "
-                                        "--on-error skip")
-    if message.get("role") == "tool":
-        raise TrajectoryFormatError(f"message {index}: OpenAI tool results (role 'tool') are not supported yet; "
-                                    "write them as user turns 'Observation: ...'")
-    if not isinstance(message.get("content"), str):
-        raise TrajectoryFormatError(f"message {index}: content must be a string, got "
-                                    f"{type(message.get('content')).__name__}")
+    where = f"message {index}"
+    role = message.get("role")
+    if message.get("function_call"):
+        raise TrajectoryFormatError(f"{where}: the legacy OpenAI 'function_call' field is not read; write the call as "
+                                    "'tool_calls' with an id")
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    if calls:
+        if role != "assistant":
+            raise TrajectoryFormatError(f"{where}: only assistant turns make tool calls, not {role}")
+        if not isinstance(calls, list):
+            raise TrajectoryFormatError(f"{where}: tool_calls must be a list")
+        content = "" if content is None else content
+    if isinstance(content, list):
+        raise TrajectoryFormatError(f"{where}: content parts (a list) are not supported; give the text as a string")
+    if not isinstance(content, str):
+        raise TrajectoryFormatError(f"{where}: content must be a string, got {type(content).__name__}")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        out["tool_calls"] = [call_from_openai(c, where) for c in calls]
+    if role == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise TrajectoryFormatError(f"{where}: a tool turn needs the tool_call_id it answers")
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
 
 
 def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
@@ -270,15 +291,48 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
         raise TrajectoryFormatError("missing 'conversations' list")
     if not convs:
         raise TrajectoryFormatError("empty conversation")
-    messages = []
+    calling = any(isinstance(t, dict) and str(t.get("from", "")).lower() == "function_call" for t in convs)
+    messages: list[dict[str, Any]] = []
+    pending: list[str] = []  # ids of calls not answered yet, in call order
     for i, turn in enumerate(convs):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise TrajectoryFormatError(f"message {i}: expected an object with 'from' and 'value'")
-        role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        who = str(turn["from"]).lower()
+        if who == "function_call":
+            calls = calls_from_sharegpt(turn["value"], f"message {i}", i)
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+            pending = [c["id"] for c in calls]
+            continue
+        if calling and who in ("observation", "tool", "function"):
+            messages += _observations(turn["value"], pending, i)
+            pending = []
+            continue
+        role = _SHAREGPT_ROLES.get(who)
         if role is None:
             raise TrajectoryFormatError(f"message {i}: unknown role {turn['from']!r}")
         messages.append({"role": role, "content": turn["value"]})
     return _from_chat_record(record, messages, task, traj_id)
+
+
+def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]]:
+    """The tool turns of one ShareGPT ``observation``: one result per pending call (a JSON list for parallel calls)."""
+    if not pending:
+        raise TrajectoryFormatError(f"message {i}: an observation that follows no function_call")
+    results: Any = [value]
+    if len(pending) > 1:
+        try:
+            results = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            results = None
+        if not isinstance(results, list) or len(results) != len(pending):
+            raise TrajectoryFormatError(f"message {i}: {len(pending)} parallel calls need a JSON list of "
+                                        f"{len(pending)} results in the observation")
+    out = []
+    for cid, res in zip(pending, results):
+        if not isinstance(res, str):
+            res = json.dumps(res, ensure_ascii=False)
+        out.append({"role": "tool", "content": res, "tool_call_id": cid})
+    return out
 
 
 def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:

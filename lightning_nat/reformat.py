@@ -21,16 +21,18 @@ At inference the positive marker is used: :func:`inference_messages`.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .function_calls import message_to_row
 from .prompts import NATIVE_MARKERS, PromptSpec, head_messages, make_spec, native_spec, negative_class
 from .trajectory import Trajectory
 
-Placement = Literal["suffix", "prefix"]
+Placement = Literal["suffix", "prefix", "system"]
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,8 @@ def to_conversation(traj: Trajectory, spec: PromptSpec, cls: int, label: str) ->
     >>> [(m["role"], m["train"]) for m in c["messages"]]
     [('user', False), ('assistant', False), ('user', False), ('assistant', True)]
     """
-    messages = [{**m, "train": False} for m in head_messages(spec, traj.question, cls)]
-    messages += [{"role": m["role"], "content": m["content"], "train": m["role"] == "assistant"} for m in traj.messages]
+    messages = [message_to_row(m, False) for m in head_messages(spec, traj.question, cls)]
+    messages += [message_to_row(m, m["role"] == "assistant") for m in traj.messages]
     return {
         "id": traj.id,
         "question_id": traj.question_id or traj.id,
@@ -137,6 +139,8 @@ def to_conversation(traj: Trajectory, spec: PromptSpec, cls: int, label: str) ->
         "score": traj.score,
         "reward": traj.reward,
         "messages": messages,
+        # JSON text: Arrow needs one schema for every row, and tool schemas differ from tool to tool.
+        "tools": json.dumps(traj.tools, ensure_ascii=False) if traj.tools else None,
     }
 
 
@@ -185,8 +189,12 @@ def _own_instruction(traj: Trajectory) -> bool:
 
 
 def trajectory_key(traj: Trajectory) -> tuple:
-    """What makes two trajectories identical: the question and every turn."""
-    return (traj.question_id or traj.question, tuple((m["role"], m["content"]) for m in traj.messages))
+    """What makes two trajectories identical: the question, every turn (tool calls included) and the tools offered."""
+    def turn(m: dict) -> tuple:
+        return (m["role"], m["content"], json.dumps(m.get("tool_calls"), sort_keys=True), m.get("tool_call_id"))
+
+    return (traj.question_id or traj.question, tuple(turn(m) for m in traj.messages),
+            json.dumps(traj.tools, sort_keys=True))
 
 
 def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .function_calls import call_to_openai, calls_to_sharegpt, message_from_row, tools_of_row
+from .trajectory import has_tool_calls
+
 LAYOUTS = ("openai", "sharegpt", "alpaca")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -55,12 +58,19 @@ def to_openai(row: dict) -> dict:
     messages = []
     for m in trim_to_last_assistant(row["messages"]):
         out = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            # The OpenAI wire form: arguments as JSON text, and no text beside the calls is null.
+            out["content"] = m["content"] or None
+            out["tool_calls"] = [call_to_openai(c) for c in message_from_row(m)["tool_calls"]]
+        if m.get("tool_call_id") is not None:
+            out["tool_call_id"] = m["tool_call_id"]
         if m["role"] == "assistant":
             out["weight"] = int(bool(m.get("train", True)))
         elif m.get("train"):
             raise ExportError(f"a {m['role']} turn is flagged for training; only assistant turns can be")
         messages.append(out)
-    return {"messages": messages}
+    tools = tools_of_row(row)
+    return {"messages": messages, **({"tools": tools} if tools else {})}
 
 
 def to_sharegpt(row: dict) -> dict:
@@ -74,8 +84,33 @@ def to_sharegpt(row: dict) -> dict:
     """
     messages = trim_to_last_assistant(row["messages"])
     _check_trained_turns(messages, "sharegpt")
-    return {"conversations": [{"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]} for m in messages],
-            "id": row["id"], "label": row["label"]}
+    convs: list[dict[str, str]] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        if m.get("tool_calls"):
+            if m["content"]:
+                raise ExportError(f"message {i}: an assistant turn with both text and tool calls; LLaMA-Factory's "
+                                  "function_call turn holds the calls only (use --to openai, which keeps both)")
+            convs.append({"from": "function_call", "value": calls_to_sharegpt(message_from_row(m)["tool_calls"])})
+            results = []
+            while i + 1 < len(messages) and messages[i + 1]["role"] == "tool":
+                i += 1
+                results.append(messages[i]["content"])
+            if results:
+                convs.append({"from": "observation",
+                              "value": results[0] if len(results) == 1 else json.dumps(results, ensure_ascii=False)})
+        elif m["role"] == "tool":
+            raise ExportError(f"message {i}: a tool result that follows no function call")
+        else:
+            convs.append({"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]})
+        i += 1
+    tools = tools_of_row(row)
+    out = {"conversations": convs, "id": row["id"], "label": row["label"]}
+    if tools:
+        # LLaMA-Factory's tools column: JSON text of the bare function schemas.
+        out["tools"] = json.dumps([t["function"] for t in tools], ensure_ascii=False)
+    return out
 
 
 def to_alpaca(row: dict) -> dict:
@@ -89,6 +124,8 @@ def to_alpaca(row: dict) -> dict:
     """
     messages = trim_to_last_assistant(row["messages"])
     _check_trained_turns(messages, "alpaca")
+    if has_tool_calls(messages) or row.get("tools"):
+        raise ExportError("the alpaca layout has no place for tool calls; use --to openai or --to sharegpt")
     system = messages[0]["content"] if messages[0]["role"] == "system" else ""
     turns = messages[1:] if system else messages
     if len(turns) % 2 or any(m["role"] != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
@@ -101,7 +138,7 @@ def to_alpaca(row: dict) -> dict:
 CONVERTERS: dict[str, Callable[[dict], dict]] = {"openai": to_openai, "sharegpt": to_sharegpt, "alpaca": to_alpaca}
 
 
-def llamafactory_entry(layout: str, file_name: str) -> dict[str, Any]:
+def llamafactory_entry(layout: str, file_name: str, tools: bool = False) -> dict[str, Any]:
     """The ``dataset_info.json`` entry with which LLaMA-Factory reads ``file_name`` in ``layout``.
 
     >>> llamafactory_entry("alpaca", "train.jsonl")["columns"]["history"]
@@ -111,9 +148,12 @@ def llamafactory_entry(layout: str, file_name: str) -> dict[str, Any]:
         return {"file_name": file_name, "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                                     "system": "system", "history": "history"}}
     if layout == "sharegpt":
-        return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"},
-                "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                         "system_tag": "system"}}
+        entry = {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"},
+                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                          "system_tag": "system", "function_tag": "function_call", "observation_tag": "observation"}}
+        if tools:
+            entry["columns"]["tools"] = "tools"
+        return entry
     return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages"},
             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                      "system_tag": "system"}}
@@ -173,7 +213,8 @@ def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLik
             for rec in recs:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         files.append(path.name)
-        info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(layout, path.name)
+        info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(layout, path.name,
+                                                                                     any("tools" in r for r in recs))
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return {"files": files + ["dataset_info.json"], "counts": {s: len(r) for s, r in records.items()},
             "llamafactory": list(info), "axolotl": axolotl_snippet(layout, str(out / "train.jsonl"))}

@@ -156,7 +156,8 @@ def test_cot_trajectories_build_both_classes(shared_data, tmp_path):
     assert labels.count("positive") == 500 and labels.count("negative") == 1500
     first = train[0]["messages"]
     assert first[0] == {"role": "user", "content": f"Question: {questions[0].strip()}. Please solve the problem "
-                                                   "correctly.", "train": False}
+                                                   "correctly.", "train": False,
+                        "tool_calls": None, "tool_call_id": None}  # every built message has the call fields
     assert json.loads((out / "build.json").read_text())["report"]["stats"]["filtered"].get("unfinished", 0) == 0
 
 

@@ -37,7 +37,7 @@ GOOD_NAT = {"id": "q1", "conversations": [{"role": "assistant", "content": "Acti
 @pytest.mark.parametrize("record, problem", [
     ({**GOOD_NAT, "info": {"gt": True}}, "missing reward (info.reward)"),
     ({**GOOD_NAT, "conversations": [{"role": "robot", "content": "x"}]},
-     "message 0: unknown role 'robot' (expected system, user or assistant)"),
+     "message 0: unknown role 'robot' (expected system, user, assistant or tool)"),
     ({**GOOD_NAT, "conversations": []}, "empty conversation"),
     ({**GOOD_NAT, "conversations": [{"role": "user", "content": "Observation: x"}]}, "no assistant turn"),
     ({**GOOD_NAT, "id": "nope"}, "id 'nope' not found in the question file"),
@@ -72,7 +72,7 @@ def test_malformed_json(tmp_path):
     ("openai", {"messages": [], "reward": True}, "empty conversation"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "A"}], "reward": True},
      # Indexed as written (the question at 0 is split off later): the tool result is message 1.
-     "message 1: OpenAI tool results (role 'tool') are not supported yet; write them as user turns 'Observation: ...'"),
+     "message 1: a tool turn needs the tool_call_id it answers"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "O"}], "reward": False},
      "no assistant turn"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "alien", "value": "A"}], "reward": True},

@@ -482,19 +482,28 @@ def test_one_id_with_two_contents_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("content", [None, ""])
-def test_openai_tool_calls_are_refused_at_their_message(tmp_path, content):
+def test_openai_tool_calls_are_kept_and_bad_ones_named_at_their_message(tmp_path, content):
+    """Tool calls are data now (issue 19): kept whole; a call with bad JSON arguments is refused at its message."""
+    import datasets
+
     call = {"role": "assistant", "content": content,
             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculate", "arguments": "{}"}}]}
     rec = {"id": "t", "messages": [{"role": "system", "content": "be an agent"}, {"role": "user", "content": "Q?"},
-                                   call, {"role": "assistant", "content": "Action: finish[1]"}], "reward": True}
+                                   call, {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                                   {"role": "assistant", "content": "Action: finish[1]"}], "reward": True}
     path = tmp_path / "t.jsonl"
     path.write_text(jsonl.dumps_line(rec) + jsonl.dumps_line(_openai_line("ok")))
     args = ["build", "--format", "openai", "--trajectories", path, "--task", "gsm8k", "--variant", "nat",
             "--cache-dir", tmp_path / "cache"]
-    line = one_error_line(nat(*args, "--out", tmp_path / "a", cwd=tmp_path))
-    assert f"{path}, line 1: message 2: OpenAI tool calls (tool_calls) are not supported yet" in line
-    proc = nat(*args, "--on-error", "skip", "--out", tmp_path / "b", cwd=tmp_path)
-    assert proc.returncode == 0 and "skipped 1 bad record(s): message 2: OpenAI tool calls" in proc.stdout
+    proc = nat(*args, "--out", tmp_path / "a", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = datasets.load_from_disk(str(tmp_path / "a"))["train"]
+    kept = next(r for r in rows if r["id"] == "t")
+    assert [c["name"] for m in kept["messages"] for c in (m["tool_calls"] or [])] == ["calculate"]
+    call["tool_calls"][0]["function"]["arguments"] = "{oops"
+    path.write_text(jsonl.dumps_line(rec) + jsonl.dumps_line(_openai_line("ok")))
+    line = one_error_line(nat(*args, "--out", tmp_path / "b", cwd=tmp_path))
+    assert f"{path}, line 1: message 2: tool call arguments are not valid JSON" in line
 
 
 # -- 5. the step parser and the calculator -------------------------------------------------------------------

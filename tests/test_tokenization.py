@@ -32,7 +32,8 @@ def test_targets_are_exactly_the_trained_assistant_turns(scratch_model, tiny_dat
     for r, row in enumerate(rows):
         # Every trained assistant turn; the reference prompt's acknowledgement turn is an untrained assistant turn.
         assert [m for m in row["messages"] if m["role"] == "assistant" and not m["train"]] == \
-            [{"role": "assistant", "content": "I've understood your instruction, start please.", "train": False}]
+            [{"role": "assistant", "content": "I've understood your instruction, start please.", "train": False,
+                 "tool_calls": None, "tool_call_id": None}]
         want = "".join(m["content"].strip() + end for m in row["messages"] if m["train"])
         got = tok.decode([t for t in batch["labels"][r].tolist() if t != IGNORE_INDEX])
         assert _squash(got) == _squash(want)

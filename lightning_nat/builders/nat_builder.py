@@ -21,7 +21,7 @@ import datasets
 from ..preference import PLAIN_PROMPT_VARIANT, PREFERENCE_VARIANTS, preference_rows, unpaired_row
 from ..prompts import PromptSpec, default_style, make_spec
 from ..readers import ReadReport, load_questions, read_trajectories
-from ..reformat import MARKERS, VARIANTS, BuildStats, reformat, select
+from ..reformat import MARKERS, VARIANTS, BuildStats, instruction_of, reformat, select
 from ..trajectory import Trajectory
 
 FEATURES = datasets.Features({
@@ -35,7 +35,13 @@ FEATURES = datasets.Features({
         "role": datasets.Value("string"),
         "content": datasets.Value("string"),
         "train": datasets.Value("bool"),
+        # Function calls (None on ReAct turns); arguments are JSON text, see lightning_nat.function_calls.
+        "tool_calls": datasets.List({"id": datasets.Value("string"), "name": datasets.Value("string"),
+                                     "arguments": datasets.Value("string")}),
+        "tool_call_id": datasets.Value("string"),
     }),
+    # The OpenAI-style tools list as JSON text, or None.
+    "tools": datasets.Value("string"),
 })
 # DPO rows: the chosen conversation in ``messages`` (so dev perplexity and previews read it as any row) plus the
 # rejected side; dev rows of a DPO build have an empty rejected side.
@@ -87,7 +93,7 @@ class NATConfig(datasets.BuilderConfig):
 
 
 def _cfg(name: str, description: str, **kw: Any) -> NATConfig:
-    return NATConfig(name=name, version=datasets.Version("1.0.0"), description=description, **kw)
+    return NATConfig(name=name, version=datasets.Version("1.1.0"), description=description, **kw)
 
 
 PRESETS: list[NATConfig] = [
@@ -123,6 +129,16 @@ def build_spec(cfg: NATConfig) -> PromptSpec:
     preset_name = PLAIN_PROMPT_VARIANT if cfg.variant in PREFERENCE_VARIANTS else cfg.name
     return make_spec(cfg.task, preset_name, style, cfg.mode, cfg.markers, cfg.placement,  # type: ignore[arg-type]
                      tuple(cfg.thresholds), cfg.instruction)
+
+
+def _own_instructions(cfg: NATConfig) -> bool:
+    """Whether a build's trajectories train under their own system turns (no task, or a ``from_data`` one)."""
+    from ..registry import find_task
+
+    if cfg.instruction is not None:
+        return False
+    task = find_task(cfg.task) if cfg.task else None
+    return task is None or task.instruction_from_data
 
 
 def reference_population(trajs: Sequence[Trajectory], read: ReadReport, files: Sequence[str]
@@ -174,7 +190,6 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
         trajs = []
         for path in cfg.trajectories:
             trajs += read_trajectories(path, cfg.format, questions, cfg.task, cfg.on_error, read)  # type: ignore[arg-type]
-        spec = build_spec(cfg)
         stats = BuildStats()
         population = reference_population(trajs, read, cfg.trajectories) if cfg.neg_sampling == "reference" else None
         preference = cfg.variant in PREFERENCE_VARIANTS
@@ -185,20 +200,31 @@ class NATBuilder(datasets.GeneratorBasedBuilder):
                                neg_population=population, allow_empty_class=cfg.allow_empty_class)
         if not pos and not neg:
             raise ValueError(_no_rows_message(cfg.trajectories, trajs, read, stats))
+        preset = PLAIN_PROMPT_VARIANT if preference else cfg.name
+        if _own_instructions(cfg):
+            # Task-less (or ``instruction: from_data``) builds: each trajectory keeps its own system turn, so the
+            # spec is made per trajectory; the recorded one carries the first kept trajectory's instruction.
+            kw: dict[str, Any] = dict(markers=cfg.markers, placement=cfg.placement, thresholds=tuple(cfg.thresholds),
+                                      style=cfg.prompt_style, preset=preset, mode=cfg.mode)
+            spec = make_spec(cfg.task, preset, cfg.prompt_style, cfg.mode, cfg.markers, cfg.placement,
+                             tuple(cfg.thresholds), instruction_of((pos + neg)[0]))
+        else:
+            spec = build_spec(cfg)
+            kw = dict(spec=spec)
         extra: dict[str, Any] = {}
         if preference:
-            train, extra = preference_rows(cfg.variant, pos, neg, cfg.pairs_per_question, cfg.seed, spec=spec)
+            train, extra = preference_rows(cfg.variant, pos, neg, cfg.pairs_per_question, cfg.seed, **kw)
             if not train:
                 raise ValueError(f"the {cfg.variant} build has no training row: no question has both a positive and a "
                                  f"negative among the {len(pos)} positives and {len(neg)} negatives selected")
             splits = {"train": train}
             if dev:
-                dev_rows = reformat(dev, PLAIN_PROMPT_VARIANT, spec=spec)
+                dev_rows = reformat(dev, PLAIN_PROMPT_VARIANT, **kw)
                 splits["dev"] = [unpaired_row(r) for r in dev_rows] if cfg.variant == "dpo" else dev_rows
         else:
-            splits = {"train": reformat(pos + neg, cfg.variant, spec=spec)}
+            splits = {"train": reformat(pos + neg, cfg.variant, **kw)}
             if dev:
-                splits["dev"] = reformat(dev, cfg.variant, spec=spec)
+                splits["dev"] = reformat(dev, cfg.variant, **kw)
         self.build_report = {
             "read": dict(read.read), "skipped": [list(s) for s in read.skipped], "skipped_by_reason": dict(read.reasons()),
             "stats": {**asdict(stats), "filtered": dict(stats.filtered)}, "prompt": spec.to_dict(), **extra,

@@ -25,6 +25,8 @@ class ExportHF(L.Callback):
             return
         out = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "hf")
         spec = getattr(trainer.datamodule, "prompt_spec", None) if trainer.datamodule is not None else None
-        self.written = export_hf(trainer, pl_module, out, prompt_spec=spec)
+        # The chat template training rendered with (data.chat_template) is the one the exported model serves with.
+        template = getattr(getattr(trainer.datamodule, "hparams", None), "chat_template", None)
+        self.written = export_hf(trainer, pl_module, out, prompt_spec=spec, chat_template=template)
         if self.written is not None:
             print(f"exported Hugging Face model to {self.written}")

@@ -1,0 +1,90 @@
+"""`nat inspect`: one built row as the model sees it, with the tokens that carry loss marked.
+
+The row is rendered and masked by :func:`lightning_nat.tokenization.tokenize_conversation`,
+the code path training uses, so what is shown is what is trained. On a terminal the
+trained tokens are highlighted; elsewhere (a pipe, a log) each trained run is wrapped in
+``⟦ ⟧`` so the mask survives plain text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .prompts import PromptSpec
+
+OPEN, CLOSE = "⟦", "⟧"
+
+
+@dataclass
+class InspectedRow:
+    """A row's rendered pieces ``(text, trained)``, its counts, label and marker."""
+
+    row_id: str
+    label: str
+    marker: str | None
+    pieces: list[tuple[str, bool]]
+    tokens: int
+    trained: int
+    calls: int
+
+
+def row_marker(spec: PromptSpec | None, messages: list[dict]) -> str | None:
+    """The marker of the class whose question template the row's head turns follow (longest match).
+
+    >>> from lightning_nat.prompts import native_spec
+    >>> row_marker(native_spec("gsm8k", instruction="x"), [{"role": "system", "content": "x"},
+    ...     {"role": "user", "content": "2+2?\\nPlease solve it incorrectly."}])
+    'Please solve it incorrectly.'
+    """
+    if spec is None:
+        return None
+    head = "\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
+    best, best_len = None, -1
+    for template in spec.templates:
+        before, _, after = template.partition("{question}")
+        parts = [p.strip() for p in (before, after) if p.strip()]
+        if parts and all(p in head for p in parts) and sum(map(len, parts)) > best_len:
+            best, best_len = " ... ".join(parts), sum(map(len, parts))
+    return best
+
+
+def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = None) -> InspectedRow:
+    """Render one built row with the training mask: pieces of text, each trained or not."""
+    from .tokenization import IGNORE_INDEX, tokenize_conversation
+
+    tools = json.loads(row["tools"]) if row.get("tools") else None
+    enc = tokenize_conversation(tokenizer, row["messages"], tools=tools)
+    pieces: list[tuple[str, bool]] = []
+    run: list[int] = []
+    state = None
+    for tok, lab in zip(enc.input_ids, enc.labels):
+        trained = lab != IGNORE_INDEX
+        if state is not None and trained != state:
+            pieces.append((tokenizer.decode(run), state))
+            run = []
+        run.append(tok)
+        state = trained
+    if run:
+        pieces.append((tokenizer.decode(run), bool(state)))
+    calls = sum(len(m.get("tool_calls") or []) for m in row["messages"])
+    return InspectedRow(str(row.get("id")), str(row.get("label")), row_marker(spec, row["messages"]), pieces,
+                        len(enc.input_ids), sum(lab != IGNORE_INDEX for lab in enc.labels), calls)
+
+
+def print_inspected(res: InspectedRow, plain: bool) -> None:
+    """Print the header (label, marker, counts) and the rendered text with its trained tokens marked."""
+    from rich.text import Text
+
+    from .console import console
+
+    console.print(f"row {res.row_id}  label: {res.label}  marker: {res.marker!r}", markup=False, soft_wrap=True)
+    console.print(f"tokens: {res.tokens}  trained tokens: {res.trained}  tool calls: {res.calls}", markup=False, soft_wrap=True)
+    text = Text()
+    for piece, trained in res.pieces:
+        if plain and trained:
+            text.append(OPEN + piece + CLOSE)
+        else:
+            text.append(piece, style="bold black on green" if trained else "dim")
+    console.print(text, soft_wrap=True)  # the rendered text as is, never re-wrapped
