@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .answers import cot_answer
+from .answers import bracket_argument, cot_answer
 from .prompts import PromptSpec, head_messages, make_spec
 from .tasks import Task
 from .trajectory import Trajectory
@@ -43,20 +43,6 @@ class Step:
     tool: str | None = None
     argument: str | None = None
     error: str | None = None
-
-
-def _bracket_argument(text: str, start: int) -> tuple[str, bool]:
-    """The text inside the bracket opening at ``start``, honouring nesting; ``(arg, closed)``."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "[":
-            depth += 1
-        elif text[i] == "]":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1:i], True
-    rest = text[start + 1:].split("\n", 1)[0]
-    return rest.rstrip().rstrip("]"), False
 
 
 def parse_step(text: str, tools: Sequence[str]) -> Step:
@@ -91,7 +77,7 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
     if call is None:
         return Step(text, error="the action is not of the form tool[argument]")
     tool = call.group(1).lower()
-    argument, closed = _bracket_argument(text, call.end() - 1)
+    argument, closed = bracket_argument(text, call.end() - 1)
     end = text.find("\n", call.end()) if not closed else call.end() + len(argument) + 1
     kept = text[: end if end > 0 else len(text)].rstrip()
     if tool not in known:

@@ -29,7 +29,18 @@ def finish_argument(text: str) -> str | None:
     calls = list(_FINISH.finditer(text))
     if not calls:
         return None
-    start = calls[-1].end() - 1
+    argument, _ = bracket_argument(text, calls[-1].end() - 1)
+    return argument.strip()
+
+
+def bracket_argument(text: str, start: int) -> tuple[str, bool]:
+    """The text inside the bracket opening at ``start``, nesting honoured, and whether it closed.
+
+    An unclosed bracket gives the rest of its line (trailing ``]`` stripped).
+
+    >>> bracket_argument("f[a[1]] x", 1), bracket_argument("f[abc\\nmore", 1)
+    (('a[1]', True), ('abc', False))
+    """
     depth = 0
     for i in range(start, len(text)):
         if text[i] == "[":
@@ -37,8 +48,9 @@ def finish_argument(text: str) -> str | None:
         elif text[i] == "]":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i].strip()
-    return text[start + 1:].split("\n", 1)[0].rstrip().rstrip("]").strip()
+                return text[start + 1:i], True
+    rest = text[start + 1:].split("\n", 1)[0]
+    return rest.rstrip().rstrip("]"), False
 
 
 def cot_answer(text: str) -> str | None:
