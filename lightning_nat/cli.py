@@ -38,7 +38,7 @@ def _add_build(p: argparse.ArgumentParser) -> None:
                    help="paper: a seeded sample of the negatives left after filtering; reference: random.seed(SEED) "
                         "sample over every record of the negatives file(s) in file order, then filter, which "
                         "reproduces the reference code's choice (default: paper)")
-    p.add_argument("--prompt-style", choices=["reference", "native"],
+    p.add_argument("--prompt-style", choices=_prompt_styles(),
                    help="reference: the paper's reference strings verbatim (instruction turn, acknowledgement, "
                         "'Question: ... **correctly**.', NAT-2's four F1 prefixes, Table 4 ablations); native: this "
                         "package's system instruction and marker sentence (default: reference for the tasks whose "
@@ -162,6 +162,12 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
                         "`pip install lightning_nat[rerank]`; downloads both models)")
 
 
+def _prompt_styles() -> list[str]:
+    from .prompts import STYLES
+
+    return list(STYLES)
+
+
 def _add_max_error_rate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error-rate", type=_error_rate, default=0.5, metavar="SHARE",
                    help="exit with an error when more than this share of episodes failed on policy (API) errors; "
@@ -179,7 +185,7 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
                    help="native: one greedy run, 6 turns, a malformed step is answered with an error observation; "
                         "reference: as the reference code and the paper's Table 5: 7 turns, temperature 0.2, the mean "
                         "± sd of --runs 5, a malformed step ends the episode (default: native)")
-    p.add_argument("--prompt-style", choices=["reference", "native"],
+    p.add_argument("--prompt-style", choices=_prompt_styles(),
                    help="prompt style; read from the model folder's nat_prompt.json when it has one (an option "
                         "that contradicts it is an error), else reference for the paper's tasks")
     p.add_argument("--prompt-preset", help="the builder preset the model was trained with (nat, nat-2, nat-ab, ...), "

@@ -123,16 +123,6 @@ class NATModule(L.LightningModule):
         acc = trainer.accumulate_grad_batches
         return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
 
-    def on_train_start(self) -> None:
-        # Under DeepSpeed Lightning restores a checkpoint only after the strategy's setup, and that setup
-        # already built the train loader (configure_optimizers asks for estimated_stepping_batches), so
-        # the fit loop never hands the saved data position to it and a resumed run restarts the epoch.
-        # Hand it over now, before the first batch is drawn (found by the 2-process ZeRO-3 resume check).
-        fit_loop = self.trainer.fit_loop
-        pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
-        if pending and self.trainer.strategy.restore_checkpoint_after_setup and fit_loop._combined_loader is not None:
-            fit_loop._load_combined_loader_states()
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
         nll, n = target_nll(logits, batch["labels"])
