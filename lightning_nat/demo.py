@@ -93,6 +93,7 @@ def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
 def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
     """One seed: collect, build, train and evaluate every strategy. Returns metrics per strategy."""
     from .agent import ReActAgent
+    from .artifacts import read_build
     from .builders import build_dataset, save_build
     from .collect import collect
     from .policies import HFPolicy
@@ -135,7 +136,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
         module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed,
                             objective=strategy if preference else "sft")
         _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
-        record = json.loads((datasets_dirs[strategy] / "build.json").read_text())["report"]
+        record = read_build(datasets_dirs[strategy]).report
         build = record["stats"]
         policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
@@ -201,7 +202,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     plot_perplexity(runs, out / "perplexity.png", title="Dev perplexity of held-out positives (seed 0)")
     from .synthetic import ARITH_DECLARATION
 
-    points = [{"strategy": s, "negatives": float(v["negatives"]), "task": ARITH_DECLARATION["name"],
+    points = [{"strategy": s, "neg_num": float(v["negatives"]), "task": ARITH_DECLARATION["name"],
                "metric": "accuracy",
                "value": v["accuracy"]} for s, v in table.items()]
     plot_sweep(points, out / "accuracy.png")

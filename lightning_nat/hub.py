@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .artifacts import RESULTS_FILE, read_build, read_prompt_record
 from .report import EvalReport
 
 TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -42,13 +43,8 @@ def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = No
     With ``splits``, its front matter also maps each split to ``data/<split>-*.parquet``, so that
     ``load_dataset`` reads the pushed layout with the split names we wrote (``dev`` stays ``dev``).
     """
-    folder = Path(folder)
-    build_path = folder / "build.json"
-    if not build_path.exists():
-        raise FileNotFoundError(f"{folder}: no build.json (is it a `nat build --out` folder?)")
-    record = json.loads(build_path.read_text())
-    cfg, report = record["config"], record["report"]
-    stats = report.get("stats", {})
+    record = read_build(folder)
+    cfg, report, stats = record.config, record.report, record.stats
     meta = {"license": "other", "task_categories": ["text-generation"], "language": ["en"],
             "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
     if splits:
@@ -60,9 +56,9 @@ def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = No
 
 Agent trajectories reformatted for Negative-Aware Training (NAT, arXiv 2402.11651) by `lightning_nat`.
 
-- variant: `{cfg.get('name')}`; {_prompt_line(record.get('prompt'))}
+- variant: `{record.variant}`; {_prompt_line(record.prompt)}
 - task: `{cfg.get('task')}`
-- positives: {stats.get('positives')}, negatives: {stats.get('negatives')}, dev positives: {stats.get('dev')}
+- positives: {record.pos_num}, negatives: {record.neg_num}, dev positives: {stats.get('dev')}
 - sampling seed: {cfg.get('seed')}; filtered: {json.dumps(stats.get('filtered', {}))};
   skipped bad records: {json.dumps(report.get('skipped_by_reason', {}))}
 
@@ -130,9 +126,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
             break
     model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
     base = model_cfg.get("model_name_or_path", "unknown")
-    prompt_path = folder / "nat_prompt.json"
-    prompt = json.loads(prompt_path.read_text()) if prompt_path.exists() else None
-    results_path = folder / "results.json"
+    prompt = read_prompt_record(folder)
+    results_path = folder / RESULTS_FILE
     results = {task: r.metrics for task, r in EvalReport.read(results_path).results.items()} \
         if results_path.exists() else {}
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",

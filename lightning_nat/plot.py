@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .callbacks.perplexity import HISTORY_FILE
+from .artifacts import NEG_NUM, PERPLEXITY_FILE, RESULTS_FILE, read_rows
 
 
 def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
@@ -25,21 +25,15 @@ def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
     return out
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    from .jsonl import read_jsonl
-
-    return read_jsonl(path)
-
-
 def load_perplexity_runs(paths: Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
     """History rows per run, keyed by a readable run name (the run folder's name)."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for f in _files(paths, HISTORY_FILE):
+    for f in _files(paths, PERPLEXITY_FILE):
         name = f.parent.name if f.parent.name and not f.parent.name.startswith("version_") else \
             f"{f.parent.parent.name}/{f.parent.name}"
         while name in runs:
             name += "'"
-        runs[name] = _jsonl(f)
+        runs[name] = read_rows(f)
     return runs
 
 
@@ -66,10 +60,10 @@ def plot_perplexity(runs: dict[str, list[dict[str, Any]]], out: str | Path, x: s
         by_variant: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for name, rows in runs.items():
             last = rows[-1]
-            if last.get("variant") == "positive" or not last.get("negatives"):
+            if last.get("variant") == "positive" or not last.get(NEG_NUM):
                 ax.axhline(last["perplexity"], linestyle="--", color="gray", label=f"{name} (positives only)")
             else:
-                by_variant[str(last.get("variant"))].append((last["negatives"], last["perplexity"]))
+                by_variant[str(last.get("variant"))].append((last[NEG_NUM], last["perplexity"]))
         for variant, pts in sorted(by_variant.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=variant)
@@ -93,31 +87,32 @@ def plot_perplexity(runs: dict[str, list[dict[str, Any]]], out: str | Path, x: s
 
 
 def load_sweep(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Points ``{strategy, negatives, task, metric, value}`` from ``nat eval`` results or ReActEval rows.
+    """Points ``{strategy, neg_num, task, metric, value}`` from ``nat eval`` results or ReActEval rows.
 
-    ``nat eval --tag variant=nat --tag neg_num=500`` records the strategy and the count;
-    ``react_eval.jsonl`` rows carry them from the built dataset.
+    ``react_eval.jsonl`` rows carry the strategy and the number of negatives actually trained on (from
+    the built dataset's ``build.json``); that count wins over a tag. A ``nat eval`` result knows only
+    what ``--tag variant=nat --tag neg_num=500`` recorded.
     """
     from .report import EvalReport, TaskResult
 
     points = []
-    for f in _files(paths, "results.json") if any(Path(p).is_dir() for p in paths) else [Path(p) for p in paths]:
+    for f in _files(paths, RESULTS_FILE) if any(Path(p).is_dir() for p in paths) else [Path(p) for p in paths]:
         if f.suffix == ".jsonl":  # ReActEval rows: one task result per task and step
             rows = [(row.get("tags", {}), row, {task: TaskResult.from_dict(v, f"{f}, task {task}")
-                                                for task, v in row["results"].items()}) for row in _jsonl(f)]
+                                                for task, v in row["results"].items()}) for row in read_rows(f)]
         else:
             report = EvalReport.read(f)
             rows = [(report.tags, report.meta, report.results)]
         for tags, row, results in rows:
-            strategy = tags.get("variant", row.get("variant"))
-            negatives = tags.get("neg_num", row.get("negatives"))
+            strategy = row.get("variant") or tags.get("variant")
+            negatives = row.get(NEG_NUM) if row.get(NEG_NUM) is not None else tags.get(NEG_NUM)
             if strategy is None or negatives is None:
                 raise ValueError(f"{f}: no strategy or number of negatives; run nat eval with "
                                  "--tag variant=NAME --tag neg_num=N")
             for task, result in results.items():
                 for metric in ("accuracy", "em", "f1"):
                     if metric in result.metrics:
-                        points.append({"strategy": str(strategy), "negatives": float(negatives), "task": task,
+                        points.append({"strategy": str(strategy), NEG_NUM: float(negatives), "task": task,
                                        "metric": metric, "value": result.metrics[metric]})
     return points
 
@@ -136,7 +131,7 @@ def plot_sweep(points: list[dict[str, Any]], out: str | Path, metric: str | None
     for p in points:
         if p["metric"] == metric:
             label = p["strategy"] if len(tasks) == 1 else f"{p['strategy']} ({p['task']})"
-            lines[label].append((p["negatives"], p["value"]))
+            lines[label].append((p[NEG_NUM], p["value"]))
     if not lines:
         raise ValueError(f"no {metric} values to plot")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .artifacts import maybe_read_build, read_prompt_record, write_prompt_record
+
 STYLES = ("reference", "native")
 # The reference code's prompt files: a task declaration names its family (``reference_prompts:``).
 FAMILIES = ("math", "multihop_qa", "yesno_qa")
@@ -107,7 +109,6 @@ LLAMA2_CHAT_TEMPLATE = (
     "{%- endfor -%}"
 )
 
-PROMPT_FILE = "nat_prompt.json"
 # Where the native marker goes: after or before the question (first user turn), or at the end of the system turn.
 PLACEMENTS = ("suffix", "prefix", "system")
 
@@ -368,20 +369,17 @@ def split_prompt(spec: PromptSpec, messages: Sequence[dict[str, str]]) -> tuple[
 
 def read_spec(folder: str | None) -> PromptSpec | None:
     """The prompt spec saved beside a model (``nat_prompt.json``) or a built dataset (``build.json``)."""
-    import json
-    from pathlib import Path
-
     if folder is None:
         return None
-    p = Path(folder)
-    if (p / PROMPT_FILE).is_file():
-        return PromptSpec.from_dict(json.loads((p / PROMPT_FILE).read_text()))
-    if (p / "build.json").is_file():
-        rec = json.loads((p / "build.json").read_text())
-        if "prompt" in rec:
-            return PromptSpec.from_dict(rec["prompt"])
+    saved = read_prompt_record(folder)
+    if saved is not None:
+        return PromptSpec.from_dict(saved)
+    rec = maybe_read_build(folder)
+    if rec is not None:
+        if rec.prompt is not None:
+            return PromptSpec.from_dict(rec.prompt)
         # Built before prompt specs were recorded: those builds were all in the native style.
-        cfg = rec.get("config", {})
+        cfg = rec.config
         if cfg.get("task"):
             return native_spec(cfg["task"], cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),
                                placement=cfg.get("placement", "suffix"), thresholds=tuple(cfg.get("thresholds", ())))
@@ -390,10 +388,7 @@ def read_spec(folder: str | None) -> PromptSpec | None:
 
 def write_spec(spec: PromptSpec, folder: str) -> None:
     """Save a prompt spec beside a model, where :func:`read_spec` finds it."""
-    import json
-    from pathlib import Path
-
-    (Path(folder) / PROMPT_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
+    write_prompt_record(folder, spec.to_dict())
 
 
 def resolve_eval_spec(task: str, saved: PromptSpec | None, style: str | None = None, preset: str | None = None,

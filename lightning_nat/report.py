@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import EPISODES_FILE, RESULTS_FILE
 from .trajectory import Trajectory, read_trajectories_jsonl, write_jsonl
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
@@ -141,12 +142,12 @@ class EvalReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
-        write_jsonl(out / "trajectories.jsonl", [t for trajs in self.episodes.values() for t in trajs])
-        atomic_write_text(out / "results.json", json.dumps(self.to_dict(), indent=1))
+        write_jsonl(out / EPISODES_FILE, [t for trajs in self.episodes.values() for t in trajs])
+        atomic_write_text(out / RESULTS_FILE, json.dumps(self.to_dict(), indent=1))
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "results.json") -> EvalReport:
+    def from_dict(cls, d: dict[str, Any], where: str = RESULTS_FILE) -> EvalReport:
         if not isinstance(d, dict) or not isinstance(d.get("results"), dict):
             raise ValueError(f"{where}: no 'results' object (not written by nat eval?)")
         results = {task: TaskResult.from_dict(v, f"{where}, task {task}") for task, v in d["results"].items()}
@@ -158,14 +159,14 @@ class EvalReport:
         """Read ``results.json`` (a file or the folder holding it); with ``episodes``, its trajectories too."""
         path = Path(path)
         if path.is_dir():
-            path = path / "results.json"
+            path = path / RESULTS_FILE
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
         report = cls.from_dict(data, str(path))
-        if episodes and (path.parent / "trajectories.jsonl").exists():
-            for t in read_trajectories_jsonl(path.parent / "trajectories.jsonl"):
+        if episodes and (path.parent / EPISODES_FILE).exists():
+            for t in read_trajectories_jsonl(path.parent / EPISODES_FILE):
                 report.episodes.setdefault(t.task, []).append(t)
         return report
 

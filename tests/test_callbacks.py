@@ -48,7 +48,7 @@ def test_dev_perplexity_and_react_eval_in_a_fit(scratch_model, tiny_dataset, sha
     steps = [r for r in history if r["source"] == "steps"]
     assert [r["step"] for r in steps] == [2, 4, 6, 8, 10] and all(r["perplexity"] > 1 for r in steps)
     assert steps[-1]["perplexity"] < steps[0]["perplexity"]  # training on positives lowers it
-    assert history[0]["variant"] == "nat" and history[0]["negatives"] == 16 and history[0]["target_tokens"] > 0
+    assert history[0]["variant"] == "nat" and history[0]["neg_num"] == 16 and history[0]["target_tokens"] > 0
     rows = [json.loads(line) for line in (log_dir / "react_eval.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 0, 1, 1]
     assert rows[0]["results"]["gsm8k"]["episodes"] == 3

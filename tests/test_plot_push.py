@@ -137,3 +137,20 @@ def test_push_uploads_the_staged_folder_and_nothing_else(tiny_dataset, monkeypat
     real = push("dataset", tiny_dataset, "me/sqa")
     assert calls == [("create", "me/sqa", "dataset", False), ("folder", dry["files"])]
     assert real["url"] == "https://huggingface.co/datasets/me/sqa"
+
+
+def test_sweep_uses_the_count_trained_on_not_the_one_asked_for(tmp_path):
+    """A ReActEval row carries the build's actual count; a stale tag saying otherwise does not move the point."""
+    from lightning_nat.artifacts import NEG_NUM, read_rows
+    from lightning_nat.plot import load_sweep
+
+    rows = tmp_path / "react_eval.jsonl"
+    rows.write_text(json.dumps({"step": 4, "epoch": 0, "results": {"gsm8k": {"accuracy": 0.5, "episodes": 4}},
+                                "variant": "nat", "pos_num": 9, NEG_NUM: 37, "tags": {"neg_num": 500}}) + "\n"
+                    # a row written before the spelling was settled
+                    + json.dumps({"step": 8, "epoch": 1, "results": {"gsm8k": {"accuracy": 0.75, "episodes": 4}},
+                                  "variant": "nat", "positives": 9, "negatives": 37}) + "\n")
+    assert [p[NEG_NUM] for p in load_sweep([rows])] == [37.0, 37.0]
+    assert read_rows(rows)[1][NEG_NUM] == 37 and "negatives" not in read_rows(rows)[1]
+    # nat eval results know only the tag
+    assert [p[NEG_NUM] for p in load_sweep([_results(tmp_path, "nat", 500, 0.4)])] == [500.0]

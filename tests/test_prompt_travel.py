@@ -10,11 +10,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from lightning_nat.agent import ReActAgent
+from lightning_nat.artifacts import PROMPT_FILE
 from lightning_nat.builders import PRESETS, build_dataset, save_build
 from lightning_nat.callbacks import ExportHF
 from lightning_nat.data import NATDataModule
 from lightning_nat.model import NATModule
-from lightning_nat.prompts import PROMPT_FILE, read_spec, resolve_eval_spec
+from lightning_nat.prompts import read_spec, resolve_eval_spec
 from lightning_nat.tasks import TASKS
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from ..artifacts import PREVIEW_FILE, BuildRecord, write_build
 from ..preference import PLAIN_PROMPT_VARIANT, PREFERENCE_VARIANTS, preference_rows, unpaired_row
 from ..prompts import PromptSpec, default_style, make_spec
 from ..readers import ReadReport, load_questions, read_trajectories
@@ -325,7 +326,7 @@ def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: i
     out = Path(out)
     result.dataset.save_to_disk(str(out))
     shown: dict[str, int] = {}
-    with open(out / "preview.jsonl", "w", encoding="utf-8") as fh:
+    with open(out / PREVIEW_FILE, "w", encoding="utf-8") as fh:
         for split, ds in result.dataset.items():
             for row in ds:
                 key = f"{split}/{row['label']}"
@@ -333,10 +334,7 @@ def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: i
                     continue
                 shown[key] = shown.get(key, 0) + 1
                 fh.write(json.dumps({"split": split, **row}, ensure_ascii=False) + "\n")
-    record = {"config": result.config, "report": result.report}
-    if "prompt" in result.report:
-        record["prompt"] = result.report["prompt"]
-    (out / "build.json").write_text(json.dumps(record, indent=1, default=list))
+    write_build(out, BuildRecord(config=result.config, report=result.report, prompt=result.report.get("prompt")))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,21 +9,16 @@ from typing import Any
 import lightning as L
 import torch
 
+from ..artifacts import PERPLEXITY_FILE, append_row, maybe_read_build, run_counts
 from ..model import target_nll
 
-HISTORY_FILE = "perplexity.jsonl"
+HISTORY_FILE = PERPLEXITY_FILE  # the name callers and YAMLs have used
 
 
 def run_info(trainer: L.Trainer) -> dict[str, Any]:
-    """Variant and counts of the training set, from the built dataset's ``build.json`` when there is one."""
-    dm = trainer.datamodule
-    info: dict[str, Any] = {}
-    folder = getattr(getattr(dm, "hparams", None), "dataset_dir", None)
-    if folder and (Path(folder) / "build.json").exists():
-        record = json.loads((Path(folder) / "build.json").read_text())
-        cfg, stats = record.get("config", {}), record.get("report", {}).get("stats", {})
-        info = {"variant": cfg.get("name"), "positives": stats.get("positives"), "negatives": stats.get("negatives")}
-    return info
+    """Variant and actual counts of the training set, from the built dataset's ``build.json`` when there is one."""
+    folder = getattr(getattr(trainer.datamodule, "hparams", None), "dataset_dir", None)
+    return run_counts(maybe_read_build(folder))
 
 
 @torch.no_grad()
@@ -75,11 +69,8 @@ class DevPerplexity(L.Callback):
         path = self._path(trainer)  # trainer.log_dir is a collective under DDP: every rank asks
         if trainer.global_rank != 0:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,
-               **run_info(trainer)}
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(path, {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,
+                          **run_info(trainer)})
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,14 @@ import lightning as L
 import torch
 
 from ..agent import ReActAgent
+from ..artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
 from ..prompts import resolve_eval_spec
 from ..report import task_result
 from ..tasks import get_task, load_questions_for
 from ..tools import make_search, make_tools
 from ..trajectory import Trajectory, write_jsonl
 
-RESULTS_FILE = "react_eval.jsonl"
+RESULTS_FILE = REACT_EVAL_FILE  # the name callers have used
 
 
 def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
@@ -142,10 +142,9 @@ class ReActEval(L.Callback):
                     pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if rank == 0:
-            write_jsonl(log_dir / "react_eval" / f"step{trainer.global_step}.jsonl", all_episodes)
+            write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)
             from .perplexity import run_info
 
-            with open(log_dir / RESULTS_FILE, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "results": results,
-                                     **run_info(trainer)}) + "\n")
+            append_row(log_dir / REACT_EVAL_FILE, {"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                                   "results": results, **run_info(trainer)})
         return results
