@@ -291,7 +291,7 @@ def _add_clean(p: argparse.ArgumentParser) -> None:
 def _run_clean(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .collect import clean, default_rules
+    from .cleaning import clean, paper_rules
     from .console import console, table
     from .tasks import get_task
     from .trajectory import read_trajectories_jsonl, write_jsonl
@@ -300,10 +300,11 @@ def _run_clean(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give a file name")
-    rules = default_rules(get_task(args.task))
-    rules.drop_unfinished = not args.keep_unfinished
+    from dataclasses import replace
+
+    rules = replace(paper_rules(get_task(args.task)), drop_unfinished=not args.keep_unfinished)
     if args.min_score is not None:
-        rules.min_score = args.min_score
+        rules = replace(rules, min_score=args.min_score)
     trajs = read_trajectories_jsonl(args.trajectories)
     kept, removed = clean(trajs, rules)
     write_jsonl(args.out, kept)

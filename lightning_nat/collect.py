@@ -19,7 +19,6 @@ from typing import Any
 from . import jsonl
 from .agent import ReActAgent
 from .jsonl import RecordError
-from .reformat import FilterReport, filter_trajectories
 from .tasks import Task
 from .trajectory import Trajectory, TrajectoryFormatError
 
@@ -235,28 +234,3 @@ def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temper
         summary.cost_usd = (summary.usage.get("prompt_tokens", 0) * p_in
                             + summary.usage.get("completion_tokens", 0) * p_out) / 1e6
     return summary
-
-
-@dataclass
-class CleanRules:
-    """The paper's cleaning rules for a task."""
-
-    drop_unfinished: bool = True
-    min_score: float | None = None
-
-
-def default_rules(task: Task) -> CleanRules:
-    """Drop unfinished trajectories; for graded QA (HotpotQA F1) also negatives with score 0."""
-    return CleanRules(drop_unfinished=True, min_score=1e-9 if task.score_key == "f1" else None)
-
-
-def clean(trajs: Sequence[Trajectory], rules: CleanRules) -> tuple[list[Trajectory], Counter]:
-    """Apply the rules; returns what is kept and how many each rule removed.
-
-    Unfinished positives cannot exist (a positive finished with the right answer), so the
-    unfinished rule only ever removes negatives.
-    """
-    report = FilterReport()
-    kept = filter_trajectories(trajs, drop_unfinished=rules.drop_unfinished, min_score=rules.min_score, dedupe=False,
-                               report=report)
-    return kept, report.removed

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .cleaning import FilterReport, filter_trajectories, trajectory_key
 from .function_calls import message_to_row
 from .prompts import NATIVE_MARKERS, PromptSpec, head_messages, make_spec, native_spec, negative_class
 from .trajectory import Trajectory
@@ -188,15 +189,6 @@ def _own_instruction(traj: Trajectory) -> bool:
     return task is None or task.instruction_from_data
 
 
-def trajectory_key(traj: Trajectory) -> tuple:
-    """What makes two trajectories identical: the question, every turn (tool calls included) and the tools offered."""
-    def turn(m: dict) -> tuple:
-        return (m["role"], m["content"], json.dumps(m.get("tool_calls"), sort_keys=True), m.get("tool_call_id"))
-
-    return (traj.question_id or traj.question, tuple(turn(m) for m in traj.messages),
-            json.dumps(traj.tools, sort_keys=True))
-
-
 def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:
     """One note per trajectory id that comes with different contents (a merge of two files, a reused id).
 
@@ -209,47 +201,6 @@ def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:
         contents.setdefault(t.id, set()).add(trajectory_key(t))
     return [f"id {tid!r} is used by {len(keys)} trajectories with different contents"
             for tid, keys in contents.items() if len(keys) > 1]
-
-
-@dataclass
-class FilterReport:
-    """How many trajectories each quality rule removed."""
-
-    removed: Counter = field(default_factory=Counter)
-
-
-def filter_trajectories(trajs: Iterable[Trajectory], drop_unfinished: bool = True, min_score: float | None = None,
-                        dedupe: bool = True, report: FilterReport | None = None) -> list[Trajectory]:
-    """Apply the quality rules to negatives (and dedupe everything), counting removals.
-
-    ``min_score`` drops negatives scoring below it (the paper drops HotpotQA negatives
-    with F1 = 0: use a tiny floor such as ``1e-6``).
-
-    >>> mk = lambda i, r, p, s: Trajectory(i, "", "q" + i, [{"role": "assistant", "content": i}], r, s, p)
-    >>> rep = FilterReport()
-    >>> kept = filter_trajectories([mk("a", False, None, 0.0), mk("b", False, "x", 0.0), mk("c", True, "y", 1.0)],
-    ...                            min_score=1e-6, report=rep)
-    >>> [t.id for t in kept], dict(rep.removed)
-    (['c'], {'unfinished': 1, 'score below 1e-06': 1})
-    """
-    report = report if report is not None else FilterReport()
-    seen: set = set()
-    out = []
-    for t in trajs:
-        if not t.reward and drop_unfinished and not t.finished:
-            report.removed["unfinished"] += 1
-            continue
-        if not t.reward and min_score is not None and (t.score is None or t.score < min_score):
-            report.removed[f"score below {min_score:g}"] += 1
-            continue
-        if dedupe:
-            key = trajectory_key(t)
-            if key in seen:
-                report.removed["duplicate"] += 1
-                continue
-            seen.add(key)
-        out.append(t)
-    return out
 
 
 def first_unique_by_question(trajs: Iterable[Trajectory], n: int | None, exclude: set | None = None) -> list[Trajectory]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from lightning_nat.collect import clean, collect, default_rules, key_of, recover
+from lightning_nat.cleaning import clean, paper_rules
+from lightning_nat.collect import collect, key_of, recover
 from lightning_nat.policies import OpenAIPolicy
 from lightning_nat.prompts import make_spec, split_prompt
 from lightning_nat.readers import read_trajectories
@@ -146,9 +147,9 @@ def test_clean_rules():
     mk = lambda i, reward, pred, score: Trajectory(i, "hotpotqa", "q" + i, [{"role": "assistant", "content": i}],  # noqa
                                                   reward, score, pred, question_id=i)
     trajs = [mk("a", True, "x", 1.0), mk("b", False, None, 0.0), mk("c", False, "y", 0.0), mk("d", False, "z", 0.5)]
-    kept, removed = clean(trajs, default_rules(TASKS["hotpotqa"]))
-    assert [t.id for t in kept] == ["a", "d"] and dict(removed) == {"unfinished": 1, "score below 1e-09": 1}
-    kept, removed = clean(trajs, default_rules(TASKS["gsm8k"]))
+    kept, removed = clean(trajs, paper_rules(TASKS["hotpotqa"]))
+    assert [t.id for t in kept] == ["a", "d"] and dict(removed) == {"unfinished": 1, "score below 1e-06": 1}
+    kept, removed = clean(trajs, paper_rules(TASKS["gsm8k"]))
     assert [t.id for t in kept] == ["a", "c", "d"] and dict(removed) == {"unfinished": 1}
 
 
@@ -161,4 +162,4 @@ def test_nat_clean_cli(tmp_path, capsys):
     write_jsonl(tmp_path / "in.jsonl", trajs)
     assert main(["clean", str(tmp_path / "in.jsonl"), "--task", "hotpotqa", "--out", str(tmp_path / "out.jsonl")]) == 0
     assert [t.id for t in read_trajectories_jsonl(tmp_path / "out.jsonl")] == ["0", "2"]
-    assert "removed: score below 1e-09" in capsys.readouterr().out
+    assert "removed: score below 1e-06" in capsys.readouterr().out

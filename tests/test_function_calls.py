@@ -139,7 +139,7 @@ def test_dedupe_tells_trajectories_apart_by_their_calls(tmp_path):
     a, b = weather_record(0, False), weather_record(0, False)
     b["id"] = "w0-b"
     b["messages"][2]["tool_calls"][0]["function"]["arguments"] = json.dumps({"city": "Lyon"})
-    from lightning_nat.reformat import trajectory_key
+    from lightning_nat.cleaning import trajectory_key
 
     ta, tb = read_trajectories(write_jsonl(tmp_path / "w.jsonl", [a, b]), "openai")
     assert trajectory_key(ta) != trajectory_key(tb)
