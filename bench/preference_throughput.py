@@ -43,6 +43,7 @@ def run(model_dir: str, data_dir: Path, objective: str, steps: int, micro: int, 
     from lightning.pytorch.callbacks import Callback
 
     from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
+    from lightning_nat.trainer import make_trainer
 
     class Meter(Callback):
         def __init__(self):
@@ -71,8 +72,7 @@ def run(model_dir: str, data_dir: Path, objective: str, steps: int, micro: int, 
     dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=model_dir, micro_batch_size=micro,
                               global_batch_size=micro * acc, max_length=max_length, objective=objective)
     module = PreferenceModule(model_dir, learning_rate=1e-4, objective=objective)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps + 1, accumulate_grad_batches=acc,
-                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+    trainer = make_trainer(dm, accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[meter],
                         num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, dm)

@@ -36,11 +36,11 @@ def build_rows(tmp: Path, n_pos: int, n_neg: int):
 
 
 def run_ours(model_dir: str, data_dir: Path, steps: int, micro: int, acc: int, accelerator: str, precision: str) -> dict:
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from lightning_nat.data import NATDataModule
     from lightning_nat.model import NATModule
+    from lightning_nat.trainer import make_trainer
 
     class Meter(Callback):
         tokens = 0
@@ -61,8 +61,7 @@ def run_ours(model_dir: str, data_dir: Path, steps: int, micro: int, acc: int, a
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=model_dir, micro_batch_size=micro,
                        global_batch_size=micro * acc, max_length=4096)
     module = NATModule(model_dir, learning_rate=5e-5)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps + 1,
-                        accumulate_grad_batches=acc, use_distributed_sampler=False, logger=False,
+    trainer = make_trainer(dm, accelerator=accelerator, devices=1, precision=precision, max_steps=steps + 1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[meter], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, dm)

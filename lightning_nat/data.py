@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .batching import accumulation_steps
 from .sampling import StepBatchSampler
 from .tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_batch
 
@@ -187,6 +188,7 @@ class NATDataModule(L.LightningDataModule):
         self.stats: dict[str, Any] = {}
         self.train_rows: Any = None
         self.dev_rows: Any = None
+        self._dev_loader: tuple[tuple[int, int], Any] | None = None
         self._tokenizer: Any = None
         self._train_loader: ResumableLoader | None = None
         # The prompt the conversations were rendered with; the export saves it beside the model.
@@ -255,6 +257,7 @@ class NATDataModule(L.LightningDataModule):
                       "tokens": int(sum(self.train_rows["length"]))}
         if "dev" in ds:
             self.dev_rows, _, _ = self._tokenize(ds["dev"], "dev")
+            self._dev_loader = None
             self.stats["dev_rows"] = len(self.dev_rows)
         if truncated or dropped:
             how = "dropped" if self.hparams.overlong == "drop" else "truncated"
@@ -264,11 +267,7 @@ class NATDataModule(L.LightningDataModule):
     def accumulation(self) -> int:
         """Micro-batches per optimizer step per device, from the global batch size."""
         world = self.trainer.world_size if self.trainer else 1
-        per_pass = self.hparams.micro_batch_size * world
-        if self.hparams.global_batch_size % per_pass:
-            raise ValueError(f"global_batch_size={self.hparams.global_batch_size} is not a multiple of micro_batch_size x "
-                             f"devices = {per_pass}")
-        accumulation = self.hparams.global_batch_size // per_pass
+        accumulation = accumulation_steps(self.hparams.global_batch_size, self.hparams.micro_batch_size, world)
         if self.trainer is not None and self.trainer.accumulate_grad_batches != accumulation:
             raise ValueError(f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches} but global_batch_size "
                              f"{self.hparams.global_batch_size} / (micro_batch_size {self.hparams.micro_batch_size} x "
@@ -306,11 +305,14 @@ class NATDataModule(L.LightningDataModule):
             self._train_loader.load_state_dict(self._loader_state)
             self._loader_state = None
 
-    def val_dataloader(self) -> list:
+    def val_dataloader(self) -> Any:
         if self.dev_rows is None or len(self.dev_rows) == 0:
             return []
         world = self.trainer.world_size if self.trainer else 1
         rank = self.trainer.global_rank if self.trainer else 0
+        # Built once per layout: validation and DevPerplexity's every-N-steps pass both ask for it.
+        if self._dev_loader is not None and self._dev_loader[0] == (world, rank):
+            return self._dev_loader[1]
         order = sorted(range(len(self.dev_rows)), key=lambda i: -self.dev_rows[i]["length"])
         mine = order[rank::world]
         # Every rank runs the same number of forward passes (ZeRO-3 needs it); fillers weigh nothing.
@@ -319,8 +321,10 @@ class NATDataModule(L.LightningDataModule):
         bs = self.hparams.micro_batch_size
         batches = [keys[s:s + bs] for s in range(0, len(keys), bs)]
         pad = self.tokenizer.pad_token_id
-        return DataLoader(_Rows(self.dev_rows.select_columns(["input_ids", "labels"])), batch_sampler=batches,
-                          collate_fn=partial(collate, pad_id=pad), num_workers=self.hparams.num_workers)
+        loader = DataLoader(_Rows(self.dev_rows.select_columns(["input_ids", "labels"])), batch_sampler=batches,
+                            collate_fn=partial(collate, pad_id=pad), num_workers=self.hparams.num_workers)
+        self._dev_loader = ((world, rank), loader)
+        return loader
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and self._train_loader is not None:

@@ -64,6 +64,7 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
 
     from .callbacks import DevPerplexity
     from .preference_training import PreferenceDataModule, PreferenceModule
+    from .trainer import make_trainer
 
     L.seed_everything(seed, verbose=False)
     dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
@@ -72,8 +73,7 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
     lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
     module = PreferenceModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
     every = max(1, cfg.steps // 8)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.steps, max_epochs=10_000,
-                        use_distributed_sampler=False, logger=CSVLogger(str(run_dir), name="", version=""),
+    trainer = make_trainer(dm, max_steps=cfg.steps, max_epochs=10_000, logger=CSVLogger(str(run_dir), name="", version=""),
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=every)

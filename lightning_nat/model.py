@@ -42,6 +42,18 @@ def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return nll, mask.sum()
 
 
+def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
+    """``(summed NLL, target tokens)`` of the whole dev set -> its token-weighted NLL and perplexity.
+
+    >>> dev_metrics(torch.tensor([2.0, 4.0], dtype=torch.float64))["nll"], dev_metrics(torch.zeros(2)) is None
+    (0.5, True)
+    """
+    if total[1] <= 0:
+        return None
+    nll = float(total[0] / total[1])
+    return {"nll": nll, "perplexity": math.exp(nll), "target_tokens": int(total[1])}
+
+
 class NATModule(L.LightningModule):
     """Fine-tunes any ``AutoModelForCausalLM`` with the paper's recipe.
 
@@ -139,21 +151,46 @@ class NATModule(L.LightningModule):
         self.log("train/pad_fraction", pad, on_step=True, on_epoch=False)
         return loss
 
+    def dev_sums(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(summed NLL, target tokens)`` of one dev batch: the one dev-perplexity computation."""
+        nll, n = target_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        return torch.stack([nll.detach().double(), n.double()])
+
+    def dev_result(self, local: torch.Tensor) -> dict[str, float] | None:
+        """This rank's dev sums, summed over ranks, as :func:`dev_metrics` (a collective: every rank calls it)."""
+        trainer = self.trainer
+        total = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
+        return dev_metrics(total)
+
+    @torch.no_grad()
+    def dev_perplexity(self, loader: Any) -> dict[str, float] | None:
+        """Dev NLL and perplexity over ``loader`` outside a validation loop (every N steps, see DevPerplexity).
+
+        Every rank runs the same number of forward passes (the dev loader pads shards with
+        zero-weight rows), which ZeRO-3's sharded parameters require.
+        """
+        was_training = self.training
+        self.eval()
+        local = torch.zeros(2, dtype=torch.float64, device=self.device)
+        try:
+            for batch in loader:
+                local += self.dev_sums(self.transfer_batch_to_device(batch, self.device, 0))
+        finally:
+            self.train(was_training)
+        return self.dev_result(local)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        nll, n = target_nll(logits, batch["labels"])
-        self._dev_sums.append(torch.stack([nll.detach().double(), n.double()]))
+        self._dev_sums.append(self.dev_sums(batch))
 
     def on_validation_epoch_end(self) -> None:
         local = torch.stack(self._dev_sums).sum(0) if self._dev_sums else torch.zeros(2, dtype=torch.float64,
                                                                                        device=self.device)
         self._dev_sums = []
-        total = self.trainer.strategy.reduce(local, reduce_op="sum") if self.trainer.world_size > 1 else local
-        if total[1] > 0:
-            nll = (total[0] / total[1]).float()
-            self.log("dev/nll", nll, sync_dist=True)
-            self.log("dev/perplexity", torch.exp(nll), prog_bar=True, sync_dist=True)
-            self.log("dev/target_tokens", total[1].float(), sync_dist=True)
+        values = self.dev_result(local)
+        if values is not None:
+            self.log("dev/nll", values["nll"], sync_dist=True)
+            self.log("dev/perplexity", values["perplexity"], prog_bar=True, sync_dist=True)
+            self.log("dev/target_tokens", float(values["target_tokens"]), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

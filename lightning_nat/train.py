@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from .batching import accumulation_steps, device_count
 from .preference_training import PreferenceDataModule, PreferenceModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -31,22 +32,6 @@ DEFAULT_LOGGERS = [
 DEFAULT_CALLBACKS = [
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
 ]
-
-
-def _device_count(devices: Any, accelerator: Any) -> int:
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, (list, tuple)):
-        return len(devices)
-    if isinstance(devices, str) and devices.isdigit():
-        return int(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    import torch
-
-    if accelerator in ("cpu",) or not torch.cuda.is_available():
-        return 1
-    return torch.cuda.device_count()
 
 
 class NATCheckpoint(ModelCheckpoint):
@@ -129,12 +114,9 @@ class NATCLI(LightningCLI):
         if "objective" in cfg.model and "objective" in cfg.data:
             # One switch: the data module serves what the model's objective needs.
             cfg.data.objective = cfg.model.objective
-        world = _device_count(cfg.trainer.devices, cfg.trainer.accelerator) * int(cfg.trainer.num_nodes or 1)
-        per_pass = cfg.data.micro_batch_size * world
-        if cfg.data.global_batch_size % per_pass:
-            raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} is not a multiple of "
-                             f"micro_batch_size x devices = {per_pass}")
-        cfg.trainer.accumulate_grad_batches = cfg.data.global_batch_size // per_pass
+        cfg.trainer.accumulate_grad_batches = accumulation_steps(
+            cfg.data.global_batch_size, cfg.data.micro_batch_size, device_count(cfg.trainer.devices, cfg.trainer.accelerator),
+            int(cfg.trainer.num_nodes or 1))
         if cfg.trainer.enable_progress_bar is not False:
             from jsonargparse import Namespace
 

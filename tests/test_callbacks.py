@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -14,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_nat.callbacks import DevPerplexity, ReActEval
 from lightning_nat.data import NATDataModule
 from lightning_nat.model import NATModule
+from lightning_nat.trainer import make_trainer
 
 
 class Probe(Callback):
@@ -36,7 +36,7 @@ def test_dev_perplexity_and_react_eval_in_a_fit(scratch_model, tiny_dataset, sha
     module = NATModule(str(scratch_model), learning_rate=5e-3)
     react = ReActEval(["gsm8k"], str(shared_data), limit=3, batch_size=2, max_turns=2, max_new_tokens=12)
     probe = Probe(react)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=2, use_distributed_sampler=False,
+    trainer = make_trainer(dm, max_epochs=2,
                         logger=CSVLogger(str(tmp_path), name="run"), enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[DevPerplexity(every_n_steps=2), react, probe],
                         log_every_n_steps=1, default_root_dir=str(tmp_path))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_nat.batching import accumulation_steps
 from lightning_nat.builders import build_dataset, save_build
 from lightning_nat.data import NATDataModule
 from lightning_nat.model import target_nll
@@ -37,7 +38,8 @@ def kto_dataset(strategyqa_files, tmp_path_factory):
 
 
 def _trainer(tmp_path, steps=2, callbacks=(), micro=2, global_batch=4):
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, accumulate_grad_batches=global_batch // micro,
+    acc = accumulation_steps(global_batch, micro)
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, accumulate_grad_batches=acc,
                      use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=list(callbacks),
                      limit_val_batches=0, num_sanity_val_steps=0)

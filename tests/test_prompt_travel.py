@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import datasets
-import lightning as L
 import pytest
 from transformers import AutoTokenizer
 
@@ -17,14 +16,15 @@ from lightning_nat.data import NATDataModule
 from lightning_nat.model import NATModule
 from lightning_nat.prompts import read_spec, resolve_eval_spec
 from lightning_nat.tasks import TASKS
+from lightning_nat.trainer import make_trainer
 
 
 def _train_and_export(scratch_model, data_dir, out):
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(scratch_model), micro_batch_size=2,
                        global_batch_size=2, max_length=1024)
     module = NATModule(str(scratch_model), learning_rate=1e-3, warmup_ratio=0.0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+    trainer = make_trainer(dm, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(out), callbacks=[ExportHF(dirpath=str(out / "hf"))])
     trainer.fit(module, datamodule=dm)
     return out / "hf"

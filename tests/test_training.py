@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -18,17 +17,17 @@ from lightning_nat.callbacks import ExportHF
 from lightning_nat.data import NATDataModule
 from lightning_nat.model import NATModule, target_nll
 from lightning_nat.sampling import micro_batches, step_schedule
+from lightning_nat.trainer import make_trainer
 
 
 def _make(scratch_model, tiny_dataset, tmp_path, callbacks=(), lr=3e-3, micro=2, global_batch=4, **trainer_kw):
     dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=micro,
                        global_batch_size=global_batch, max_length=4096)
     module = NATModule(str(scratch_model), learning_rate=lr, warmup_ratio=0.1)
-    kw = dict(accelerator="cpu", devices=1, accumulate_grad_batches=global_batch // micro, use_distributed_sampler=False,
-              logger=CSVLogger(str(tmp_path), name="log"), enable_progress_bar=False, enable_model_summary=False,
+    kw = dict(logger=CSVLogger(str(tmp_path), name="log"), enable_progress_bar=False, enable_model_summary=False,
               default_root_dir=str(tmp_path), callbacks=list(callbacks), log_every_n_steps=1)
     kw.update(trainer_kw)
-    return dm, module, L.Trainer(**kw)
+    return dm, module, make_trainer(dm, **kw)
 
 
 class Recorder(Callback):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from ..artifacts import PERPLEXITY_FILE, append_row, maybe_read_build, run_counts
-from ..model import target_nll
 
 HISTORY_FILE = PERPLEXITY_FILE  # the name callers and YAMLs have used
 
@@ -21,29 +18,9 @@ def run_info(trainer: L.Trainer) -> dict[str, Any]:
     return run_counts(maybe_read_build(folder))
 
 
-@torch.no_grad()
 def dev_perplexity(trainer: L.Trainer, module: L.LightningModule, loader: Any) -> dict[str, float] | None:
-    """Token-weighted dev NLL and perplexity: every rank sums its shard, the sums are reduced.
-
-    Every rank runs the same number of forward passes (the dev loader pads shards with
-    zero-weight rows), which ZeRO-3's sharded parameters require.
-    """
-    was_training = module.training
-    module.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=module.device)
-    try:
-        for batch in loader:
-            batch = module.transfer_batch_to_device(batch, module.device, 0)
-            nll, n = target_nll(module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-            total += torch.stack([nll.double(), n.double()])
-    finally:
-        module.train(was_training)
-    if trainer.world_size > 1:
-        total = trainer.strategy.reduce(total, reduce_op="sum")
-    if total[1] <= 0:
-        return None
-    nll = float(total[0] / total[1])
-    return {"nll": nll, "perplexity": math.exp(nll), "target_tokens": int(total[1])}
+    """Token-weighted dev NLL and perplexity over ``loader``, summed over ranks (``NATModule.dev_perplexity``)."""
+    return module.dev_perplexity(loader)
 
 
 class DevPerplexity(L.Callback):
