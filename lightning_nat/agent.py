@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from .answers import bracket_argument, cot_answer
-from .prompts import PromptSpec, head_messages, make_spec
+from .prompts import STOP, PromptSpec, head_messages, make_spec
 from .tasks import Task
 from .trajectory import Trajectory
 
-STOP = "Observation:"
 # One optional whitespace run before the colon: two adjacent `\s*` made a long run without a colon quadratic.
 _ACTION = re.compile(r"Action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")

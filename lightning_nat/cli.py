@@ -293,8 +293,9 @@ def _run_clean(args: argparse.Namespace) -> int:
 
     from .cleaning import clean, paper_rules
     from .console import console, table
+    from .readers import read_trajectories_jsonl
     from .tasks import get_task
-    from .trajectory import read_trajectories_jsonl, write_jsonl
+    from .trajectory import write_jsonl
 
     if Path(args.out).resolve() == Path(args.trajectories).resolve():
         raise ValueError(f"--out {args.out}: is the input file; write the cleaned trajectories elsewhere")

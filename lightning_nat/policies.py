@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from .agent import STOP
+from .prompts import STOP
 
 log = logging.getLogger(__name__)
 

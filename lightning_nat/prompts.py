@@ -28,6 +28,9 @@ from typing import Any
 from .artifacts import maybe_read_build, read_prompt_record, write_prompt_record
 
 STYLES = ("reference", "native")
+# Where a ReAct model's turn ends: the environment writes the observation. The agent prefixes observations
+# with it and every policy stops generating at it.
+STOP = "Observation:"
 # The reference code's prompt files: a task declaration names its family (``reference_prompts:``).
 FAMILIES = ("math", "multihop_qa", "yesno_qa")
 

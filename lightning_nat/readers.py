@@ -439,3 +439,8 @@ def read_trajectories(
         out.append(traj)
     report.read[str(path)] += len(out)
     return out
+
+
+def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
+    """Read the canonical JSONL that ``trajectory.write_jsonl`` writes, naming the line of any bad record."""
+    return read_trajectories(path, "jsonl")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import EPISODES_FILE, RESULTS_FILE
-from .trajectory import Trajectory, read_trajectories_jsonl, write_jsonl
+from .readers import read_trajectories_jsonl
+from .trajectory import Trajectory, write_jsonl
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
 END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": "stopped_on_error",

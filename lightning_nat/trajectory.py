@@ -213,9 +213,3 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -
     """Write records as JSONL (atomically: a partial file never replaces a good one)."""
     return jsonl.write_jsonl(path, (rec.to_dict() if isinstance(rec, Trajectory) else rec for rec in records))
 
-
-def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
-    """Read the canonical JSONL written by :func:`write_jsonl`, naming the line of any bad record."""
-    from .readers import read_trajectories  # readers builds on this module
-
-    return read_trajectories(path, "jsonl")

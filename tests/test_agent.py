@@ -7,9 +7,9 @@ import pytest
 
 from lightning_nat.agent import ReActAgent, parse_step, summarize
 from lightning_nat.builders import build_dataset
+from lightning_nat.readers import read_trajectories_jsonl
 from lightning_nat.tasks import TASKS, load_questions_for
 from lightning_nat.tools import make_tools
-from lightning_nat.trajectory import read_trajectories_jsonl
 
 TOOLS = ["calculate", "search", "finish"]
 

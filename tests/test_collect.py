@@ -13,10 +13,10 @@ from lightning_nat.cleaning import clean, paper_rules
 from lightning_nat.collect import collect, key_of, recover
 from lightning_nat.policies import OpenAIPolicy
 from lightning_nat.prompts import make_spec, split_prompt
-from lightning_nat.readers import read_trajectories
+from lightning_nat.readers import read_trajectories, read_trajectories_jsonl
 from lightning_nat.tasks import TASKS, load_questions_for
 from lightning_nat.tools import make_tools
-from lightning_nat.trajectory import Trajectory, read_trajectories_jsonl
+from lightning_nat.trajectory import Trajectory
 
 SECRET = "sk-collect-SECRET-777"
 

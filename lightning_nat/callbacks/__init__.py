@@ -1,7 +1,33 @@
-"""Lightning callbacks of lightning_nat (a subpackage: a top-level ``callbacks`` would collide)."""
+"""Lightning callbacks of lightning_nat (a subpackage: a top-level ``callbacks`` would collide).
 
-from .export import ExportHF
-from .perplexity import DevPerplexity, dev_perplexity
-from .react_eval import ReActEval
+Each callback is imported when first asked for, so ``nat fit`` (which needs ``ExportHF`` and
+``DevPerplexity``) does not load the agent, its tools and sympy unless a config names ``ReActEval``.
+``from lightning_nat.callbacks import ReActEval`` and ``class_path: lightning_nat.callbacks.ReActEval``
+work as before.
+"""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .export import ExportHF
+    from .perplexity import DevPerplexity, dev_perplexity
+    from .react_eval import ReActEval
+
+_WHERE = {"ExportHF": ".export", "DevPerplexity": ".perplexity", "dev_perplexity": ".perplexity",
+          "ReActEval": ".react_eval"}
 __all__ = ["DevPerplexity", "ExportHF", "ReActEval", "dev_perplexity"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
