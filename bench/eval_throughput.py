@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # shared_data: where the data is
 
 
 def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace) -> dict:
@@ -52,11 +53,11 @@ def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace)
 
 def main() -> None:
     import torch
+    from shared_data import require_shared_data  # tests/shared_data.py
 
     from lightning_nat.agent import ReActAgent
     from lightning_nat.policies import HFPolicy
     from lightning_nat.scratch import make_scratch_model
-    from lightning_nat.shared_data import require_shared_data
     from lightning_nat.tasks import TASKS, load_questions_for
     from lightning_nat.tools import make_tools
 

@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # shared_data: where the data is
 
 
 def build(tmp: Path, variant: str, pos_num: int, neg_num: int) -> Path:
+    from shared_data import require_shared_data  # tests/shared_data.py
+
     from lightning_nat.builders import build_dataset, save_build
-    from lightning_nat.shared_data import require_shared_data
 
     d = require_shared_data() / "strategyqa"
     res = build_dataset([str(d / "trajectories_positive.json"), str(d / "trajectories_negative.json")], variant,

@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # shared_data: where the data is
 
 
 def build_rows(tmp: Path, n_pos: int, n_neg: int):
+    from shared_data import require_shared_data  # tests/shared_data.py
+
     from lightning_nat.builders import build_dataset, save_build
-    from lightning_nat.shared_data import require_shared_data
 
     d = require_shared_data() / "strategyqa"
     res = build_dataset([str(d / "trajectories_positive.json"), str(d / "trajectories_negative.json")], "nat",

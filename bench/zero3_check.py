@@ -33,9 +33,10 @@ from zero3_probe import nat_fit, read_rows, step_losses, step_lrs  # noqa: E402
 
 def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     """The test suite's tiny dataset and scratch model, built from the shared StrategyQA data."""
+    from shared_data import require_shared_data  # tests/shared_data.py
+
     from lightning_nat.builders import build_dataset, save_build
     from lightning_nat.scratch import conversation_texts, make_scratch_model
-    from lightning_nat.shared_data import require_shared_data
 
     d = require_shared_data() / "strategyqa"
     data = work / "data"

@@ -352,9 +352,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     _check_out_folder(args.out, "results.json", "nat eval", args.overwrite)
     own_data = all(get_task(t.strip()).data_file for t in args.tasks.split(",") if t.strip())
     if args.data_dir is None and not args.hub and not own_data:
-        from .shared_data import shared_data_dir
+        from .tasks import default_data_dir
 
-        found = shared_data_dir()
+        found = default_data_dir()
         if found is None:
             raise ValueError("give --data-dir (a folder like ../shared/data) or --hub")
         args.data_dir = str(found)

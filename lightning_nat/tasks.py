@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _ACTION_RULES = (
     "Work step by step. Each of your turns is a short 'Thought:' line with your reasoning, "
@@ -124,6 +125,19 @@ def load_questions_for(task: Task, path: str | None = None, data_dir: str | None
     else:
         raise ValueError(f"no questions for {task.name}: give a file, a data folder, or allow the Hub")
     return records[:limit] if limit else records
+
+
+def default_data_dir() -> Path | None:
+    """The folder laid out like ``../shared/data`` when no ``--data-dir`` is given, or None.
+
+    ``NAT_SHARED_DATA`` names it; else ``../shared/data`` beside the source checkout or the working folder.
+    """
+    import os
+
+    env = os.environ.get("NAT_SHARED_DATA")
+    checkout = Path(__file__).resolve().parent.parent
+    candidates = [Path(env)] if env else [checkout.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    return next((c for c in candidates if (c / "README.md").is_file()), None)
 
 
 def get_task(name: str) -> Task:

@@ -2,8 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from lightning_nat.shared_data import require_shared_data
+from shared_data import require_shared_data  # tests/shared_data.py: test infrastructure, not shipped
 
 
 @pytest.fixture(scope="session")
@@ -43,4 +42,37 @@ def scratch_model(tiny_dataset, tmp_path_factory) -> Path:
     from lightning_nat.scratch import conversation_texts, make_scratch_model
 
     return make_scratch_model(tmp_path_factory.mktemp("models") / "scratch", conversation_texts(tiny_dataset),
+                              vocab_size=384, hidden_size=32, num_layers=2, num_heads=2)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixture_files() -> dict[str, Path]:
+    """The checked-in StrategyQA-format fixture (tests/fixtures/make_fixture.py): no ../shared needed."""
+    d = FIXTURES / "strategyqa"
+    return {"pos": d / "trajectories_positive.json", "neg": d / "trajectories_negative.json",
+            "questions": d / "train.jsonl"}
+
+
+@pytest.fixture(scope="session")
+def fixture_dataset(fixture_files, tmp_path_factory) -> Path:
+    """``tiny_dataset``'s shape (24 positives, 16 negatives, 8 dev positives) built from the checked-in fixture."""
+    from lightning_nat.builders import build_dataset, save_build
+
+    out = tmp_path_factory.mktemp("fixture-data") / "fixture-nat"
+    res = build_dataset([str(fixture_files["pos"]), str(fixture_files["neg"])], "nat",
+                        cache_dir=str(tmp_path_factory.mktemp("fixture-cache")), questions=str(fixture_files["questions"]),
+                        task="strategyqa", pos_num=24, neg_num=16, dev_num=8)
+    save_build(res, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixture_model(fixture_dataset, tmp_path_factory) -> Path:
+    """``scratch_model``'s shape, its tokenizer trained on the fixture dataset."""
+    from lightning_nat.scratch import conversation_texts, make_scratch_model
+
+    return make_scratch_model(tmp_path_factory.mktemp("fixture-models") / "scratch", conversation_texts(fixture_dataset),
                               vocab_size=384, hidden_size=32, num_layers=2, num_heads=2)

@@ -12,6 +12,17 @@ from lightning_nat.tokenization import (
 )
 
 
+# This module runs on the checked-in fixture (tests/fixtures), so a clone without ../shared/data runs it too.
+@pytest.fixture(scope="session")
+def tiny_dataset(fixture_dataset):
+    return fixture_dataset
+
+
+@pytest.fixture(scope="session")
+def scratch_model(fixture_model):
+    return fixture_model
+
+
 def _squash(text):
     return "".join(text.split())
 

@@ -20,6 +20,17 @@ from lightning_nat.sampling import micro_batches, step_schedule
 from lightning_nat.trainer import make_trainer
 
 
+# This module runs on the checked-in fixture (tests/fixtures), so a clone without ../shared/data runs it too.
+@pytest.fixture(scope="session")
+def tiny_dataset(fixture_dataset):
+    return fixture_dataset
+
+
+@pytest.fixture(scope="session")
+def scratch_model(fixture_model):
+    return fixture_model
+
+
 def _make(scratch_model, tiny_dataset, tmp_path, callbacks=(), lr=3e-3, micro=2, global_batch=4, **trainer_kw):
     dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=micro,
                        global_batch_size=global_batch, max_length=4096)
