@@ -1,3 +1,5 @@
+"""Tokenization on the checked-in fixture (tests/fixtures): runs in a clone without ../shared/data."""
+
 import datasets
 import pytest
 from transformers import AutoTokenizer
@@ -12,30 +14,19 @@ from lightning_nat.tokenization import (
 )
 
 
-# This module runs on the checked-in fixture (tests/fixtures), so a clone without ../shared/data runs it too.
-@pytest.fixture(scope="session")
-def tiny_dataset(fixture_dataset):
-    return fixture_dataset
-
-
-@pytest.fixture(scope="session")
-def scratch_model(fixture_model):
-    return fixture_model
-
-
 def _squash(text):
     return "".join(text.split())
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama2"])
-def test_targets_are_exactly_the_trained_assistant_turns(scratch_model, tiny_dataset, template):
-    tok = AutoTokenizer.from_pretrained(scratch_model)
+def test_targets_are_exactly_the_trained_assistant_turns(fixture_model, fixture_dataset, template):
+    tok = AutoTokenizer.from_pretrained(fixture_model)
     if template == "llama2":
         tok.chat_template = None
         tok.eos_token = "</s>"
         ensure_chat_template(tok)
     end = "<|im_end|>" if template == "chatml" else "</s>"
-    rows = datasets.load_from_disk(str(tiny_dataset))["train"].select(range(12))
+    rows = datasets.load_from_disk(str(fixture_dataset))["train"].select(range(12))
     enc = tokenize_batch(rows.to_dict(), tok, max_length=100_000)
     items = [{"input_ids": i, "labels": lab, "step_targets": 1, "weight": 1.0}
              for i, lab in zip(enc["input_ids"], enc["labels"])]
@@ -53,17 +44,17 @@ def test_targets_are_exactly_the_trained_assistant_turns(scratch_model, tiny_dat
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
 
 
-def test_no_target_fails_loudly(scratch_model):
-    tok = AutoTokenizer.from_pretrained(scratch_model)
+def test_no_target_fails_loudly(fixture_model):
+    tok = AutoTokenizer.from_pretrained(fixture_model)
     with pytest.raises(ConversationError, match="no assistant turn"):
         tokenize_conversation(tok, [{"role": "user", "content": "hi", "train": False}])
     with pytest.raises(ConversationError, match="only assistant turns"):
         tokenize_conversation(tok, [{"role": "user", "content": "hi", "train": True}])
 
 
-def test_truncation_is_counted(scratch_model, tiny_dataset):
-    tok = AutoTokenizer.from_pretrained(scratch_model)
-    rows = datasets.load_from_disk(str(tiny_dataset))["train"].select(range(8)).to_dict()
+def test_truncation_is_counted(fixture_model, fixture_dataset):
+    tok = AutoTokenizer.from_pretrained(fixture_model)
+    rows = datasets.load_from_disk(str(fixture_dataset))["train"].select(range(8)).to_dict()
     enc = tokenize_batch(rows, tok, max_length=64)
     assert all(len(i) <= 64 for i in enc["input_ids"]) and sum(enc["truncated"]) > 0
     dropped = tokenize_batch(rows, tok, max_length=64, overlong="drop")

@@ -1,3 +1,5 @@
+"""Training on the checked-in fixture (tests/fixtures): runs in a clone without ../shared/data."""
+
 import copy
 import csv
 import json
@@ -20,21 +22,10 @@ from lightning_nat.sampling import micro_batches, step_schedule
 from lightning_nat.trainer import make_trainer
 
 
-# This module runs on the checked-in fixture (tests/fixtures), so a clone without ../shared/data runs it too.
-@pytest.fixture(scope="session")
-def tiny_dataset(fixture_dataset):
-    return fixture_dataset
-
-
-@pytest.fixture(scope="session")
-def scratch_model(fixture_model):
-    return fixture_model
-
-
-def _make(scratch_model, tiny_dataset, tmp_path, callbacks=(), lr=3e-3, micro=2, global_batch=4, **trainer_kw):
-    dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=micro,
+def _make(fixture_model, fixture_dataset, tmp_path, callbacks=(), lr=3e-3, micro=2, global_batch=4, **trainer_kw):
+    dm = NATDataModule(dataset_dir=str(fixture_dataset), tokenizer=str(fixture_model), micro_batch_size=micro,
                        global_batch_size=global_batch, max_length=4096)
-    module = NATModule(str(scratch_model), learning_rate=lr, warmup_ratio=0.1)
+    module = NATModule(str(fixture_model), learning_rate=lr, warmup_ratio=0.1)
     kw = dict(logger=CSVLogger(str(tmp_path), name="log"), enable_progress_bar=False, enable_model_summary=False,
               default_root_dir=str(tmp_path), callbacks=list(callbacks), log_every_n_steps=1)
     kw.update(trainer_kw)
@@ -69,15 +60,15 @@ class StopAt(Callback):
             trainer.should_stop = True
 
 
-def test_loss_is_sum_over_step_targets(scratch_model, tiny_dataset, tmp_path):
+def test_loss_is_sum_over_step_targets(fixture_model, fixture_dataset, tmp_path):
     rec = Recorder()
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path, [rec], max_steps=1, gradient_clip_val=None)
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path, [rec], max_steps=1, gradient_clip_val=None)
     trainer.fit(module, dm)
     b1, b2 = rec.batches
     n1, n2 = [int((b["labels"][:, 1:] != -100).sum()) for b in (b1, b2)]
     assert n1 != n2 and int(b1["step_targets"]) == n1 + n2 == int(b2["step_targets"])
     # Hand computation: summed NLL of both micro-batches over all their targets.
-    model = AutoModelForCausalLM.from_pretrained(scratch_model)
+    model = AutoModelForCausalLM.from_pretrained(fixture_model)
     model.load_state_dict(rec.start)
     model.train()
     total = 0
@@ -96,9 +87,9 @@ def _losses(log_dir):
 
 
 @pytest.mark.slow
-def test_fit_lowers_loss_and_exports(scratch_model, tiny_dataset, tmp_path):
+def test_fit_lowers_loss_and_exports(fixture_model, fixture_dataset, tmp_path):
     export = tmp_path / "hf"
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path, [ExportHF(str(export)), ModelCheckpoint(
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path, [ExportHF(str(export)), ModelCheckpoint(
         dirpath=str(tmp_path / "ckpt"), save_last=True)], max_epochs=4, lr=5e-3, val_check_interval=1.0)
     trainer.fit(module, dm)
     losses = _losses(trainer.logger.log_dir)
@@ -118,18 +109,18 @@ def test_fit_lowers_loss_and_exports(scratch_model, tiny_dataset, tmp_path):
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_resume_continues_exactly(scratch_model, tiny_dataset, tmp_path):
+def test_resume_continues_exactly(fixture_model, fixture_dataset, tmp_path):
     straight = Recorder()
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path / "a", [straight], max_steps=6)
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path / "a", [straight], max_steps=6)
     trainer.fit(module, dm)
     final = {k: v.clone() for k, v in module.model.state_dict().items()}
 
     first, second = Recorder(), Recorder()
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, save_last=True)
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path / "b", [first, ckpt, StopAt(3)], max_steps=6)
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path / "b", [first, ckpt, StopAt(3)], max_steps=6)
     trainer.fit(module, dm)
     assert trainer.global_step == 3
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path / "b", [second], max_steps=6)
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path / "b", [second], max_steps=6)
     trainer.fit(module, dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer.global_step == 6
     # Same data position, same learning rates, same weights as the uninterrupted run.
@@ -142,8 +133,8 @@ def test_resume_continues_exactly(scratch_model, tiny_dataset, tmp_path):
         torch.testing.assert_close(v, final[k], rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_is_a_clear_error(scratch_model, tiny_dataset, tmp_path):
-    dm, module, trainer = _make(scratch_model, tiny_dataset, tmp_path, max_steps=2)
+def test_nan_loss_is_a_clear_error(fixture_model, fixture_dataset, tmp_path):
+    dm, module, trainer = _make(fixture_model, fixture_dataset, tmp_path, max_steps=2)
     module.configure_model()
     with torch.no_grad():
         next(module.model.parameters()).fill_(float("nan"))
@@ -166,11 +157,11 @@ def test_step_schedule_covers_every_row_once():
 
 
 @pytest.mark.slow
-def test_nat_fit_cli_ddp_two_processes(scratch_model, tiny_dataset, tmp_path):
+def test_nat_fit_cli_ddp_two_processes(fixture_model, fixture_dataset, tmp_path):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(json.dumps({
-        "model": {"model_name_or_path": str(scratch_model), "learning_rate": 1e-3},
-        "data": {"dataset_dir": str(tiny_dataset), "micro_batch_size": 2, "global_batch_size": 8, "max_length": 2048},
+        "model": {"model_name_or_path": str(fixture_model), "learning_rate": 1e-3},
+        "data": {"dataset_dir": str(fixture_dataset), "micro_batch_size": 2, "global_batch_size": 8, "max_length": 2048},
         "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3, "log_every_n_steps": 1,
                     "default_root_dir": str(tmp_path), "enable_progress_bar": False},
     }))
