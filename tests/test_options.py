@@ -128,3 +128,18 @@ def test_unknown_build_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse(BuildConfig, ["--trajectories", "a", "--out", "o", "--pos_num", "3"])
     assert isinstance(command_parser("build"), argparse.ArgumentParser)
+
+
+def test_build_spec_and_the_builder_config_name_the_same_parameters():
+    """Every BuildSpec option reaches the builder, and every builder parameter is an option or derived."""
+    from lightning_nat.build_config import BuildSpec
+    from lightning_nat.builders import NATConfig
+
+    spec = BuildSpec(trajectories=("a",), variant="dpo", thresholds=(0.5,), placement="prefix", pairs_per_question=1)
+    params = set(spec.builder_params())
+    builder = set(NATConfig.__dataclass_fields__)
+    assert params <= builder
+    # Set by the preset (variant kind, markers), by build_dataset (digests) or by datasets itself.
+    derived = {"name", "version", "data_dir", "data_files", "description", "variant", "markers", "instruction",
+               "input_sha256", "task_sha256", "trajectories"}
+    assert builder - derived == params
