@@ -143,3 +143,24 @@ def test_build_spec_and_the_builder_config_name_the_same_parameters():
     derived = {"name", "version", "data_dir", "data_files", "description", "variant", "markers", "instruction",
                "input_sha256", "task_sha256", "trajectories"}
     assert builder - derived == params
+
+
+def test_fit_data_build_takes_every_build_option():
+    """`nat fit --data.build` is a BuildSpec: the options BuildSpec once lacked reach the builder."""
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    from lightning_nat.build_config import BuildSpec
+    from lightning_nat.data import NATDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(NATDataModule, "data")
+    given = {"trajectories": ["a.json"], "variant": "nat-2", "drop_unfinished": False, "dedupe": False,
+             "pos_sampling": "random", "allow_empty_class": True, "placement": "prefix", "thresholds": [0.2]}
+    cfg = parser.parse_args(["--data.build", json.dumps(given)])
+    build = parser.instantiate_classes(cfg).data.hparams.build
+    assert isinstance(build, BuildSpec)
+    params = build.builder_params()
+    assert (params["drop_unfinished"], params["dedupe"], params["pos_sampling"], params["allow_empty_class"],
+            params["placement"], params["thresholds"]) == (False, False, "random", True, "prefix", (0.2,))
