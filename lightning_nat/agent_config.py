@@ -87,10 +87,9 @@ class AgentConfig:
 
     def search_tool(self) -> Any:
         """The search backend these options name, or None."""
-        from .evaluate import EvalConfig, search_tool
+        from .evaluate import search_tool
 
-        return search_tool(EvalConfig(tasks=[], search=self.search, search_corpus=self.search_corpus,
-                                      search_k=self.search_k, search_rerank=self.search_rerank))
+        return search_tool(self)
 
 
 @dataclass(kw_only=True)

@@ -95,7 +95,9 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:
+def search_tool(cfg: Any) -> Callable[[str], str] | None:
+    """The search backend of ``cfg``'s ``search``, ``search_corpus``, ``search_k`` and ``search_rerank`` (an
+    :class:`EvalConfig` or an :class:`~lightning_nat.agent_config.AgentConfig`), or None."""
     reranker = None
     if cfg.search_rerank and (cfg.search_corpus or cfg.search):
         from .rerank import load_reference_reranker
