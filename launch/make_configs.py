@@ -4,6 +4,10 @@
 """
 
 from pathlib import Path
+from typing import Any
+
+from lightning_nat.build_config import BuildConfig
+from lightning_nat.options import to_argv
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"7b": "meta-llama/Llama-2-7b-chat-hf", "13b": "meta-llama/Llama-2-13b-chat-hf"}
@@ -50,9 +54,20 @@ checkpoint:
 """
 
 
-# Build flags that make a build from the released reference-format files pick what the reference code picked:
+# Build options that make a build from the released reference-format files pick what the reference code picked:
 # the first N positive records, random.seed(42) over every negative record, no filtering.
-LIKE_REFERENCE = "--pos-sampling reference --neg-sampling reference --keep-unfinished --no-dedupe --on-error skip"
+LIKE_REFERENCE = dict(pos_sampling="reference", neg_sampling="reference", drop_unfinished=False, dedupe=False,
+                      on_error="skip")
+
+
+def build_line(**fields: Any) -> str:
+    """A `nat build` line (less --out) from BuildConfig fields, so only options `nat build` has can be written.
+
+    Paths are left unquoted: they name shell variables ($R, $D) that the line's prefix sets.
+    """
+    argv = to_argv(BuildConfig(out="DIR", **fields))
+    assert argv[-2:] == ["--out", "DIR"], argv
+    return "nat build " + " ".join(argv[:-2])
 # The released files of Reason-Wang/NAT (git clone https://github.com/Reason-Wang/NAT; they are Git LFS files).
 RELEASED = {
     "gsm8k": ("R=NAT/data/dataset/gsm8k; ", "$R/gsm8k_gpt-3.5_positive.json $R/gsm8k_gpt-3.5_negative.json",
@@ -66,13 +81,12 @@ RELEASED = {
 NEGATIVE_NAME = {"wo-neg": "w/o Neg", "nut": "NUT", "nat": "NAT", "nat2": "NAT-2", "dpo": "DPO", "kto": "KTO"}
 
 
-def released_build(task: str, variant: str, pos: int, neg: int) -> str:
+def released_build(task: str, variant: str, pos: int, neg: int, **extra: Any) -> str:
     """The `nat build` line over the released reference-format files, sampled as the reference code sampled."""
     env, files, questions = RELEASED[task]
-    neg_flag = "" if variant == "wo-neg" else f" --neg-num {neg}"
-    return (f"{env}nat build --format nat --trajectories {files} --questions {questions} --task {task} "
-            f"--variant {VARIANT_FLAG[variant]} --pos-num {pos}{neg_flag} --seed 42 --prompt-style reference "
-            f"{LIKE_REFERENCE}")
+    return env + build_line(format="nat", trajectories=tuple(files.split()), questions=questions, task=task,
+                            variant=VARIANT_FLAG[variant], pos_num=pos, neg_num=None if variant == "wo-neg" else neg,
+                            seed=42, prompt_style="reference", **LIKE_REFERENCE, **extra)
 
 
 def write(out: Path, name: str, title: str, build: str, size: str, zero: str = "zero3") -> str:
@@ -176,9 +190,9 @@ def main() -> None:
     # Table 7: chain-of-thought fine-tuning on GSM8K (no tools). The reference released no CoT trajectories: collect
     # labelled CoT solutions as OpenAI-messages JSONL (the answer on the last line: "A: 18", "#### 18", ...).
     for variant in ("wo-neg", "nut", "nat"):
-        neg_flag = "" if variant == "wo-neg" else " --neg-num 10000"
-        build = (f"nat build --format openai --trajectories data/gsm8k_cot.jsonl --task gsm8k --prompt-mode cot "
-                 f"--prompt-style reference --variant {VARIANT_FLAG[variant]} --pos-num 2000{neg_flag} --seed 42")
+        build = build_line(format="openai", trajectories=("data/gsm8k_cot.jsonl",), task="gsm8k", mode="cot",
+                           prompt_style="reference", variant=VARIANT_FLAG[variant], pos_num=2000,
+                           neg_num=None if variant == "wo-neg" else 10000, seed=42)
         written.append(write(out, f"gsm8k-cot-7b-2k-{variant}",
                              f"GSM8K chain-of-thought (no tools), LLaMA-2-7B-chat, 2000 positives"
                              f"{'' if variant == 'wo-neg' else ' + 10000 negatives'}, {NEGATIVE_NAME[variant]} "
@@ -195,7 +209,7 @@ def write_preference_configs(out: Path) -> list[str]:
     """DPO and KTO baselines on the same trajectories as each setting's NUT/NAT, from its w/o-Neg model."""
     written = []
     for objective in ("dpo", "kto"):
-        pairs = " --pairs-per-question 4" if objective == "dpo" else ""
+        pairs = {"pairs_per_question": 4} if objective == "dpo" else {}
         settings = [(f"gsm8k-7b-{pos // 1000}k", "gsm8k", pos, 10000, f"gsm8k-7b-{pos // 1000}k-wo-neg")
                     for pos in (2000, 5000)]
         settings += [("hotpotqa-7b-500-2000", "hotpotqa", 500, 2000, "hotpotqa-7b-500-wo-neg"),
@@ -204,13 +218,15 @@ def write_preference_configs(out: Path) -> list[str]:
             name = f"{prefix}-{objective}"
             title = (f"{task}, LLaMA-2-7B-chat, {NEGATIVE_NAME[objective]} baseline on {pos} positives + {neg} "
                      "negatives, from the w/o-Neg model")
-            build = released_build(task, objective, pos, neg) + pairs
+            build = released_build(task, objective, pos, neg, **pairs)
             (out / f"{name}.yaml").write_text(preference_config(name, title, build, sft, objective))
             written.append(name)
-        tiny_build = ("nat build --format nat --trajectories $D/trajectories_positive.json $D/trajectories_negative.json "
-                      f"--questions $D/train.jsonl --task strategyqa --variant {objective} "
-                      + ("--pos-num 1000 --neg-num 500 --pairs-per-question 2" if objective == "dpo"
-                         else "--pos-num 200 --neg-num 100") + " --dev-num 32 --on-error skip")
+        sizes: dict[str, Any] = dict(pos_num=1000, neg_num=500, pairs_per_question=2) if objective == "dpo" \
+            else dict(pos_num=200, neg_num=100)
+        tiny_build = build_line(format="nat", trajectories=("$D/trajectories_positive.json",
+                                                            "$D/trajectories_negative.json"),
+                                questions="$D/train.jsonl", task="strategyqa", variant=objective, dev_num=32,
+                                on_error="skip", **sizes)
         (out / f"tiny-cpu-{objective}.yaml").write_text(tiny_preference_config(f"tiny-cpu-{objective}", objective,
                                                                                tiny_build))
         written.append(f"tiny-cpu-{objective}")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import jsonl
+from .options import option
 
 TEXT_SUFFIXES = (".txt", ".md")
 PASSAGES, INDEX, MANIFEST = "passages.jsonl", "index", "corpus.json"
@@ -149,3 +151,30 @@ def load_index(folder: str | os.PathLike) -> tuple[list[dict], Any]:
                          f"{manifest['passages']}; rebuild it with `nat corpus`")
     retriever = bm25s.BM25.load(str(folder / INDEX), show_progress=False)
     return docs, retriever
+
+
+@dataclass(kw_only=True)
+class CorpusConfig:
+    """The options of ``nat corpus``."""
+
+    sources: tuple[str, ...] = option(help="JSONL files of passages and/or folders (or files) of .txt/.md text",
+                                      positional=True)
+    fields: tuple[str, ...] = option(
+        ("text",), "JSONL fields holding passage text, a string or a list of strings (default: text; e.g. facts "
+                   "decomposition for the shared data's train.jsonl)")
+    title_field: str = option("title", "JSONL field used as each passage's title (default: title; e.g. term)")
+    max_words: int = option(200, "text files: longest passage in words (default: 200)")
+    out: str = option(help="a new folder: passages.jsonl, index/ and corpus.json")
+
+
+def run_corpus(cfg: CorpusConfig) -> int:
+    """``nat corpus``: index the sources and say how to search them."""
+    from rich.markup import escape
+
+    from .console import console
+
+    manifest = build_corpus(cfg.sources, cfg.out, fields=cfg.fields, title_field=cfg.title_field or None,
+                            max_words=cfg.max_words)
+    console.print(f"indexed {manifest['passages']} passages ({manifest['duplicates_dropped']} duplicates dropped) "
+                  f"into {escape(cfg.out)}; search it with --search-corpus {escape(cfg.out)}")
+    return 0

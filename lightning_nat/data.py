@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -14,47 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .batching import accumulation_steps
+from .build_config import BuildSpec
 from .sampling import StepBatchSampler
 from .tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_batch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BuildSpec:
-    """Build the dataset with the builder instead of loading a saved one (see ``nat build --help``).
-
-    Args:
-        trajectories: trajectory files.
-        variant: builder config (positive, nut, nat, nat-2, nat-good, ...).
-        task: task name (picks the instruction).
-        format: nat, openai, sharegpt or jsonl.
-        questions: question file for the nat format.
-        pos_num: positives to keep (first unique by question); None for all.
-        neg_num: negatives to sample; None for all.
-        seed: sampling seed.
-        dev_num: held-out positives for dev perplexity.
-        on_error: raise or skip bad records.
-        min_score: drop negatives scoring below this.
-        prompt_style: reference or native (default: reference for the paper's tasks).
-        mode: react or cot (chain-of-thought solutions, paper Table 7).
-        neg_sampling: paper (sample after filtering) or reference (the reference code's sample).
-    """
-
-    trajectories: list[str]
-    variant: str = "nat"
-    task: str = ""
-    format: str = "nat"
-    questions: str | None = None
-    pos_num: int | None = None
-    neg_num: int | None = None
-    seed: int = 42
-    dev_num: int = 0
-    on_error: str = "raise"
-    min_score: float | None = None
-    prompt_style: str | None = None
-    mode: str = "react"
-    neg_sampling: str = "paper"
 
 
 class _Rows(Dataset):
@@ -220,9 +183,10 @@ class NATDataModule(L.LightningDataModule):
         from .builders import build_dataset
         from .prompts import PromptSpec
 
-        spec = asdict(self.hparams.build) if not isinstance(self.hparams.build, dict) else dict(self.hparams.build)
-        files, variant = spec.pop("trajectories"), spec.pop("variant")
-        res = build_dataset(files, variant, cache_dir=self.hparams.cache_dir, **spec)
+        build = self.hparams.build
+        spec = build if isinstance(build, BuildSpec) else BuildSpec(**build)
+        res = build_dataset(list(spec.trajectories), spec.variant, cache_dir=self.hparams.cache_dir,
+                            **spec.builder_params())
         self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
         return res.dataset
 

@@ -11,51 +11,68 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from .agent_config import positive_int
+from .options import option
 
 STRATEGIES = ("positive", "nut", "nat", "dpo", "kto")
 # Preference baselines continue from the demo's own w/o-Neg model (SFT, then DPO/KTO), on the same trajectories.
 PREFERENCE = ("dpo", "kto")
 
 
+SIZES = "sizes and rates (defaults: the full run; --quick shrinks them)"
+
+
+def _size(default: Any, help: str) -> Any:
+    """A size or rate of the demo: a flag whose default is the full run's, or ``--quick``'s under it."""
+    return option(default, help, group=SIZES, unset=True)
+
+
 @dataclass
 class DemoConfig:
     """Every size and rate of the demo (``nat demo --help``)."""
 
-    out: str = "runs/demo"
-    seeds: int = 1
-    train_problems: int = 500
-    test_problems: int = 100
-    min_steps: int = 2
-    max_steps: int = 3
-    temperatures: tuple[float, ...] = (0.2, 0.5, 0.7)
-    error_rate: float = 0.5
-    pos_num: int = 150
-    neg_num: int = 600
-    dev_num: int = 40
-    vocab_size: int = 600
-    hidden_size: int = 128
-    layers: int = 4
-    heads: int = 4
-    steps: int = 800
-    batch_size: int = 8
-    learning_rate: float = 5e-3
-    preference_learning_rate: float = 5e-5
-    beta: float = 0.1
-    max_turns: int = 6
-    max_new_tokens: int = 40
-    strategies: tuple[str, ...] = STRATEGIES
-    notes: list[str] = field(default_factory=list)
+    out: str = option("runs/demo", "output folder (default: runs/demo)")
+    quick_sizes: bool = option(False, "a one-minute smoke run with tiny sizes", flag="--quick")
+    seeds: int = option(1, "seeds to average over (mean and spread)", parse=positive_int)
+    train_problems: int = _size(500, "training problems")
+    test_problems: int = _size(100, "held-out test problems")
+    min_steps: int = _size(2, "fewest operations per problem")
+    max_steps: int = _size(3, "most operations per problem")
+    temperatures: tuple[float, ...] = _size((0.2, 0.5, 0.7), "teacher temperatures")
+    error_rate: float = _size(0.5, "teacher mistake rate at temperature 0.5")
+    pos_num: int = _size(150, "positives in every training set")
+    neg_num: int = _size(600, "negatives in NUT and NAT")
+    dev_num: int = _size(40, "held-out positives for dev perplexity")
+    vocab_size: int = _size(600, "tokenizer size")
+    hidden_size: int = _size(128, "model width")
+    layers: int = _size(4, "model depth")
+    heads: int = _size(4, "attention heads")
+    steps: int = _size(800, "optimizer steps per strategy (the same budget for each)")
+    batch_size: int = _size(8, "conversations per step")
+    learning_rate: float = _size(5e-3, "peak learning rate")
+    preference_learning_rate: float = _size(5e-5, "peak learning rate of DPO/KTO (from the w/o-Neg model)")
+    beta: float = _size(0.1, "DPO/KTO beta")
+    max_turns: int = _size(6, "agent turns per episode")
+    max_new_tokens: int = _size(40, "tokens per turn")
+    strategies: tuple[str, ...] = option(STRATEGIES, internal=True)
+    notes: list[str] = option([], internal=True)
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
         base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
                     hidden_size=48, layers=2, heads=2, steps=12, batch_size=8, max_turns=4, max_new_tokens=24)
-        base.update(overrides)
+        base.update(overrides, quick_sizes=True)
         return cls(**base)
+
+    @classmethod
+    def from_options(cls, quick_sizes: bool = False, **given: Any) -> DemoConfig:
+        """The config of ``nat demo``'s flags: the sizes given, the rest the full run's or, with ``--quick``, its own."""
+        return cls.quick(**given) if quick_sizes else cls(**given)
 
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, objective: str = "sft") -> Any:
@@ -207,3 +224,30 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
                "value": v["accuracy"]} for s, v in table.items()]
     plot_sweep(points, out / "accuracy.png")
     return result
+
+
+def run_demo_command(cfg: DemoConfig) -> int:
+    """``nat demo``: :func:`run_demo` with a progress bar, then the comparison table."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .console import console, print_demo_table
+
+    start = time.time()
+    stages = cfg.seeds * (1 + 2 * len(cfg.strategies))  # collect, then train + evaluate each strategy
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        bar_id = bar.add_task("NAT demo", total=stages)
+
+        def say(msg: str) -> None:
+            if bar.tasks[0].description != "NAT demo":
+                bar.advance(bar_id)
+            bar.update(bar_id, description=msg)
+            console.log(msg)
+
+        result = run_demo(cfg, say=say)
+        bar.update(bar_id, completed=stages, description="NAT demo: done")
+    print_demo_table(result, time.time() - start)
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/perplexity.png and {cfg.out}/accuracy.png")
+    return 0

@@ -60,19 +60,21 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def apply_protocol(name: str, max_turns: int | None = None, temperature: float | None = None, runs: int | None = None
-                   ) -> Protocol:
+def apply_protocol(name: str, max_turns: int | None = None, temperature: float | None = None, runs: int | None = None,
+                   on_parse_error: str | None = None) -> Protocol:
     """The protocol with the explicit options applied; an option that contradicts ``reference`` is an error.
 
     >>> apply_protocol("native", max_turns=8).max_turns, apply_protocol("reference").runs
     (8, 5)
+    >>> apply_protocol("native", on_parse_error="stop").on_parse_error
+    'stop'
     >>> apply_protocol("reference", temperature=0.0)
     Traceback (most recent call last):
     ...
     ValueError: --temperature 0.0 contradicts --protocol reference (temperature 0.2); drop one of them
     """
     base = PROTOCOLS[name]
-    given = {"max_turns": max_turns, "temperature": temperature, "runs": runs}
+    given = {"max_turns": max_turns, "temperature": temperature, "runs": runs, "on_parse_error": on_parse_error}
     out = {}
     for key, value in given.items():
         have = getattr(base, key)
@@ -80,7 +82,7 @@ def apply_protocol(name: str, max_turns: int | None = None, temperature: float |
             raise ValueError(f"--{key.replace('_', '-')} {value} contradicts --protocol reference ({key.replace('_', ' ')}"
                              f" {have}); drop one of them")
         out[key] = have if value is None else value
-    return Protocol(on_parse_error=base.on_parse_error, **out)
+    return Protocol(**out)
 
 
 def _seed_everything(seed: int) -> None:
@@ -93,7 +95,9 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def search_tool(cfg: EvalConfig) -> Callable[[str], str] | None:
+def search_tool(cfg: Any) -> Callable[[str], str] | None:
+    """The search backend of ``cfg``'s ``search``, ``search_corpus``, ``search_k`` and ``search_rerank`` (an
+    :class:`EvalConfig` or an :class:`~lightning_nat.agent_config.AgentConfig`), or None."""
     reranker = None
     if cfg.search_rerank and (cfg.search_corpus or cfg.search):
         from .rerank import load_reference_reranker

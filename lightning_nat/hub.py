@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .artifacts import RESULTS_FILE, read_build, read_prompt_record
+from .options import option
 from .report import EvalReport
 
 TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -86,30 +88,16 @@ def _prompt_line(prompt: dict[str, Any] | None) -> str:
             f"successful ones and inference under `{templates[-1]}`; `nat eval` reads it from `nat_prompt.json`")
 
 
-def build_command(cfg: dict[str, Any]) -> str:
-    """The ``nat build`` command line that reproduces a build."""
-    parts = ["nat build", f"--format {cfg.get('format')}", "--trajectories " + " ".join(
-        Path(p).name for p in cfg.get("trajectories", []))]
-    if cfg.get("questions"):
-        parts.append(f"--questions {Path(cfg['questions']).name}")
-    parts += [f"--task {cfg.get('task')}", f"--variant {cfg.get('name')}"]
-    for key, flag in (("pos_num", "--pos-num"), ("neg_num", "--neg-num"), ("seed", "--seed"), ("dev_num", "--dev-num"),
-                      ("min_score", "--min-score")):
-        if cfg.get(key) not in (None, 0) or key == "seed":
-            parts.append(f"{flag} {cfg[key]}")
-    if cfg.get("on_error") == "skip":
-        parts.append("--on-error skip")
-    if not cfg.get("drop_unfinished", True):
-        parts.append("--keep-unfinished")
-    for key, flag in (("prompt_style", "--prompt-style"), ("pos_sampling", "--pos-sampling"),
-                      ("neg_sampling", "--neg-sampling")):
-        if cfg.get(key) not in (None, "first", "paper"):
-            parts.append(f"{flag} {cfg[key]}")
-    if cfg.get("mode") == "cot":
-        parts.append("--prompt-mode cot")
-    if not cfg.get("dedupe", True):
-        parts.append("--no-dedupe")
-    return " ".join(parts) + " --out DIR"
+def build_command(cfg: dict[str, Any] | Any) -> str:
+    """The ``nat build`` command line that rebuilds a build: a ``build.json`` ``config`` record or a ``BuildConfig``.
+
+    Derived from :class:`~lightning_nat.build_config.BuildConfig`, so it names every option that differs from its
+    default and parses back to the same config; inputs are named by file name.
+    """
+    from .build_config import BuildConfig
+    from .build_config import build_command as command
+
+    return command(cfg if isinstance(cfg, BuildConfig) else BuildConfig.from_record(cfg))
 
 
 def model_card(folder: str | Path, repo_id: str) -> str:
@@ -218,3 +206,35 @@ def _upload(folder: Path, repo_id: str, kind: str, private: bool, card: str | No
     if card is not None:
         api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
     return f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+
+
+@dataclass(kw_only=True)
+class PushConfig:
+    """The options of ``nat push``."""
+
+    kind: Literal["dataset", "model"] = option(help="a `nat build --out` folder or an exported `hf/` folder",
+                                               positional=True)
+    folder: str = option(help="the folder to publish", positional=True)
+    repo: str = option(help="Hub repository id, e.g. me/my-nat-data")
+    private: bool = option(False, "create the repository private")
+    dry_run: bool = option(False, "print the files and the card, upload nothing")
+    stage_dir: str | None = option(
+        None, "dataset: write the exact upload (data/*.parquet and README.md) into this new folder and keep it (e.g. "
+              "with --dry-run, to check it with datasets.load_dataset(DIR))", metavar="DIR")
+
+
+def run_push(cfg: PushConfig) -> int:
+    """``nat push``: upload (or with ``dry_run`` print) the folder and its card."""
+    from rich.markup import escape
+
+    from .console import console
+
+    plan = push(cfg.kind, cfg.folder, cfg.repo, private=cfg.private, dry_run=cfg.dry_run, stage_dir=cfg.stage_dir)
+    if cfg.dry_run:
+        console.print(f"would upload to {cfg.repo} ({cfg.kind}, {'private' if cfg.private else 'public'}):")
+        for f in plan["files"]:
+            console.print(f"  {escape(f)}")
+        console.print(escape(plan["card"]))
+    else:
+        console.print(f"uploaded to {plan['url']}")
+    return 0

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .options import option
 from .prompts import PromptSpec
 
 OPEN, CLOSE = "⟦", "⟧"
@@ -88,3 +89,38 @@ def print_inspected(res: InspectedRow, plain: bool) -> None:
         else:
             text.append(piece, style="bold black on green" if trained else "dim")
     console.print(text, soft_wrap=True)  # the rendered text as is, never re-wrapped
+
+
+@dataclass(kw_only=True)
+class InspectConfig:
+    """The options of ``nat inspect``."""
+
+    dataset: str = option(help="a `nat build --out` folder", positional=True)
+    row: int = option(0, "row index in the split (default: 0)")
+    split: str = option("train", "split (default: train)")
+    tokenizer: str = option(help="tokenizer folder (the model's) whose chat template renders the row")
+    chat_template: str | None = option(
+        None, "a Jinja chat template replacing the tokenizer's (as nat fit's --data.chat_template)", metavar="FILE")
+    plain: bool = option(False, "mark trained tokens with ⟦ ⟧ instead of colour (the default when the output is not a "
+                                "terminal)")
+
+
+def run_inspect(cfg: InspectConfig) -> int:
+    """``nat inspect``: render one row with its trained tokens marked."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from .console import console
+    from .prompts import read_spec
+    from .tokenization import ensure_chat_template, load_chat_template
+
+    ds = datasets.load_from_disk(cfg.dataset)
+    if cfg.split not in ds:
+        raise ValueError(f"{cfg.dataset}: no split {cfg.split!r} (it has {', '.join(ds)})")
+    part = ds[cfg.split]
+    if not 0 <= cfg.row < len(part):
+        raise ValueError(f"{cfg.dataset}: split {cfg.split} has {len(part)} rows; --row {cfg.row} is out of range")
+    tok = ensure_chat_template(load_chat_template(AutoTokenizer.from_pretrained(cfg.tokenizer), cfg.chat_template))
+    res = inspect_row(part[cfg.row], tok, read_spec(cfg.dataset))
+    print_inspected(res, cfg.plain or not console.is_terminal)
+    return 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .artifacts import NEG_NUM, PERPLEXITY_FILE, RESULTS_FILE, read_rows
+from .options import option
 
 
 def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
@@ -146,3 +148,30 @@ def plot_sweep(points: list[dict[str, Any]], out: str | Path, metric: str | None
     path = _save(fig, out)
     plt.close(fig)
     return path
+
+
+@dataclass(kw_only=True)
+class PlotConfig:
+    """The options of ``nat plot``."""
+
+    kind: Literal["perplexity", "sweep"] = option(
+        help="perplexity: dev perplexity curves of runs (Figure 5); sweep: accuracy against the number of negatives per "
+             "strategy (Figures 3, 4, 6)", positional=True)
+    inputs: tuple[str, ...] = option(help="run folders / perplexity.jsonl files, or results.json / react_eval.jsonl files "
+                                          "(or folders holding results.json)", positional=True)
+    x: Literal["step", "negatives"] = option(
+        "step", "perplexity x-axis: training step, or number of negatives (last value per run)")
+    metric: Literal["accuracy", "em", "f1"] | None = option(None, "sweep metric (default: accuracy, else EM)")
+    out: str = option(help="image file: .png, .pdf or .svg")
+
+
+def run_plot(cfg: PlotConfig) -> int:
+    """``nat plot``: draw the chosen figure into ``cfg.out``."""
+    from .console import console
+
+    if cfg.kind == "perplexity":
+        out = plot_perplexity(load_perplexity_runs(cfg.inputs), cfg.out, x=cfg.x)
+    else:
+        out = plot_sweep(load_sweep(cfg.inputs), cfg.out, metric=cfg.metric)
+    console.print(f"wrote {out}")
+    return 0

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from .options import option
 
 # ChatML. The {% generation %} block marks what an assistant turn trains on (its text, <|im_end|> and
 # the newline after it, exactly our mask), so TRL's `assistant_only_loss=True` works with it too; it
@@ -85,3 +89,30 @@ def conversation_texts(dataset_dir: str | os.PathLike, limit: int | None = None)
         for row in split.select(range(min(len(split), limit or len(split)))):
             texts += [m["content"] for m in row["messages"]]
     return texts
+
+
+@dataclass(kw_only=True)
+class ScratchConfig:
+    """The options of ``nat scratch``."""
+
+    dataset: str = option(help="a `nat build --out` folder whose texts train the tokenizer")
+    out: str = option(help="output folder (a normal Hugging Face model folder)")
+    vocab_size: int = option(512, "BPE vocabulary size (default: 512)")
+    hidden_size: int = option(64, "model width (default: 64)")
+    layers: int = option(2, "transformer layers (default: 2)")
+    heads: int = option(4, "attention heads (default: 4)")
+    template: Literal["chatml", "llama2"] = option(
+        "chatml", "chat template: ChatML, or none so training falls back to Llama-2-chat [INST] (default: chatml)")
+    seed: int = option(0, "weight init seed (default: 0)")
+
+
+def run_scratch(cfg: ScratchConfig) -> int:
+    """``nat scratch``: train the tokenizer on the dataset's texts and save a random-init model beside it."""
+    from .console import console
+
+    texts = conversation_texts(cfg.dataset)
+    out = make_scratch_model(cfg.out, texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                             num_layers=cfg.layers, num_heads=cfg.heads, seed=cfg.seed,
+                             chat_template=CHATML_TEMPLATE if cfg.template == "chatml" else None)
+    console.print(f"wrote a random-init scratch model and its tokenizer ({len(texts)} texts) to {out}")
+    return 0

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .function_calls import call_to_openai, calls_to_sharegpt, message_from_row, tools_of_row
+from .options import option
 from .trajectory import has_tool_calls
 
 LAYOUTS = ("openai", "sharegpt", "alpaca")
@@ -218,3 +220,31 @@ def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLik
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return {"files": files + ["dataset_info.json"], "counts": {s: len(r) for s, r in records.items()},
             "llamafactory": list(info), "axolotl": axolotl_snippet(layout, str(out / "train.jsonl"))}
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """The options of ``nat export``."""
+
+    folder: str = option(help="a `nat build --out` folder", positional=True)
+    to: Literal["openai", "sharegpt", "alpaca"] = option(
+        help="openai: messages with per-turn weights (TRL, OpenAI fine-tuning, axolotl, LLaMA-Factory); sharegpt: "
+             "from/value conversations (LLaMA-Factory, axolotl); alpaca: instruction/output with history (LLaMA-Factory)")
+    out: str = option(help="a new (or empty) folder for <split>.jsonl and dataset_info.json")
+    name: str | None = option(None, "dataset name in dataset_info.json (default: the input folder's name)")
+
+
+def run_export(cfg: ExportConfig) -> int:
+    """``nat export``: write the layout and print where LLaMA-Factory and axolotl find it."""
+    from rich.markup import escape
+
+    from .console import console
+
+    res = export_dataset(cfg.folder, cfg.to, cfg.out, name=cfg.name)
+    counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())
+    console.print(f"wrote {cfg.to} conversations ({counts}) to {escape(cfg.out)}: {', '.join(res['files'])}")
+    console.print(f"LLaMA-Factory: dataset_dir: {escape(cfg.out)}, dataset: {', '.join(res['llamafactory'])}")
+    if res["axolotl"]:
+        console.print("axolotl config snippet:")
+        console.print(escape(res["axolotl"]), highlight=False)
+    return 0

@@ -1,6 +1,5 @@
 """Every launch config parses through the real `nat fit` parser, and its header commands are valid."""
 
-import argparse
 import json
 import re
 import shlex
@@ -8,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.cli import _add_build
+from lightning_nat.build_config import BuildConfig
+from lightning_nat.options import parse
 from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
 from lightning_nat.train import NATCLI, TRAINER_DEFAULTS
 
@@ -92,9 +92,7 @@ def test_config_parses_and_header_commands_are_valid(path):
     # The `nat build` line in the header takes only flags that `nat build` knows.
     build_line = next(line for line in header.splitlines() if "nat build" in line)
     argv = shlex.split(re.sub(r"^.*?nat build", "", build_line))
-    parser = argparse.ArgumentParser(exit_on_error=False)
-    _add_build(parser)
-    args = parser.parse_args(argv)
+    args = parse(BuildConfig, argv)
     assert args.out and args.task
 
 

@@ -1,0 +1,216 @@
+"""Command options from config dataclasses: one field is one flag, its help, its default and its check.
+
+A command's config is a dataclass whose fields carry ``metadata={"help": ...}`` (the
+convention ``HfArgumentParser`` reads too). :func:`add_options` turns the fields into
+argparse arguments, :func:`from_namespace` turns parsed arguments back into the config, and
+:func:`to_argv` writes a config as the command line that parses back to it, so a flag, the
+library parameter and a recorded command line can no longer drift apart.
+
+Metadata keys besides ``help`` (a string, or a function returning one, for help built from a
+registry): ``flag`` (a spelling other than ``--field-name``; a ``True``-default bool with its
+``--no-...``/``--keep-...`` flag stores ``False``), ``choices`` (a list, or a function
+returning one), ``positional``, ``metavar``, ``parse`` (an argparse ``type`` function that
+checks the value), ``append`` (a repeatable flag collecting a list), ``group`` (a help
+section title), ``unset`` (the flag defaults to "not given", so the config class's
+``from_options`` can tell a given value from its default, e.g. ``nat demo --quick``'s sizes)
+``always`` (written by :func:`to_argv` even at its default, for a readable record)
+and ``internal`` (a library-only field with no flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, help: str | Callable[[], str] = "", **meta: Any) -> Any:
+    """A dataclass field that is also a command-line option (``default`` may be a list or tuple).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     n: int = option(3, "how many")
+    >>> C().n, dataclasses.fields(C)[0].metadata["help"]
+    (3, 'how many')
+    """
+    metadata = {"help": help, **meta}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """``(the type without None, whether None was allowed)``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _resolve(value: Any) -> Any:
+    return value() if callable(value) else value
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The option spelling of a field.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     pos_num: int = 0
+    ...     dedupe: bool = option(True, "", flag="--no-dedupe")
+    >>> [flag_of(f) for f in dataclasses.fields(C)]
+    ['--pos-num', '--no-dedupe']
+    """
+    if f.metadata.get("positional"):
+        return f.name
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are command-line options (internal ones left out)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one argument per option field of ``cls`` to ``parser`` (``dest`` is the field name)."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for f in cli_fields(cls):
+        meta = f.metadata
+        target = parser
+        if meta.get("group"):
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        hint, _ = _unwrap(hints[f.name])
+        default = _default(f)
+        kw: dict[str, Any] = {"help": _resolve(meta.get("help", ""))}
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            kw["action"] = "store_false" if default is True else "store_true"
+        else:
+            item = hint
+            if origin in (list, tuple, Sequence):
+                item = typing.get_args(hint)[0]
+                if meta.get("append"):
+                    kw["action"] = "append"
+                else:
+                    kw["nargs"] = "+"
+            if typing.get_origin(item) is Literal:
+                kw["choices"] = list(typing.get_args(item))
+                item = type(kw["choices"][0])
+            kw["type"] = meta.get("parse", item)
+            if "choices" in meta:
+                kw["choices"] = list(_resolve(meta["choices"]))
+            if "metavar" in meta:
+                kw["metavar"] = meta["metavar"]
+        if meta.get("positional"):
+            if default is not dataclasses.MISSING:
+                kw["nargs"] = "?"
+            target.add_argument(f.name, default=None if default is dataclasses.MISSING else default, **kw)
+            continue
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        elif meta.get("unset"):
+            kw["default"] = None
+            kw["help"] += f" (default: {default})"
+        else:
+            kw["default"] = list(default) if isinstance(default, tuple) and kw.get("action") == "append" else default
+        target.add_argument(flag_of(f), dest=f.name, **kw)
+
+
+def from_namespace(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+    """The config of the parsed ``args`` (lists become tuples where the field is a tuple).
+
+    ``unset`` fields not given are left out, and a class with a ``from_options`` constructor is made by it.
+    """
+    hints = typing.get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    for f in cli_fields(cls):
+        value = getattr(args, f.name)
+        if value is None and f.metadata.get("unset"):
+            continue
+        if isinstance(value, list) and typing.get_origin(_unwrap(hints[f.name])[0]) is tuple:
+            value = tuple(value)
+        kw[f.name] = value
+    return getattr(cls, "from_options", cls)(**kw, **extra)
+
+
+def parse(cls: type[T], argv: Sequence[str], prog: str = "nat") -> T:
+    """Parse ``argv`` into a ``cls`` config, as the command line would.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     out: str = option(help="folder")
+    ...     seed: int = option(42, "seed")
+    >>> parse(C, ["--out", "x", "--seed", "7"])
+    C(out='x', seed=7)
+    """
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    add_options(parser, cls)
+    return from_namespace(cls, parser.parse_args(list(argv)))
+
+
+def to_argv(cfg: Any) -> list[str]:
+    """The arguments that :func:`parse` reads back into ``cfg``: positionals, required fields, changed defaults.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     files: tuple[str, ...] = option(help="inputs")
+    ...     seed: int = option(42, "seed")
+    ...     dedupe: bool = option(True, "dedupe", flag="--no-dedupe")
+    >>> to_argv(C(files=("a b.json", "c.json"), dedupe=False))
+    ['--files', 'a b.json', 'c.json', '--no-dedupe']
+    >>> parse(C, to_argv(C(files=("x",), seed=3))) == C(files=("x",), seed=3)
+    True
+    """
+    out: list[str] = []
+    for f in cli_fields(type(cfg)):
+        value, default = getattr(cfg, f.name), _default(f)
+        if default is not dataclasses.MISSING and value == default and not f.metadata.get("always"):
+            continue
+        if value is None:
+            raise ValueError(f"{type(cfg).__name__}.{f.name}: None cannot be written as an option (its default is "
+                             f"{default!r})")
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if f.metadata.get("positional"):
+            out += [str(v) for v in values]
+        elif isinstance(value, bool):
+            out.append(flag_of(f))
+        elif f.metadata.get("append"):
+            for v in values:
+                out += [flag_of(f), str(v)]
+        else:
+            out += [flag_of(f), *(str(v) for v in values)]
+    return out
+
+
+def command_line(command: str, cfg: Any) -> str:
+    """``command`` followed by :func:`to_argv` of ``cfg``, shell-quoted.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     out: str = option(help="folder")
+    >>> command_line("nat build", C(out="my dir"))
+    "nat build --out 'my dir'"
+    """
+    return " ".join([command, *(shlex.quote(a) for a in to_argv(cfg))])
