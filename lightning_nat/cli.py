@@ -334,6 +334,27 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
     _add_max_error_rate(p)
+    _add_fc_args(p)
+
+
+# --- function-calling agents (issue 19): evaluate.EvalConfig.agent / .tool_parser ---
+def _add_fc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", choices=["react", "function-calling"], default="react",
+                   help="react: Thought/Action text; function-calling: the chat API's tools and tool_calls, the task's "
+                        "tools offered as JSON schemas of its Python functions (default: react)")
+    p.add_argument("--tool-parser", choices=["hermes", "llama31"], default=None,
+                   help="hf policy, function-calling: how generated calls are written (default: detected from the "
+                        "chat template)")
+
+
+def _make_tool_policy(args: argparse.Namespace, temperature: float | None) -> object:
+    """The policy of a function-calling agent: the OpenAI one sends tools; the local one is HFToolPolicy."""
+    if args.policy == "openai":
+        return _make_policy(args, temperature)
+    from .fc_policy import HFToolPolicy
+
+    return HFToolPolicy(args.model, family=args.tool_parser, temperature=temperature,
+                        max_new_tokens=args.max_new_tokens)
 
 
 def _task_names() -> list[str]:
@@ -364,9 +385,10 @@ def _run_eval(args: argparse.Namespace) -> int:
                      search_rerank=args.search_rerank,
                      on_parse_error=proto.on_parse_error, runs=proto.runs, seed=args.seed,  # type: ignore[attr-defined]
                      prompt_spec=saved, prompt_style=args.prompt_style,  # type: ignore[arg-type]
-                     prompt_preset=args.prompt_preset, prompt_source=where)
+                     prompt_preset=args.prompt_preset, prompt_source=where, agent=args.agent,
+                     tool_parser=args.tool_parser)
     plan = prepare(cfg)  # every task's tools and questions, before the model loads or any episode runs
-    policy = _make_policy(args)
+    policy = _make_policy(args) if args.agent == "react" else _make_tool_policy(args, args.temperature)
     tags = {}
     for tag in args.tag:
         key, sep, value = tag.partition("=")
@@ -375,7 +397,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         tags[key] = value
     meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
             "tags": tags, "protocol": args.protocol, "max_turns": args.max_turns, "temperature": args.temperature,
-            "runs": cfg.runs, "seed": args.seed, "pool_size": args.batch_size}
+            "runs": cfg.runs, "seed": args.seed, "pool_size": args.batch_size, "agent": args.agent}
     with episode_progress() as progress:
         report = evaluate(policy, cfg, progress, plan, meta=meta)
     out = report.write(args.out)

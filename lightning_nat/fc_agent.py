@@ -23,6 +23,15 @@ _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
 @dataclass
+class Turn:
+    """A model turn read back: its text, its canonical calls and the problems of calls that could not be read."""
+
+    content: str
+    calls: list[dict[str, Any]]
+    errors: list[str]
+
+
+@dataclass
 class StepCounts:
     """Per-episode counts of what went wrong in calls (reported beside the score)."""
 
@@ -52,6 +61,8 @@ def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[st
     {'city': 'Oslo'}
     >>> parse_turn('<tool_call>{"name": "f", "arguments": {oops}</tool_call>', "hermes")[2]
     ['tool call 0 is not valid JSON']
+    >>> parse_turn('<tool_call>\\n{"name": "f", "argu', "hermes")[2]
+    ['a <tool_call> block is not closed with </tool_call>']
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown template family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -65,6 +76,8 @@ def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[st
         content = "" if bodies else stripped
         key = "parameters"
     calls, errors = [], []
+    if family == "hermes" and "<tool_call>" in content:  # an unclosed block is a call gone wrong, not an answer
+        errors.append("a <tool_call> block is not closed with </tool_call>")
     for k, body in enumerate(bodies):
         try:
             obj = json.loads(body)
@@ -138,6 +151,27 @@ def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], co
                 counts.tool_errors += 1
                 result = f"Error: {call['name']} failed: {type(exc).__name__}: {exc}"
         out.append({"role": "tool", "content": result, "tool_call_id": call["id"]})
+    return out
+
+
+def api_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An episode's messages in the OpenAI wire form: calls with JSON-text arguments, ``content: null`` beside them.
+
+    >>> api_messages([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f",
+    ...     "arguments": {"x": 1}}]}, {"role": "tool", "content": "2", "tool_call_id": "c"}])[0]["tool_calls"]
+    [{'id': 'c', 'type': 'function', 'function': {'name': 'f', 'arguments': '{"x": 1}'}}]
+    """
+    from .function_calls import call_to_openai
+
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [call_to_openai(c) for c in m["tool_calls"]]
+            msg["content"] = m["content"] or None
+        if m.get("tool_call_id") is not None:
+            msg["tool_call_id"] = m["tool_call_id"]
+        out.append(msg)
     return out
 
 
