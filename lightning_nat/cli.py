@@ -398,6 +398,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     meta = {"model": args.model, "policy": args.policy, "mode": args.mode, "limit": args.limit,
             "tags": tags, "protocol": args.protocol, "max_turns": args.max_turns, "temperature": args.temperature,
             "runs": cfg.runs, "seed": args.seed, "pool_size": args.batch_size, "agent": args.agent}
+    if args.agent == "function-calling" and args.policy == "hf":
+        meta["tool_parser"] = policy.family  # type: ignore[attr-defined]
     with episode_progress() as progress:
         report = evaluate(policy, cfg, progress, plan, meta=meta)
     out = report.write(args.out)
