@@ -243,6 +243,7 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-completion", type=float, help="USD per million completion tokens")
     p.add_argument("--out", required=True, help="output JSONL (appended to; a rerun resumes)")
     _add_max_error_rate(p)
+    _add_fc_args(p)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -261,7 +262,8 @@ def _run_collect(args: argparse.Namespace) -> int:
     tools = make_tools(task.tools, search)
     if "search" in tools:
         search.prepare()  # a bad corpus or a missing key stops here, before the teacher is paid for anything
-    policy = _make_policy(args, temperature=args.temperatures[0])
+    policy = _make_policy(args, temperature=args.temperatures[0]) if args.agent == "react" \
+        else _make_tool_policy(args, args.temperatures[0])
     args.max_turns = 6 if args.max_turns is None else args.max_turns
     prices = (args.price_prompt or 0.0, args.price_completion or 0.0) if args.price_prompt or args.price_completion \
         else None
@@ -270,7 +272,8 @@ def _run_collect(args: argparse.Namespace) -> int:
         bar_id = bar.add_task("collecting", total=None)
         summary = collect(task, records, policy, args.out, args.temperatures, args.samples, teacher=args.model,
                           batch_size=args.batch_size, max_turns=args.max_turns, tools=tools, price_per_million=prices,
-                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total),
+                          agent=args.agent)
     print_collect_summary(summary, args.out)
     attempted = summary.new_episodes + summary.failures
     _check_error_rate(summary.failures, attempted, args.max_error_rate,

@@ -180,6 +180,14 @@ def test_nat_eval_function_calling_through_the_openai_policy(tmp_path):
                      "function-calling", "--tasks", str(TASK), "--out", "ev", "--max-retries", "0"], tmp_path,
                     OPENAI_API_KEY="sk-secret-19")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        collected = _nat(["collect", "--policy", "openai", "--model", "m", "--base-url", server.base_url, "--agent",
+                          "function-calling", "--task", str(TASK), "--data", str(EXAMPLE / "questions.jsonl"),
+                          "--temperatures", "0.5", "--out", "c.jsonl", "--max-retries", "0"], tmp_path,
+                         OPENAI_API_KEY="sk-secret-19")
+        assert collected.returncode == 0, collected.stdout + collected.stderr
+    teacher = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(teacher) == 8 and sum(t["reward"] for t in teacher) == 7
+    assert teacher[0]["messages"][0]["tool_calls"][0]["name"] == "convert" and teacher[0]["tools"]
     report = json.loads((tmp_path / "ev/results.json").read_text())
     assert report["agent"] == "function-calling"
     units = report["results"]["units-fc"]
@@ -192,17 +200,22 @@ def test_nat_eval_function_calling_through_the_openai_policy(tmp_path):
     assert episodes["h1"]["messages"][0]["tool_calls"] == [
         {"id": "h1-a", "name": "convert", "arguments": {"query": "23 kg to lb"}}]
     assert "sk-secret-19" not in (tmp_path / "ev/trajectories.jsonl").read_text() + proc.stdout + proc.stderr
-    # The episodes are training data again: they build as function-calling rows with every call kept.
-    proc = _nat(["build", "--format", "jsonl", "--trajectories", "ev/trajectories.jsonl", "--task", str(TASK),
-                 "--variant", "nat", "--placement", "system", "--out", "again"], tmp_path)
+    # The teacher's episodes are training data: they build as function-calling rows with every call kept.
+    proc = _nat(["build", "--format", "jsonl", "--trajectories", "c.jsonl", "--task", str(TASK), "--variant", "nat",
+                 "--placement", "system", "--out", "again"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    import datasets
+
+    rows = datasets.load_from_disk(str(tmp_path / "again"))["train"]
+    assert len(rows) == 8 and sum(len(m["tool_calls"] or []) for r in rows for m in r["messages"]) == 8
 
 
-def _readme_block(section: str) -> list[str]:
+def _readme_block(section: str, index: int) -> list[str]:
+    """The ``nat`` lines of the index-th bash block of a README section, as written."""
     text = (ROOT / "README.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
-    return [line for block in blocks for line in block.splitlines() if line.startswith("nat ")]
+    return [line for line in blocks[index].splitlines() if line.startswith("nat ")]
 
 
 def test_example_templates_are_the_tested_families():
@@ -215,7 +228,7 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
     """The README's commands as written: build, scratch, fit and nat eval with the Hermes and the Llama-3.1
     templates through the local policy, then the same task through the OpenAI policy (scripted server)."""
     shutil.copytree(EXAMPLE, tmp_path / "examples" / "custom_task")
-    commands = _readme_block("Function-calling agents")
+    commands = _readme_block("Function-calling agents", -1)
     assert [shlex.split(c)[1] for c in commands] == ["build", "scratch", "fit", "eval", "fit", "eval"]
     for command in commands:
         proc = _nat(shlex.split(command)[1:], tmp_path)
@@ -232,6 +245,8 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
         assert report["agent"] == "function-calling" and report["tool_parser"] == family
         result = report["results"]["units-fc"]
         assert result["episodes"] == 4 and "tool_calls" in result and "tool_errors" in result
+        if family == "hermes":  # it learnt to open a call (README: unclosed blocks, each a counted parse error)
+            assert result["parse_errors"] + result["tool_calls"] > 0
         for line in (tmp_path / f"runs/units-fc/{out}/trajectories.jsonl").read_text().splitlines():
             episode = json.loads(line)
             assert episode["meta"]["agent"] == "function-calling"
