@@ -60,6 +60,23 @@ def task_functions(tool_names: Sequence[str]) -> list[Callable[..., Any]]:
     return out
 
 
+def task_timeouts(tool_names: Sequence[str]) -> dict[str, float | None]:
+    """Seconds per call of each tool: a registered tool's own (a task's ``tool_timeout``), else the default.
+
+    >>> task_timeouts(["calculate", "finish"])
+    {'calculate': 10.0}
+    """
+    from .registry import find_tool
+    from .safe_tool import DEFAULT_TIMEOUT_S
+
+    out: dict[str, float | None] = {}
+    for name in tool_names:
+        if name != "finish":
+            spec = find_tool(name)
+            out[name] = spec.timeout if spec is not None else DEFAULT_TIMEOUT_S
+    return out
+
+
 def schemas_of(functions: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
     """The functions' schemas, or an error naming the function whose docstring cannot give one."""
     out = []
@@ -93,6 +110,8 @@ class FunctionCallingAgent(ReActAgent):
 
     functions: Sequence[Callable[..., Any]] | None = None
     family: str = "hermes"
+    # Seconds per call by tool name (default: the task's tool_timeout, 10 s for built-ins).
+    timeouts: dict[str, float | None] | None = None
     schemas: list[dict[str, Any]] = field(default_factory=list)
     calls: StepCounts = field(default_factory=StepCounts)
 
@@ -102,6 +121,8 @@ class FunctionCallingAgent(ReActAgent):
             raise ValueError("a function-calling agent acts through tools; --mode cot has none")
         if self.functions is None:
             self.functions = task_functions(self.task.tools)
+        if self.timeouts is None:
+            self.timeouts = task_timeouts([f.__name__ for f in self.functions])
         self.schemas = schemas_of(self.functions)
         use = getattr(self.policy, "use_tools", None)
         if use is None:
@@ -124,7 +145,7 @@ class FunctionCallingAgent(ReActAgent):
         else:
             turn = Turn(*parse_turn(str(reply), self.family, ep.turns))
         before = ep.counts.parse_errors
-        over = step(ep.messages, turn.content, turn.calls, turn.errors, self.functions or (), ep.counts)
+        over = step(ep.messages, turn.content, turn.calls, turn.errors, self.functions or (), ep.counts, self.timeouts)
         new_errors = ep.counts.parse_errors - before
         ep.parse_errors += new_errors
         self.stats.parse_errors += new_errors

@@ -265,3 +265,37 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
             "A suitcase weighs 23 kg. What is that in pounds?"
     episodes = [json.loads(x) for x in (tmp_path / "runs/units-fc/eval-api/trajectories.jsonl").read_text().splitlines()]
     assert all(e["messages"][0]["tool_calls"][0]["name"] == "convert" for e in episodes)
+
+
+def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
+    import time
+
+    from lightning_nat.fc_agent import StepCounts, run_calls
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-leaky-19")
+
+    def slow(seconds: float) -> str:
+        """Sleeps.
+
+        Args:
+            seconds: how long
+        """
+        time.sleep(seconds)
+        return "awake"
+
+    def leak(n: int) -> str:
+        """Echoes a key, n times.
+
+        Args:
+            n: repetitions
+        """
+        return "sk-leaky-19 " * n
+
+    counts = StepCounts()
+    calls = [{"id": "a", "name": "slow", "arguments": {"seconds": 5}}, {"id": "b", "name": "slow",
+                                                                         "arguments": {"seconds": 0}},
+             {"id": "c", "name": "leak", "arguments": {"n": 1000}}]
+    out = run_calls(calls, [slow, leak], counts, timeouts={"slow": 0.2, "leak": None})
+    assert out[0]["content"] == "Error: slow failed: TimeoutError: timed out after 0.2 s" and out[1]["content"] == "awake"
+    assert "sk-leaky-19" not in out[2]["content"] and out[2]["content"].endswith("(cut at 2000 characters)")
+    assert counts.tool_errors == 1 and counts.calls == 3
