@@ -4,9 +4,8 @@
 prompt is rendered by the tokenizer's chat template with ``tools=`` (as training rendered
 it), a turn ends at the template's end-of-turn token (a token-id stop through
 :class:`~lightning_nat.decoding.StopMatcher`), and each generated turn is returned as a
-:class:`~lightning_nat.fc_agent.Turn`: read with ``tokenizer.parse_response`` when the
-tokenizer ships a ``response_template``, else with the template family's parser
-(:func:`~lightning_nat.fc_agent.parse_turn`).
+:class:`~lightning_nat.fc_agent.Turn`, read by ``tokenizer.parse_response`` with the tokenizer's own
+``response_template``, or with this module's template for the family when it ships none.
 """
 
 from __future__ import annotations
@@ -14,11 +13,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .fc_agent import FAMILIES, Turn, from_openai_reply, parse_turn
+from .fc_agent import FAMILIES, Turn, from_openai_reply
 from .policies import HFPolicy
 
 # The text that closes an assistant turn in each family's template.
 END_OF_TURN = {"hermes": "<|im_end|>", "llama31": "<|eot_id|>"}
+# transformers response templates (``tokenizer.parse_response``) of the two families, for tokenizers that ship none:
+# Hermes writes `<tool_call>{"name", "arguments"}</tool_call>` blocks beside the text; Llama-3.1 writes the whole
+# turn as one `{"name", "parameters"}` object, or text.
+RESPONSE_TEMPLATES: dict[str, dict[str, Any]] = {
+    "hermes": {"version": 1, "start_anchor": "<|im_start|>assistant\n", "defaults": {"role": "assistant"},
+               # The text between calls joins the content (a non-repeating field would keep only its last piece).
+               "fields": {"content": {"content": "text", "repeats": True, "join": ""},
+                          "tool_calls": {"open": "<tool_call>", "close": "</tool_call>", "content": "json",
+                                         "repeats": True, "transform": {"type": "function", "function": "{content}"}}}},
+    "llama31": {"version": 1, "start_anchor": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                "defaults": {"role": "assistant"},
+                "fields": {"content": {"content": "text"},
+                           "tool_calls": {"open_pattern": r"^\s*(?=\{)", "close_pattern": r"\Z", "content": "json",
+                                          "repeats": True,
+                                          "transform": {"type": "function", "function": {
+                                              "name": "{content.name}", "arguments": "{content.parameters}"}}}}},
+}
 
 
 def detect_family(template: str | None) -> str:
@@ -82,15 +98,22 @@ class HFToolPolicy(HFPolicy):
     def generate(self, prompts: Sequence[list[dict[str, Any]]]) -> list[Turn]:  # type: ignore[override]
         """Each prompt's next assistant turn, read into content and calls (the end-of-turn text cut off)."""
         texts = super().generate(prompts)
-        return [self.read_turn(t.split(self.end_of_turn, 1)[0], turn=len(p)) for t, p in zip(texts, prompts)]
+        return [self.read_turn(t.split(self.end_of_turn, 1)[0], self.render(p), turn=len(p))
+                for t, p in zip(texts, prompts)]
 
-    def read_turn(self, text: str, turn: int = 0) -> Turn:
-        """One generated turn as a :class:`Turn`: the tokenizer's own response parser when it has one."""
-        if getattr(self.tokenizer, "response_template", None) is None:
-            return Turn(*parse_turn(text, self.family, turn))
+    def read_turn(self, text: str, prompt: str = "", turn: int = 0) -> Turn:
+        """One generated turn as a :class:`Turn`, by ``tokenizer.parse_response``.
+
+        The tokenizer's own ``response_template`` when it ships one, else the family's
+        (:data:`RESPONSE_TEMPLATES`); ``prompt`` is the rendered prompt the turn continues. Calls get
+        ids ``call_<turn>_<k>``; a turn the parser cannot read (a call that is not JSON, a block never
+        closed) is one parse error, its text kept as the turn's content.
+        """
+        schema = getattr(self.tokenizer, "response_template", None) or RESPONSE_TEMPLATES[self.family]
         try:
-            message = self.tokenizer.parse_response(text)
+            message = self.tokenizer.parse_response(text, schema, prefix=prompt, tools=self.tools or None)
         except Exception as exc:  # model-written text: an unreadable turn is the agent's parse error
-            return Turn(text.strip(), [], [f"the turn could not be parsed ({type(exc).__name__}: {exc})"])
-        return Turn(*from_openai_reply({"content": message.get("content") or "",
+            reason = " ".join(str(exc).split())[:200]
+            return Turn(text.strip(), [], [f"the turn could not be parsed ({type(exc).__name__}: {reason})"])
+        return Turn(*from_openai_reply({"content": (message.get("content") or "").strip(),
                                         "tool_calls": message.get("tool_calls") or []}, turn))

@@ -299,3 +299,30 @@ def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
     assert out[0]["content"] == "Error: slow failed: TimeoutError: timed out after 0.2 s" and out[1]["content"] == "awake"
     assert "sk-leaky-19" not in out[2]["content"] and out[2]["content"].endswith("(cut at 2000 characters)")
     assert counts.tool_errors == 1 and counts.calls == 3
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama31"])
+def test_hf_tool_policy_reads_turns_with_parse_response_as_the_family_parser_does(scratch_model, family):
+    from transformers import AutoTokenizer
+
+    from lightning_nat.fc_agent import parse_turn
+    from lightning_nat.fc_policy import HFToolPolicy
+
+    tok = AutoTokenizer.from_pretrained(scratch_model)
+    tok.chat_template = FAMILIES[family]
+    assert getattr(tok, "response_template", None) is None  # so the family's response template is the one used
+    policy = HFToolPolicy(str(scratch_model), tokenizer=tok)
+    policy.use_tools([{"type": "function", "function": {"name": "convert", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}}}}}])
+    prompt = policy.render([{"role": "user", "content": "23 kg in lb?"}])
+    good = [written_call(family, "convert", json.dumps({"query": "23 kg to lb"})), "50.7 lb"]
+    if family == "hermes":
+        good.append("Two at once.\n" + written_call(family, "convert", '{"query": "1 m to ft"}') + "\n"
+                    + written_call(family, "convert", '{"query": "2 m to ft"}'))
+    for text in good:
+        turn = policy.read_turn(text, prompt, turn=4)
+        assert (turn.content, turn.calls, turn.errors) == parse_turn(text, family, 4), text
+    assert policy.read_turn(good[0], prompt, 4).calls == [
+        {"id": "call_4_0", "name": "convert", "arguments": {"query": "23 kg to lb"}}]
+    broken = policy.read_turn(written_call(family, "convert", "{query: 23 kg}"), prompt, 4)
+    assert broken.calls == [] and len(broken.errors) == 1 and "could not be parsed" in broken.errors[0]
