@@ -93,6 +93,26 @@ class AgentConfig:
 
 
 @dataclass(kw_only=True)
+class AgentKindConfig(AgentConfig):
+    """The agent options of the commands that run whole task episodes (``nat eval``, ``nat collect``)."""
+
+    agent: Literal["react", "function-calling"] = option(
+        "react", "react: Thought/Action text; function-calling: the chat API's tools and tool_calls, the task's tools "
+                 "offered as JSON schemas of its Python functions (default: react)")
+    tool_parser: Literal["hermes", "llama31"] | None = option(
+        None, "hf policy, function-calling: how generated calls are written (default: detected from the chat template)")
+
+    def make_policy(self, temperature: float) -> Any:
+        """The ReAct policy, or for function calling the OpenAI one (it sends tools) or the local ``HFToolPolicy``."""
+        if self.agent == "react" or self.policy == "openai":
+            return super().make_policy(temperature)
+        from .fc_policy import HFToolPolicy
+
+        return HFToolPolicy(self.model, family=self.tool_parser, temperature=temperature,
+                            max_new_tokens=self.max_new_tokens)
+
+
+@dataclass(kw_only=True)
 class PolicyConfig(AgentConfig):
     """Agent options of the commands that evaluate a trained model (``nat eval``, ``nat solve``): protocol and prompt."""
 

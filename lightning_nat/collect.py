@@ -166,23 +166,24 @@ def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.Path
             temperatures: Sequence[float] = (0.2, 0.5, 0.7), samples: int = 1, teacher: str = "",
             batch_size: int = 32, max_turns: int = 6, tools: dict[str, Callable[[str], str]] | None = None,
             price_per_million: tuple[float, float] | None = None,
-            progress: Callable[[int, int], None] | None = None) -> CollectSummary:
+            progress: Callable[[int, int], None] | None = None, agent: str = "react") -> CollectSummary:
     """Run the teacher on every missing (question, temperature, sample) key; see the module doc.
 
     ``policy`` must have a ``temperature`` attribute (both policies do); it is set per pass.
+    ``agent``: ``react`` or ``function-calling`` (:mod:`lightning_nat.fc_episode`; ``tools`` is then unused).
     """
     from .outputs import output_lock
 
     out = Path(out)
     with output_lock(out, "nat collect"):
         return _collect(task, records, policy, out, temperatures, samples, teacher, batch_size, max_turns, tools,
-                        price_per_million, progress)
+                        price_per_million, progress, agent)
 
 
 def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temperatures: Sequence[float], samples: int,
              teacher: str, batch_size: int, max_turns: int, tools: dict[str, Callable[[str], str]] | None,
              price_per_million: tuple[float, float] | None,
-             progress: Callable[[int, int], None] | None) -> CollectSummary:
+             progress: Callable[[int, int], None] | None, agent_kind: str = "react") -> CollectSummary:
     failed_path = out.with_name(out.name + ".failed.jsonl")
     existing, torn = recover(out)
     done = {key_of(t) for t in existing}
@@ -198,7 +199,13 @@ def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temper
             if not pending:
                 continue
             policy.temperature = temperature
-            agent = ReActAgent(task, policy, tools or {}, max_turns=max_turns)
+            if agent_kind == "function-calling":
+                from .fc_episode import FunctionCallingAgent
+
+                agent: ReActAgent = FunctionCallingAgent(task, policy, tools or {}, max_turns=max_turns,
+                                                         family=getattr(policy, "family", "hermes"))
+            else:
+                agent = ReActAgent(task, policy, tools or {}, max_turns=max_turns)
 
             def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
                 nonlocal finished

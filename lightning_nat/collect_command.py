@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .agent_config import MAX_ERROR_RATE_HELP, AgentConfig, check_error_rate, error_rate
+from .agent_config import MAX_ERROR_RATE_HELP, AgentKindConfig, check_error_rate, error_rate
 from .options import option
 
 
 @dataclass(kw_only=True)
-class CollectConfig(AgentConfig):
+class CollectConfig(AgentKindConfig):
     """The options of ``nat collect``: the teacher (agent options) and what it answers."""
 
     task: str = option(help="task name or task YAML (instruction, tools, metric)")
@@ -49,7 +49,8 @@ def run_collect(cfg: CollectConfig) -> int:
         bar_id = bar.add_task("collecting", total=None)
         summary = collect(task, records, policy, cfg.out, list(cfg.temperatures), cfg.samples, teacher=cfg.model,
                           batch_size=cfg.batch_size, max_turns=max_turns, tools=tools, price_per_million=prices,
-                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total),
+                          agent=cfg.agent)
     print_collect_summary(summary, cfg.out)
     attempted = summary.new_episodes + summary.failures
     check_error_rate(summary.failures, attempted, cfg.max_error_rate,

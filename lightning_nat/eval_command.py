@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .agent_config import MAX_ERROR_RATE_HELP, PolicyConfig, check_error_rate, error_rate
+from .agent_config import MAX_ERROR_RATE_HELP, AgentKindConfig, PolicyConfig, check_error_rate, error_rate
 from .options import option
 
 
@@ -15,7 +15,7 @@ def _tasks_help() -> str:
 
 
 @dataclass(kw_only=True)
-class EvalCommandConfig(PolicyConfig):
+class EvalCommandConfig(PolicyConfig, AgentKindConfig):
     """The options of ``nat eval``."""
 
     tasks: str = option(help=_tasks_help)
@@ -81,13 +81,16 @@ def run_eval(cfg: EvalCommandConfig) -> int:
                      max_turns=proto.max_turns, mode=mode, search=cfg.search, search_corpus=cfg.search_corpus,
                      search_k=cfg.search_k, hub=cfg.hub, search_rerank=cfg.search_rerank,
                      on_parse_error=proto.on_parse_error, runs=proto.runs, seed=cfg.seed, prompt_spec=saved,
-                     prompt_style=cfg.prompt_style, prompt_preset=cfg.prompt_preset, prompt_source=where)
+                     prompt_style=cfg.prompt_style, prompt_preset=cfg.prompt_preset, prompt_source=where,
+                     agent=cfg.agent, tool_parser=cfg.tool_parser)
     plan = prepare(run)  # every task's tools and questions, before the model loads or any episode runs
     policy = cfg.make_policy(proto.temperature)
     tags = cfg.parsed_tags()
     meta = {"model": cfg.model, "policy": cfg.policy, "mode": mode, "limit": cfg.limit, "tags": tags,
             "protocol": cfg.protocol, "max_turns": proto.max_turns, "temperature": proto.temperature,
-            "runs": run.runs, "seed": cfg.seed, "pool_size": cfg.batch_size}
+            "runs": run.runs, "seed": cfg.seed, "pool_size": cfg.batch_size, "agent": cfg.agent}
+    if cfg.agent == "function-calling" and cfg.policy == "hf":
+        meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
     with episode_progress() as progress:
         report = evaluate(policy, run, progress, plan, meta=meta)
     out = report.write(cfg.out)

@@ -39,6 +39,11 @@ class EvalConfig:
     prompt_source: str = "the model folder"
     runs: int = 1
     seed: int = 0
+    # How the model acts: `react` (Thought/Action text) or `function-calling` (the chat API's tools and tool_calls;
+    # the task's tools are its Python functions, offered as JSON schemas). Recorded in results.json.
+    agent: str = "react"
+    # The local policy's reader of generated calls: hermes | llama31 (default: detected from the chat template).
+    tool_parser: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,11 @@ def prepare(cfg: EvalConfig) -> list[tuple[Any, list[dict], dict[str, Callable[[
     """
     tasks = [get_task(name) for name in cfg.tasks]
     search = search_tool(cfg)
+    if cfg.agent == "function-calling":
+        from .fc_episode import schemas_of, task_functions
+
+        for task in tasks:  # a tool without a usable schema stops here, before the model loads
+            schemas_of(task_functions(task.tools))
     tools = [make_tools(task.tools, search) if cfg.mode == "react" else {} for task in tasks]
     if search is not None and any("search" in t for t in tools):
         search.prepare()  # type: ignore[attr-defined]
@@ -128,6 +138,21 @@ def prepare(cfg: EvalConfig) -> list[tuple[Any, list[dict], dict[str, Callable[[
             raise ValueError(f"{task.name}: no questions to evaluate (data folder {cfg.data_dir})")
         plan.append((task, records, task_tools))
     return plan
+
+
+def make_agent(cfg: EvalConfig, task: Any, policy: Any, tools: dict[str, Callable[[str], str]],
+               spec: PromptSpec | None) -> ReActAgent:
+    """The agent ``cfg.agent`` names, for one run of one task."""
+    kwargs: dict[str, Any] = dict(max_turns=cfg.max_turns, mode=cfg.mode, on_parse_error=cfg.on_parse_error,
+                                  prompt_spec=spec)
+    if cfg.agent == "function-calling":
+        from .fc_episode import FunctionCallingAgent
+
+        family = cfg.tool_parser or getattr(policy, "family", None) or "hermes"
+        return FunctionCallingAgent(task, policy, tools, family=family, **kwargs)
+    if cfg.agent != "react":
+        raise ValueError(f"unknown agent {cfg.agent!r}; expected react or function-calling")
+    return ReActAgent(task, policy, tools, **kwargs)
 
 
 def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int, int], None] | None = None,
@@ -146,8 +171,7 @@ def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int, in
         runs: list[list[Trajectory]] = []
         for run in range(cfg.runs):
             _seed_everything(cfg.seed + run)
-            agent = ReActAgent(task, policy, tools, max_turns=cfg.max_turns, mode=cfg.mode,  # type: ignore[arg-type]
-                               on_parse_error=cfg.on_parse_error, prompt_spec=spec)  # type: ignore[arg-type]
+            agent = make_agent(cfg, task, policy, tools, spec)
             before = len(records) * run
 
             def tick(done: int, live: int, name: str = name, before: int = before, total: int = total) -> None:

@@ -18,8 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .safe_tool import MAX_OBSERVATION_CHARS, _cut
+from .tools import _redact
+
 FAMILIES = ("hermes", "llama31")
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+@dataclass
+class Turn:
+    """A model turn read back: its text, its canonical calls and the problems of calls that could not be read."""
+
+    content: str
+    calls: list[dict[str, Any]]
+    errors: list[str]
 
 
 @dataclass
@@ -52,6 +64,8 @@ def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[st
     {'city': 'Oslo'}
     >>> parse_turn('<tool_call>{"name": "f", "arguments": {oops}</tool_call>', "hermes")[2]
     ['tool call 0 is not valid JSON']
+    >>> parse_turn('<tool_call>\\n{"name": "f", "argu', "hermes")[2]
+    ['a <tool_call> block is not closed with </tool_call>']
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown template family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -65,6 +79,8 @@ def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[st
         content = "" if bodies else stripped
         key = "parameters"
     calls, errors = [], []
+    if family == "hermes" and "<tool_call>" in content:  # an unclosed block is a call gone wrong, not an answer
+        errors.append("a <tool_call> block is not closed with </tool_call>")
     for k, body in enumerate(bodies):
         try:
             obj = json.loads(body)
@@ -99,9 +115,36 @@ def from_openai_reply(message: dict[str, Any], turn: int = 0) -> tuple[str, list
     return message.get("content") or "", calls, errors
 
 
+def _call(fn: Callable, arguments: dict[str, Any], timeout: float | None) -> Any:
+    """``fn(**arguments)``, abandoned (TimeoutError) after ``timeout`` seconds (a thread cannot be killed)."""
+    if timeout is None:
+        return fn(**arguments)
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(**arguments)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"nat-tool-{getattr(fn, '__name__', 'tool')}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"timed out after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], counts: StepCounts,
-              errors: Sequence[str] = ()) -> list[dict[str, Any]]:
+              errors: Sequence[str] = (), timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
     """Run canonical calls against plain functions; one ``tool`` message per call, errors said in its content.
+
+    ``timeouts``: seconds per call by tool name (default: none). Results, errors included, are cut at
+    2,000 characters and the API keys the package knows of are masked in them, as ReAct observations.
 
     >>> def add(a: int, b: int) -> int:
     ...     '''Add.
@@ -132,12 +175,33 @@ def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], co
             result = f"Error: unknown tool {call['name']!r} (tools: {', '.join(by_name)})"
         else:
             try:
-                value = fn(**call["arguments"])
+                value = _call(fn, call["arguments"], (timeouts or {}).get(call["name"]))
                 result = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
             except Exception as exc:  # a tool's failure is the agent's observation, not the loop's crash
                 counts.tool_errors += 1
                 result = f"Error: {call['name']} failed: {type(exc).__name__}: {exc}"
-        out.append({"role": "tool", "content": result, "tool_call_id": call["id"]})
+        out.append({"role": "tool", "content": _cut(_redact(result), MAX_OBSERVATION_CHARS), "tool_call_id": call["id"]})
+    return out
+
+
+def api_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An episode's messages in the OpenAI wire form: calls with JSON-text arguments, ``content: null`` beside them.
+
+    >>> api_messages([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f",
+    ...     "arguments": {"x": 1}}]}, {"role": "tool", "content": "2", "tool_call_id": "c"}])[0]["tool_calls"]
+    [{'id': 'c', 'type': 'function', 'function': {'name': 'f', 'arguments': '{"x": 1}'}}]
+    """
+    from .function_calls import call_to_openai
+
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [call_to_openai(c) for c in m["tool_calls"]]
+            msg["content"] = m["content"] or None
+        if m.get("tool_call_id") is not None:
+            msg["tool_call_id"] = m["tool_call_id"]
+        out.append(msg)
     return out
 
 
@@ -149,7 +213,7 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: lis
 
 
 def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any]], errors: list[str],
-         functions: Sequence[Callable], counts: StepCounts) -> bool:
+         functions: Sequence[Callable], counts: StepCounts, timeouts: dict[str, float | None] | None = None) -> bool:
     """Append the model's turn and the tools' answers to ``messages``; True when the episode is over.
 
     A turn with no call (and no unparseable one) is the final answer. A turn whose every call was
@@ -160,7 +224,7 @@ def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any
         turn["tool_calls"] = calls
     messages.append(turn)
     if calls:
-        messages += run_calls(calls, functions, counts, errors)
+        messages += run_calls(calls, functions, counts, errors, timeouts)
         return False
     if errors:
         counts.parse_errors += len(errors)

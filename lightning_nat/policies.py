@@ -152,6 +152,14 @@ class HFPolicy:
         return [t.split(STOP, 1)[0] for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
+def _tool_reply(message: Any) -> dict[str, Any]:
+    """An API reply of a request with tools, as a plain message dict (the agent reads its calls; none is dropped here)."""
+    if message is None:
+        return {"role": "assistant", "content": "", "tool_calls": []}
+    calls = [c.model_dump() if hasattr(c, "model_dump") else c for c in (getattr(message, "tool_calls", None) or [])]
+    return {"role": "assistant", "content": message.content or "", "tool_calls": calls}
+
+
 class PolicyConfigError(RuntimeError):
     """The API refuses every request (authentication, permission, unknown model, bad parameters)."""
 
@@ -224,6 +232,12 @@ class OpenAIPolicy:
         self.temperature, self.max_tokens = temperature, max_tokens
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "retries": 0, "failures": 0}
+        # Set by a function-calling agent (use_tools): requests then send `tools` and replies are messages.
+        self.tools: list[dict[str, Any]] | None = None
+
+    def use_tools(self, schemas: list[dict[str, Any]]) -> None:
+        """Send these OpenAI-style tool schemas with every request; replies become ``{"content", "tool_calls"}``."""
+        self.tools = list(schemas)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r})"
@@ -249,11 +263,12 @@ class OpenAIPolicy:
     async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
         import openai
 
+        messages, extra = self._request_fields(messages)
         async with sem:
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
-                    stop=[STOP])
+                    **extra)
             except openai.APIStatusError as exc:
                 if exc.status_code in RETRIED_STATUSES or exc.status_code >= 500:
                     # The client has spent its retries (or the server asked for a wait beyond its cap).
@@ -272,8 +287,18 @@ class OpenAIPolicy:
                 self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
                 self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
             choices = getattr(resp, "choices", None) or []
+            if self.tools is not None:
+                return _tool_reply(choices[0].message if choices else None)
             content = choices[0].message.content if choices and choices[0].message else None
             return (content or "").split(STOP, 1)[0]
+
+    def _request_fields(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages to send and the extra fields: with tools, the wire form and ``tools``; else the ReAct stop."""
+        if self.tools is None:
+            return messages, {"stop": [STOP]}
+        from .fc_agent import api_messages
+
+        return api_messages(messages), {"tools": self.tools}
 
     async def agenerate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | BaseException]:
         client = self._client()

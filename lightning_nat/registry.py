@@ -35,6 +35,8 @@ class ToolSpec:
     call: Callable[[str], str]
     help: str
     function: Callable[..., Any]
+    # Seconds per call (a function-calling agent applies it to the function itself).
+    timeout: float | None = DEFAULT_TIMEOUT_S
 
 
 TOOLS: dict[str, ToolSpec] = {}
@@ -70,7 +72,7 @@ def register_tool(name: str, function: Callable[[str], Any], help: str | None = 
     old = TOOLS.get(name)
     if old is not None and old.function is not function and not replace:
         raise ValueError(f"tool {name!r} is already registered ({_where(old.function)}); choose another name")
-    spec = ToolSpec(name, guard(function, name, timeout), help or default_help(name, function), function)
+    spec = ToolSpec(name, guard(function, name, timeout), help or default_help(name, function), function, timeout)
     TOOLS[name] = spec
     return spec
 

@@ -23,6 +23,9 @@ from .trajectory import Trajectory, write_jsonl
 END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": "stopped_on_error",
              "failed": "failed", "no_answer": "no_answer"}
 _SHAPE = {"episodes", "runs", "per_run", "prompt", "parse_errors", "parse_error_rate", *END_RATES.values()}
+# Function-calling episodes also count their calls and the calls that failed (unknown tool, bad arguments, a raise).
+_CALL_COUNTS = ("tool_calls", "tool_errors")
+_SHAPE |= set(_CALL_COUNTS)
 
 
 @dataclass
@@ -46,6 +49,9 @@ class TaskResult:
     sd: dict[str, float] = field(default_factory=dict)
     per_run: list[dict[str, Any]] = field(default_factory=list)
     prompt: dict[str, Any] | None = None
+    # Function-calling runs only (None for ReAct): tool calls made, and those answered with an error.
+    tool_calls: float | None = None
+    tool_errors: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form ``results.json`` has always had: metrics and rates side by side, ``<key>_sd`` beside each.
@@ -57,6 +63,7 @@ class TaskResult:
                                "turn_limit": self.turn_limit, "stopped_on_error": self.stopped_on_error,
                                "failed": self.failed, "no_answer": self.no_answer,
                                "parse_error_rate": self.parse_error_rate, "parse_errors": self.parse_errors}
+        out.update({k: getattr(self, k) for k in _CALL_COUNTS if getattr(self, k) is not None})
         out.update({f"{k}_sd": v for k, v in self.sd.items()})
         if self.runs > 1:
             out["runs"], out["per_run"] = self.runs, self.per_run
@@ -80,6 +87,7 @@ class TaskResult:
         return cls(episodes=int(d.get("episodes", 0)), metrics=metrics, sd=sd, runs=int(d.get("runs", 1)),
                    per_run=list(d.get("per_run", [])), prompt=d.get("prompt"),
                    parse_errors=int(d.get("parse_errors", 0)),
+                   **{k: float(d[k]) for k in _CALL_COUNTS if d.get(k) is not None},
                    **{k: float(d.get(k, 0.0)) for k in (*END_RATES.values(), "parse_error_rate")})
 
 
@@ -103,6 +111,9 @@ def run_figures(trajs: Sequence[Trajectory]) -> dict[str, float]:
     out.update({rate: ends[end] / n for end, rate in END_RATES.items()})
     out["parse_error_rate"] = sum(1 for t in trajs if t.meta.get("parse_errors")) / n
     out["parse_errors"] = sum(int(t.meta.get("parse_errors", 0)) for t in trajs)
+    if any(t.meta.get("agent") == "function-calling" for t in trajs):
+        out["tool_calls"] = sum(int(t.meta.get("calls", 0)) for t in trajs)
+        out["tool_errors"] = sum(int(t.meta.get("tool_errors", 0)) for t in trajs)
     return out
 
 

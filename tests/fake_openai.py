@@ -13,14 +13,15 @@ class FakeOpenAI:
     """Serves ``POST /v1/chat/completions``.
 
     ``reply(messages) -> str`` (or ``reply(body)`` with ``with_body=True``) writes the assistant
-    text; ``faults`` is a list consumed one per request: ``None`` (answer), an HTTP status such
+    text, or returns a dict ``{"content"?, "tool_calls"?}`` sent as the message (function calling);
+    ``faults`` is a list consumed one per request: ``None`` (answer), an HTTP status such
     as ``429`` or ``500``, a dict ``{"status", "message"?, "headers"?}`` (an error with that body
     message and those response headers), ``"slow"`` (sleep ``slow_s`` first) or ``"garbage"``
     (a 200 whose body is not JSON). ``retry_after_ms`` adds a ``retry-after-ms`` header to every
     injected error, so that the client's retries wait that long (tests stay fast).
     """
 
-    def __init__(self, reply: Callable[..., str], faults: list | None = None, slow_s: float = 2.0,
+    def __init__(self, reply: Callable[..., str | dict], faults: list | None = None, slow_s: float = 2.0,
                  delay_s: float = 0.0, with_body: bool = False, retry_after_ms: int | None = None):
         self.reply, self.faults, self.slow_s = reply, list(faults or []), slow_s
         self.retry_after_ms = retry_after_ms
@@ -56,12 +57,16 @@ class FakeOpenAI:
                     return
                 if outer.delay_s:
                     time.sleep(outer.delay_s)
-                text = outer.reply(body) if outer.with_body else outer.reply(body["messages"])
-                for stop in body.get("stop") or []:
-                    text = text.split(stop, 1)[0]
+                answer = outer.reply(body) if outer.with_body else outer.reply(body["messages"])
+                if isinstance(answer, dict):  # a structured reply: {"content"?, "tool_calls"?}
+                    message = {"role": "assistant", "content": answer.get("content"), **answer}
+                    finish = "tool_calls" if answer.get("tool_calls") else "stop"
+                else:
+                    for stop in body.get("stop") or []:
+                        answer = answer.split(stop, 1)[0]
+                    message, finish = {"role": "assistant", "content": answer}, "stop"
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}],
+                                 "choices": [{"index": 0, "finish_reason": finish, "message": message}],
                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
             def _send(self, code, obj, headers=None):

@@ -113,6 +113,12 @@ def test_weather_agent_round_trip_through_build_and_export(tmp_path):
     # The export carries the build's prompt (marker in the user turn); the episode's turns come back equal.
     for rec in exported:
         assert rec["tools"] == WEATHER_TOOLS
+    # Byte for byte in the OpenAI form: `content: null` beside calls, parallel calls, ids, JSON-text arguments.
+    for rec in records:
+        out = next(e for e in exported if e["messages"][1]["content"].startswith(rec["messages"][1]["content"]))
+        episode = [{k: v for k, v in m.items() if k != "weight"} for m in out["messages"][2:]]
+        assert episode == rec["messages"][2:]
+    assert sum(len(m.get("tool_calls") or []) for e in exported for m in e["messages"]) == 5  # one record calls twice
     # A trainer layout carries no label: give one to read the rows back as trajectories.
     labelled = write_jsonl(tmp_path / "back.jsonl", [{**r, "reward": True} for r in exported])
     back = {t.question: t for t in read_trajectories(labelled, "openai")}

@@ -41,7 +41,11 @@ def _temperature(value: float, src: str, dst: str) -> float:
 
 
 def convert(query: str) -> str:
-    """Converts a quantity between units, written like '5 km to mi' (length, mass, volume, time, temperature)."""
+    """Converts a quantity between units, written like '5 km to mi' (length, mass, volume, time, temperature).
+
+    Args:
+        query: the quantity and the target unit, as '<number> <unit> to <unit>', e.g. '5 km to mi'
+    """
     match = _QUERY.match(query)
     if not match:
         raise ValueError("write the query as '<number> <unit> to <unit>', e.g. '5 km to mi'")
