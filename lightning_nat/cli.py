@@ -579,12 +579,21 @@ def _run_corpus(args: argparse.Namespace) -> int:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    from .demo import DemoConfig
+    from .demo import STRATEGIES, DemoConfig
 
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
-    p.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds to average over (mean and spread)")
+    p.add_argument("--profile", choices=("cpu", "gpu"), default=None,
+                   help="cpu (default) or gpu: a bigger model, pretraining and budget on a CUDA device")
+    p.add_argument("--seeds", type=_positive_int, default=None, help=f"seeds to average over (default: {d.seeds})")
+    p.add_argument("--first-seed", type=int, default=None,
+                   help="first seed (default: 0; the report uses 0-4, 100-104 were kept for design)")
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=None,
+                   help=f"what to compare (default: {' '.join(d.strategies)}; dpo and kto continue from w/o Neg)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where pretrained bases are cached by a hash of their inputs "
+                        "(default: demo-base-cache beside --out)")
     sizes = p.add_argument_group("sizes and rates (defaults: the full run; --quick shrinks them)")
     for name, help_text in (("train_problems", "training problems"), ("test_problems", "held-out test problems"),
                             ("min_steps", "fewest operations per problem"), ("max_steps", "most operations per problem"),
@@ -592,11 +601,14 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
                             ("pos_num", "positives in every training set"), ("neg_num", "negatives in NUT and NAT"),
                             ("dev_num", "held-out positives for dev perplexity"), ("vocab_size", "tokenizer size"),
                             ("hidden_size", "model width"), ("layers", "model depth"), ("heads", "attention heads"),
+                            ("pretrain_texts", "unlabelled passages the base is pretrained on"),
+                            ("pretrain_steps", "pretraining steps of the base"), ("base_seed", "seed of the base"),
                             ("steps", "optimizer steps per strategy (the same budget for each)"),
                             ("batch_size", "conversations per step"), ("learning_rate", "peak learning rate"),
                             ("preference_learning_rate", "peak learning rate of DPO/KTO (from the w/o-Neg model)"),
-                            ("beta", "DPO/KTO beta"),
-                            ("max_turns", "agent turns per episode"), ("max_new_tokens", "tokens per turn")):
+                            ("beta", "DPO/KTO beta"), ("max_turns", "agent turns per episode"),
+                            ("max_new_tokens", "tokens per turn (0: the longest teacher turn plus a margin)"),
+                            ("threads", "torch threads (fixed, for identical results)")):
         default = getattr(d, name)
         sizes.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
                            help=f"{help_text} (default: {default})")
@@ -610,13 +622,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     overrides = {k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__ and v is not None}
-    if args.temperatures:
-        overrides["temperatures"] = tuple(args.temperatures)
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    for name in ("temperatures", "strategies"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
+    if args.quick and args.profile == "gpu":
+        raise ValueError("--quick and --profile gpu: choose one")
+    cfg = (DemoConfig.quick(**overrides) if args.quick else
+           DemoConfig.gpu(**overrides) if args.profile == "gpu" else DemoConfig(**overrides))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     start = time.time()
-    stages = cfg.seeds * (1 + 2 * len(cfg.strategies))  # collect, then train + evaluate each strategy
+    stages = 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))  # the base, then per seed: collect, train + evaluate each
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         bar_id = bar.add_task("NAT demo", total=stages)
@@ -630,7 +646,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         result = run_demo(cfg, say=say)
         bar.update(bar_id, completed=stages, description="NAT demo: done")
     print_demo_table(result, time.time() - start)
-    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/perplexity.png and {cfg.out}/accuracy.png")
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {cfg.out}/perplexity.png and "
+                  f"{cfg.out}/accuracy.png")
     return 0
 
 
@@ -651,7 +668,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
                _add_export, _run_export),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card", _add_push, _run_push),
-    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT, NAT, DPO and KTO, evaluate, compare",
+    "demo": ("the whole method offline on a CPU: pretrain a small base, collect, build, fine-tune w/o-neg, NUT and NAT "
+             "(DPO and KTO on request), evaluate, compare",
              _add_demo, _run_demo),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).

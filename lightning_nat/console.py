@@ -127,18 +127,34 @@ def print_collect_summary(summary: Any, out: str) -> None:
 
 
 def print_demo_table(result: dict[str, Any], seconds: float) -> None:
-    """The demo's comparison, laid out like the paper's Table 2."""
+    """The demo's comparison, laid out like the paper's Table 2, then the error types of §5.3."""
     cfg = result["config"]
     names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",
              "dpo": "DPO (pairs, from w/o Neg)", "kto": "KTO (labels, from w/o Neg)"}
     rows = []
     for strategy, v in result["table"].items():
-        spread = f" ± {100 * v['accuracy_sd']:.1f}" if cfg["seeds"] > 1 else ""
+        spread = ""
+        if cfg["seeds"] > 1:
+            lo, hi = v["accuracy_ci95"]
+            spread = f" ± {100 * v['accuracy_sd']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        ppl = v.get("dev_perplexity")
         rows.append([names.get(strategy, strategy), v["positives"], v["negatives"],
-                     f"{100 * v['accuracy']:.1f}{spread}", f"{100 * v['finished']:.0f}%"])
-    console.print(table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {cfg['seeds']} seed(s), "
-                        f"{cfg['steps']} steps each", ["strategy", "positives", "negatives", "accuracy (%)", "finished"],
-                        rows))
+                     f"{100 * v['accuracy']:.1f}{spread}", f"{100 * v['finished']:.0f}%",
+                     f"{ppl:.3f}" if ppl is not None else "-", str(v.get("cut_turns", "-"))])
+    seeds = f"seeds {cfg['first_seed']}-{cfg['first_seed'] + cfg['seeds'] - 1}" if cfg["seeds"] > 1 else \
+        f"seed {cfg['first_seed']}"
+    console.print(table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {seeds}, "
+                        f"{cfg['steps']} steps each from one pretrained base",
+                        ["strategy", "positives", "negatives", "accuracy % (mean ± sd [95% CI])", "finished",
+                         "dev ppl", "cut turns"], rows))
+    mix = result.get("teacher_error_mix")
+    if mix:
+        types = list(mix)
+        err_rows = [["training negatives (share)", *(f"{100 * mix[t]:.0f}" for t in types)]]
+        err_rows += [[names.get(s, s), *(f"{100 * v['errors'][t]:.0f}" for t in types)]
+                     for s, v in result["table"].items() if "errors" in v]
+        console.print(table("First mistake of each episode, % of episodes (test) or of negatives (training set)",
+                            ["", *types], err_rows))
     console.print(f"done in {seconds / 60:.1f} minutes")
 
 
