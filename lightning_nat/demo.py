@@ -51,11 +51,11 @@ class DemoConfig:
     layers: int = 4
     heads: int = 4
     pretrain_texts: int = 6000
-    pretrain_steps: int = 500
+    pretrain_steps: int = 400
     base_seed: int = 1234
     # Where pretrained bases are kept ("": <out>/../demo-base-cache, shared by every --out beside it).
     cache_dir: str = ""
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     learning_rate: float = 1e-3
     preference_learning_rate: float = 5e-5

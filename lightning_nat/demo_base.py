@@ -38,10 +38,10 @@ class BaseSpec:
     texts: int = 6000
     steps: int = 600
     batch_size: int = 16
-    block: int = 192
+    block: int = 256
     learning_rate: float = 3e-3
     seed: int = 1234
-    version: int = 1  # bump when the text generators change
+    version: int = 2  # bump when the text generators change
 
     def key(self) -> str:
         """A short hash of every field.
@@ -61,17 +61,45 @@ def _story(rng: random.Random) -> list[str]:
     return sentences
 
 
+def _chat(role: str, text: str) -> str:
+    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+
+
+def _transcript(rng: random.Random) -> str:
+    """A chat where the assistant follows a passage sentence by sentence, noting numbers the user reports.
+
+    Generic instruction following in the chat layout the task uses: restate the next sentence, copy its
+    number and the number the user reported last. No operator is chosen, nothing is computed, no answer given.
+    """
+    sentences = _story(rng)
+    numbers = [int(w.rstrip(".")) for s in sentences for w in s.split() if w.rstrip(".").isdigit()]
+    parts = [_chat("system", rng.choice(CHAT_SYSTEM)), _chat("user", " ".join(sentences))]
+    last = numbers[0]
+    for sentence, number in zip(sentences[1:], numbers[1:]):
+        parts.append(_chat("assistant", f"Read: {sentence}\nNote: {last} and {number}"))
+        last = rng.randint(0, 400)
+        parts.append(_chat("user", f"Reading: {last}"))
+    parts.append(_chat("assistant", f"Done: {last}"))
+    return "".join(parts)
+
+
+CHAT_SYSTEM = ["Follow the passage one sentence per turn.", "Go through the text sentence by sentence.",
+               "Restate each sentence in turn and note the numbers."]
+
+
 def pretraining_text(rng: random.Random) -> str:
-    """One unlabelled passage exercising a copying skill: restate, echo or recall.
+    """One unlabelled passage exercising a copying skill: a chat transcript, or restate, echo or recall.
 
     >>> text = pretraining_text(random.Random(0)); isinstance(text, str) and len(text) > 20
     True
     """
-    kind = rng.randrange(3)
-    if kind == 0:  # restate a passage's sentences in order, one per line
+    kind = rng.randrange(6)
+    if kind < 3:
+        return _transcript(rng)
+    if kind == 3:  # restate a passage's sentences in order, one per line
         sentences = _story(rng)
         return " ".join(sentences) + "\nIn order:\n" + "\n".join(f"- {s}" for s in sentences)
-    if kind == 1:  # echo a list of numbers
+    if kind == 4:  # echo a list of numbers
         numbers = [str(rng.randint(0, 400)) for _ in range(rng.randint(2, 6))]
         return f"Numbers: {' '.join(numbers)}. Again: {' '.join(numbers)}."
     readings = [str(rng.randint(0, 400)) for _ in range(rng.randint(2, 5))]  # recall the latest and the first
