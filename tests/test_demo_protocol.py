@@ -68,6 +68,7 @@ def test_budget_covers_every_teacher_turn_under_a_small_vocabulary(tmp_path):
     assert max(lengths) > 40  # the former constant budget (40 tokens) would have cut these turns
 
 
+@pytest.mark.timeout(900)
 def test_demo_refuses_a_budget_below_the_longest_teacher_turn(tmp_path):
     proc = nat("demo", "--quick", "--max-new-tokens", "5", "--out", "demo", cwd=tmp_path)
     assert proc.returncode == 1
@@ -99,6 +100,7 @@ def test_base_is_cached_by_its_inputs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three --quick runs; on a loaded 2-core machine each can take minutes
 def test_nat_demo_quick_twice_gives_identical_results(tmp_path):
     """Same seed, same machine: two fresh runs (each pretraining its own base) write the same results.json."""
     outs = []
