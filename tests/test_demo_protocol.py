@@ -127,3 +127,13 @@ def test_nat_demo_quick_twice_gives_identical_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "a" / "demo" / "timings.json").read_text())["base_from_cache"] is True
     assert (tmp_path / "a" / "demo" / "results.json").read_text() == outs[0]
+
+
+def test_gpu_profile_without_a_gpu_is_a_clear_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the profile would run")
+    proc = nat("demo", "--profile", "gpu", "--out", "demo", cwd=tmp_path)
+    assert proc.returncode == 1 and "--profile gpu needs a CUDA device" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
