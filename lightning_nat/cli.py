@@ -38,7 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "trainer_formats:ExportConfig", "trainer_formats:run_export"),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card",
              "hub:PushConfig", "hub:run_push"),
-    "demo": ("the whole method offline on a CPU: collect, build, train w/o-neg, NUT, NAT, DPO and KTO, evaluate, compare",
+    "demo": ("the whole method offline on a CPU: pretrain a small base, collect, build, fine-tune w/o-neg, NUT and NAT "
+             "(DPO and KTO on request), evaluate, compare",
              "demo:DemoConfig", "demo:run_demo_command"),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).

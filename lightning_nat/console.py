@@ -126,19 +126,44 @@ def print_collect_summary(summary: Any, out: str) -> None:
     console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))
 
 
+# Column heads of the error-type table, short enough for an 80-column terminal.
+SHORT_ERROR_NAMES = {"wrong_operand": "operand", "wrong_operator": "operator", "skip_step": "skip", "finish_early": "early",
+                     "stale_number": "stale", "made_up_number": "made-up", "unfinished": "unfin.", "other": "other"}
+
+
 def print_demo_table(result: dict[str, Any], seconds: float) -> None:
-    """The demo's comparison, laid out like the paper's Table 2."""
+    """The demo's comparison, laid out like the paper's Table 2, then the error types of §5.3."""
     cfg = result["config"]
     names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",
              "dpo": "DPO (pairs, from w/o Neg)", "kto": "KTO (labels, from w/o Neg)"}
     rows = []
     for strategy, v in result["table"].items():
-        spread = f" ± {100 * v['accuracy_sd']:.1f}" if cfg["seeds"] > 1 else ""
+        spread = ""
+        if cfg["seeds"] > 1:
+            lo, hi = v["accuracy_ci95"]
+            spread = f" ± {100 * v['accuracy_sd']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        ppl = v.get("dev_perplexity")
         rows.append([names.get(strategy, strategy), v["positives"], v["negatives"],
-                     f"{100 * v['accuracy']:.1f}{spread}", f"{100 * v['finished']:.0f}%"])
-    console.print(table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {cfg['seeds']} seed(s), "
-                        f"{cfg['steps']} steps each", ["strategy", "positives", "negatives", "accuracy (%)", "finished"],
-                        rows))
+                     f"{100 * v['accuracy']:.1f}{spread}", f"{100 * v['finished']:.0f}%",
+                     f"{ppl:.2f}" if ppl is not None else "-", str(v.get("cut_turns", "-"))])
+    seeds = f"seeds {cfg['first_seed']}-{cfg['first_seed'] + cfg['seeds'] - 1}" if cfg["seeds"] > 1 else \
+        f"seed {cfg['first_seed']}"
+    main = table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {seeds}, {cfg['steps']} steps "
+                 "each from one pretrained base; accuracy % as mean ± sd [95% CI] over seeds",
+                 ["strategy", "pos.", "neg.", "accuracy %", "finished", "dev ppl", "cut turns"], rows)
+    main.columns[0].no_wrap = True  # the strategy names are what users (and tests) look for
+    console.print(main)
+    mix = result.get("teacher_error_mix")
+    if mix:
+        types = list(mix)
+        short = {"positive": "w/o Neg", "nut": "NUT", "nat": "NAT", "dpo": "DPO", "kto": "KTO"}
+        err_rows = [["train negatives", *(f"{100 * mix[t]:.0f}" for t in types)]]
+        err_rows += [[short.get(s, s), *(f"{100 * v['errors'][t]:.0f}" for t in types)]
+                     for s, v in result["table"].items() if "errors" in v]
+        errors = table("First mistake of each episode, % of episodes (test) or of negatives (training set)",
+                       ["", *(SHORT_ERROR_NAMES.get(t, t) for t in types)], err_rows)
+        errors.columns[0].no_wrap = True
+        console.print(errors)
     console.print(f"done in {seconds / 60:.1f} minutes")
 
 

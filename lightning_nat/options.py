@@ -100,7 +100,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         hint, _ = _unwrap(hints[f.name])
         default = _default(f)
-        kw: dict[str, Any] = {"help": _resolve(meta.get("help", ""))}
+        # argparse formats help with %: a literal % in a help text (e.g. "95 %") must not break --help.
+        kw: dict[str, Any] = {"help": _resolve(meta.get("help", "")).replace("%", "%%")}
         origin = typing.get_origin(hint)
         if hint is bool:
             kw["action"] = "store_false" if default is True else "store_true"

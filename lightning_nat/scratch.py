@@ -31,16 +31,21 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE,
+                    split_digits: bool = False):
     """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``.
 
-    With ``chat_template=None`` it ships none, and training falls back to Llama-2-chat.
+    With ``chat_template=None`` it ships none, and training falls back to Llama-2-chat. With
+    ``split_digits`` every digit is its own token, as in Llama's tokenizers, so a number is copied
+    digit by digit rather than as one of many arbitrary merged tokens.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

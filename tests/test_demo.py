@@ -50,10 +50,13 @@ def test_temperature_raises_the_error_rate():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # five strategies; minutes on a loaded 2-core machine
 def test_nat_demo_quick(tmp_path):
     nat = Path(sys.executable).with_name("nat")
     out = tmp_path / "demo"
-    proc = subprocess.run([str(nat), "demo", "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    # DPO and KTO are not in the default comparison any more: asked for here.
+    proc = subprocess.run([str(nat), "demo", "--quick", "--out", str(out), "--strategies", "positive", "nut", "nat",
+                           "dpo", "kto"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NAT (negative-aware)" in proc.stdout and "w/o Neg" in proc.stdout
     result = json.loads((out / "results.json").read_text())
@@ -77,7 +80,8 @@ def test_nat_demo_quick(tmp_path):
 
     test = [json.loads(line) for line in (out / "seed0" / "test.jsonl").read_text().splitlines()]
     for strategy in ("positive", "nut", "nat"):
-        policy = HFPolicy(str(out / "seed0" / "runs" / strategy / "model"), device="cpu", max_new_tokens=24)
+        policy = HFPolicy(str(out / "seed0" / "runs" / strategy / "model"), device="cpu",
+                          max_new_tokens=result["per_seed"][0]["max_new_tokens"])
         trajs = ReActAgent(arith_task(), policy, make_tools(arith_task().tools), max_turns=4).run(
             test, batch_size=len(test))
         assert summarize(trajs)["accuracy"] == pytest.approx(result["per_seed"][0][strategy]["accuracy"]), strategy

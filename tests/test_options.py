@@ -74,7 +74,7 @@ def test_demo_quick_keeps_given_sizes():
     cfg = from_namespace(config_class("demo"), parser.parse_args(["--quick", "--steps", "800", "--out", "d"]))
     assert cfg.steps == 800 and cfg.train_problems == 80 and cfg.out == "d"  # given, quick's, given
     full = from_namespace(config_class("demo"), parser.parse_args([]))
-    assert full.steps == 800 and full.train_problems == 500 and not full.quick_sizes
+    assert full.steps == 200 and full.train_problems == 400 and not full.quick_sizes  # the full run's
 
 
 def test_on_parse_error_flag_is_checked_against_the_protocol():
