@@ -147,9 +147,10 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None]) -> dict[str
                          "positives": build["positives"], "negatives": build["negatives"]}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
-        from .trajectory import write_jsonl
+        from .report import EvalReport
 
-        write_jsonl(root / "runs" / strategy / "eval_trajectories.jsonl", trajs)
+        EvalReport(results={task.name: result}, episodes={task.name: trajs}, usage=dict(policy.usage),
+                   meta={"strategy": strategy, "seed": seed}).write(root / "runs" / strategy / "eval")
     return out
 
 
@@ -196,7 +197,13 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     per_seed = [run_seed(cfg, seed, say) for seed in range(cfg.seeds)]
     table = aggregate(per_seed, cfg.strategies)
     result = {"config": asdict(cfg), "table": table, "per_seed": per_seed}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    from .report import EvalReport, task_result
+
+    # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
+    seeds = [EvalReport.read(out / f"seed{k}" / "runs" / s / "eval", episodes=True) for k in range(cfg.seeds)
+             for s in cfg.strategies]
+    runs = {s: [trajs for r in seeds if r.meta["strategy"] == s for trajs in r.episodes.values()] for s in cfg.strategies}
+    EvalReport(results={s: task_result(trajs) for s, trajs in runs.items()}, meta=result).write(out)
     runs = load_perplexity_runs([out / "seed0" / "runs" / s for s in cfg.strategies])
     plot_perplexity(runs, out / "perplexity.png", title="Dev perplexity of held-out positives (seed 0)")
     from .synthetic import ARITH_DECLARATION
