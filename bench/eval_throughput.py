@@ -1,13 +1,19 @@
 """Episodes per second of the episode engine against one question at a time and the former batched loop.
 
-Three arms, same model, same GSM8K test questions, same turn and token limits, in one run,
-alternated (A, B, C, A, B, C, ...) so that a noisy machine hits every arm alike:
+The arms, same model, same GSM8K test questions, same turn and token limits, in one run,
+alternated (A, B, C, A, B, C, ...) so that a noisy machine hits every arm alike. Every arm's
+episodes run through the engine's pool (:func:`lightning_nat.engine.run_pool`); the first two
+are reference arms that reproduce the former ways with it:
 
-- ``one_at_a_time``: one question at a time with ``model.generate`` (how the reference evaluates);
-- ``batched``: the former loop: fixed batches of ``--batch-size`` with ``model.generate``, a
-  finished episode's place staying empty until its batch ends;
+- ``one_at_a_time`` (reference): a pool of one with ``model.generate`` (how the reference evaluates);
+- ``batched`` (reference): the former loop: fixed batches of ``--batch-size``, each a pool run to
+  its end before the next starts (a finished episode's place stays empty), with ``model.generate``;
 - ``engine``: the engine's pool of ``--pool-size`` kept full, with the policy's own decoding loop
-  (rows stop on token ids and leave the batch at once).
+  (token-id stops, rows leaving at once, the shared head's and each episode's own KV cache reused,
+  prefill grouped by length);
+- ``continuous_batching`` (not run by default): the engine's pool with transformers' continuous
+  batching (``model.generate_batch``, paged attention) as the policy; it has no stop strings, so
+  every turn runs to ``--max-new-tokens`` and is cut at ``Observation:`` afterwards.
 
 Reported: episodes/s and generated tokens/s per arm (median over rounds), and the median of
 the per-round ratios engine / one_at_a_time and engine / batched with their range.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +35,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # shared_data: where the data is
+
+
+class ContinuousBatching:
+    """transformers' continuous batching as a policy: ``generate_batch`` on the rendered prompts, cut at the stop."""
+
+    def __init__(self, model_dir: str, policy, max_new_tokens: int):
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        # Its own copy of the weights: generate_batch switches the model to paged attention.
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=policy.model.dtype).to(policy.model.device)
+        self.policy, self.tokenizer = policy, policy.tokenizer
+        self.config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                       eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        self.usage = {"completion_tokens": 0}
+
+    def generate(self, prompts):
+        from lightning_nat.agent import STOP
+
+        ids = self.tokenizer([self.policy.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        out = self.model.generate_batch(inputs=ids, generation_config=self.config, progress_bar=False)
+        rows = [out[k].generated_tokens for k in sorted(out, key=lambda k: int(k.rsplit("_", 1)[-1]))]
+        self.usage["completion_tokens"] += sum(len(r) for r in rows)
+        return [t.split(STOP, 1)[0] for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace) -> dict:
@@ -44,9 +74,12 @@ def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace)
     else:
         trajs = agent.run(records, batch_size=args.pool_size)
     secs = time.perf_counter() - start
-    tokens = agent.policy.usage["completion_tokens"] - before["completion_tokens"]
+    usage = agent.policy.usage
+    tokens = usage["completion_tokens"] - before["completion_tokens"]
     return {"seconds": secs, "episodes": len(trajs), "episodes_per_s": len(trajs) / secs,
             "tokens_per_s": tokens / secs, "generated_tokens": tokens,
+            "prompt_tokens": usage.get("prompt_tokens", 0) - before.get("prompt_tokens", 0),
+            "cached_prompt_tokens": usage.get("cached_prompt_tokens", 0) - before.get("cached_prompt_tokens", 0),
             "model_turns": sum(1 for t in trajs for m in t.messages if m["role"] == "assistant"),
             "messages": [t.messages for t in trajs]}
 
@@ -76,6 +109,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     arms = [a.strip() for a in args.arms.split(",")]
+    load = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy it was
     torch.manual_seed(0)
     task = TASKS["gsm8k"]
     data = str(require_shared_data())
@@ -88,9 +122,11 @@ def main() -> None:
         policy = HFPolicy(model, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
         former = HFPolicy(policy.model, policy.tokenizer, max_new_tokens=args.max_new_tokens, loop="generate")
 
+        batching = ContinuousBatching(model, policy, args.max_new_tokens) if "continuous_batching" in arms else None
+        chosen = {"engine": policy, "continuous_batching": batching}
+
         def agent_for(name: str) -> ReActAgent:
-            return ReActAgent(task, policy if name == "engine" else former, make_tools(task.tools),
-                              max_turns=args.max_turns)
+            return ReActAgent(task, chosen.get(name) or former, make_tools(task.tools), max_turns=args.max_turns)
 
         rounds: list[dict[str, dict]] = []
         for r in range(args.rounds):
@@ -101,23 +137,31 @@ def main() -> None:
                                   "episodes_per_s": round(rounds[-1][name]["episodes_per_s"], 4)}), file=sys.stderr)
             print(json.dumps({"round": r, **{n: round(v["episodes_per_s"], 3) for n, v in rounds[-1].items()}}),
                   file=sys.stderr)
-    same = all(rd[a]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds for a in arms)
+    same = all(rd[a]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds for a in arms
+               if a != "continuous_batching")
     result: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                     "questions": args.questions, "pool_size": args.pool_size, "batch_size": args.batch_size,
                     "max_new_tokens": args.max_new_tokens, "max_turns": args.max_turns, "rounds": args.rounds,
                     "dtype": args.dtype, "hidden_size": args.hidden_size, "layers": args.layers,
+                    "torch_threads": torch.get_num_threads(), "load_average_at_start": load,
                     "greedy_episodes_identical_across_arms": same}
     for name in arms:
         runs = [rd[name] for rd in rounds]
         result[name] = {"episodes_per_s": round(statistics.median(x["episodes_per_s"] for x in runs), 3),
                         "tokens_per_s": round(statistics.median(x["tokens_per_s"] for x in runs), 1),
                         "seconds": [round(x["seconds"], 2) for x in runs],
-                        "generated_tokens": runs[0]["generated_tokens"], "model_turns": runs[0]["model_turns"]}
-    for base in ("one_at_a_time", "batched"):
-        if "engine" in arms and base in arms:
-            ratios = [rd["engine"]["episodes_per_s"] / rd[base]["episodes_per_s"] for rd in rounds]
-            result[f"engine_over_{base}"] = {"median": round(statistics.median(ratios), 2),
-                                             "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
+                        "generated_tokens": runs[0]["generated_tokens"], "model_turns": runs[0]["model_turns"],
+                        "prompt_tokens": runs[0]["prompt_tokens"], "cached_prompt_tokens": runs[0]["cached_prompt_tokens"]}
+    if "continuous_batching" in arms:  # it runs every turn to the token limit, then cuts: same episodes?
+        result["continuous_batching"]["episodes_identical_to_first_arm"] = all(
+            rd["continuous_batching"]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds)
+    for top in ("engine", "continuous_batching"):
+        for base in ("one_at_a_time", "batched"):
+            if top in arms and base in arms:  # pairwise: each round's ratio, arms run back to back
+                ratios = [rd[top]["episodes_per_s"] / rd[base]["episodes_per_s"] for rd in rounds]
+                result[f"{top}_over_{base}"] = {"median": round(statistics.median(ratios), 2),
+                                                "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=1))
 
 

@@ -210,7 +210,6 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     from .report import task_result
     from .synthetic import ScriptedTeacher, arith_task, make_problems
     from .tools import make_tools
-    from .trajectory import write_jsonl
 
     seed_everything(seed, cfg.threads)
     root = Path(cfg.out) / f"seed{seed}"
@@ -284,7 +283,10 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
                          "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
-        write_jsonl(root / "runs" / strategy / "eval_trajectories.jsonl", trajs)
+        from .report import EvalReport
+
+        EvalReport(results={task.name: result}, episodes={task.name: trajs}, usage=dict(policy.usage),
+                   meta={"strategy": strategy, "seed": seed}).write(root / "runs" / strategy / "eval")
     return out
 
 
@@ -396,7 +398,14 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     table = aggregate(per_seed, cfg.strategies)
     result = {"config": asdict(cfg), "base": base, "table": table, "teacher_error_mix": teacher_mix(per_seed),
               "per_seed": per_seed}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    from .report import EvalReport, task_result
+
+    # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
+    seeds = [EvalReport.read(out / f"seed{k}" / "runs" / s / "eval", episodes=True)
+             for k in range(cfg.first_seed, cfg.first_seed + cfg.seeds) for s in cfg.strategies]
+    by_strategy = {s: [trajs for r in seeds if r.meta["strategy"] == s for trajs in r.episodes.values()]
+                   for s in cfg.strategies}
+    EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
     first = out / f"seed{cfg.first_seed}" / "runs"
     runs = load_perplexity_runs([first / s for s in cfg.strategies])
     plot_perplexity(runs, out / "perplexity.png", title=f"Dev perplexity of held-out positives (seed {cfg.first_seed})")

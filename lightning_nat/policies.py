@@ -34,11 +34,13 @@ class HFPolicy:
         loop: ``engine`` (:mod:`lightning_nat.decoding`) or ``generate`` (``model.generate`` with
             ``stop_strings``, the former loop; kept for comparison).
         prefix_cache: reuse the KV cache of the prompt head all episodes share (``loop="engine"``).
+        episode_cache: keep each row's KV cache until the next call, where an episode's next turn
+            prefills only its new tokens (``loop="engine"``; holds one pool's caches in memory).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
-                 loop: str = "engine", prefix_cache: bool = True):
+                 loop: str = "engine", prefix_cache: bool = True, episode_cache: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,10 +64,13 @@ class HFPolicy:
         self._matcher: Any = None
         # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
         # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
-        from .decoding import PrefixCache
+        from .kv_cache import EpisodeCache, PrefixCache
 
         self._prefix = PrefixCache() if prefix_cache else None
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0}
+        self._episodes = EpisodeCache() if episode_cache else None
+        # cached_prompt_tokens: prompt tokens whose keys and values came from a cache, not prefilled again.
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0,
+                      "cached_prompt_tokens": 0}
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -97,11 +102,14 @@ class HFPolicy:
         ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
         was_training = self.model.training
         self.model.eval()
+        reused: list[int] = []
         try:
             rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
-                          pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix)
+                          pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix, episodes=self._episodes,
+                          reused=reused)
         finally:
             self.model.train(was_training)
+        self.usage["cached_prompt_tokens"] += sum(reused)
         self.usage["calls"] += 1
         self.usage["requests"] += len(prompts)
         self.usage["prompt_tokens"] += sum(len(i) for i in ids)

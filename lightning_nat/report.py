@@ -154,7 +154,8 @@ class EvalReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
-        write_jsonl(out / EPISODES_FILE, [t for trajs in self.episodes.values() for t in trajs])
+        if self.episodes:  # a report of figures only (the demo's comparison) has no episodes to write
+            write_jsonl(out / EPISODES_FILE, [t for trajs in self.episodes.values() for t in trajs])
         atomic_write_text(out / RESULTS_FILE, json.dumps(self.to_dict(), indent=1))
         return out
 

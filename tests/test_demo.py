@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lightning_nat.agent import ReActAgent
+from lightning_nat.report import EvalReport
 from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
 from lightning_nat.tools import make_tools
 
@@ -85,6 +86,10 @@ def test_nat_demo_quick(tmp_path):
         trajs = ReActAgent(arith_task(), policy, make_tools(arith_task().tools), max_turns=4).run(
             test, batch_size=len(test))
         assert summarize(trajs)["accuracy"] == pytest.approx(result["per_seed"][0][strategy]["accuracy"]), strategy
-        seen = [json.loads(line) for line in (out / "seed0" / "runs" / strategy / "eval_trajectories.jsonl")
-                .read_text().splitlines()]
-        assert [t.messages for t in trajs] == [t["messages"] for t in seen], strategy  # the same episodes, turn by turn
+        seen = EvalReport.read(out / "seed0" / "runs" / strategy / "eval", episodes=True)
+        assert [t.messages for t in trajs] == [t.messages for t in seen.episodes[arith_task().name]], strategy
+        assert seen.results[arith_task().name].metrics["accuracy"] == result["per_seed"][0][strategy]["accuracy"]
+    # results.json is an EvalReport: each strategy over the seeds (the runs), readable by nat plot and the cards.
+    report = EvalReport.read(out)
+    assert set(report.results) == set(table) and report.meta["table"] == table
+    assert report.results["nat"].metrics["accuracy"] == pytest.approx(table["nat"]["accuracy"], abs=1e-4)

@@ -1,5 +1,7 @@
 """The episode engine and the local policy's decoding loop (issue 12)."""
 
+import os
+
 import pytest
 
 from lightning_nat.agent import ReActAgent
@@ -203,3 +205,59 @@ def test_eval_progress_bar_shows_done_live_and_rate(monkeypatch):
         progress("gsm8k", 7, 10, 3)
     text = buf.getvalue()
     assert "7/10" in text and "3 live" in text and "episodes/s" in text
+
+
+def test_episode_cache_keeps_greedy_episodes_identical_to_batched_generate(scratch_model, shared_data):
+    """Each episode's next turn prefills only its new ids; the episodes equal the former loop's, turn for turn."""
+    from lightning_nat.policies import HFPolicy
+
+    task = TASKS["gsm8k"]
+    records = load_questions_for(task, data_dir=str(shared_data), limit=7)
+    engine = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=16))
+    former = HFPolicy(engine.model, engine.tokenizer, max_new_tokens=16, loop="generate")
+    a = ReActAgent(task, engine, make_tools(task.tools), max_turns=4).run(records, batch_size=3)
+    b = ReActAgent(task, former, make_tools(task.tools), max_turns=4).run(records, batch_size=7)
+    assert [t.messages for t in a] == [t.messages for t in b]
+    turns = sum(1 for t in a for m in t.messages if m["role"] == "assistant")
+    assert turns > 2 * len(records)  # later turns happened, so there was history to reuse
+    # More came from caches than the shared head alone would give: the episodes' own histories.
+    assert engine.usage["cached_prompt_tokens"] > engine.usage["requests"] * len(engine._prefix.ids)
+
+
+def test_episode_cache_falls_back_where_the_ids_diverge(scratch_model, shared_data):
+    """A next prompt that re-tokenises the generated text differently reuses only the common ids, same output."""
+    from lightning_nat.decoding import StopMatcher, decode
+    from lightning_nat.kv_cache import EpisodeCache
+    from lightning_nat.policies import HFPolicy
+
+    policy = _lively(HFPolicy(str(scratch_model), device="cpu"))
+    tok = policy.tokenizer
+    _, prompts = _prompts(shared_data, 4)
+    ids = tok([policy.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
+    stops, eos = StopMatcher(tok, "Observation:"), [tok.eos_token_id]
+    cache = EpisodeCache()
+    first = decode(policy.model, ids, stops, 12, 0.0, eos, tok.pad_token_id, episodes=cache)
+    observation = tok.encode(" Observation: 42\n", add_special_tokens=False)
+    # Row 0 continues its whole history; row 1 drops its last generated ids (as a strip or re-merge
+    # would); row 2 diverges inside its prompt; row 3's generated text is replaced by the observation.
+    nexts = [ids[0] + first[0] + observation, ids[1] + first[1][:-3] + observation,
+             ids[2][:-5] + observation, ids[3] + observation]
+    reused: list[int] = []
+    again = decode(policy.model, nexts, stops, 12, 0.0, eos, tok.pad_token_id, episodes=cache, reused=reused)
+    fresh = decode(policy.model, nexts, stops, 12, 0.0, eos, tok.pad_token_id)
+    assert again == fresh
+    assert reused[0] == len(ids[0]) + len(first[0]) - 1  # all but the last generated id had been fed
+    assert reused[1] == len(ids[1]) + len(first[1]) - 3 and reused[2] == len(ids[2]) - 5
+    assert reused[3] == len(os.path.commonprefix([nexts[3], ids[3] + first[3]]))
+
+
+def test_episode_cache_take_finds_the_longest_common_prefix():
+    from lightning_nat.kv_cache import EpisodeCache
+
+    cache = EpisodeCache(min_tokens=2)
+    cache.put([1, 2, 3, 4, 5], ["a"])
+    cache.put([1, 2, 9, 9], ["b"])
+    cache.end_call()
+    assert cache.take([[1, 2, 3, 4, 5, 6], [1, 2, 9, 7], [1, 2, 3], [8, 8, 8]]) == [
+        (5, ["a"]), (3, ["b"]), (2, ["a"]), (0, [])]
+    assert cache.take([[1, 2, 3, 4, 5, 6]]) == [(0, [])]  # a call's caches serve the next call only
