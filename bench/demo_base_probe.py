@@ -2,7 +2,7 @@
 
     python bench/demo_base_probe.py runs/design/cache/base-<key> --n 20
 
-A transcript (``lightning_nat.demo_base``) is cut after its first ``<|im_start|>assistant`` line; the base
+A transcript (``lightning_nat.demo.base``) is cut after its first ``<|im_start|>assistant`` line; the base
 continues greedily and the turn is scored against the transcript's own: the whole turn exact, the restated
 sentence exact, and the two noted numbers exact. Seeds 10_000+ are never used for pretraining texts
 (those come from one ``random.Random(spec.seed)`` stream), so these transcripts are new to the base.
@@ -19,7 +19,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lightning_nat.demo_base import _transcript
+    from lightning_nat.demo.base import _transcript
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("base", help="a cached base folder (base-<key>)")

@@ -2,7 +2,7 @@
 
 The arms, same model, same GSM8K test questions, same turn and token limits, in one run,
 alternated (A, B, C, A, B, C, ...) so that a noisy machine hits every arm alike. Every arm's
-episodes run through the engine's pool (:func:`lightning_nat.engine.run_pool`); the first two
+episodes run through the engine's pool (:func:`lightning_nat.agent.engine.run_pool`); the first two
 are reference arms that reproduce the former ways with it:
 
 - ``one_at_a_time`` (reference): a pool of one with ``model.generate`` (how the reference evaluates);
@@ -51,7 +51,7 @@ class ContinuousBatching:
         self.usage = {"completion_tokens": 0}
 
     def generate(self, prompts):
-        from lightning_nat.agent import STOP
+        from lightning_nat.agent.react import STOP
 
         ids = self.tokenizer([self.policy.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
         out = self.model.generate_batch(inputs=ids, generation_config=self.config, progress_bar=False)
@@ -88,11 +88,11 @@ def main() -> None:
     import torch
     from shared_data import require_shared_data  # tests/shared_data.py
 
-    from lightning_nat.agent import ReActAgent
-    from lightning_nat.policies import HFPolicy
-    from lightning_nat.scratch import make_scratch_model
-    from lightning_nat.tasks import TASKS, load_questions_for
-    from lightning_nat.tools import make_tools
+    from lightning_nat.agent.policies import HFPolicy
+    from lightning_nat.agent.react import ReActAgent
+    from lightning_nat.core.tasks import TASKS, load_questions_for
+    from lightning_nat.core.tools import make_tools
+    from lightning_nat.train.scratch import make_scratch_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: a scratch Llama made here)")

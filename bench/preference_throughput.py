@@ -44,8 +44,8 @@ def run(model_dir: str, data_dir: Path, objective: str, steps: int, micro: int, 
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
-    from lightning_nat.trainer import make_trainer
+    from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+    from lightning_nat.train.trainer import make_trainer
 
     class Meter(Callback):
         def __init__(self):
@@ -102,7 +102,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         data = {variant: build(tmp, variant, args.pos_num, args.neg_num) for variant in arms}
-        from lightning_nat.scratch import conversation_texts, make_scratch_model
+        from lightning_nat.train.scratch import conversation_texts, make_scratch_model
 
         model = str(make_scratch_model(tmp / "model", conversation_texts(data["nat"]), vocab_size=1024,
                                        hidden_size=args.hidden, num_layers=args.layers, num_heads=4))

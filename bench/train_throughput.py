@@ -40,9 +40,9 @@ def build_rows(tmp: Path, n_pos: int, n_neg: int):
 def run_ours(model_dir: str, data_dir: Path, steps: int, micro: int, acc: int, accelerator: str, precision: str) -> dict:
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_nat.data import NATDataModule
-    from lightning_nat.model import NATModule
-    from lightning_nat.trainer import make_trainer
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import NATModule
+    from lightning_nat.train.trainer import make_trainer
 
     class Meter(Callback):
         tokens = 0
@@ -75,8 +75,8 @@ def run_baseline(model_dir: str, data_dir: Path, steps: int, micro: int, acc: in
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from lightning_nat.data import collate
-    from lightning_nat.tokenization import ensure_chat_template, tokenize_batch
+    from lightning_nat.train.datamodule import collate
+    from lightning_nat.train.tokenization import ensure_chat_template, tokenize_batch
 
     tok = ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
     rows = datasets.load_from_disk(str(data_dir))["train"]
@@ -129,7 +129,7 @@ def main() -> None:
         data = build_rows(tmp, 600, 300)
         model = args.model
         if model is None:
-            from lightning_nat.scratch import conversation_texts, make_scratch_model
+            from lightning_nat.train.scratch import conversation_texts, make_scratch_model
 
             model = str(make_scratch_model(tmp / "model", conversation_texts(data), vocab_size=2048,
                                            hidden_size=args.hidden, num_layers=args.layers, num_heads=4))

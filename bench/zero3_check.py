@@ -36,7 +36,7 @@ def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     from shared_data import require_shared_data  # tests/shared_data.py
 
     from lightning_nat.builders import build_dataset, save_build
-    from lightning_nat.scratch import conversation_texts, make_scratch_model
+    from lightning_nat.train.scratch import conversation_texts, make_scratch_model
 
     d = require_shared_data() / "strategyqa"
     data = work / "data"
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     accelerator = "gpu" if gpu else "cpu"
     strategy_class = ("lightning.pytorch.strategies.DeepSpeedStrategy" if gpu
-                      else "lightning_nat.cpu_deepspeed.CPUDeepSpeedStrategy")
+                      else "lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy")
     ds_cfg = json.loads(Path(args.deepspeed_config).read_text())
     ds_cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition every weight, even tiny ones
     ds_path = work / "zero3-check.json"

@@ -11,7 +11,7 @@ Any ``nat fit`` argument follows the script (``--config``, ``--trainer.*``, ``--
 
 import sys
 
-from lightning_nat.train import cli_main
+from lightning_nat.train.fit import cli_main
 
 if __name__ == "__main__":
     sys.exit(cli_main(sys.argv[1:]))

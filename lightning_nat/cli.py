@@ -1,6 +1,6 @@
 """The ``nat`` command: a table of sub-commands, each one config dataclass and the library function that runs it.
 
-Every flag, its help and its default come from the config's fields (:mod:`lightning_nat.options`);
+Every flag, its help and its default come from the config's fields (:mod:`lightning_nat.core.options`);
 ``fit`` hands its arguments to ``LightningCLI`` so that the YAML configs stay the record of a run.
 """
 
@@ -11,40 +11,41 @@ import importlib
 import sys
 from typing import Any
 
-from . import __version__
+from lightning_nat import __version__
 
 # name: (help, the config dataclass, the function that runs it), as "module:attribute" so that a command loads
 # only its own modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files",
-              "build_config:BuildConfig", "build_config:run_build"),
+              "data.config:BuildConfig", "data.config:run_build"),
     "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests",
-                "scratch:ScratchConfig", "scratch:run_scratch"),
+                "train.scratch:ScratchConfig", "train.scratch:run_scratch"),
     "eval": ("evaluate a model as a ReAct agent on tasks (accuracy, EM/F1, episode ends)",
-             "eval_command:EvalCommandConfig", "eval_command:run_eval"),
-    "solve": ("run one episode on a question and print it turn by turn", "eval_command:SolveConfig",
-              "eval_command:run_solve"),
+             "agent.eval_command:EvalCommandConfig", "agent.eval_command:run_eval"),
+    "solve": ("run one episode on a question and print it turn by turn", "agent.eval_command:SolveConfig",
+              "agent.eval_command:run_solve"),
     "collect": ("run a teacher LLM on training questions and keep every labelled trajectory (resumable)",
-                "collect_command:CollectConfig", "collect_command:run_collect"),
-    "clean": ("apply the paper's cleaning rules to collected trajectories", "collect_command:CleanConfig",
-              "collect_command:run_clean"),
-    "plot": ("draw dev perplexity curves or accuracy against the number of negatives", "plot:PlotConfig",
-             "plot:run_plot"),
+                "agent.collect_command:CollectConfig", "agent.collect_command:run_collect"),
+    "clean": ("apply the paper's cleaning rules to collected trajectories", "agent.collect_command:CleanConfig",
+              "agent.collect_command:run_clean"),
+    "plot": ("draw dev perplexity curves or accuracy against the number of negatives", "report.plot:PlotConfig",
+             "report.plot:run_plot"),
     "corpus": ("index text files or a JSONL of passages with BM25 for the offline search tool",
-               "corpus:CorpusConfig", "corpus:run_corpus"),
+               "core.corpus:CorpusConfig", "core.corpus:run_corpus"),
     "inspect": ("show one built row rendered by a tokenizer, its trained tokens marked, with label, marker and "
-                "token counts", "inspect_row:InspectConfig", "inspect_row:run_inspect"),
+                "token counts", "report.inspect_row:InspectConfig", "report.inspect_row:run_inspect"),
     "export": ("write a built dataset as openai / sharegpt / alpaca JSONL for TRL, LLaMA-Factory and axolotl",
-               "trainer_formats:ExportConfig", "trainer_formats:run_export"),
+               "data.trainer_formats:ExportConfig", "data.trainer_formats:run_export"),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card",
-             "hub:PushConfig", "hub:run_push"),
+             "report.hub:PushConfig", "report.hub:run_push"),
     "demo": ("the whole method offline on a CPU: pretrain a small base, collect, build, fine-tune w/o-neg, NUT and NAT "
              "(DPO and KTO on request), evaluate, compare",
-             "demo:DemoConfig", "demo:run_demo_command"),
+             "demo.run:DemoConfig", "demo.run:run_demo_command"),
 }
 # Sub-commands that parse their own arguments (LightningCLI and friends).
 PASSTHROUGH: dict[str, tuple[str, str]] = {
-    "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)", "lightning_nat.train:cli_main"),
+    "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)",
+            "lightning_nat.train.fit:cli_main"),
 }
 
 
@@ -61,7 +62,7 @@ def config_class(command: str) -> type:
 
 def command_parser(command: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The parser of one sub-command: its config's flags and --debug."""
-    from .options import add_options
+    from lightning_nat.core.options import add_options
 
     help_text = COMMANDS[command][0]
     parser = parser or argparse.ArgumentParser(prog=f"nat {command}", description=help_text, allow_abbrev=False)
@@ -76,7 +77,7 @@ def error_line(exc: BaseException, command: str | None = None) -> str:
     >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
     "[Errno 2] No such file or directory: 'q.jsonl'"
     """
-    from .jsonl import RecordError
+    from lightning_nat.core.jsonl import RecordError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
@@ -114,7 +115,7 @@ def _dispatch(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .options import from_namespace
+    from lightning_nat.core.options import from_namespace
 
     cfg = from_namespace(config_class(args.command), args)
     return load(COMMANDS[args.command][2])(cfg)

@@ -37,7 +37,7 @@ def _tiny_build(files: dict[str, Path], tmp_path_factory, name: str) -> Path:
 
 def _tiny_model(dataset: Path, tmp_path_factory) -> Path:
     """A 2-layer random-init Llama with a 384-token BPE tokenizer trained on ``dataset`` (ChatML template)."""
-    from lightning_nat.scratch import conversation_texts, make_scratch_model
+    from lightning_nat.train.scratch import conversation_texts, make_scratch_model
 
     return make_scratch_model(tmp_path_factory.mktemp("models") / "scratch", conversation_texts(dataset),
                               vocab_size=384, hidden_size=32, num_layers=2, num_heads=2)

@@ -1,7 +1,7 @@
 """Where the shared public data lives, for the tests and the benchmarks (test infrastructure, not shipped).
 
 ``NAT_SHARED_DATA`` names the folder; by default ``../shared/data`` beside the repository
-(``lightning_nat.tasks.default_data_dir``, which ``nat eval`` also uses when given no ``--data-dir``).
+(``lightning_nat.core.tasks.default_data_dir``, which ``nat eval`` also uses when given no ``--data-dir``).
 The data is read in place and never copied into the repository. Benchmarks put this folder on
 ``sys.path`` to import it.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lightning_nat.tasks import default_data_dir
+from lightning_nat.core.tasks import default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.agent import ReActAgent, parse_step, summarize
+from lightning_nat.agent.react import ReActAgent, parse_step, summarize
 from lightning_nat.builders import build_dataset
-from lightning_nat.readers import read_trajectories_jsonl
-from lightning_nat.tasks import TASKS, load_questions_for
-from lightning_nat.tools import make_tools
+from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.tasks import TASKS, load_questions_for
+from lightning_nat.core.tools import make_tools
 
 TOOLS = ["calculate", "search", "finish"]
 
@@ -81,7 +81,7 @@ def test_batched_episodes_and_trajectories(tmp_path):
     summary = summarize(trajs)
     assert summary["accuracy"] == 0.5 and summary["finished"] == 0.75 and summary["turn_limit"] == 0.25
     # Evaluation output feeds back into `nat build`.
-    from lightning_nat.trajectory import write_jsonl
+    from lightning_nat.core.trajectory import write_jsonl
 
     path = tmp_path / "episodes.jsonl"
     write_jsonl(path, trajs)

@@ -1,11 +1,11 @@
-"""The files stages hand each other are named, written and read in one place (lightning_nat.artifacts)."""
+"""The files stages hand each other are named, written and read in one place (lightning_nat.core.artifacts)."""
 
 import json
 
 import pytest
 
-from lightning_nat import artifacts
-from lightning_nat.artifacts import BuildRecord, read_build, write_build
+from lightning_nat.core import artifacts
+from lightning_nat.core.artifacts import BuildRecord, read_build, write_build
 
 
 def test_build_record_round_trip(tmp_path):
@@ -32,7 +32,7 @@ def test_build_errors_name_the_file(tmp_path):
 def test_nat_build_writes_what_artifacts_reads(tmp_path, tiny_dataset):
     rec = read_build(tiny_dataset)
     assert rec.variant and rec.neg_num is not None and rec.prompt is not None
-    from lightning_nat.prompts import read_spec
+    from lightning_nat.core.prompts import read_spec
 
     assert read_spec(str(tiny_dataset)).to_dict() == rec.prompt
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from lightning_nat.batching import accumulation_steps, device_count
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import NATModule
-from lightning_nat.trainer import make_trainer
+from lightning_nat.train.batching import accumulation_steps, device_count
+from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.model import NATModule
+from lightning_nat.train.trainer import make_trainer
 
 
 @pytest.mark.parametrize("global_batch, micro, devices, nodes, expected",

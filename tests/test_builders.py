@@ -6,7 +6,7 @@ import pytest
 
 from lightning_nat.builders import PRESETS, build_dataset
 from lightning_nat.cli import main
-from lightning_nat.trajectory import TrajectoryFormatError
+from lightning_nat.core.trajectory import TrajectoryFormatError
 
 
 @pytest.fixture

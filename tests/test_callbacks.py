@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_nat.callbacks import DevPerplexity, ReActEval
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import NATModule
-from lightning_nat.trainer import make_trainer
+from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.model import NATModule
+from lightning_nat.train.trainer import make_trainer
 
 
 class Probe(Callback):

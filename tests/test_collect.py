@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
-from lightning_nat.cleaning import clean, paper_rules
-from lightning_nat.collect import collect, key_of, recover
-from lightning_nat.policies import OpenAIPolicy
-from lightning_nat.prompts import make_spec, split_prompt
-from lightning_nat.readers import read_trajectories, read_trajectories_jsonl
-from lightning_nat.tasks import TASKS, load_questions_for
-from lightning_nat.tools import make_tools
-from lightning_nat.trajectory import Trajectory
+from lightning_nat.agent.collect import collect, key_of, recover
+from lightning_nat.agent.policies import OpenAIPolicy
+from lightning_nat.core.prompts import make_spec, split_prompt
+from lightning_nat.core.readers import read_trajectories, read_trajectories_jsonl
+from lightning_nat.core.tasks import TASKS, load_questions_for
+from lightning_nat.core.tools import make_tools
+from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.data.cleaning import clean, paper_rules
 
 SECRET = "sk-collect-SECRET-777"
 
@@ -155,7 +155,7 @@ def test_clean_rules():
 
 def test_nat_clean_cli(tmp_path, capsys):
     from lightning_nat.cli import main
-    from lightning_nat.trajectory import write_jsonl
+    from lightning_nat.core.trajectory import write_jsonl
 
     trajs = [Trajectory(str(i), "hotpotqa", "q", [{"role": "assistant", "content": str(i)}], i == 0, [1.0, 0.0, 0.3][i],
                         "p", question_id=str(i)) for i in range(3)]

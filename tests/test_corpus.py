@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from lightning_nat.tools import make_search
+from lightning_nat.core.tools import make_search
 
 
 def _nat(*args, cwd):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.report import EvalReport
-from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
-from lightning_nat.tools import make_tools
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.results import EvalReport
+from lightning_nat.core.tools import make_tools
+from lightning_nat.demo.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
 
 
 def test_problems_are_deterministic_and_correct():
@@ -76,8 +76,8 @@ def test_nat_demo_quick(tmp_path):
     for name in ("perplexity.png", "accuracy.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     # Every trained model is kept, and reloaded it scores what the demo reported.
-    from lightning_nat.agent import summarize
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.policies import HFPolicy
+    from lightning_nat.agent.react import summarize
 
     test = [json.loads(line) for line in (out / "seed0" / "test.jsonl").read_text().splitlines()]
     for strategy in ("positive", "nut", "nat"):

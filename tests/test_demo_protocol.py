@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.demo import generation_budget, teacher_turn_lengths
-from lightning_nat.demo_base import FORMAT_TEXTS, BaseSpec, make_base, pretraining_texts
-from lightning_nat.demo_errors import classify_episode
-from lightning_nat.scratch import train_tokenizer
-from lightning_nat.synthetic import FAILURE_MODES, ScriptedTeacher, arith_task, make_problems
-from lightning_nat.tools import make_tools
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.tools import make_tools
+from lightning_nat.demo.base import FORMAT_TEXTS, BaseSpec, make_base, pretraining_texts
+from lightning_nat.demo.errors import classify_episode
+from lightning_nat.demo.run import generation_budget, teacher_turn_lengths
+from lightning_nat.demo.synthetic import FAILURE_MODES, ScriptedTeacher, arith_task, make_problems
+from lightning_nat.train.scratch import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_digit_tokenizer_splits_every_number_into_digits():
 def test_budget_covers_every_teacher_turn_under_a_small_vocabulary(tmp_path):
     """The demo's data under a 300-token vocabulary: the derived budget is above every teacher turn."""
     from lightning_nat.builders import build_dataset, save_build
-    from lightning_nat.trajectory import write_jsonl
+    from lightning_nat.core.trajectory import write_jsonl
 
     problems = make_problems(60, seed=7, min_steps=2, max_steps=3)
     trajs = []

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.report import EvalReport, TaskResult, task_result
-from lightning_nat.tasks import TASKS, load_questions_for
-from lightning_nat.tools import make_tools
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.results import EvalReport, TaskResult, task_result
+from lightning_nat.core.tasks import TASKS, load_questions_for
+from lightning_nat.core.tools import make_tools
 
 
 class Scripted:
@@ -71,7 +71,7 @@ def test_report_round_trips_through_results_json(tmp_path):
 
 
 def _prompts(shared_data, n):
-    from lightning_nat.prompts import head_messages, make_spec
+    from lightning_nat.core.prompts import head_messages, make_spec
 
     spec = make_spec("gsm8k")
     records = load_questions_for(TASKS["gsm8k"], data_dir=str(shared_data), limit=n)
@@ -95,7 +95,7 @@ def _lively(policy):
 
 
 def test_greedy_decoding_loop_matches_batched_generate(scratch_model, shared_data):
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.policies import HFPolicy
 
     policy = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=40))
     _, prompts = _prompts(shared_data, 6)
@@ -112,8 +112,8 @@ def test_rows_leave_at_the_stop_string_as_generate_stops(scratch_model, shared_d
     """With frequent stop strings rows stop at different steps; the ids equal generate's up to each stop."""
     import torch
 
-    from lightning_nat.decoding import PrefixCache, StopMatcher, decode
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.decoding import PrefixCache, StopMatcher, decode
+    from lightning_nat.agent.policies import HFPolicy
 
     policy = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=30))
     _, prompts = _prompts(shared_data, 6)
@@ -133,7 +133,7 @@ def test_rows_leave_at_the_stop_string_as_generate_stops(scratch_model, shared_d
 def test_stop_string_ends_a_row_on_token_ids(scratch_model):
     from transformers import AutoTokenizer
 
-    from lightning_nat.decoding import StopMatcher
+    from lightning_nat.agent.decoding import StopMatcher
 
     tok = AutoTokenizer.from_pretrained(str(scratch_model))
     matcher = StopMatcher(tok, "Observation:")
@@ -150,7 +150,7 @@ def test_stop_string_ends_a_row_on_token_ids(scratch_model):
 
 
 def test_engine_episodes_equal_the_former_batched_loop(scratch_model, shared_data):
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.policies import HFPolicy
 
     task = TASKS["gsm8k"]
     records = load_questions_for(task, data_dir=str(shared_data), limit=6)
@@ -196,7 +196,7 @@ def test_eval_progress_bar_shows_done_live_and_rate(monkeypatch):
 
     from rich.console import Console
 
-    from lightning_nat import console as console_module
+    from lightning_nat.core import console as console_module
 
     buf = io.StringIO()
     monkeypatch.setattr(console_module, "console", Console(file=buf, force_terminal=True, width=150))
@@ -209,7 +209,7 @@ def test_eval_progress_bar_shows_done_live_and_rate(monkeypatch):
 
 def test_episode_cache_keeps_greedy_episodes_identical_to_batched_generate(scratch_model, shared_data):
     """Each episode's next turn prefills only its new ids; the episodes equal the former loop's, turn for turn."""
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.policies import HFPolicy
 
     task = TASKS["gsm8k"]
     records = load_questions_for(task, data_dir=str(shared_data), limit=7)
@@ -226,9 +226,9 @@ def test_episode_cache_keeps_greedy_episodes_identical_to_batched_generate(scrat
 
 def test_episode_cache_falls_back_where_the_ids_diverge(scratch_model, shared_data):
     """A next prompt that re-tokenises the generated text differently reuses only the common ids, same output."""
-    from lightning_nat.decoding import StopMatcher, decode
-    from lightning_nat.kv_cache import EpisodeCache
-    from lightning_nat.policies import HFPolicy
+    from lightning_nat.agent.decoding import StopMatcher, decode
+    from lightning_nat.agent.kv_cache import EpisodeCache
+    from lightning_nat.agent.policies import HFPolicy
 
     policy = _lively(HFPolicy(str(scratch_model), device="cpu"))
     tok = policy.tokenizer
@@ -252,7 +252,7 @@ def test_episode_cache_falls_back_where_the_ids_diverge(scratch_model, shared_da
 
 
 def test_episode_cache_take_finds_the_longest_common_prefix():
-    from lightning_nat.kv_cache import EpisodeCache
+    from lightning_nat.agent.kv_cache import EpisodeCache
 
     cache = EpisodeCache(min_tokens=2)
     cache.put([1, 2, 3, 4, 5], ["a"])

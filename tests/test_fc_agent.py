@@ -4,8 +4,8 @@ import pytest
 from tool_templates import FAMILIES
 from transformers import AutoTokenizer
 
-from lightning_nat.fc_agent import StepCounts, from_openai_reply, parse_turn, render_prompt, step, tool_schemas
-from lightning_nat.trajectory import Trajectory
+from lightning_nat.agent.fc_agent import StepCounts, from_openai_reply, parse_turn, render_prompt, step, tool_schemas
+from lightning_nat.core.trajectory import Trajectory
 
 
 def get_weather(city: str) -> dict:

@@ -13,10 +13,10 @@ import pytest
 from fake_openai import FakeOpenAI
 from tool_templates import FAMILIES
 
-from lightning_nat.engine import run_pool
-from lightning_nat.fc_episode import FunctionCallingAgent
-from lightning_nat.report import task_result
-from lightning_nat.tasks import get_task, load_questions_for
+from lightning_nat.agent.engine import run_pool
+from lightning_nat.agent.fc_episode import FunctionCallingAgent
+from lightning_nat.core.results import task_result
+from lightning_nat.core.tasks import get_task, load_questions_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_task"
@@ -100,7 +100,7 @@ def test_text_turns_become_structured_calls_and_errors_are_counted(family):
     assert result["accuracy"] == 7 / 8 and result["parse_errors"] == 1 and result["tool_errors"] == 2
     assert result["tool_calls"] == 8 and agent.stats.parse_errors == 1
     # What the episode wrote is a valid trajectory that reads back with its calls.
-    from lightning_nat.trajectory import Trajectory
+    from lightning_nat.core.trajectory import Trajectory
 
     assert Trajectory.from_dict(json.loads(json.dumps(h8.to_dict()))).messages == h8.messages
 
@@ -120,7 +120,7 @@ def test_hf_tool_policy_renders_tools_stops_at_end_of_turn_and_repeats_with_a_se
     import torch
     from transformers import AutoTokenizer
 
-    from lightning_nat.fc_policy import HFToolPolicy
+    from lightning_nat.agent.fc_policy import HFToolPolicy
 
     tok = AutoTokenizer.from_pretrained(scratch_model)
     tok.chat_template = FAMILIES[family]
@@ -270,7 +270,7 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
 def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
     import time
 
-    from lightning_nat.fc_agent import StepCounts, run_calls
+    from lightning_nat.agent.fc_agent import StepCounts, run_calls
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-leaky-19")
 
@@ -305,8 +305,8 @@ def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
 def test_hf_tool_policy_reads_turns_with_parse_response_as_the_family_parser_does(scratch_model, family):
     from transformers import AutoTokenizer
 
-    from lightning_nat.fc_agent import parse_turn
-    from lightning_nat.fc_policy import HFToolPolicy
+    from lightning_nat.agent.fc_agent import parse_turn
+    from lightning_nat.agent.fc_policy import HFToolPolicy
 
     tok = AutoTokenizer.from_pretrained(scratch_model)
     tok.chat_template = FAMILIES[family]

@@ -25,7 +25,7 @@ def test_fixture_is_what_its_script_writes(tmp_path):
 
 
 def test_fixture_builds_like_the_shared_data(fixture_dataset):
-    from lightning_nat.artifacts import read_build
+    from lightning_nat.core.artifacts import read_build
 
     rec = read_build(fixture_dataset)
     assert (rec.pos_num, rec.neg_num, rec.stats["dev"]) == (24, 16, 8)

@@ -10,8 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_nat"
 # Lazy (function-level) imports that still go round: the task registry, task declarations, tools and the
 # prompts that look tasks up by name. Listed so that the set can only shrink: a new cycle fails the test.
-KNOWN_LAZY_CYCLES = [{"lightning_nat.prompts", "lightning_nat.registry", "lightning_nat.tools", "lightning_nat.safe_tool",
-                      "lightning_nat.task_spec", "lightning_nat.tasks"}]
+KNOWN_LAZY_CYCLES = [{"lightning_nat.core.prompts", "lightning_nat.core.registry", "lightning_nat.core.tools",
+                      "lightning_nat.core.safe_tool", "lightning_nat.core.task_spec", "lightning_nat.core.tasks"}]
 
 
 def _modules() -> dict[str, Path]:
@@ -96,10 +96,10 @@ def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
 
 def test_the_graph_sees_imports():
     top, every = import_graph()
-    assert "lightning_nat.jsonl" in top["lightning_nat.trajectory"]
-    assert "lightning_nat.export" in top["lightning_nat.callbacks.export"]  # `from ..export import export_hf`
-    assert "lightning_nat.builders" in every["lightning_nat.demo"] - top["lightning_nat.demo"]  # a lazy import
-    assert "lightning_nat.agent" not in every["lightning_nat.engine"]  # under TYPE_CHECKING only
+    assert "lightning_nat.core.jsonl" in top["lightning_nat.core.trajectory"]
+    assert "lightning_nat.train.export" in top["lightning_nat.train.export_callback"]  # `from ..export import export_hf`
+    assert "lightning_nat.data.builders" in every["lightning_nat.demo.run"] - top["lightning_nat.demo.run"]  # a lazy import
+    assert "lightning_nat.agent.react" not in every["lightning_nat.agent.engine"]  # under TYPE_CHECKING only
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
@@ -107,10 +107,10 @@ def test_no_import_cycle():
     top, every = import_graph()
     assert cycles(top) == []
     assert sorted(map(sorted, cycles(every))) == sorted(map(sorted, KNOWN_LAZY_CYCLES))
-    assert not cycles({m: every[m] for m in ("lightning_nat.readers", "lightning_nat.trajectory")})
-    assert "lightning_nat.readers" not in every["lightning_nat.trajectory"]  # the record does not know its readers
-    assert "lightning_nat.callbacks" not in every["lightning_nat.plot"]  # plotting needs no Lightning callback
-    assert "lightning_nat.agent" not in every["lightning_nat.policies"]  # the policies need STOP, not the agent
+    assert not cycles({m: every[m] for m in ("lightning_nat.core.readers", "lightning_nat.core.trajectory")})
+    assert "lightning_nat.core.readers" not in every["lightning_nat.core.trajectory"]  # the record does not know its readers
+    assert "lightning_nat.callbacks" not in every["lightning_nat.report.plot"]  # plotting needs no Lightning callback
+    assert "lightning_nat.agent.react" not in every["lightning_nat.agent.policies"]  # the policies need STOP, not the agent
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
@@ -124,12 +124,12 @@ def test_every_module_imports_in_a_fresh_interpreter():
 
 def test_callbacks_import_lazily():
     code = ("import sys\nimport lightning_nat.callbacks\n"
-            "print(sorted(m for m in ('sympy', 'lightning_nat.agent', 'lightning_nat.tools') if m in sys.modules))\n"
+            "print(sorted(m for m in ('sympy', 'lightning_nat.agent.react', 'lightning_nat.core.tools') if m in sys.modules))\n"
             "from lightning_nat.callbacks import DevPerplexity, ExportHF\n"
-            "print(sorted(m for m in ('lightning_nat.agent', 'lightning_nat.tools') if m in sys.modules))\n"
+            "print(sorted(m for m in ('lightning_nat.agent.react', 'lightning_nat.core.tools') if m in sys.modules))\n"
             "from lightning_nat.callbacks import ReActEval\n"
-            "print(ReActEval.__module__, 'lightning_nat.agent' in sys.modules)\n")
+            "print(ReActEval.__module__, 'lightning_nat.agent.react' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == ["[]", "[]", "lightning_nat.callbacks.react_eval True"]
+    assert proc.stdout.splitlines() == ["[]", "[]", "lightning_nat.agent.react_eval True"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.build_config import BuildConfig
-from lightning_nat.options import parse
-from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
-from lightning_nat.train import NATCLI, TRAINER_DEFAULTS
+from lightning_nat.core.options import parse
+from lightning_nat.data.config import BuildConfig
+from lightning_nat.train.fit import NATCLI, TRAINER_DEFAULTS
+from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch"
 CONFIGS = sorted((LAUNCH / "configs").glob("*.yaml"))

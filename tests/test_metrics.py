@@ -1,7 +1,7 @@
 import pytest
 
-from lightning_nat.metrics import extract_gold_number, math_metric, parse_yes_no, qa_metric, yesno_metric
-from lightning_nat.tasks import TASKS, load_questions_for
+from lightning_nat.core.metrics import extract_gold_number, math_metric, parse_yes_no, qa_metric, yesno_metric
+from lightning_nat.core.tasks import TASKS, load_questions_for
 
 
 @pytest.mark.parametrize("pred, gold, ok", [

@@ -9,7 +9,7 @@ import yaml
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_nat"
 DECLARATIONS = PACKAGE / "taskdefs"
 # The demo's task is declared by the demo, in this module.
-OTHER_DECLARATIONS = {"arith": PACKAGE / "synthetic.py"}
+OTHER_DECLARATIONS = {"arith": PACKAGE / "demo" / "synthetic.py"}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -2,10 +2,10 @@ import logging
 
 from fake_openai import FakeOpenAI
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.policies import OpenAIPolicy
-from lightning_nat.tasks import TASKS
-from lightning_nat.tools import make_tools
+from lightning_nat.agent.policies import OpenAIPolicy
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.tasks import TASKS
+from lightning_nat.core.tools import make_tools
 
 SECRET = "sk-test-SECRET-4242"
 
@@ -57,7 +57,7 @@ def test_concurrent_batch_keeps_order(monkeypatch):
 def test_auth_error_stops_with_a_clear_message(monkeypatch):
     import pytest
 
-    from lightning_nat.policies import PolicyConfigError
+    from lightning_nat.agent.policies import PolicyConfigError
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with FakeOpenAI(lambda m: "x", faults=[401]) as server:
@@ -83,7 +83,7 @@ def test_retry_after_is_honoured(monkeypatch, caplog):
 def test_bad_request_fails_fast_with_the_server_message(monkeypatch):
     import pytest
 
-    from lightning_nat.policies import PolicyConfigError
+    from lightning_nat.agent.policies import PolicyConfigError
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     pinned = {"status": 400, "message": "Server is pinned to 'tiny-nat'; requested 'my-model'"}

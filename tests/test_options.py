@@ -11,9 +11,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from lightning_nat.build_config import BuildConfig, build_command
 from lightning_nat.cli import COMMANDS, command_parser, config_class
-from lightning_nat.options import cli_fields, flag_of, from_namespace, parse
+from lightning_nat.core.options import cli_fields, flag_of, from_namespace, parse
+from lightning_nat.data.config import BuildConfig, build_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_demo_quick_keeps_given_sizes():
 
 
 def test_on_parse_error_flag_is_checked_against_the_protocol():
-    from lightning_nat.eval_command import EvalCommandConfig
+    from lightning_nat.agent.eval_command import EvalCommandConfig
 
     base = dict(model="m", tasks="gsm8k", out="o")
     assert EvalCommandConfig(**base, on_parse_error="stop").resolved()[0].on_parse_error == "stop"
@@ -96,7 +96,7 @@ def _nat(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_card_command_rebuilds_the_same_dataset(strategyqa_files, tmp_path):
     """The dataset card's `nat build` line, run where the inputs sit under their names, gives the same rows."""
-    from lightning_nat.hub import dataset_card
+    from lightning_nat.report.hub import dataset_card
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -132,8 +132,8 @@ def test_unknown_build_flag_is_an_error():
 
 def test_build_spec_and_the_builder_config_name_the_same_parameters():
     """Every BuildSpec option reaches the builder, and every builder parameter is an option or derived."""
-    from lightning_nat.build_config import BuildSpec
     from lightning_nat.builders import NATConfig
+    from lightning_nat.data.config import BuildSpec
 
     spec = BuildSpec(trajectories=("a",), variant="dpo", thresholds=(0.5,), placement="prefix", pairs_per_question=1)
     params = set(spec.builder_params())
@@ -151,8 +151,8 @@ def test_fit_data_build_takes_every_build_option():
 
     from jsonargparse import ArgumentParser
 
-    from lightning_nat.build_config import BuildSpec
-    from lightning_nat.data import NATDataModule
+    from lightning_nat.data.config import BuildSpec
+    from lightning_nat.train.datamodule import NATDataModule
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(NATDataModule, "data")

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from lightning_nat.cli import main
-from lightning_nat.hub import dataset_card, model_card, push
+from lightning_nat.report.hub import dataset_card, model_card, push
 
 
 def _perplexity_run(root, name, variant, negatives, values):
@@ -141,8 +141,8 @@ def test_push_uploads_the_staged_folder_and_nothing_else(tiny_dataset, monkeypat
 
 def test_sweep_uses_the_count_trained_on_not_the_one_asked_for(tmp_path):
     """A ReActEval row carries the build's actual count; a stale tag saying otherwise does not move the point."""
-    from lightning_nat.artifacts import NEG_NUM, read_rows
-    from lightning_nat.plot import load_sweep
+    from lightning_nat.core.artifacts import NEG_NUM, read_rows
+    from lightning_nat.report.plot import load_sweep
 
     rows = tmp_path / "react_eval.jsonl"
     rows.write_text(json.dumps({"step": 4, "epoch": 0, "results": {"gsm8k": {"accuracy": 0.5, "episodes": 4}},

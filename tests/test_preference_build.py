@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from lightning_nat.builders import build_dataset
-from lightning_nat.reformat import MARKERS
+from lightning_nat.data.reformat import MARKERS
 
 
 def _nat_build(files, tmp_path, variant, out, *extra):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_nat.batching import accumulation_steps
 from lightning_nat.builders import build_dataset, save_build
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import target_nll
-from lightning_nat.preference_losses import sequence_logps
-from lightning_nat.preference_training import PreferenceDataModule, PreferenceModule
-from lightning_nat.tokenization import IGNORE_INDEX
+from lightning_nat.train.batching import accumulation_steps
+from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.model import target_nll
+from lightning_nat.train.preference_losses import sequence_logps
+from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+from lightning_nat.train.tokenization import IGNORE_INDEX
 
 
 def _build(files, tmp_path_factory, variant, **kw):

@@ -8,15 +8,15 @@ import datasets
 import pytest
 from transformers import AutoTokenizer
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.artifacts import PROMPT_FILE
+from lightning_nat.agent.react import ReActAgent
 from lightning_nat.builders import PRESETS, build_dataset, save_build
 from lightning_nat.callbacks import ExportHF
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import NATModule
-from lightning_nat.prompts import read_spec, resolve_eval_spec
-from lightning_nat.tasks import TASKS
-from lightning_nat.trainer import make_trainer
+from lightning_nat.core.artifacts import PROMPT_FILE
+from lightning_nat.core.prompts import read_spec, resolve_eval_spec
+from lightning_nat.core.tasks import TASKS
+from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.model import NATModule
+from lightning_nat.train.trainer import make_trainer
 
 
 def _train_and_export(scratch_model, data_dir, out):
@@ -34,7 +34,7 @@ def _train_and_export(scratch_model, data_dir, out):
 def test_every_preset_is_evaluated_under_its_trained_positive_prompt(strategyqa_files, scratch_model, tmp_path):
     files = [str(strategyqa_files["pos"]), str(strategyqa_files["neg"])]
     tok = AutoTokenizer.from_pretrained(str(scratch_model))
-    from lightning_nat.preference import PREFERENCE_VARIANTS
+    from lightning_nat.data.preference import PREFERENCE_VARIANTS
 
     # DPO and KTO are objectives, not prompts: their rows take the plain positive (nut) prompt, tested elsewhere.
     for preset in [p for p in PRESETS if p.variant not in PREFERENCE_VARIANTS]:

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from lightning_nat.agent import ReActAgent
-from lightning_nat.evaluate import EvalConfig, apply_protocol, evaluate
-from lightning_nat.prompts import split_prompt
-from lightning_nat.tasks import TASKS, load_questions_for
+from lightning_nat.agent.evaluate import EvalConfig, apply_protocol, evaluate
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.prompts import split_prompt
+from lightning_nat.core.tasks import TASKS, load_questions_for
 
 
 class CoinPolicy:
@@ -29,7 +29,7 @@ class CoinPolicy:
 
 
 def _spec():
-    from lightning_nat.prompts import make_spec
+    from lightning_nat.core.prompts import make_spec
 
     return make_spec("gsm8k")
 

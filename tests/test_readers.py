@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lightning_nat.readers import ReadReport, load_questions, read_trajectories, read_trajectories_jsonl
-from lightning_nat.trajectory import Trajectory, TrajectoryFormatError, write_jsonl
+from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories, read_trajectories_jsonl
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, write_jsonl
 
 
 def test_real_strategyqa_counts(strategyqa_files):

@@ -1,11 +1,11 @@
 import pytest
 
-from lightning_nat.prompts import make_spec
-from lightning_nat.readers import ReadReport, load_questions, read_trajectories
-from lightning_nat.reformat import MARKERS, BuildStats, inference_messages, label_and_marker, select
-from lightning_nat.reformat import reformat as _reformat
-from lightning_nat.tasks import TASKS
-from lightning_nat.trajectory import Trajectory
+from lightning_nat.core.prompts import make_spec
+from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories
+from lightning_nat.core.tasks import TASKS
+from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.data.reformat import MARKERS, BuildStats, inference_messages, label_and_marker, select
+from lightning_nat.data.reformat import reformat as _reformat
 
 
 @pytest.fixture(scope="module")

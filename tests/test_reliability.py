@@ -161,7 +161,7 @@ def test_corrupt_checkpoint_is_a_located_error(tmp_path, scratch_model, tiny_dat
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lightning_nat import jsonl  # noqa: E402
+from lightning_nat.core import jsonl  # noqa: E402
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -185,7 +185,7 @@ def test_jsonl_line_separators_survive(tmp_path):
 
 def _collected(tmp_path, content):
     """A canonical trajectory file (what nat collect writes) with one teacher answer holding ``content``."""
-    from lightning_nat.trajectory import Trajectory, write_jsonl
+    from lightning_nat.core.trajectory import Trajectory, write_jsonl
 
     trajs = [Trajectory(id=f"gsm8k:{i}:t0.2:s0", task="gsm8k", question=f"Q{i}?", reward=bool(i % 2), score=None,
                         prediction="4", answer="4", question_id=str(i), meta={"temperature": 0.2, "sample": 0},
@@ -201,7 +201,7 @@ def test_clean_and_build_read_back_unicode_line_separators(tmp_path):
     path = _collected(tmp_path, content)
     proc = nat("clean", path, "--task", "gsm8k", "--out", tmp_path / "clean.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    from lightning_nat.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories_jsonl
 
     back = read_trajectories_jsonl(tmp_path / "clean.jsonl")
     assert len(back) == 4 and back[1].messages[0]["content"] == content
@@ -317,7 +317,7 @@ def test_failed_rebuild_leaves_the_previous_dataset_loadable(tmp_path):
 
 
 def test_a_second_build_into_a_locked_output_names_the_holder(tmp_path):
-    from lightning_nat.outputs import output_lock
+    from lightning_nat.core.outputs import output_lock
 
     trajs = _trajs_file(tmp_path)
     out = tmp_path / "ds"
@@ -341,7 +341,7 @@ def test_collect_never_touches_a_user_file(tmp_path, shared_data):
 
 
 def test_collect_into_a_locked_file_names_the_holder(tmp_path, shared_data):
-    from lightning_nat.outputs import output_lock
+    from lightning_nat.core.outputs import output_lock
 
     out = tmp_path / "c.jsonl"
     with output_lock(out, "nat collect"):
@@ -353,7 +353,7 @@ def test_collect_into_a_locked_file_names_the_holder(tmp_path, shared_data):
 
 
 def test_fit_into_a_locked_root_names_the_holder(tmp_path, scratch_model, tiny_dataset):
-    from lightning_nat.outputs import output_lock
+    from lightning_nat.core.outputs import output_lock
 
     cfg = _fit_config(tmp_path, scratch_model, tiny_dataset, "root")
     with output_lock(tmp_path / "root", "nat fit"):

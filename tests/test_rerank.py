@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer, DPRConfig, DPRReader, DPRReaderTokenizer
 
-from lightning_nat.rerank import Reranker, top_k_by_cosine
-from lightning_nat.tools import make_search
+from lightning_nat.agent.rerank import Reranker, top_k_by_cosine
+from lightning_nat.core.tools import make_search
 
 WORDS = ("paris france capital city river seine tower eiffel london england thames big ben rome italy colosseum "
          "berlin germany wall madrid spain museum who what where is the of in a").split()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat import registry
-from lightning_nat.imports import DeclarationError
-from lightning_nat.registry import register_task, register_tool, resolve_task
-from lightning_nat.task_spec import load_task_file
-from lightning_nat.tasks import TASKS, get_task
-from lightning_nat.tools import make_tools
+from lightning_nat.core import registry
+from lightning_nat.core.imports import DeclarationError
+from lightning_nat.core.registry import register_task, register_tool, resolve_task
+from lightning_nat.core.task_spec import load_task_file
+from lightning_nat.core.tasks import TASKS, get_task
+from lightning_nat.core.tools import make_tools
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_yaml_task_with_file_tool_and_metric(tmp_path, clean_registry):
     assert task.tools == ("shout", "finish") and task.prompt_style == "native"
     assert "- shout[argument]: Upper-cases the text." in task.instruction
     assert make_tools(task.tools)["shout"]("hi") == "HI"
-    from lightning_nat.tasks import load_questions_for
+    from lightning_nat.core.tasks import load_questions_for
 
     records = load_questions_for(task)
     assert records[0]["id"] == "a" and records[0]["question"] == "say hi"
@@ -159,9 +159,9 @@ def test_entry_points_register_tasks_and_tools(tmp_path, monkeypatch, clean_regi
     dist = tmp_path / "natplugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: natplugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[lightning_nat.tools]\nlookup = natplugin_demo:lookup\n\n"
-                                           "[lightning_nat.tasks]\nplugged = natplugin_demo:TASK\n"
-                                           "arith = lightning_nat.synthetic:arith_task\n")
+    (dist / "entry_points.txt").write_text("[lightning_nat.core.tools]\nlookup = natplugin_demo:lookup\n\n"
+                                           "[lightning_nat.core.tasks]\nplugged = natplugin_demo:TASK\n"
+                                           "arith = lightning_nat.demo.synthetic:arith_task\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._entry_points_loaded.clear()
     TASKS.pop("arith", None)
@@ -200,7 +200,7 @@ def test_a_tool_error_never_shows_an_api_key(clean_registry, monkeypatch):
 
 
 def test_agent_turns_a_tool_failure_into_an_observation(clean_registry):
-    from lightning_nat.agent import ReActAgent
+    from lightning_nat.agent.react import ReActAgent
 
     def fragile(text):
         """Fails on purpose."""

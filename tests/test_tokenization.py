@@ -4,8 +4,8 @@ import datasets
 import pytest
 from transformers import AutoTokenizer
 
-from lightning_nat.data import collate
-from lightning_nat.tokenization import (
+from lightning_nat.train.datamodule import collate
+from lightning_nat.train.tokenization import (
     IGNORE_INDEX,
     ConversationError,
     ensure_chat_template,

@@ -7,9 +7,9 @@ from test_function_calls import weather_record
 from tool_templates import FAMILIES
 from transformers import AutoTokenizer
 
-from lightning_nat.readers import from_openai_record
-from lightning_nat.reformat import reformat
-from lightning_nat.tokenization import IGNORE_INDEX, ConversationError, assistant_spans, tokenize_conversation
+from lightning_nat.core.readers import from_openai_record
+from lightning_nat.data.reformat import reformat
+from lightning_nat.train.tokenization import IGNORE_INDEX, ConversationError, assistant_spans, tokenize_conversation
 
 
 def weather_row(parallel: bool = False) -> dict:

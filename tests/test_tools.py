@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from lightning_nat.tools import calculate, format_snippets, make_search, make_tools
+from lightning_nat.core.tools import calculate, format_snippets, make_search, make_tools
 
 HOSTILE = [
     "__import__('os').system('touch /tmp/nat_pwned')",

@@ -7,7 +7,7 @@ import sys
 import datasets
 import pytest
 
-from lightning_nat.tokenization import IGNORE_INDEX, tokenize_conversation
+from lightning_nat.train.tokenization import IGNORE_INDEX, tokenize_conversation
 
 
 def _export(folder, layout, out):

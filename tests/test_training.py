@@ -16,10 +16,10 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_nat.callbacks import ExportHF
-from lightning_nat.data import NATDataModule
-from lightning_nat.model import NATModule, target_nll
-from lightning_nat.sampling import micro_batches, step_schedule
-from lightning_nat.trainer import make_trainer
+from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.model import NATModule, target_nll
+from lightning_nat.train.sampling import micro_batches, step_schedule
+from lightning_nat.train.trainer import make_trainer
 
 
 def _make(fixture_model, fixture_dataset, tmp_path, callbacks=(), lr=3e-3, micro=2, global_batch=4, **trainer_kw):

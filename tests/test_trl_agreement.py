@@ -14,8 +14,8 @@ import datasets
 import pytest
 import torch
 
-from lightning_nat.preference_training import PreferenceModule, collate_preference, mismatched_pair
-from lightning_nat.tokenization import IGNORE_INDEX, ensure_chat_template, tokenize_conversation
+from lightning_nat.train.preference_training import PreferenceModule, collate_preference, mismatched_pair
+from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, tokenize_conversation
 
 trl = pytest.importorskip("trl")
 

@@ -23,7 +23,7 @@ from zero3_probe import free_port, nat_fit, read_rows, run_group, step_losses, s
 pytest.importorskip("deepspeed")
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch"
-CPU_Z3 = "lightning_nat.cpu_deepspeed.CPUDeepSpeedStrategy"
+CPU_Z3 = "lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy"
 WORLD, MICRO, GLOBAL = 2, 2, 8  # accumulation 2 on 2 ranks, 4 on 1: the same global batch of 8
 REACT = {"tasks": ["gsm8k"], "limit": 4, "batch_size": 2, "max_turns": 2, "max_new_tokens": 16}
 
@@ -124,12 +124,12 @@ def test_zero3_export_equals_gathered_weights_and_reloads(runs):
 
 @pytest.mark.timeout(900)
 def test_callbacks_under_zero3_equal_single_process_evaluation(runs, shared_data, tiny_dataset):
-    from lightning_nat.agent import ReActAgent, summarize
-    from lightning_nat.data import NATDataModule
-    from lightning_nat.model import target_nll
-    from lightning_nat.policies import HFPolicy
-    from lightning_nat.tasks import get_task, load_questions_for
-    from lightning_nat.tools import make_tools
+    from lightning_nat.agent.policies import HFPolicy
+    from lightning_nat.agent.react import ReActAgent, summarize
+    from lightning_nat.core.tasks import get_task, load_questions_for
+    from lightning_nat.core.tools import make_tools
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import target_nll
 
     hf = _export(runs["zero3"])
     log_dir = hf.parent
@@ -261,7 +261,7 @@ def test_shipped_deepspeed_configs_train_a_step_on_cpu(name, runs, scratch_model
 def test_cpu_strategy_config_and_refusal():
     from lightning.pytorch.accelerators import CUDAAccelerator
 
-    from lightning_nat.cpu_deepspeed import CPUDeepSpeedStrategy
+    from lightning_nat.train.cpu_deepspeed import CPUDeepSpeedStrategy
 
     strategy = CPUDeepSpeedStrategy(config=str(LAUNCH / "deepspeed" / "zero3_offload.json"))
     zero = strategy.config["zero_optimization"]

@@ -47,7 +47,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from units import convert
 
-    from lightning_nat.fc_episode import calculate, schemas_of
+    from lightning_nat.agent.fc_episode import calculate, schemas_of
 
     TOOLS = schemas_of([convert, calculate])
     source = (HERE / "trajectories.jsonl").read_text().splitlines()

@@ -1,5 +1,4 @@
-"""``datasets`` builders for the NAT/NUT/NAT-k variants."""
+"""``lightning_nat.builders``: the name the design card and older code use for the builders in ``data/``."""
 
-from .nat_builder import FEATURES, PRESETS, BuildResult, NATBuilder, NATConfig, build_dataset, save_build, summarize
-
-__all__ = ["FEATURES", "PRESETS", "BuildResult", "NATBuilder", "NATConfig", "build_dataset", "save_build", "summarize"]
+from lightning_nat.data.builders import *  # noqa: F401,F403
+from lightning_nat.data.builders import __all__  # noqa: F401

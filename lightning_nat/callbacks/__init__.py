@@ -1,4 +1,4 @@
-"""Lightning callbacks of lightning_nat (a subpackage: a top-level ``callbacks`` would collide).
+"""The Lightning callbacks under one name (a subpackage: a top-level ``callbacks`` would collide).
 
 Each callback is imported when first asked for, so ``nat fit`` (which needs ``ExportHF`` and
 ``DevPerplexity``) does not load the agent, its tools and sympy unless a config names ``ReActEval``.
@@ -12,19 +12,20 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .export import ExportHF
-    from .perplexity import DevPerplexity, dev_perplexity
-    from .react_eval import ReActEval
+    from lightning_nat.agent.react_eval import ReActEval
+    from lightning_nat.train.export_callback import ExportHF
+    from lightning_nat.train.perplexity import DevPerplexity, dev_perplexity
 
-_WHERE = {"ExportHF": ".export", "DevPerplexity": ".perplexity", "dev_perplexity": ".perplexity",
-          "ReActEval": ".react_eval"}
+# Where each callback lives: training's with the training stage, ReActEval (it runs the agent) with the agent's.
+_WHERE = {"ExportHF": "lightning_nat.train.export_callback", "DevPerplexity": "lightning_nat.train.perplexity",
+          "dev_perplexity": "lightning_nat.train.perplexity", "ReActEval": "lightning_nat.agent.react_eval"}
 __all__ = ["DevPerplexity", "ExportHF", "ReActEval", "dev_perplexity"]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __name__), name)
+    value = getattr(import_module(_WHERE[name]), name)
     globals()[name] = value  # once imported, a plain attribute
     return value
 

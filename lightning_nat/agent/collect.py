@@ -1,0 +1,243 @@
+"""`nat collect`: a teacher LLM acts on training questions; every trajectory is labelled and kept durably.
+
+Each (question, temperature, sample) key is one episode. A finished episode is appended
+to the output JSONL and flushed to disk at once, so a run killed at any point (even
+``kill -9``) loses at most the episodes in flight; started again, it skips the keys
+already written. A question whose requests still fail after the retries is written to
+``<out>.failed.jsonl`` (never as a negative) and tried again by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core import jsonl
+from lightning_nat.core.jsonl import RecordError
+from lightning_nat.core.tasks import Task
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError
+
+Key = tuple[str, float, int]
+
+
+def key_of(traj: Trajectory) -> Key:
+    """The collection key of a trajectory: question id, temperature, sample index."""
+    return (str(traj.question_id), float(traj.meta["temperature"]), int(traj.meta["sample"]))
+
+
+def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
+    """Trajectories already collected, and how many bytes of a torn last line were set aside.
+
+    Records are written whole, newline last, so only the final line can be torn by a
+    crash. Every complete line is checked first, so a file that is not a collection (a
+    user's JSONL given as ``--out`` by mistake) is refused before anything in it changes.
+    A last line that is a complete record missing only its newline is kept; a torn one is
+    moved to ``<out>.torn`` (nothing is thrown away) and its episode is collected again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    out = [_collected_record(raw, path, lineno) for lineno, raw in jsonl.split_lines(data[:good_end])]
+    tail = data[good_end:]
+    if not tail.strip():
+        return out, 0
+    lineno = data[:good_end].count(b"\n") + 1
+    try:
+        last = _collected_record(tail.removeprefix(jsonl.BOM) if not good_end else tail, path, lineno)
+    except TrajectoryFormatError:
+        if not out and _is_json(tail):  # a whole record that is not ours: a user's file, leave it alone
+            raise
+        with open(path.with_name(path.name + ".torn"), "ab") as fh:
+            fh.write(tail + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+        return out, len(tail)
+    with open(path, "ab") as fh:
+        fh.write(b"\n")
+    return [*out, last], 0
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        jsonl.parse_line(raw)
+    except RecordError:
+        return False
+    return True
+
+
+def _collected_record(raw: bytes, path: Path, lineno: int) -> Trajectory:
+    """One line of a collection file, or a located error saying why it cannot be one."""
+    try:
+        traj = Trajectory.from_dict(jsonl.parse_line(raw))
+        key_of(traj)
+    except RecordError as exc:
+        raise TrajectoryFormatError(f"cannot resume: {exc.problem}; is --out a `nat collect` output?", path,
+                                    f"line {lineno}") from None
+    except (KeyError, TypeError, ValueError):
+        raise TrajectoryFormatError("cannot resume: not a `nat collect` record (no meta.temperature and "
+                                    "meta.sample); is --out a `nat collect` output?", path, f"line {lineno}") from None
+    return traj
+
+
+class DurableWriter:
+    """Appends one JSON line per record, flushed and fsynced before returning.
+
+    With ``lazy=True`` the file is only created by the first record (a failure log that
+    stays absent when nothing failed).
+    """
+
+    def __init__(self, path: str | os.PathLike, lazy: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = None if lazy else open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fh is None:
+            self.fh = open(self.path, "a", encoding="utf-8")
+        self.fh.write(jsonl.dumps_line(record))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
+    """Failure entries whose key was never collected since, the latest entry per key.
+
+    >>> e = [{"question_id": "a", "temperature": 0.2, "sample": 0, "turns": 1},
+    ...      {"question_id": "b", "temperature": 0.2, "sample": 0, "turns": 1},
+    ...      {"question_id": "b", "temperature": 0.2, "sample": 0, "turns": 3}]
+    >>> still_failed(e, {("a", 0.2, 0)})
+    [{'question_id': 'b', 'temperature': 0.2, 'sample': 0, 'turns': 3}]
+    """
+    latest: dict[Key, dict] = {}
+    for entry in entries:
+        key = (str(entry["question_id"]), float(entry["temperature"]), int(entry["sample"]))
+        if key not in collected:
+            latest.pop(key, None)
+            latest[key] = entry
+    return list(latest.values())
+
+
+def compact_failures(path: Path, collected: set[Key]) -> int:
+    """Rewrite the failure log to what is still missing (removing it when nothing is); returns that count.
+
+    The log is replaced atomically, so a crash here leaves the old log, which the next run compacts.
+    """
+    if not path.exists():
+        return 0
+    entries = jsonl.read_jsonl(path)
+    left = still_failed(entries, collected)
+    if not left:
+        path.unlink()
+        return 0
+    return jsonl.write_jsonl(path, left)
+
+
+@dataclass
+class CollectSummary:
+    """What a collection run holds at its end (including earlier runs into the same file)."""
+
+    positives: int = 0
+    negatives: int = 0
+    questions: int = 0
+    questions_solved: int = 0
+    failures: int = 0
+    new_episodes: int = 0
+    resumed: int = 0
+    torn_bytes: int = 0
+    ends: Counter = field(default_factory=Counter)
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+
+
+def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.PathLike,
+            temperatures: Sequence[float] = (0.2, 0.5, 0.7), samples: int = 1, teacher: str = "",
+            batch_size: int = 32, max_turns: int = 6, tools: dict[str, Callable[[str], str]] | None = None,
+            price_per_million: tuple[float, float] | None = None,
+            progress: Callable[[int, int], None] | None = None, agent: str = "react") -> CollectSummary:
+    """Run the teacher on every missing (question, temperature, sample) key; see the module doc.
+
+    ``policy`` must have a ``temperature`` attribute (both policies do); it is set per pass.
+    ``agent``: ``react`` or ``function-calling`` (:mod:`lightning_nat.agent.fc_episode`; ``tools`` is then unused).
+    """
+    from lightning_nat.core.outputs import output_lock
+
+    out = Path(out)
+    with output_lock(out, "nat collect"):
+        return _collect(task, records, policy, out, temperatures, samples, teacher, batch_size, max_turns, tools,
+                        price_per_million, progress, agent)
+
+
+def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temperatures: Sequence[float], samples: int,
+             teacher: str, batch_size: int, max_turns: int, tools: dict[str, Callable[[str], str]] | None,
+             price_per_million: tuple[float, float] | None,
+             progress: Callable[[int, int], None] | None, agent_kind: str = "react") -> CollectSummary:
+    failed_path = out.with_name(out.name + ".failed.jsonl")
+    existing, torn = recover(out)
+    done = {key_of(t) for t in existing}
+    summary = CollectSummary(resumed=len(existing), torn_bytes=torn)
+    plan = [(float(t), s) for t in temperatures for s in range(samples)]
+    total = len(records) * len(plan)
+    finished = len([k for k in done if (k[1], k[2]) in set(plan)])
+    writer, failed_writer = DurableWriter(out), DurableWriter(failed_path, lazy=True)
+    new: list[Trajectory] = []
+    try:
+        for temperature, sample in plan:
+            pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
+            if not pending:
+                continue
+            policy.temperature = temperature
+            if agent_kind == "function-calling":
+                from lightning_nat.agent.fc_episode import FunctionCallingAgent
+
+                agent: ReActAgent = FunctionCallingAgent(task, policy, tools or {}, max_turns=max_turns,
+                                                         family=getattr(policy, "family", "hermes"))
+            else:
+                agent = ReActAgent(task, policy, tools or {}, max_turns=max_turns)
+
+            def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
+                nonlocal finished
+                traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
+                traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
+                if traj.meta.get("end") == "failed":
+                    failed_writer.write({"question_id": traj.question_id, "temperature": temperature,
+                                         "sample": sample, "teacher": teacher, "turns": len(traj.messages)})
+                    summary.failures += 1
+                else:
+                    writer.write(traj.to_dict())
+                    new.append(traj)
+                    finished += 1
+                if progress:
+                    progress(finished + summary.failures, total)
+
+            agent.run(pending, batch_size=batch_size, on_episode=keep)
+    finally:
+        writer.close()
+        failed_writer.close()
+    everything = existing + new
+    # Keys collected on a retry leave the failure log; it disappears when nothing is missing.
+    compact_failures(failed_path, {key_of(t) for t in everything})
+    summary.new_episodes = len(new)
+    summary.positives = sum(t.reward for t in everything)
+    summary.negatives = len(everything) - summary.positives
+    summary.questions = len({t.question_id for t in everything})
+    summary.questions_solved = len({t.question_id for t in everything if t.reward})
+    summary.ends = Counter(t.meta.get("end") for t in everything)
+    summary.usage = dict(getattr(policy, "usage", {}) or {})
+    if price_per_million and summary.usage:
+        p_in, p_out = price_per_million
+        summary.cost_usd = (summary.usage.get("prompt_tokens", 0) * p_in
+                            + summary.usage.get("completion_tokens", 0) * p_out) / 1e6
+    return summary

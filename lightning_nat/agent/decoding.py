@@ -1,0 +1,215 @@
+"""The local policy's decoding loop: rows stop on token ids and leave the batch at once.
+
+``model.generate`` runs every row of a batch until the last one stops, checks stop strings
+on decoded text each step and prefills every prompt whole. Here each row's past comes from
+a cache where one exists (:mod:`lightning_nat.agent.kv_cache`: the prompt head all episodes share,
+or the row's own cache from the previous call, so an episode's next turn prefills only its
+new ids), the rest is prefilled in groups of similar length (little padding), the KV cache
+grows in place one column per step, and a row that emits EOS or completes ``Observation:``
+is removed from the batch (and from the cache) at that step, so the remaining rows run
+alone. Stopping needs no decoding: :class:`StopMatcher` holds each vocabulary id's text,
+computed once per tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lightning_nat.agent.kv_cache import EpisodeCache, Layers, PrefixCache, SlabLayer, plain_layers
+
+
+class StopMatcher:
+    """Whether a row's newest token completes the stop string, from token ids alone.
+
+    Every vocabulary id's text is decoded once (after an anchor token, so that word-initial
+    spaces survive as they do in a sequence). A row keeps the last ``len(stop) - 1``
+    characters it produced; a token ends the row when that tail plus the token's text
+    contains the stop string: the stop string written with any token split, overhangs
+    included (what ``model.generate``'s ``stop_strings`` matches). Only ids whose text
+    holds the stop string's last character can complete it, so other ids skip the check.
+    """
+
+    def __init__(self, tokenizer: Any, stop: str):
+        self.stop = stop
+        anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+        size = len(tokenizer)
+        texts = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False)
+        base = tokenizer.decode(anchor, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self.texts = [t[len(base):] if t.startswith(base) else t for t in texts]
+        self.may_end = [stop[-1] in t for t in self.texts]
+
+    def step(self, tail: str, token: int) -> tuple[str, bool]:
+        """The row's new tail and whether ``token`` completed the stop string.
+
+        >>> class Tok:  # a character-level stand-in
+        ...     def encode(self, s, add_special_tokens=False): return [ord(c) for c in s]
+        ...     def __len__(self): return 128
+        ...     def decode(self, ids, **kw): return "".join(map(chr, ids))
+        ...     def batch_decode(self, rows, **kw): return [self.decode(r) for r in rows]
+        >>> m, tail, hits = StopMatcher(Tok(), "Obs:"), "", []
+        >>> for c in "x Obs: y":
+        ...     tail, hit = m.step(tail, ord(c))
+        ...     hits.append(hit)
+        >>> hits.index(True)
+        5
+        """
+        text = self.texts[token] if token < len(self.texts) else ""
+        joined = tail + text
+        hit = self.may_end[token] and self.stop in joined if token < len(self.may_end) else False
+        return joined[-(len(self.stop) - 1):] if len(self.stop) > 1 else "", hit
+
+
+def _groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
+    """Rows (by index) in prefill groups of similar new length, so padding stays within ``slack`` of the real tokens.
+
+    >>> _groups([90, 5, 100, 6, 95])
+    [[1, 3], [0, 4, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            g = groups[-1]
+            if lengths[i] * (len(g) + 1) <= slack * (sum(lengths[j] for j in g) + lengths[i]):
+                g.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
+def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[int, Layers]], pad_id: int) -> tuple:
+    """One forward over rows that each continue their own cached past: (last logits, cache, mask, next positions).
+
+    A row is laid out as padding, its past, padding, its new ids (both left-padded to the
+    group's widths), with position ids that skip the padding.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    batch, width_past, width_new = len(news), max(c for c, _ in pasts), max(len(n) for n in news)
+    cache = DynamicCache(config=model.config)
+    if width_past:
+        some = next(layers for c, layers in pasts if c)
+        for li, (k0, _) in enumerate(some):
+            keys = k0.new_zeros(batch, k0.shape[1], width_past, k0.shape[3])
+            values = torch.zeros_like(keys)
+            for b, (c, layers) in enumerate(pasts):
+                if c:
+                    keys[b, :, width_past - c:] = layers[li][0][0, :, :c]
+                    values[b, :, width_past - c:] = layers[li][1][0, :, :c]
+            cache.update(keys, values, li)
+    mask = torch.zeros(batch, width_past + width_new, dtype=torch.long, device=device)
+    positions = torch.ones(batch, width_new, dtype=torch.long, device=device)
+    input_ids = torch.full((batch, width_new), pad_id, dtype=torch.long, device=device)
+    for b, ((c, _), new) in enumerate(zip(pasts, news)):
+        mask[b, width_past - c:width_past] = 1
+        mask[b, width_past + width_new - len(new):] = 1
+        positions[b, width_new - len(new):] = torch.arange(c, c + len(new))
+        input_ids[b, width_new - len(new):] = torch.tensor(list(new), dtype=torch.long)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    return logits, cache, mask, positions[:, -1:] + 1
+
+
+def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, max_new_tokens: int,
+           temperature: float = 0.0, stop_ids: Sequence[int] = (), pad_id: int = 0,
+           prefix: PrefixCache | None = None, episodes: EpisodeCache | None = None,
+           reused: list[int] | None = None) -> list[list[int]]:
+    """New token ids per row (EOS left out), each row ending at EOS, the stop string or ``max_new_tokens``.
+
+    Greedy when ``temperature`` is 0, else sampling from the softmax at that temperature
+    (no top-k/top-p, as the former ``generate`` call). A row's past comes from the longest
+    cached prefix of its ids: the shared head (``prefix``) or its own cache from the previous
+    call (``episodes``, which also receives every row's cache at the end); only the rest is
+    prefilled, in groups of similar length. ``reused``, if given, gets each row's number of
+    prompt ids taken from a cache.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    batch = len(rows_ids)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    if max_new_tokens <= 0 or batch == 0:
+        return out
+    plain = plain_layers(model)
+    head = prefix.get(model, rows_ids) if prefix is not None and plain else (0, [])
+    own = episodes.take(rows_ids) if episodes is not None and plain else [(0, [])] * batch
+    pasts = [o if o[0] > head[0] else head for o in own]
+    if reused is not None:
+        reused[:] = [c for c, _ in pasts]
+    news = [list(r[c:]) for r, (c, _) in zip(rows_ids, pasts)]
+    groups = _groups([len(n) for n in news]) if plain else [list(range(batch))]
+    with torch.no_grad():
+        done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id) for g in groups]
+    if len(groups) == 1 and not plain:
+        logits, cache, mask, next_pos = done[0]
+    else:  # one decode batch: every group's cache right-aligned in a buffer with room for the new tokens
+        width = max(m.shape[1] for _, _, m, _ in done)
+        logits = torch.empty(batch, done[0][0].shape[-1], dtype=done[0][0].dtype, device=done[0][0].device)
+        mask = done[0][2].new_zeros(batch, width)
+        next_pos = done[0][3].new_zeros(batch, 1)
+        slabs = []
+        for layer in done[0][1].layers:
+            shape = (batch, layer.keys.shape[1], width + max_new_tokens, layer.keys.shape[3])
+            slabs.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+        for g, (g_logits, g_cache, g_mask, g_pos) in zip(groups, done):
+            index = torch.tensor(g, device=mask.device)
+            span = g_mask.shape[1]
+            logits[index], mask[index, width - span:], next_pos[index] = g_logits, g_mask, g_pos
+            for (keys, values), layer in zip(slabs, g_cache.layers):
+                keys[index, :, width - span:width] = layer.keys
+                values[index, :, width - span:width] = layer.values
+        cache = DynamicCache(config=model.config)
+        cache.layers = [SlabLayer(k, v, width) for k, v in slabs]
+    rows = list(range(batch))  # the original index of each row still in the batch
+    tails = [""] * batch
+    ends = set(int(i) for i in stop_ids)
+
+    def keep_cache(js: Sequence[int], fed: int) -> None:
+        # A leaving row's cache holds its prompt and the ``fed`` tokens generated before this step.
+        if episodes is None or not plain:
+            return
+        for j in js:
+            cols = mask[j].nonzero().squeeze(1)
+            ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
+            if len(cols) != len(ids):
+                raise RuntimeError(f"row cache of {len(cols)} columns for {len(ids)} ids")
+            episodes.put(ids, [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
+                               for layer in cache.layers])
+
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            logits = logits.float()
+            if temperature > 0:
+                tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
+            else:
+                tokens = logits.argmax(-1)
+            keep = []
+            for j, token in enumerate(tokens.tolist()):
+                r = rows[j]
+                if token in ends:
+                    continue
+                out[r].append(token)
+                tails[r], hit = stops.step(tails[r], token)
+                if not hit:
+                    keep.append(j)
+            last = not keep or step == max_new_tokens - 1
+            staying = set() if last else set(keep)
+            keep_cache([j for j in range(len(rows)) if j not in staying], step)
+            if last:
+                break
+            if len(keep) < len(rows):  # stopped rows leave the batch and the cache now
+                index = torch.tensor(keep, device=tokens.device)
+                cache.batch_select_indices(index)
+                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                rows = [rows[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+            next_pos = next_pos + 1
+    if episodes is not None:
+        episodes.end_call()
+    return out

@@ -1,0 +1,262 @@
+"""The ReAct agent's rules: parse a step, run its tool, score the episode.
+
+The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers
+``Observation: ...`` until ``finish[answer]`` or the turn limit. The episodes are
+scheduled by :mod:`lightning_nat.agent.engine` (a pool kept full: a finished episode's place
+goes to the next question at once). Every episode becomes a :class:`Trajectory`, so
+evaluation output feeds straight back into ``nat build``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from lightning_nat.core.answers import bracket_argument, cot_answer
+from lightning_nat.core.prompts import STOP, PromptSpec, head_messages, make_spec
+from lightning_nat.core.tasks import Task
+from lightning_nat.core.trajectory import Trajectory
+
+# One optional whitespace run before the colon: two adjacent `\s*` made a long run without a colon quadratic.
+_ACTION = re.compile(r"Action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
+_TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
+
+
+class Policy(Protocol):
+    """Anything that continues a batch of chat prompts (stopping at ``Observation:``).
+
+    ``None`` in place of a completion means the request failed for good (after retries):
+    that episode ends as ``failed``, which is neither a positive nor a negative.
+    """
+
+    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]: ...
+
+
+@dataclass
+class Step:
+    """One parsed model turn: the text kept in the trajectory and the action in it."""
+
+    text: str
+    tool: str | None = None
+    argument: str | None = None
+    error: str | None = None
+
+
+def parse_step(text: str, tools: Sequence[str]) -> Step:
+    """Parse a model turn into thought and action, robustly.
+
+    Accepts a missing ``Thought:`` line, extra text after the action, nested or
+    unbalanced brackets; an unknown tool or no action at all is an error step.
+    Whatever the model wrote after ``Observation:`` is cut off.
+
+    >>> s = parse_step("Thought: add them.\\nAction: calculate[(2 + 3) * [4]]\\nthanks!", ["calculate", "finish"])
+    >>> s.tool, s.argument, s.text
+    ('calculate', '(2 + 3) * [4]', 'Thought: add them.\\nAction: calculate[(2 + 3) * [4]]')
+    >>> parse_step("Action: finish[42", ["finish"]).argument
+    '42'
+    >>> parse_step("I think it is 5.", ["finish"]).error
+    'no action found'
+    >>> parse_step("Action: browse[x]", ["search", "finish"]).error
+    "unknown tool 'browse' (available: search, finish)"
+    """
+    text = text.split(STOP, 1)[0].strip()
+    known = list(tools)
+    match = None
+    for m in _ACTION.finditer(text):
+        match = m  # the last Action: line is the one the model commits to
+    segment_start = match.end() if match else 0
+    call = _TOOL_CALL.search(text, segment_start)
+    if match is None:
+        # No "Action:" line: accept a bare known tool call anywhere.
+        call = next((c for c in _TOOL_CALL.finditer(text) if c.group(1).lower() in known), None)
+        if call is None:
+            return Step(text, error="no action found")
+    if call is None:
+        return Step(text, error="the action is not of the form tool[argument]")
+    tool = call.group(1).lower()
+    argument, closed = bracket_argument(text, call.end() - 1)
+    end = text.find("\n", call.end()) if not closed else call.end() + len(argument) + 1
+    kept = text[: end if end > 0 else len(text)].rstrip()
+    if tool not in known:
+        return Step(kept, tool=tool, argument=argument, error=f"unknown tool '{tool}' (available: {', '.join(known)})")
+    return Step(kept, tool=tool, argument=argument.strip())
+
+
+def final_answer(text: str) -> str | None:
+    """The answer of a chain-of-thought turn: its final-answer line (``Final answer:``, ``####``, ...), if any.
+
+    >>> final_answer("3 + 4 = 7.\\nFinal answer: 7 apples"), final_answer("no idea")
+    ('7 apples', None)
+    """
+    return cot_answer(text)
+
+
+@dataclass
+class EpisodeStats:
+    """How episodes ended, for the evaluation table."""
+
+    finished: int = 0
+    turn_limit: int = 0
+    parse_errors: int = 0
+    episodes_with_parse_error: int = 0
+    stopped_on_error: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Episode:
+    record: dict
+    messages: list[dict[str, str]] = field(default_factory=list)
+    prediction: str | None = None
+    done: bool = False
+    parse_errors: int = 0
+    turns: int = 0
+    end: str = "turn_limit"
+
+
+@dataclass
+class ReActAgent:
+    """A task's ReAct episodes with a policy, run by the engine's pool.
+
+    Args:
+        task: the task (instruction, tools, metric).
+        policy: the LLM.
+        tools: callable tools by name (``make_tools``); ``finish`` is built in.
+        max_turns: model turns per episode (the reference allows 7: ``--protocol reference``).
+        on_parse_error: ``observe`` answers a malformed step with an error observation;
+            ``stop`` ends the episode.
+        mode: ``react`` (tools) or ``cot`` (one reasoning turn ending in ``Final answer:``).
+        prompt_spec: the prompt the model was trained with (:mod:`lightning_nat.core.prompts`); its positive
+            class is used. Default: the task's default style, preset ``nat``.
+    """
+
+    task: Task
+    policy: Policy
+    tools: dict[str, Callable[[str], str]]
+    max_turns: int = 6
+    on_parse_error: Literal["observe", "stop"] = "observe"
+    mode: Literal["react", "cot"] = "react"
+    prompt_spec: PromptSpec | None = None
+    stats: EpisodeStats = field(default_factory=EpisodeStats)
+
+    def __post_init__(self) -> None:
+        if self.prompt_spec is None:
+            self.prompt_spec = make_spec(self.task.name, mode=self.mode)
+        elif self.prompt_spec.mode != self.mode:
+            raise ValueError(f"the prompt spec is for {self.prompt_spec.mode} episodes, the agent runs {self.mode}")
+
+    def prompt(self, question: str, record: dict | None = None) -> list[dict[str, str]]:
+        msgs = head_messages(self.prompt_spec, question)  # type: ignore[arg-type]
+        if self.task.instruction_from_data:
+            # The task's instruction is the data's own system prompt: the question record's `system` field.
+            system = (record or {}).get("system")
+            if not isinstance(system, str) or not system.strip():
+                raise ValueError(f"task {self.task.name!r} takes its instruction from the data, but question "
+                                 f"{(record or {}).get('id')!r} has no 'system' field")
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {"role": "system", "content": system}
+            else:
+                msgs.insert(0, {"role": "system", "content": system})
+        return msgs
+
+    def turn_limit(self) -> int:
+        """Model turns an episode may take."""
+        return 1 if self.mode == "cot" else self.max_turns
+
+    def new_episode(self, record: dict) -> _Episode:
+        return _Episode(dict(record))
+
+    def episode_prompt(self, ep: _Episode) -> list[dict[str, str]]:
+        """What the policy continues: the task's head messages and the episode so far."""
+        return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
+
+    def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
+        """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""
+        self._advance(ep, text)
+        ep.turns += 1
+        if not ep.done and ep.turns >= limit:
+            ep.done = True
+
+    def trajectory(self, ep: _Episode) -> Trajectory:
+        """The ended episode as a scored trajectory (and counted in :attr:`stats`)."""
+        return self._trajectory(ep)
+
+    def run(self, records: Sequence[dict], batch_size: int = 16,
+            on_episode: Callable[[Trajectory], None] | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            any_live: Callable[[bool], bool] | None = None) -> list[Trajectory]:
+        """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order.
+
+        ``batch_size`` is the pool: that many episodes are live at once, a finished one is
+        replaced by the next question at once (:func:`lightning_nat.agent.engine.run_pool`).
+        ``on_episode`` is called with each trajectory as soon as its episode ends.
+        """
+        from lightning_nat.agent.engine import run_pool
+
+        return run_pool(self, records, pool_size=batch_size, on_episode=on_episode, progress=progress,
+                        any_live=any_live)
+
+    def _advance(self, ep: _Episode, text: str | None) -> None:
+        if text is None:
+            ep.done, ep.end = True, "failed"
+            return
+        if self.mode == "cot":
+            content = text.split(STOP, 1)[0].strip()
+            ep.messages.append({"role": "assistant", "content": content})
+            ep.prediction = final_answer(content)
+            ep.done, ep.end = True, "finished" if ep.prediction is not None else "no_answer"
+            return
+        step = parse_step(text, [*self.tools, "finish"])
+        ep.messages.append({"role": "assistant", "content": step.text or text.strip()})
+        if step.error:
+            ep.parse_errors += 1
+            self.stats.parse_errors += 1
+            if self.on_parse_error == "stop":
+                ep.done, ep.end = True, "parse_error"
+                return
+            ep.messages.append({"role": "user", "content": f"{STOP} Invalid action: {step.error}. Reply with "
+                                f"'Action: tool[argument]' using one of: {', '.join([*self.tools, 'finish'])}."})
+            return
+        if step.tool == "finish":
+            ep.prediction = step.argument or ""
+            ep.messages.append({"role": "user", "content": f"{STOP} Episode finished"})
+            ep.done, ep.end = True, "finished"
+            return
+        try:
+            observation = self.tools[step.tool](step.argument or "")  # type: ignore[index]
+        except Exception as exc:  # a misbehaving tool must not end the evaluation
+            observation = f"Error: {type(exc).__name__}"
+        ep.messages.append({"role": "user", "content": f"{STOP} {observation}"})
+
+    def _trajectory(self, ep: _Episode) -> Trajectory:
+        if ep.end == "finished":
+            self.stats.finished += 1
+        elif ep.end == "failed":
+            self.stats.failed += 1
+        elif ep.end == "parse_error":
+            self.stats.stopped_on_error += 1
+        else:
+            self.stats.turn_limit += 1
+        if ep.parse_errors:
+            self.stats.episodes_with_parse_error += 1
+        reward, score, values = self.task.score(ep.prediction, ep.record)
+        messages = ep.messages or [{"role": "assistant", "content": ""}]
+        qid = str(ep.record.get("id", ""))
+        return Trajectory(
+            id=f"{self.task.name}:{qid}", task=self.task.name, question=str(ep.record["question"]), messages=messages,
+            reward=reward, score=score, prediction=ep.prediction, answer=_jsonable(ep.record.get("answer")),
+            question_id=qid, meta={"end": ep.end, "parse_errors": ep.parse_errors, "metrics": values, "mode": self.mode},
+        )
+
+
+def _jsonable(x: object) -> object:
+    return x if isinstance(x, (str, int, float, bool, type(None))) else str(x)
+
+
+def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Mean metrics and episode-end rates over a task's trajectories (one run's flat figures)."""
+    from lightning_nat.core.results import run_figures
+
+    return run_figures(trajs)

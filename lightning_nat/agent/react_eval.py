@@ -1,0 +1,150 @@
+"""ReAct evaluation of the model being trained, at epoch ends or every N steps (Figures 3, 4 and 6)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
+from lightning_nat.core.prompts import resolve_eval_spec
+from lightning_nat.core.results import task_result
+from lightning_nat.core.tasks import get_task, load_questions_for
+from lightning_nat.core.tools import make_search, make_tools
+from lightning_nat.core.trajectory import Trajectory, write_jsonl
+
+RESULTS_FILE = REACT_EVAL_FILE  # the name callers have used
+
+
+def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _any_rank(device: torch.device) -> Any:
+    """``any_live`` for the engine: whether any rank still has a live episode (a MAX all-reduce)."""
+
+    def any_live(mine: bool) -> bool:
+        flag = torch.tensor([1 if mine else 0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return any_live
+
+
+class _RNGState:
+    """Saves and restores every RNG the training stream draws from."""
+
+    def __enter__(self) -> _RNGState:
+        self.py, self.torch = random.getstate(), torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            import numpy as np
+
+            self.np = np.random.get_state()
+        except ImportError:
+            self.np = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        random.setstate(self.py)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        if self.np is not None:
+            import numpy as np
+
+            np.random.set_state(self.np)
+
+
+class ReActEval(L.Callback):
+    """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
+
+    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit,
+    parse-error and failed rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
+    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks;
+    with sharded weights every rank steps the engine in lock-step (``synced_gpus`` and an
+    all-reduce of "any episode live?" per step), so ZeRO-3 does not hang; results are
+    gathered. Train mode and every RNG are restored afterwards.
+
+    Args:
+        tasks: task names or task YAML paths.
+        data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
+        limit: questions per task.
+        every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
+        batch_size: the engine's pool on each rank (episodes live at once).
+        max_turns: model turns per episode.
+        max_new_tokens: tokens per turn.
+        search_corpus: JSONL corpus for the BM25 search tool (search tasks).
+    """
+
+    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = 32, every_n_steps: int = 0,
+                 batch_size: int = 16, max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+        self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
+        self.every_n_steps, self.batch_size = every_n_steps, batch_size
+        self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
+        self._last_step = -1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
+        from lightning_nat.agent.policies import HFPolicy
+
+        if trainer.global_step == self._last_step:
+            return {}
+        self._last_step = trainer.global_step
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
+        tokenizer = trainer.datamodule.tokenizer
+        policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
+                          synced_gpus=sharded and trainer.world_size > 1)
+        search = make_search("bm25", corpus_path=self.search_corpus) if self.search_corpus else None
+        rank, world = trainer.global_rank, trainer.world_size
+        results: dict[str, dict[str, float]] = {}
+        all_episodes = []
+        with _RNGState():
+            for name in self.tasks:
+                task = get_task(name)
+                records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
+                mine = records[rank::world]
+                # Prompt with the positive class of the prompt the training data was rendered with.
+                spec = resolve_eval_spec(name, getattr(trainer.datamodule, "prompt_spec", None),
+                                         where="the training data's build.json")
+                agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
+                                   prompt_spec=spec)
+                # Sharded weights: every rank steps the engine until no rank has a live episode.
+                trajs = agent.run(mine, batch_size=self.batch_size,
+                                  any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
+                gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
+                episodes = [Trajectory.from_dict(t) for t in gathered]
+                results[task.name] = task_result([episodes]).to_dict()
+                all_episodes += episodes
+        for name, values in results.items():
+            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed",
+                        "parse_error_rate"):
+                if key in values:
+                    pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
+        if rank == 0:
+            write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)
+            from lightning_nat.train.perplexity import run_info
+
+            append_row(log_dir / REACT_EVAL_FILE, {"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                                   "results": results, **run_info(trainer)})
+        return results

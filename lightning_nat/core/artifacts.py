@@ -1,0 +1,174 @@
+"""The files stages hand each other: their names, and the typed readers and writers of each.
+
+A stage that needs another stage's output asks this module, never a string key of its own:
+
+- ``build.json`` (``nat build --out``): :class:`BuildRecord`, :func:`read_build`, :func:`write_build`.
+- ``nat_prompt.json`` (beside an exported model): :func:`read_prompt_record`, :func:`write_prompt_record`
+  (``prompts.read_spec`` turns either into a ``PromptSpec``).
+- ``perplexity.jsonl`` and ``react_eval.jsonl`` (in a ``nat fit`` log folder): :func:`append_row`,
+  :func:`read_rows`; every row carries :func:`run_counts` of the training set.
+- ``results.json`` and its episode log ``trajectories.jsonl`` (``nat eval --out``): written and read
+  only by :class:`lightning_nat.core.results.EvalReport` (``EvalReport.write`` / ``EvalReport.read``); the
+  names live here so that no one else spells them.
+
+Only the standard library and :mod:`lightning_nat.core.jsonl` are imported: every stage may import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
+
+BUILD_FILE = "build.json"
+PREVIEW_FILE = "preview.jsonl"
+PROMPT_FILE = "nat_prompt.json"
+RESULTS_FILE = "results.json"
+EPISODES_FILE = "trajectories.jsonl"
+PERPLEXITY_FILE = "perplexity.jsonl"
+REACT_EVAL_FILE = "react_eval.jsonl"
+REACT_EVAL_EPISODES_DIR = "react_eval"
+
+# The one spelling of "how many negatives" in every file above (the build option, `nat eval --tag`, the rows
+# of a run's history). Rows written before it was settled say "negatives"/"positives": read as these.
+NEG_NUM = "neg_num"
+POS_NUM = "pos_num"
+_OLD_COUNT_KEYS = {"negatives": NEG_NUM, "positives": POS_NUM}
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """``build.json``: the build's parameters (``config``), what it read, skipped and kept (``report``), its prompt."""
+
+    config: dict[str, Any]
+    report: dict[str, Any]
+    prompt: dict[str, Any] | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self.report.get("stats", {}))
+
+    @property
+    def variant(self) -> str | None:
+        return self.config.get("name")
+
+    @property
+    def neg_num(self) -> int | None:
+        """The number of negatives actually in the training split (not the ``--neg-num`` asked for)."""
+        return self.stats.get("negatives")
+
+    @property
+    def pos_num(self) -> int | None:
+        """The number of positives actually in the training split."""
+        return self.stats.get("positives")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"config": self.config, "report": self.report}
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = BUILD_FILE) -> BuildRecord:
+        """A record from its JSON form; anything else is an error naming ``where``.
+
+        >>> BuildRecord.from_dict({"config": {"name": "nat"}, "report": {"stats": {"negatives": 3}}}).neg_num
+        3
+        >>> BuildRecord.from_dict({"config": {}})
+        Traceback (most recent call last):
+        ...
+        ValueError: build.json: no 'report' object (not written by nat build?)
+        """
+        for key in ("config", "report"):
+            if not isinstance(d, dict) or not isinstance(d.get(key), dict):
+                raise ValueError(f"{where}: no '{key}' object (not written by nat build?)")
+        return cls(config=d["config"], report=d["report"], prompt=d.get("prompt"))
+
+
+def build_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / BUILD_FILE
+
+
+def read_build(folder: str | os.PathLike) -> BuildRecord:
+    """The ``build.json`` of a ``nat build --out`` folder; a missing or unreadable one is a located error."""
+    path = build_path(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {BUILD_FILE} (is it a `nat build --out` folder?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    rec = BuildRecord.from_dict(data, str(path))
+    return BuildRecord(rec.config, rec.report, rec.prompt, path)
+
+
+def maybe_read_build(folder: str | os.PathLike | None) -> BuildRecord | None:
+    """:func:`read_build` when ``folder`` holds a ``build.json``, else None (a dataset made by other means)."""
+    if folder is None or not build_path(folder).is_file():
+        return None
+    return read_build(folder)
+
+
+def write_build(folder: str | os.PathLike, record: BuildRecord) -> Path:
+    """Write ``build.json`` into ``folder`` (atomically: a reader never sees half a record)."""
+    return atomic_write_text(build_path(folder), json.dumps(record.to_dict(), indent=1, default=list))
+
+
+def read_prompt_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The prompt spec saved beside a model as a plain dict, or None when the folder has no ``nat_prompt.json``."""
+    path = Path(folder) / PROMPT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def write_prompt_record(folder: str | os.PathLike, spec: dict[str, Any]) -> Path:
+    """Save a prompt spec's dict beside a model, where :func:`read_prompt_record` finds it."""
+    return atomic_write_text(Path(folder) / PROMPT_FILE, json.dumps(spec, indent=1))
+
+
+def run_counts(build: BuildRecord | None) -> dict[str, Any]:
+    """What every history row says about the training set: its variant and actual counts.
+
+    >>> run_counts(BuildRecord({"name": "nat", "neg_num": 500}, {"stats": {"positives": 9, "negatives": 4}}))
+    {'variant': 'nat', 'pos_num': 9, 'neg_num': 4}
+    >>> run_counts(None)
+    {}
+    """
+    if build is None:
+        return {}
+    return {"variant": build.variant, POS_NUM: build.pos_num, NEG_NUM: build.neg_num}
+
+
+def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A history row with the count keys in their one spelling (rows written before say ``negatives``).
+
+    >>> normalize_row({"step": 2, "negatives": 5, "positives": 7})
+    {'step': 2, 'neg_num': 5, 'pos_num': 7}
+    """
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        new = _OLD_COUNT_KEYS.get(key)
+        out[new if new and new not in row else key] = value
+    return out
+
+
+def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one row to a run's history file (``perplexity.jsonl``, ``react_eval.jsonl``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(dumps_line(row))
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's history file, count keys normalised (see :func:`normalize_row`)."""
+    return [normalize_row(r) for r in read_jsonl(path)]

@@ -1,0 +1,148 @@
+"""The one JSONL reader and writer of the package.
+
+Lines end at ``"\\n"`` only. ``str.splitlines`` also splits on U+2028, U+2029, U+0085 and
+friends, which ``json.dumps(..., ensure_ascii=False)`` leaves raw inside strings, so a
+record holding one of them was cut in two on reading. A UTF-8 byte-order mark is
+accepted, a ``\\r`` before the ``\\n`` is dropped, and every bad line (undecodable bytes
+included) comes back as a located :class:`RecordError` in place of its record, so a
+caller can stop on it or skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+BOM = b"\xef\xbb\xbf"
+
+
+class RecordError(ValueError):
+    """A record that cannot be read, with the file and record it came from.
+
+    >>> str(RecordError("malformed JSON", path="a.jsonl", where="line 3"))
+    'a.jsonl, line 3: malformed JSON'
+    """
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, where: str | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.where = where
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        place = ", ".join(p for p in (self.path, self.where) if p)
+        return f"{place}: {self.problem}" if place else self.problem
+
+    def located(self, path: str | os.PathLike, where: str) -> RecordError:
+        """The same problem (and class), placed in a file and record."""
+        return type(self)(self.problem, path=path, where=where)
+
+
+def dumps_line(record: Any) -> str:
+    """One JSONL line: compact JSON, non-ASCII kept readable, ``\\n`` last.
+
+    JSON escapes ``\\n`` inside strings, so the only raw ``\\n`` is the terminator.
+
+    >>> dumps_line({"a": "x\\u2028y\\nz"})
+    '{"a": "x\\u2028y\\\\nz"}\\n'
+    """
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def parse_line(raw: bytes) -> Any:
+    """Decode and parse one line (without its ``\\n``); a problem raises an unlocated :class:`RecordError`.
+
+    >>> parse_line(b'{"q": "caf\\xc3\\xa9"}\\r')
+    {'q': 'café'}
+    >>> parse_line(b'{"q": "\\xff"}')
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.jsonl.RecordError: undecodable bytes (not UTF-8) at column 8
+    """
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"undecodable bytes (not UTF-8) at column {exc.start + 1}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(line number, raw line)`` for the non-blank lines of JSONL bytes, split on ``\\n`` only.
+
+    >>> list(split_lines(BOM + b'{"a": 1}\\r\\n\\n{"b": "\\xe2\\x80\\xa8"}'))
+    [(1, b'{"a": 1}\\r'), (3, b'{"b": "\\xe2\\x80\\xa8"}')]
+    """
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            yield lineno, raw
+
+
+def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """``(line number, record or located RecordError)`` for every non-blank line of a JSONL file."""
+    path = Path(path)
+    out: list[tuple[int, Any]] = []
+    for lineno, raw in split_lines(path.read_bytes()):
+        try:
+            out.append((lineno, parse_line(raw)))
+        except RecordError as exc:
+            out.append((lineno, exc.located(path, f"line {lineno}")))
+    return out
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Every record of a JSONL file; the first bad line raises, named by file and line."""
+    rows = []
+    for _, rec in read_records(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        rows.append(rec)
+    return rows
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file without its BOM; undecodable bytes are a located :class:`RecordError`."""
+    data = Path(path).read_bytes()
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RecordError(f"undecodable bytes (not UTF-8) at byte {exc.start}", path, f"line {line}") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary sibling, fsync it and rename it into place.
+
+    A reader (or a crash) sees the old file or the new one, never a part of either.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
+    """Write records as JSONL atomically (see :func:`atomic_write_text`); returns how many."""
+    lines = [dumps_line(r) for r in records]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)

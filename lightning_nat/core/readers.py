@@ -1,0 +1,446 @@
+"""Readers from the trajectory formats found in the wild to :class:`Trajectory`.
+
+Each format has a pure function on one record (``from_*_record``) and
+:func:`read_trajectories` applies one to a whole file, naming the file and the
+record of every problem. With ``on_error="skip"`` bad records are skipped and
+counted in a :class:`ReadReport` instead; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning_nat.core import jsonl
+from lightning_nat.core.answers import extract_answer
+from lightning_nat.core.function_calls import call_from_openai, calls_from_sharegpt, tools_from_any
+from lightning_nat.core.jsonl import RecordError
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, check_score, validate_messages
+
+OnError = Literal["raise", "skip"]
+
+# ShareGPT without function calls: observations are user turns ("Observation: ..."), as ReAct agents saw them.
+# In a record with function_call turns they are tool results (LLaMA-Factory's convention), see from_sharegpt_record.
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                   "observation": "user", "function": "user", "tool": "user"}
+_LABEL_FIELDS = ("id", "question_id", "task", "question", "reward", "score", "prediction", "pred", "answer", "gt", "meta",
+                 "tools")
+
+
+@dataclass
+class ReadReport:
+    """What was read and what was skipped, per file."""
+
+    read: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    # (file, 0-based record position) of every trajectory read, by id(trajectory), and records per file:
+    # what --neg-sampling reference needs to sample positions as the reference code did.
+    origin: dict[int, tuple[str, int]] = field(default_factory=dict)
+    records: Counter = field(default_factory=Counter)
+
+    def skip(self, err: RecordError) -> None:
+        self.skipped.append((err.path or "", err.where or "", err.problem))
+
+    def reasons(self) -> Counter:
+        """Skipped records counted by problem."""
+        return Counter(problem for _, _, problem in self.skipped)
+
+    def summary(self) -> str:
+        total = sum(self.read.values())
+        text = f"read {total} trajectories"
+        if self.skipped:
+            why = "; ".join(f"{n} x {p}" for p, n in self.reasons().most_common())
+            text += f", skipped {len(self.skipped)} bad records ({why})"
+        return text
+
+
+def _to_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise TrajectoryFormatError(f"{what} must be true or false, got {value!r}")
+
+
+def _to_score(value: Any) -> float | None:
+    """A score in [0, 1] (accuracy or F1); NaN, infinities and anything else are refused.
+
+    >>> _to_score(1), _to_score(None)
+    (1.0, None)
+    >>> _to_score(float("nan"))
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.trajectory.TrajectoryFormatError: score must be a number in [0, 1], got nan
+    """
+    return check_score(value)
+
+
+def check_loss_flag(turn: dict, i: int) -> None:
+    """Refuse a reference-format ``loss`` flag that disagrees with training on assistant turns only.
+
+    The reference trains where ``loss`` is true; this package trains on assistant turns.
+    The two agree on the released files; a file where they differ would silently train
+    on other text, so it is an error.
+
+    >>> check_loss_flag({"role": "assistant", "content": "x", "loss": True}, 0)
+    >>> check_loss_flag({"role": "user", "content": "Observation: x", "loss": True}, 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.trajectory.TrajectoryFormatError: message 3: loss is true on the user turn; only assistant turns ...
+    """
+    if "loss" not in turn:
+        return
+    loss = turn["loss"]
+    if not isinstance(loss, bool):
+        raise TrajectoryFormatError(f"message {i}: loss must be true or false, got {loss!r}")
+    if loss != (turn.get("role") == "assistant"):
+        raise TrajectoryFormatError(f"message {i}: loss is {str(loss).lower()} on the {turn.get('role')} turn; only "
+                                    f"assistant turns are trained here, so the file's loss flags cannot be honoured")
+
+
+def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
+    """One record of the NAT reference format, joined with its question by ``id``.
+
+    >>> rec = {"id": "q7", "source": "0.5", "info": {"reward": True, "gt": True, "pred": "Yes"},
+    ...        "conversations": [{"role": "assistant", "content": "Action: finish[Yes]", "loss": True},
+    ...                          {"role": "user", "content": "Observation: Episode finished", "loss": False}]}
+    >>> t = from_nat_record(rec, {"q7": {"id": "q7", "question": "Is water wet?", "answer": True}}, "strategyqa")
+    >>> t.question, t.reward, t.score, t.prediction, t.meta["source"]
+    ('Is water wet?', True, 1.0, 'Yes', '0.5')
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    for key in ("id", "conversations", "info"):
+        if key not in record:
+            raise TrajectoryFormatError(f"missing '{key}'")
+    info = record["info"]
+    if not isinstance(info, dict) or "reward" not in info:
+        raise TrajectoryFormatError("missing reward (info.reward)")
+    qid = str(record["id"])
+    if qid not in questions:
+        raise TrajectoryFormatError(f"id {qid!r} not found in the question file")
+    q = questions[qid]
+    convs = record["conversations"]
+    if not isinstance(convs, list):
+        raise TrajectoryFormatError("conversations must be a list")
+    messages = []
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise TrajectoryFormatError(f"message {i}: expected an object with role and content")
+        check_loss_flag(turn, i)
+        messages.append({"role": turn["role"], "content": turn["content"]})
+    reward = _to_bool(info["reward"], "info.reward")
+    if "f1" in info:
+        score = _to_score(info["f1"])
+    elif "acc" in info:
+        score = _to_score(info["acc"])
+    else:
+        score = float(reward)
+    meta = {k: v for k, v in record.items() if k not in ("id", "conversations", "info")}
+    meta.update({f"info.{k}": v for k, v in info.items() if k not in ("reward", "pred", "gt")})
+    pred = info.get("pred")
+    return Trajectory(
+        id=traj_id or qid, task=task, question=str(q["question"]), messages=messages, reward=reward, score=score,
+        prediction=None if pred is None else str(pred), answer=info.get("gt", q.get("answer")), question_id=qid,
+        meta=meta,
+    )
+
+
+def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict], dict]:
+    """Separate leading system turns and the question from the agent's turns."""
+    meta: dict[str, Any] = {}
+    rest = list(messages)
+    system = []
+    while rest and rest[0].get("role") == "system":
+        system.append(rest.pop(0).get("content"))
+    if system:
+        meta["source_system"] = "\n".join(str(s) for s in system)
+    if question is None:
+        if not rest or rest[0].get("role") != "user":
+            raise TrajectoryFormatError("no 'question' field and the conversation does not start with a user question")
+        question = rest.pop(0).get("content")
+    if not isinstance(question, str) or not question.strip():
+        raise TrajectoryFormatError("empty question")
+    return question, rest, meta
+
+
+def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str | None) -> Trajectory:
+    if "reward" not in record:
+        raise TrajectoryFormatError("missing reward")
+    question, turns, meta = _split_question(messages, record.get("question"))
+    meta.update(record.get("meta") or {})
+    meta.update({k: v for k, v in record.items() if k not in _LABEL_FIELDS and k not in ("messages", "conversations")})
+    pred = record.get("prediction", record.get("pred"))
+    if pred is None:
+        # No prediction given (chain-of-thought files): the answer of the last assistant turn, if it has one.
+        last = next((m.get("content") for m in reversed(turns) if m.get("role") == "assistant"), None)
+        pred = extract_answer(last) if isinstance(last, str) else None
+    tid = str(record.get("id", traj_id or ""))
+    if not tid:
+        raise TrajectoryFormatError("missing id")
+    # Without an id the question text is the question's identity: a position-based id would make every
+    # record its own question and defeat "first unique by question" (and the dev split's exclusion).
+    qid = record.get("question_id", record.get("id"))
+    qid = question_key(question) if qid is None else str(qid)
+    return Trajectory(
+        id=tid, task=str(record.get("task") or task), question=question, messages=turns,
+        reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
+        prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
+        question_id=qid, meta=meta, tools=tools_from_any(record.get("tools")),
+    )
+
+
+def question_key(question: str) -> str:
+    """A stable question id from its text (whitespace-normalised), for records that carry none.
+
+    >>> question_key("What is  2+3?") == question_key(" What is 2+3?\t")
+    True
+    """
+    import hashlib
+
+    return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
+
+
+def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+    """An OpenAI-messages record: ``{"messages": [...], "reward": bool, "score"?: float, ...}``.
+
+    Leading system turns are kept in ``meta["source_system"]`` (our instruction replaces
+    them); without a ``question`` field the first user turn is the question.
+
+    >>> t = from_openai_record({"messages": [{"role": "system", "content": "You are an agent."},
+    ...     {"role": "user", "content": "What is 2+3?"},
+    ...     {"role": "assistant", "content": "Action: finish[5]"}], "reward": True, "prediction": "5"}, "gsm8k", "r0")
+    >>> t.question, len(t.messages), t.meta["source_system"]
+    ('What is 2+3?', 1, 'You are an agent.')
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" not in record:
+        raise TrajectoryFormatError("missing 'messages'")
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise TrajectoryFormatError("messages must be a list")
+    if not messages:
+        raise TrajectoryFormatError("empty conversation")
+    # indices of the record as written, before the question is split off
+    messages = [openai_message(m, i) for i, m in enumerate(messages)]
+    validate_messages(messages)  # call ids checked here, where message indices are still the record's own
+    return _from_chat_record(record, messages, task, traj_id)
+
+
+def openai_message(message: Any, index: int) -> dict[str, Any]:
+    """One OpenAI chat message as a trajectory message, tool calls and results kept as data.
+
+    ``content: null`` (an assistant turn that only calls tools) becomes ``""``; the calls'
+    JSON-text arguments become objects; a ``tool`` turn keeps its ``tool_call_id``.
+
+    >>> openai_message({"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+    ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}]}, 2)
+    {'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'c1', 'name': 'get_weather', 'arguments': {'city': 'Paris'}}]}
+    >>> openai_message({"role": "tool", "content": None}, 3)
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.trajectory.TrajectoryFormatError: message 3: content must be a string, got NoneType
+    """
+    if not isinstance(message, dict):
+        raise TrajectoryFormatError(f"message {index}: expected an object, got {type(message).__name__}")
+    where = f"message {index}"
+    role = message.get("role")
+    if message.get("function_call"):
+        raise TrajectoryFormatError(f"{where}: the legacy OpenAI 'function_call' field is not read; write the call as "
+                                    "'tool_calls' with an id")
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    if calls:
+        if role != "assistant":
+            raise TrajectoryFormatError(f"{where}: only assistant turns make tool calls, not {role}")
+        if not isinstance(calls, list):
+            raise TrajectoryFormatError(f"{where}: tool_calls must be a list")
+        content = "" if content is None else content
+    if isinstance(content, list):
+        raise TrajectoryFormatError(f"{where}: content parts (a list) are not supported; give the text as a string")
+    if not isinstance(content, str):
+        raise TrajectoryFormatError(f"{where}: content must be a string, got {type(content).__name__}")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        out["tool_calls"] = [call_from_openai(c, where) for c in calls]
+    if role == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise TrajectoryFormatError(f"{where}: a tool turn needs the tool_call_id it answers")
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
+
+
+def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+    """A ShareGPT record: ``{"conversations": [{"from", "value"}], "reward": bool, ...}``.
+
+    >>> t = from_sharegpt_record({"conversations": [{"from": "human", "value": "Is ice cold?"},
+    ...     {"from": "gpt", "value": "Action: finish[yes]"}], "reward": False, "score": 0.5}, "strategyqa", "s0")
+    >>> t.messages, t.reward, t.score
+    ([{'role': 'assistant', 'content': 'Action: finish[yes]'}], False, 0.5)
+    """
+    if not isinstance(record, dict):
+        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    convs = record.get("conversations")
+    if not isinstance(convs, list):
+        raise TrajectoryFormatError("missing 'conversations' list")
+    if not convs:
+        raise TrajectoryFormatError("empty conversation")
+    calling = any(isinstance(t, dict) and str(t.get("from", "")).lower() == "function_call" for t in convs)
+    messages: list[dict[str, Any]] = []
+    pending: list[str] = []  # ids of calls not answered yet, in call order
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise TrajectoryFormatError(f"message {i}: expected an object with 'from' and 'value'")
+        who = str(turn["from"]).lower()
+        if who == "function_call":
+            calls = calls_from_sharegpt(turn["value"], f"message {i}", i)
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+            pending = [c["id"] for c in calls]
+            continue
+        if calling and who in ("observation", "tool", "function"):
+            messages += _observations(turn["value"], pending, i)
+            pending = []
+            continue
+        role = _SHAREGPT_ROLES.get(who)
+        if role is None:
+            raise TrajectoryFormatError(f"message {i}: unknown role {turn['from']!r}")
+        messages.append({"role": role, "content": turn["value"]})
+    return _from_chat_record(record, messages, task, traj_id)
+
+
+def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]]:
+    """The tool turns of one ShareGPT ``observation``: one result per pending call (a JSON list for parallel calls)."""
+    if not pending:
+        raise TrajectoryFormatError(f"message {i}: an observation that follows no function_call")
+    results: Any = [value]
+    if len(pending) > 1:
+        try:
+            results = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            results = None
+        if not isinstance(results, list) or len(results) != len(pending):
+            raise TrajectoryFormatError(f"message {i}: {len(pending)} parallel calls need a JSON list of "
+                                        f"{len(pending)} results in the observation")
+    out = []
+    for cid, res in zip(pending, results):
+        if not isinstance(res, str):
+            res = json.dumps(res, ensure_ascii=False)
+        out.append({"role": "tool", "content": res, "tool_call_id": cid})
+    return out
+
+
+def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
+    """Questions by id from a JSON list or JSONL of ``{"id", "question", "answer"}``.
+
+    Records without an ``id`` (GSM8K) are keyed by their 0-based position. ``fields``
+    maps our field names to the file's (``{"question": "prompt"}``) for other layouts.
+    """
+    path = Path(path)
+    records = _load_json_or_jsonl(path)
+    out: dict[str, dict] = {}
+    for where, index, rec in records:
+        if isinstance(rec, RecordError):
+            raise TrajectoryFormatError(rec.problem, path, where)
+        if fields and isinstance(rec, dict):
+            rec = {**rec, **{ours: rec[theirs] for ours, theirs in fields.items() if theirs in rec}}
+        if not isinstance(rec, dict) or "question" not in rec:
+            raise TrajectoryFormatError("expected an object with a 'question'", path, where)
+        qid = str(rec.get("id", index))
+        if qid in out:
+            raise TrajectoryFormatError(f"duplicate id {qid!r}", path, where)
+        out[qid] = {**rec, "id": qid}
+    return out
+
+
+def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
+    """Records of a JSON list or a JSONL file, each with a location for error messages.
+
+    A bad JSONL line (malformed, undecodable) comes back as a located :class:`RecordError`
+    in place of its record, so a caller can skip that line alone. A byte-order mark is accepted.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
+        text = jsonl.read_text(path)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
+        return [(f"record {i}", i, rec) for i, rec in enumerate(data)]
+    return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
+
+
+FORMATS: dict[str, Callable[..., Trajectory]] = {
+    "nat": from_nat_record,
+    "openai": from_openai_record,
+    "sharegpt": from_sharegpt_record,
+}
+
+
+def read_trajectories(
+    path: str | os.PathLike,
+    format: str = "nat",
+    questions: dict[str, dict] | None = None,
+    task: str = "",
+    on_error: OnError = "raise",
+    report: ReadReport | None = None,
+) -> list[Trajectory]:
+    """Read one trajectory file of ``format`` (``nat``, ``openai``, ``sharegpt``, or ``jsonl``: ours).
+
+    ``nat`` needs ``questions`` (see :func:`load_questions`). Errors name the file and
+    the record; with ``on_error="skip"`` they are counted in ``report`` instead.
+    """
+    if format not in FORMATS and format != "jsonl":
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if format == "nat" and questions is None:
+        raise ValueError("the nat format needs a question file to join by id (questions=...)")
+    path = Path(path)
+    report = report if report is not None else ReadReport()
+    try:
+        records = _load_json_or_jsonl(path)
+    except RecordError as err:
+        exc = TrajectoryFormatError(err.problem, err.path, err.where)
+        if on_error == "raise":
+            raise exc from None
+        report.skip(exc)
+        return []
+    out = []
+    report.records[str(path)] += len(records)
+    for where, index, rec in records:
+        traj_id = f"{path.stem}:{index}"
+        try:
+            if isinstance(rec, RecordError):
+                raise rec
+            if format == "nat":
+                traj = from_nat_record(rec, questions or {}, task, traj_id)
+            elif format == "jsonl":
+                if not isinstance(rec, dict):
+                    raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
+                traj = Trajectory.from_dict(rec)
+            else:
+                traj = FORMATS[format](rec, task, traj_id)
+        except RecordError as exc:
+            located = TrajectoryFormatError(exc.problem, exc.path or path, exc.where or where)
+            if on_error == "raise":
+                raise located from None
+            report.skip(located)
+            continue
+        if task and not traj.task:
+            traj.task = task
+        report.origin[id(traj)] = (str(path), index)
+        out.append(traj)
+    report.read[str(path)] += len(out)
+    return out
+
+
+def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
+    """Read the canonical JSONL that ``trajectory.write_jsonl`` writes, naming the line of any bad record."""
+    return read_trajectories(path, "jsonl")

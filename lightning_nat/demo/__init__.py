@@ -1,0 +1,1 @@
+"""The offline demo: a synthetic task run through every stage."""

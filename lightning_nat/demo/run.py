@@ -1,0 +1,447 @@
+"""`nat demo`: the whole mission offline on a CPU, on the synthetic arithmetic task.
+
+collect (scripted teacher, real agent loop and calculator) -> build positive / NUT / NAT
+with few positives and several times more negatives -> train the same scratch model for
+each with the same budget -> evaluate each with the episode engine on held-out problems
+-> a table like the paper's Table 2, plus the perplexity and accuracy plots.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning_nat.agent.config import positive_int
+from lightning_nat.core.options import option
+from lightning_nat.demo.base import BaseSpec, make_base
+
+STRATEGIES = ("positive", "nut", "nat", "dpo", "kto")
+# The default comparison: the paper's three SFT strategies. DPO/KTO rows are opt-in (--strategies), as they
+# lengthen the run past its 10-minute budget.
+DEFAULT_STRATEGIES = ("positive", "nut", "nat")
+# Preference baselines continue from the demo's own w/o-Neg model (SFT, then DPO/KTO), on the same trajectories.
+PREFERENCE = ("dpo", "kto")
+# Extra tokens allowed per generated turn beyond the longest teacher turn (at least BUDGET_MIN_MARGIN).
+BUDGET_MARGIN = 0.25
+BUDGET_MIN_MARGIN = 8
+
+
+SIZES = "sizes and rates (defaults: the full run; --quick shrinks them)"
+
+
+def _size(default: Any, help: str) -> Any:
+    """A size or rate of the demo: a flag whose default is the full run's, or ``--quick``'s under it."""
+    return option(default, help, group=SIZES, unset=True)
+
+
+@dataclass
+class DemoConfig:
+    """Every size and rate of the demo (``nat demo --help``)."""
+
+    out: str = option("runs/demo", "output folder (default: runs/demo)")
+    quick_sizes: bool = option(False, "a one-minute smoke run with tiny sizes", flag="--quick")
+    profile: Literal["cpu", "gpu"] = option(
+        "cpu", "cpu, or gpu: a bigger model, pretraining and budget on a CUDA device (default: cpu)")
+    seeds: int = option(1, "seeds to average over (mean, sd and a 95 % interval)", parse=positive_int)
+    first_seed: int = option(0, "first seed (default: 0; the report uses 0-4, 100-104 were kept for design)")
+    strategies: tuple[Literal["positive", "nut", "nat", "dpo", "kto"], ...] = option(
+        DEFAULT_STRATEGIES, "what to compare (default: positive nut nat; dpo and kto continue from w/o Neg)")
+    cache_dir: str = option(
+        "", "where pretrained bases are cached by a hash of their inputs (default: demo-base-cache beside --out)")
+    train_problems: int = _size(400, "training problems")
+    test_problems: int = _size(100, "held-out test problems")
+    min_steps: int = _size(2, "fewest operations per problem")
+    max_steps: int = _size(3, "most operations per problem")
+    temperatures: tuple[float, ...] = _size((0.2, 0.5, 0.7), "teacher temperatures")
+    error_rate: float = _size(0.5, "teacher mistake rate at temperature 0.5")
+    pos_num: int = _size(100, "positives in every training set")
+    neg_num: int = _size(400, "negatives in NUT and NAT")
+    dev_num: int = _size(40, "held-out positives for dev perplexity")
+    # The base (shared by every seed and strategy, cached by a hash of these): tokenizer, model, pretraining.
+    vocab_size: int = _size(600, "tokenizer size")
+    hidden_size: int = _size(128, "model width")
+    layers: int = _size(4, "model depth")
+    heads: int = _size(4, "attention heads")
+    pretrain_texts: int = _size(6000, "unlabelled passages the base is pretrained on")
+    pretrain_steps: int = _size(400, "pretraining steps of the base")
+    base_seed: int = _size(1234, "seed of the base")
+    steps: int = _size(200, "optimizer steps per strategy (the same budget for each)")
+    batch_size: int = _size(8, "conversations per step")
+    learning_rate: float = _size(1e-3, "peak learning rate")
+    preference_learning_rate: float = _size(5e-5, "peak learning rate of DPO/KTO (from the w/o-Neg model)")
+    beta: float = _size(0.1, "DPO/KTO beta")
+    max_turns: int = _size(6, "agent turns per episode")
+    max_new_tokens: int = _size(0, "tokens per turn (0: the longest teacher turn plus a margin)")
+    threads: int = _size(1, "torch threads (fixed, for identical results)")
+    notes: list[str] = option([], internal=True)
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+        if self.profile not in ("cpu", "gpu"):
+            raise ValueError(f"--profile must be cpu or gpu, got {self.profile!r}")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """A one-minute smoke run (what the tests use)."""
+        base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
+                    hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, steps=12, batch_size=8,
+                    max_turns=4)
+        base.update(overrides, quick_sizes=True)
+        return cls(**base)
+
+    @classmethod
+    def gpu(cls, **overrides: Any) -> DemoConfig:
+        """A bigger model, pretraining and budget for a CUDA device (not run on this project's CPU machines)."""
+        base = dict(GPU_PROFILE, profile="gpu")
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_options(cls, quick_sizes: bool = False, profile: str = "cpu", **given: Any) -> DemoConfig:
+        """The config of ``nat demo``'s flags: the sizes given, the rest the full run's, ``--quick``'s or the GPU's."""
+        if quick_sizes and profile == "gpu":
+            raise ValueError("--quick and --profile gpu: choose one")
+        if quick_sizes:
+            return cls.quick(**given)
+        return cls.gpu(**given) if profile == "gpu" else cls(**given)
+
+    def base_spec(self) -> BaseSpec:
+        return BaseSpec(vocab_size=self.vocab_size, hidden_size=self.hidden_size, layers=self.layers, heads=self.heads,
+                        texts=self.pretrain_texts, steps=self.pretrain_steps, seed=self.base_seed)
+
+
+GPU_PROFILE: dict[str, Any] = dict(train_problems=1000, test_problems=300, pos_num=200, neg_num=800, hidden_size=384,
+                                   layers=8, heads=6, vocab_size=1000, pretrain_texts=40000, pretrain_steps=4000,
+                                   steps=1500, batch_size=16)
+
+
+def generation_budget(turn_lengths: list[int]) -> int:
+    """Tokens per generated turn: the longest teacher turn plus a margin.
+
+    >>> generation_budget([10, 40, 31])
+    50
+    >>> generation_budget([4])
+    12
+    """
+    longest = max(turn_lengths)
+    return longest + max(BUDGET_MIN_MARGIN, round(BUDGET_MARGIN * longest))
+
+
+def teacher_turn_lengths(dataset_dir: str | Path, tokenizer: Any) -> list[int]:
+    """Token count of every assistant turn (and its end-of-turn token) of a built dataset, train and dev."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(dataset_dir))
+    splits = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+    return [len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) + 1
+            for split in splits for row in split for m in row["messages"] if m["role"] == "assistant"]
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Python, numpy and torch seeds, and a fixed torch thread count (float sums depend on it)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, objective: str = "sft") -> Any:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_nat.train.perplexity import DevPerplexity
+    from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+    from lightning_nat.train.trainer import make_trainer
+
+    L.seed_everything(seed, verbose=False)
+    dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
+                              global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
+                              cache_dir=str(run_dir.parent.parent / "cache"))
+    lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
+    module = PreferenceModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
+    every = max(1, cfg.steps // 8)
+    trainer = make_trainer(dm, accelerator="gpu" if cfg.profile == "gpu" else "cpu", deterministic=True,
+                           max_steps=cfg.steps, max_epochs=10_000, logger=CSVLogger(str(run_dir), name="", version=""),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
+                        log_every_n_steps=every)
+    trainer.fit(module, dm)
+    return module, dm
+
+
+def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
+    """Keep a trained model as a from_pretrained folder, with the export's generation config."""
+    from lightning_nat.train.export import serving_generation_config
+
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    serving_generation_config(model, tokenizer).save_pretrained(out)
+
+
+def _base_dir(cfg: DemoConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out).resolve().parent / "demo-base-cache"
+
+
+def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: Path) -> dict[str, Any]:
+    """One seed: collect, build, fine-tune copies of the base for every strategy, evaluate. Metrics per strategy."""
+    from transformers import AutoTokenizer
+
+    from lightning_nat.agent.collect import collect
+    from lightning_nat.agent.policies import HFPolicy
+    from lightning_nat.agent.react import ReActAgent
+    from lightning_nat.core.artifacts import PERPLEXITY_FILE, read_build, read_rows
+    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.results import task_result
+    from lightning_nat.core.tools import make_tools
+    from lightning_nat.data.builders import build_dataset, save_build
+    from lightning_nat.demo.errors import classify_episode, error_mix
+    from lightning_nat.demo.synthetic import ScriptedTeacher, arith_task, make_problems
+
+    seed_everything(seed, cfg.threads)
+    root = Path(cfg.out) / f"seed{seed}"
+    task = arith_task()
+    problems = make_problems(cfg.train_problems + cfg.test_problems, seed, cfg.min_steps, cfg.max_steps)
+    train, test = problems[: cfg.train_problems], problems[cfg.train_problems:]
+    teacher = ScriptedTeacher({p.question: p for p in train}, error_rate=cfg.error_rate, seed=seed)
+    say(f"seed {seed}: collecting with the scripted teacher on {len(train)} problems x {len(cfg.temperatures)} "
+        "temperatures")
+    summary = collect(task, [p.record() for p in train], teacher, root / "trajectories.jsonl", cfg.temperatures,
+                      teacher="scripted", batch_size=256, max_turns=cfg.max_turns, tools=make_tools(task.tools))
+    (root / "test.jsonl").write_text("".join(json.dumps(p.record()) + "\n" for p in test))
+    if any(s in PREFERENCE for s in cfg.strategies) and "positive" not in cfg.strategies:
+        raise ValueError("the dpo and kto strategies start from the demo's w/o-Neg model: keep 'positive' in strategies")
+    # The SFT strategies first: DPO/KTO continue from the w/o-Neg model.
+    strategies = [s for s in cfg.strategies if s not in PREFERENCE] + [s for s in cfg.strategies if s in PREFERENCE]
+    datasets_dirs = {}
+    for strategy in strategies:
+        res = build_dataset([str(root / "trajectories.jsonl")], strategy, cache_dir=str(root / "cache"),
+                            format="jsonl", task=task.name, pos_num=cfg.pos_num, neg_num=cfg.neg_num, seed=seed,
+                            dev_num=cfg.dev_num)
+        datasets_dirs[strategy] = save_build(res, root / "data" / strategy)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    # The budget follows the data under this tokenizer, never a constant a smaller vocabulary could undercut.
+    longest = max(max(teacher_turn_lengths(d, tokenizer)) for d in datasets_dirs.values())
+    budget = cfg.max_new_tokens or generation_budget([longest])
+    if budget < longest:
+        raise ValueError(f"--max-new-tokens {budget} is below the longest teacher turn ({longest} tokens under the "
+                         "demo's tokenizer): generated actions would be cut")
+    by_id = {p.id: p for p in train + test}
+    # The teacher's negatives that NUT/NAT train on, typed by their first mistake: the mix is recorded.
+    source = next((s for s in ("nat", "nut", "kto") if s in datasets_dirs), None)
+    if source:
+        import datasets
+
+        rows = [r for r in datasets.load_from_disk(str(datasets_dirs[source]))["train"] if r["label"] == "negative"]
+        negatives = [(r["question_id"], r["messages"]) for r in rows]
+    else:
+        negatives = [(t.question_id, t.messages) for t in read_trajectories_jsonl(root / "trajectories.jsonl")
+                     if not t.reward]
+    teacher_mix = error_mix([classify_episode(by_id[q].start, by_id[q].steps, m) for q, m in negatives])
+    out: dict[str, Any] = {"collected": {"positives": summary.positives, "negatives": summary.negatives},
+                           "teacher_error_mix": teacher_mix, "longest_teacher_turn": longest,
+                           "max_new_tokens": budget}
+    sft_dir = root / "runs" / "positive" / "model"
+    for strategy in strategies:
+        preference = strategy in PREFERENCE
+        start = sft_dir if preference else base_dir
+        say(f"seed {seed}: training {strategy} for {cfg.steps} steps" + (" from the w/o-Neg model" if preference else
+                                                                          " from the pretrained base"))
+        seed_everything(seed, cfg.threads)
+        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed,
+                            objective=strategy if preference else "sft")
+        _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
+        record = read_build(datasets_dirs[strategy]).report
+        build = record["stats"]
+        policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=budget)
+        agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
+        say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
+        trajs = agent.run([p.record() for p in test], batch_size=len(test))
+        result = task_result([trajs])
+        # A generated turn that used the whole budget may have been cut: counted, so a cut cannot hide.
+        cut = sum(len(dm.tokenizer(m["content"], add_special_tokens=False)["input_ids"]) >= budget
+                  for t in trajs for m in t.messages if m["role"] == "assistant")
+        errors = error_mix([classify_episode(by_id[p.id].start, by_id[p.id].steps, t.messages)
+                            for p, t in zip(test, trajs)])
+        history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
+        out[strategy] = {"accuracy": result.metrics["accuracy"], "finished": result.finished,
+                         "parse_error_rate": result.parse_error_rate, "failed": result.failed,
+                         "positives": build["positives"], "negatives": build["negatives"], "cut_turns": cut,
+                         "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
+        if strategy == "dpo":
+            out[strategy]["pairs"] = record["dpo"]["pairs"]
+        from lightning_nat.core.results import EvalReport
+
+        EvalReport(results={task.name: result}, episodes={task.name: trajs}, usage=dict(policy.usage),
+                   meta={"strategy": strategy, "seed": seed}).write(root / "runs" / strategy / "eval")
+    return out
+
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (1-30); beyond 30 the normal 1.96 is used.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """A 95 % t interval for the mean of ``values`` over seeds (the mean twice for one value).
+
+    >>> interval95([0.2, 0.4])
+    (-0.9706, 1.5706)
+    >>> interval95([0.5])
+    (0.5, 0.5)
+    """
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return round(mean, 4), round(mean, 4)
+    df = len(values) - 1
+    half = (T95[df - 1] if df <= len(T95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return round(mean - half, 4), round(mean + half, 4)
+
+
+def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Mean, standard deviation and 95 % interval over seeds for each strategy.
+
+    >>> aggregate([{"nat": {"accuracy": 0.2, "finished": 1.0, "positives": 5, "negatives": 9}},
+    ...            {"nat": {"accuracy": 0.4, "finished": 1.0, "positives": 5, "negatives": 9}}], ("nat",))["nat"]["accuracy"]
+    0.3
+    """
+    table = {}
+    for s in strategies:
+        rows = [r[s] for r in per_seed]
+        accs = [r["accuracy"] for r in rows]
+        table[s] = {"accuracy": round(statistics.fmean(accs), 4),
+                    "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                    "accuracy_ci95": interval95(accs), "per_seed": accs,
+                    "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
+                    "positives": rows[0]["positives"], "negatives": rows[0]["negatives"]}
+        if all("errors" in r for r in rows):
+            table[s]["errors"] = {t: round(statistics.fmean(r["errors"][t] for r in rows), 4) for t in rows[0]["errors"]}
+            table[s]["cut_turns"] = sum(r["cut_turns"] for r in rows)
+        ppl = [r.get("dev_perplexity") for r in rows]
+        if all(p is not None for p in ppl):
+            table[s]["dev_perplexity"] = round(statistics.fmean(ppl), 4)
+    return table
+
+
+def teacher_mix(per_seed: list[dict[str, Any]]) -> dict[str, float]:
+    """The error-type mix of the training negatives, averaged over seeds.
+
+    >>> teacher_mix([{"teacher_error_mix": {"skip_step": 0.2}}, {"teacher_error_mix": {"skip_step": 0.4}}])
+    {'skip_step': 0.3}
+    """
+    types = per_seed[0]["teacher_error_mix"]
+    return {t: round(statistics.fmean(r["teacher_error_mix"][t] for r in per_seed), 4) for t in types}
+
+
+def _quiet() -> None:
+    """The demo reports its own progress: silence library progress bars and tips."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_nat.train.datamodule"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The full demo over ``cfg.seeds`` seeds; writes results.json, timings.json and the plots into ``cfg.out``.
+
+    ``results.json`` holds only what the seeds determine (two runs give the same file); wall times, which the
+    machine decides, go to ``timings.json``.
+    """
+    import time
+
+    import torch
+
+    from lightning_nat.core.artifacts import NEG_NUM
+    from lightning_nat.demo.synthetic import ARITH_DECLARATION
+    from lightning_nat.report.plot import load_perplexity_runs, plot_perplexity, plot_sweep
+
+    _quiet()
+    if cfg.profile == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("--profile gpu needs a CUDA device, and torch sees none")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.time()
+    seed_everything(cfg.base_seed, cfg.threads)
+    say(f"the base: {cfg.pretrain_steps} pretraining steps on {cfg.pretrain_texts} unlabelled passages (cached)")
+    base_dir, base = make_base(cfg.base_spec(), _base_dir(cfg), say=say,
+                               device="cuda" if cfg.profile == "gpu" else "cpu")
+    timings["base_seconds"] = round(time.time() - started, 1)
+    timings["base_from_cache"] = base.pop("from_cache")
+    timings["base_pretraining_seconds"] = base.pop("seconds")
+    per_seed = []
+    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+        t0 = time.time()
+        per_seed.append({"seed": seed, **run_seed(cfg, seed, say, base_dir)})
+        timings[f"seed{seed}_seconds"] = round(time.time() - t0, 1)
+    table = aggregate(per_seed, cfg.strategies)
+    result = {"config": asdict(cfg), "base": base, "table": table, "teacher_error_mix": teacher_mix(per_seed),
+              "per_seed": per_seed}
+    from lightning_nat.core.results import EvalReport, task_result
+
+    # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
+    seeds = [EvalReport.read(out / f"seed{k}" / "runs" / s / "eval", episodes=True)
+             for k in range(cfg.first_seed, cfg.first_seed + cfg.seeds) for s in cfg.strategies]
+    by_strategy = {s: [trajs for r in seeds if r.meta["strategy"] == s for trajs in r.episodes.values()]
+                   for s in cfg.strategies}
+    EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
+    first = out / f"seed{cfg.first_seed}" / "runs"
+    runs = load_perplexity_runs([first / s for s in cfg.strategies])
+    plot_perplexity(runs, out / "perplexity.png", title=f"Dev perplexity of held-out positives (seed {cfg.first_seed})")
+    points = [{"strategy": s, NEG_NUM: float(v["negatives"]), "task": ARITH_DECLARATION["name"],
+               "metric": "accuracy",
+               "value": v["accuracy"]} for s, v in table.items()]
+    plot_sweep(points, out / "accuracy.png")
+    timings["total_seconds"] = round(time.time() - started, 1)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    result["timings"] = timings
+    return result
+
+
+def run_demo_command(cfg: DemoConfig) -> int:
+    """``nat demo``: :func:`run_demo` with a progress bar, then the comparison table."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lightning_nat.core.console import console, print_demo_table
+
+    start = time.time()
+    stages = 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))  # the base, then per seed: collect, train + evaluate each
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        bar_id = bar.add_task("NAT demo", total=stages)
+
+        def say(msg: str) -> None:
+            if bar.tasks[0].description != "NAT demo":
+                bar.advance(bar_id)
+            bar.update(bar_id, description=msg)
+            console.log(msg)
+
+        result = run_demo(cfg, say=say)
+        bar.update(bar_id, completed=stages, description="NAT demo: done")
+    print_demo_table(result, time.time() - start)
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {cfg.out}/perplexity.png and "
+                  f"{cfg.out}/accuracy.png")
+    return 0

@@ -1,0 +1,1 @@
+"""Stage 4, reporting: plots, Hub cards, row inspection."""

@@ -1,0 +1,240 @@
+"""`nat push`: publish a built dataset or an exported model on the Hugging Face Hub, with a card."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning_nat.core.artifacts import RESULTS_FILE, read_build, read_prompt_record
+from lightning_nat.core.options import option
+from lightning_nat.core.results import EvalReport
+
+TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def hub_token() -> str:
+    """The token from the environment, or a clear error naming the variables."""
+    for name in TOKEN_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    raise RuntimeError(f"no Hugging Face token: set {' or '.join(TOKEN_ENVS)} (a write token from your Hub settings)")
+
+
+def _front_matter(data: dict[str, Any]) -> str:
+    import yaml
+
+    return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def data_files_config(splits: list[str]) -> list[dict[str, Any]]:
+    """The card's ``configs`` entry mapping each split to its Parquet files (how ``load_dataset`` finds them).
+
+    >>> data_files_config(["train", "dev"])
+    [{'config_name': 'default', 'data_files': [{'split': 'train', 'path': 'data/train-*.parquet'}, \
+{'split': 'dev', 'path': 'data/dev-*.parquet'}]}]
+    """
+    return [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}]
+
+
+def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = None) -> str:
+    """A dataset card from ``build.json``: variant, sources, counts and the exact ``nat build`` command.
+
+    With ``splits``, its front matter also maps each split to ``data/<split>-*.parquet``, so that
+    ``load_dataset`` reads the pushed layout with the split names we wrote (``dev`` stays ``dev``).
+    """
+    record = read_build(folder)
+    cfg, report, stats = record.config, record.report, record.stats
+    meta = {"license": "other", "task_categories": ["text-generation"], "language": ["en"],
+            "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
+    if splits:
+        meta["configs"] = data_files_config(splits)
+    command = build_command(cfg)
+    sources = "\n".join(f"- `{Path(p).name}`" for p in cfg.get("trajectories", []))
+    return _front_matter(meta) + f"""
+# {repo_id.split('/')[-1]}
+
+Agent trajectories reformatted for Negative-Aware Training (NAT, arXiv 2402.11651) by `lightning_nat`.
+
+- variant: `{record.variant}`; {_prompt_line(record.prompt)}
+- task: `{cfg.get('task')}`
+- positives: {record.pos_num}, negatives: {record.neg_num}, dev positives: {stats.get('dev')}
+- sampling seed: {cfg.get('seed')}; filtered: {json.dumps(stats.get('filtered', {}))};
+  skipped bad records: {json.dumps(report.get('skipped_by_reason', {}))}
+
+Sources:
+{sources}
+
+Rebuild with:
+
+```bash
+{command}
+```
+
+Each row has `messages` (`role`, `content`, `train`: only assistant turns are trained), `label`,
+`score`, `reward`, `id`, `question_id`, `task`.
+"""
+
+
+def _prompt_line(prompt: dict[str, Any] | None) -> str:
+    """What a card says about the prompt: the style, and the training and inference question templates."""
+    if not prompt:
+        return "the prompt it was trained with is not recorded (built before prompt specs were saved)"
+    templates = prompt["templates"]
+    classes = ", ".join(f"`{t}`" for t in templates[:-1])
+    return (f"prompt style `{prompt['style']}` (preset `{prompt['preset']}`): failed trajectories under {classes}, "
+            f"successful ones and inference under `{templates[-1]}`; `nat eval` reads it from `nat_prompt.json`")
+
+
+def build_command(cfg: dict[str, Any] | Any) -> str:
+    """The ``nat build`` command line that rebuilds a build: a ``build.json`` ``config`` record or a ``BuildConfig``.
+
+    Derived from :class:`~lightning_nat.data.config.BuildConfig`, so it names every option that differs from its
+    default and parses back to the same config; inputs are named by file name.
+    """
+    from lightning_nat.data.config import BuildConfig
+    from lightning_nat.data.config import build_command as command
+
+    return command(cfg if isinstance(cfg, BuildConfig) else BuildConfig.from_record(cfg))
+
+
+def model_card(folder: str | Path, repo_id: str) -> str:
+    """A model card: base model, data, strategy, hyperparameters, and eval results when present."""
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no config.json (is it an exported `hf/` folder?)")
+    run_config: dict[str, Any] = {}
+    for candidate in (folder.parent / "config.yaml", folder / "training_config.yaml"):
+        if candidate.exists():
+            run_config = yaml.safe_load(candidate.read_text()) or {}
+            break
+    model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
+    base = model_cfg.get("model_name_or_path", "unknown")
+    prompt = read_prompt_record(folder)
+    results_path = folder / RESULTS_FILE
+    results = {task: r.metrics for task, r in EvalReport.read(results_path).results.items()} \
+        if results_path.exists() else {}
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                            "tags": ["agents", "react", "negative-aware-training", "lightning_nat"]}
+    if isinstance(base, str) and "/" in base and not Path(base).exists():
+        meta["base_model"] = base
+    rows = "\n".join(f"| {task} | " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                               if k in ("accuracy", "em", "f1")) + " |" for task, r in results.items())
+    hyper = {"learning_rate": model_cfg.get("learning_rate"), "warmup_ratio": model_cfg.get("warmup_ratio"),
+             "global_batch_size": data_cfg.get("global_batch_size"), "micro_batch_size": data_cfg.get("micro_batch_size"),
+             "max_epochs": trainer_cfg.get("max_epochs"), "precision": trainer_cfg.get("precision"),
+             "max_length": data_cfg.get("max_length")}
+    table = ("| task | metrics |\n| --- | --- |\n" + rows) if rows else \
+        "No evaluation results were found next to the model (results.json)."
+    return _front_matter(meta) + f"""
+# {repo_id.split('/')[-1]}
+
+Fine-tuned from `{base}` as a ReAct agent with Negative-Aware Training (arXiv 2402.11651) by `lightning_nat`:
+{_prompt_line(prompt)}
+
+- training data: `{data_cfg.get('dataset_dir') or data_cfg.get('build')}`
+- hyperparameters: {json.dumps({k: v for k, v in hyper.items() if v is not None})}
+
+## Evaluation
+
+{table}
+"""
+
+
+def stage_dataset(folder: str | Path, repo_id: str, out: str | Path) -> list[str]:
+    """Write into ``out`` exactly what a dataset push uploads; returns the files, relative to ``out``.
+
+    One Parquet file per split under ``data/`` and the card as ``README.md`` (whose ``configs``
+    names the splits): what ``load_dataset(repo_id)`` needs, and nothing else (no Arrow cache,
+    no ``state.json``: a Hub folder mixing those fails to load).
+    """
+    import datasets
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: not empty; the staged upload needs an empty or new folder")
+    ds = datasets.load_from_disk(str(folder))
+    if not isinstance(ds, datasets.DatasetDict):
+        ds = datasets.DatasetDict({"train": ds})
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, part in ds.items():
+        part.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    (out / "README.md").write_text(dataset_card(folder, repo_id, list(ds)), encoding="utf-8")
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
+         stage_dir: str | Path | None = None) -> dict[str, Any]:
+    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card.
+
+    A dataset is staged first (:func:`stage_dataset`, into ``stage_dir`` when given, which a dry
+    run then leaves in place to inspect or load) and that exact folder is what gets uploaded.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    if kind == "dataset":
+        with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
+            staged = Path(stage_dir) if stage_dir else Path(tmp) / "staged"
+            files = stage_dataset(folder, repo_id, staged)
+            plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files,
+                    "card": (staged / "README.md").read_text(encoding="utf-8"), "staged": str(staged)}
+            if not dry_run:
+                plan["url"] = _upload(staged, repo_id, kind, private, None)
+        return plan
+    if stage_dir:
+        raise ValueError("--stage-dir is for datasets; a model folder is uploaded as it is")
+    card = model_card(folder, repo_id)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"], "card": card}
+    if not dry_run:
+        plan["url"] = _upload(folder, repo_id, kind, private, card)
+    return plan
+
+
+def _upload(folder: Path, repo_id: str, kind: str, private: bool, card: str | None) -> str:
+    token = hub_token()
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=kind)
+    if card is not None:
+        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
+    return f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+
+
+@dataclass(kw_only=True)
+class PushConfig:
+    """The options of ``nat push``."""
+
+    kind: Literal["dataset", "model"] = option(help="a `nat build --out` folder or an exported `hf/` folder",
+                                               positional=True)
+    folder: str = option(help="the folder to publish", positional=True)
+    repo: str = option(help="Hub repository id, e.g. me/my-nat-data")
+    private: bool = option(False, "create the repository private")
+    dry_run: bool = option(False, "print the files and the card, upload nothing")
+    stage_dir: str | None = option(
+        None, "dataset: write the exact upload (data/*.parquet and README.md) into this new folder and keep it (e.g. "
+              "with --dry-run, to check it with datasets.load_dataset(DIR))", metavar="DIR")
+
+
+def run_push(cfg: PushConfig) -> int:
+    """``nat push``: upload (or with ``dry_run`` print) the folder and its card."""
+    from rich.markup import escape
+
+    from lightning_nat.core.console import console
+
+    plan = push(cfg.kind, cfg.folder, cfg.repo, private=cfg.private, dry_run=cfg.dry_run, stage_dir=cfg.stage_dir)
+    if cfg.dry_run:
+        console.print(f"would upload to {cfg.repo} ({cfg.kind}, {'private' if cfg.private else 'public'}):")
+        for f in plan["files"]:
+            console.print(f"  {escape(f)}")
+        console.print(escape(plan["card"]))
+    else:
+        console.print(f"uploaded to {plan['url']}")
+    return 0

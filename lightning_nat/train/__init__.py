@@ -1,0 +1,1 @@
+"""Stage 2, training: tokenization, sampling, the datamodule, the LightningModule, callbacks, export."""

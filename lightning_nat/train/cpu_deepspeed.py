@@ -1,0 +1,90 @@
+"""DeepSpeed (ZeRO-3 included) on CPU processes: a check of a DeepSpeed config before paying for GPUs.
+
+Lightning's :class:`~lightning.pytorch.strategies.DeepSpeedStrategy` refuses any accelerator but
+CUDA, yet DeepSpeed itself runs ZeRO on CPU processes over ``gloo``. This subclass lifts that one
+refusal so that ``nat fit ... --trainer.accelerator cpu --trainer.devices 2`` with
+``--trainer.strategy lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy`` exercises the real
+DeepSpeed code paths (partitioned parameters, its gradient accumulation and loss division,
+sharded checkpoints, the 16-bit consolidated export) on a laptop or a CI runner.
+
+It is a check, not a way to train: CPU DeepSpeed is slow and was only tried in fp32;
+``pin_memory`` (host pinning for CUDA transfers) is switched off, and NVMe offload was not tried.
+What it relies on in Lightning (the constructor checks the methods exist; ``tests/test_zero3.py``
+checks the behaviour): ``DeepSpeedStrategy.setup_environment`` is the only CUDA check,
+``setup_distributed`` validates device indices against local ranks, and
+``_init_deepspeed_distributed`` exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*``
+before calling ``deepspeed.init_distributed`` with the strategy's process group backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+_RELIES_ON = ("setup_environment", "setup_distributed", "_init_deepspeed_distributed", "_set_node_environment_variables")
+
+
+def cpu_safe_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a DeepSpeed config with the GPU-only memory options turned off.
+
+    ``pin_memory`` pins host memory for GPU transfers and needs CUDA; offload to ``cpu`` is
+    kept (on a CPU run the "offloaded" tensors simply stay where they are).
+
+    >>> cfg = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True}}}
+    >>> cpu_safe_config(cfg)["zero_optimization"]["offload_param"]
+    {'device': 'cpu', 'pin_memory': False}
+    >>> cfg["zero_optimization"]["offload_param"]["pin_memory"]
+    True
+    """
+    out = copy.deepcopy(config)
+    zero = out.get("zero_optimization", {})
+    for key in ("offload_param", "offload_optimizer"):
+        if isinstance(zero.get(key), dict) and zero[key].get("pin_memory"):
+            zero[key]["pin_memory"] = False
+    return out
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """:class:`DeepSpeedStrategy` on ``accelerator="cpu"`` processes, over ``gloo``.
+
+    Takes every ``DeepSpeedStrategy`` argument (``config`` a JSON path or dict, ``stage``, ...).
+    Use it to check that a DeepSpeed setup (ZeRO-3 partitioning, checkpoint folders, the
+    consolidated export, callbacks that run collectives) works end to end on two CPU
+    processes before a GPU job; it is not meant for real training.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("process_group_backend", "gloo")
+        super().__init__(*args, **kwargs)
+        for name in _RELIES_ON:
+            if not hasattr(DeepSpeedStrategy, name):
+                raise RuntimeError(f"CPUDeepSpeedStrategy relies on DeepSpeedStrategy.{name}, which this Lightning "
+                                   "version no longer has; the CPU DeepSpeed check needs updating for it")
+        if isinstance(self.config, dict):
+            self.config = cpu_safe_config(self.config)
+        # DeepSpeed picks its accelerator once per process; on a machine with a GPU it would pick CUDA.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    @property
+    def root_device(self) -> torch.device:
+        # Indexed by the local rank: DeepSpeed takes the device index as this process's rank on the node.
+        return torch.device("cpu", self.local_rank)
+
+    def setup_environment(self) -> None:
+        if not isinstance(self.accelerator, CPUAccelerator):
+            raise RuntimeError(f"CPUDeepSpeedStrategy runs on accelerator='cpu' only, got "
+                               f"{type(self.accelerator).__name__}; use DeepSpeedStrategy on GPUs")
+        # DeepSpeedStrategy.setup_environment only adds its CUDA check before DDP's (device setup, then
+        # setup_distributed); skip to DDP's.
+        DDPStrategy.setup_environment(self)
+
+    def setup_distributed(self) -> None:
+        # CPU parallel devices carry no index; DeepSpeed's check wants them equal to the local ranks.
+        assert self.parallel_devices is not None
+        self.parallel_devices = [torch.device("cpu", i) for i in range(len(self.parallel_devices))]
+        super().setup_distributed()

@@ -1,0 +1,127 @@
+"""Export a trained module as a Hugging Face folder, consolidating sharded weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
+    """The model's complete weights on rank 0 (``None`` elsewhere). Collective: every rank must call it.
+
+    Under DeepSpeed ZeRO-3 the partitions are gathered (16-bit), under FSDP a full
+    state dict is assembled on CPU; otherwise the local weights are complete already.
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    strategy = trainer.strategy
+    prefix = "model."
+    # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
+    if isinstance(strategy, DeepSpeedStrategy) and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        sd = strategy.deepspeed_engine._zero3_consolidated_16bit_state_dict()
+    elif isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = module.state_dict()
+    if trainer.global_rank != 0 or sd is None:
+        return None
+    return {k[len(prefix):]: v.detach().cpu() for k, v in sd.items() if k.startswith(prefix)}
+
+
+def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, prompt_spec: Any = None,
+              chat_template: str | None = None) -> Path | None:
+    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer).
+
+    With ``prompt_spec`` (the prompt the training conversations were rendered with) it is
+    saved as ``nat_prompt.json``, where ``nat eval``/``nat solve`` find it.
+    """
+    sd = full_state_dict(trainer, module)
+    if sd is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from lightning_nat.train.tokenization import ensure_chat_template, load_chat_template
+
+    out = Path(out_dir)
+    model = module.model
+    if module.hparams.lora_r > 0:
+        # Fold the adapters into the base weights so the export is a plain model. Under ZeRO-3 the live
+        # model's parameters are empty partitions that cannot take the gathered weights: merge in a copy.
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            model = _unpartitioned_copy(model)
+        model.load_state_dict(sd, strict=False)
+        model = model.merge_and_unload()
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    missing = [k for k, p in model.state_dict().items() if k not in sd]
+    if missing:
+        raise RuntimeError(f"export is missing {len(missing)} tensors (first: {missing[0]})")
+    empty = [k for k, v in sd.items() if v.numel() == 0]
+    if empty:
+        raise RuntimeError(f"export holds {len(empty)} empty tensors (first: {empty[0]}): sharded weights were not gathered")
+    model.save_pretrained(out, state_dict=sd)
+    tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
+    ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
+    serving_generation_config(model, tok).save_pretrained(out)
+    if prompt_spec is not None:
+        from lightning_nat.core.prompts import write_spec
+
+        write_spec(prompt_spec, str(out))
+    return out
+
+
+def eos_ids(*sources: Any) -> list[int]:
+    """Every end-of-sequence id named by the sources (ints, lists, or ``None``), in order, once.
+
+    >>> eos_ids(5, [2, 5], None, 7)
+    [5, 2, 7]
+    """
+    out: list[int] = []
+    for src in sources:
+        for i in src if isinstance(src, (list, tuple)) else [src]:
+            if i is not None and int(i) not in out:
+                out.append(int(i))
+    return out
+
+
+def serving_generation_config(model: Any, tokenizer: Any) -> Any:
+    """The ``generation_config.json`` of an export: sample when a request asks for it, stop where training did.
+
+    ``do_sample: true`` matters to servers that start from the model's generation config
+    (``transformers serve``): without it they decode greedily whatever temperature a
+    request sends. No temperature, top-p or top-k is written, so the request decides.
+    The end-of-turn token the chat template closes assistant turns with (the tokenizer's
+    eos, e.g. ``<|im_end|>``) comes first, then the model's own eos ids.
+    """
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    eos = eos_ids(tokenizer.eos_token_id, getattr(base, "eos_token_id", None), model.config.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else getattr(base, "pad_token_id", None)
+    return GenerationConfig(do_sample=True, eos_token_id=eos or None, pad_token_id=pad,
+                            bos_token_id=getattr(base, "bos_token_id", None) or model.config.bos_token_id)
+
+
+def _unpartitioned_copy(peft_model: Any) -> Any:
+    """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3.
+
+    transformers builds models under ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is alive
+    (the module holds one during ZeRO-3 training), so that switch is turned off for the build.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    base = peft_model.get_base_model()
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        plain = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+    return get_peft_model(plain, peft_model.peft_config[peft_model.active_adapter])

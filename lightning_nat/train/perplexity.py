@@ -1,0 +1,73 @@
+"""Dev perplexity of held-out positive trajectories (the paper's Figure 5), logged and kept in a history file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from lightning_nat.core.artifacts import PERPLEXITY_FILE, append_row, maybe_read_build, run_counts
+
+HISTORY_FILE = PERPLEXITY_FILE  # the name callers and YAMLs have used
+
+
+def run_info(trainer: L.Trainer) -> dict[str, Any]:
+    """Variant and actual counts of the training set, from the built dataset's ``build.json`` when there is one."""
+    folder = getattr(getattr(trainer.datamodule, "hparams", None), "dataset_dir", None)
+    return run_counts(maybe_read_build(folder))
+
+
+def dev_perplexity(trainer: L.Trainer, module: L.LightningModule, loader: Any) -> dict[str, float] | None:
+    """Token-weighted dev NLL and perplexity over ``loader``, summed over ranks (``NATModule.dev_perplexity``)."""
+    return module.dev_perplexity(loader)
+
+
+class DevPerplexity(L.Callback):
+    """Perplexity of held-out positives every ``every_n_steps`` optimizer steps and at each validation.
+
+    Rows go to the run's loggers (``dev/perplexity``) and to ``<log_dir>/perplexity.jsonl``
+    with the step, epoch and training-set counts, which ``nat plot perplexity`` reads.
+
+    Args:
+        every_n_steps: also compute every N optimizer steps (0: only at validation).
+        history_file: file name inside the run's log folder.
+    """
+
+    def __init__(self, every_n_steps: int = 0, history_file: str = HISTORY_FILE):
+        self.every_n_steps = every_n_steps
+        self.history_file = history_file
+        self._last_step = -1
+
+    def _path(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / self.history_file
+
+    def _record(self, trainer: L.Trainer, values: dict[str, float], source: str) -> None:
+        path = self._path(trainer)  # trainer.log_dir is a collective under DDP: every rank asks
+        if trainer.global_rank != 0:
+            return
+        append_row(path, {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,
+                          **run_info(trainer)})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        dm = trainer.datamodule
+        loaders = dm.val_dataloader() if dm is not None else []
+        if not loaders:
+            return
+        values = dev_perplexity(trainer, pl_module, loaders)
+        if values:
+            pl_module.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, on_step=True, sync_dist=False)
+            self._record(trainer, values, "steps")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        if "dev/perplexity" in metrics:
+            self._record(trainer, {"nll": float(metrics["dev/nll"]), "perplexity": float(metrics["dev/perplexity"]),
+                                   "target_tokens": int(metrics["dev/target_tokens"])}, "validation")

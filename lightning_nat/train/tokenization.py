@@ -1,0 +1,183 @@
+"""Chat-template rendering with an assistant-only loss mask.
+
+The mask is computed on the tokenization of the *whole* rendered conversation:
+each assistant turn's character span is found by rendering prefixes of the
+conversation (verified to be string prefixes of the full render), and a token
+is a target when its character offsets overlap such a span. Turns are never
+tokenized in isolation, so BPE merges across turn boundaries cannot shift the
+mask.
+
+Function-calling conversations render the same way, through the template's own
+``tools=`` and ``tool_calls`` support (as ``transformers`` passes them): the calls
+are part of the assistant turn they belong to, so they are trained; tool results,
+the tool schemas and every other non-assistant turn are not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lightning_nat.core.function_calls import template_message
+from lightning_nat.core.prompts import LLAMA2_CHAT_TEMPLATE
+from lightning_nat.core.trajectory import has_tool_calls
+
+IGNORE_INDEX = -100
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be rendered into a sound training example."""
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """Give a tokenizer without a chat template the Llama-2-chat one."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_chat_template(tokenizer: Any, path: str | None) -> Any:
+    """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``); None keeps its own."""
+    if path:
+        from pathlib import Path
+
+        tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def _fix_hint(tokenizer: Any) -> str:
+    name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
+    return (f"the chat template of {name} cannot render tool calls; give one that does with --chat-template FILE "
+            "(nat fit: --data.chat_template FILE; a Jinja template that takes tools= and messages with tool_calls, "
+            "e.g. the model family's tool-use template)")
+
+
+def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False,
+            tools: list[dict] | None = None) -> str:
+    msgs = [template_message(m) for m in messages]
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    if not (tools or has_tool_calls(messages)):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+    except Exception as exc:  # a template's raise_exception, or one that chokes on tool_calls
+        raise ConversationError(f"{_fix_hint(tokenizer)} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_calls_rendered(tokenizer: Any, full: str, messages: Sequence[dict], tools: list[dict] | None) -> None:
+    """Refuse a render that silently lost a call, a tool result or a tool schema (a template without tool support)."""
+    for i, m in enumerate(messages):
+        for call in template_message(m).get("tool_calls") or []:
+            if call["function"]["name"] not in full:
+                raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the call to "
+                                        f"{call['function']['name']!r} is missing from the rendered text)")
+        if m["role"] == "tool" and m["content"].strip() not in full:
+            raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the tool result is missing from the "
+                                    "rendered text)")
+        if m["role"] == "assistant" and m.get("tool_calls") and m["content"].strip() not in full:
+            raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the text beside the calls is dropped)")
+    for t in tools or []:
+        if t["function"]["name"] not in full:
+            raise ConversationError(f"{_fix_hint(tokenizer)} (the schema of tool {t['function']['name']!r} is missing "
+                                    "from the rendered text)")
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[dict],
+                    tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The full render and the character spans of every trained (assistant) turn.
+
+    A span runs from where the assistant's text starts to where the render of the
+    conversation up to and including that turn ends, so it covers the end-of-turn
+    marker the template appends (``</s>``, ``<|im_end|>``) and, in a function-calling
+    turn, the calls the template writes. ``tools`` (OpenAI-style schemas) are passed to
+    the template on every render.
+    """
+    full = _render(tokenizer, messages, tools=tools)
+    if tools or has_tool_calls(messages):
+        _check_calls_rendered(tokenizer, full, messages, tools)
+    spans = []
+    for i, m in enumerate(messages):
+        if not m.get("train", m["role"] == "assistant"):
+            continue
+        if m["role"] != "assistant":
+            raise ConversationError(f"message {i} is a {m['role']} turn flagged for training; only assistant turns are")
+        start_text = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+        if not full.startswith(start_text):
+            start_text = _render(tokenizer, messages[:i], tools=tools)
+        end_text = _render(tokenizer, messages[: i + 1], tools=tools)
+        if not (full.startswith(start_text) and full.startswith(end_text)):
+            raise ConversationError("the chat template does not render prefixes of the conversation as prefixes of it; "
+                                    "cannot locate the assistant turns")
+        start, end = len(start_text), len(end_text)
+        # The template may open the turn with whitespace; the target starts at the content.
+        while start < end and full[start].isspace():
+            start += 1
+        if end > start:
+            spans.append((start, end))
+    return full, spans
+
+
+@dataclass
+class TokenizedConversation:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], max_length: int | None = None,
+                          tools: list[dict] | None = None) -> TokenizedConversation:
+    """Token ids and labels (``-100`` outside assistant turns) of one conversation.
+
+    Raises :class:`ConversationError` if no token is a target.
+    """
+    full, spans = assistant_spans(tokenizer, messages, tools)
+    if not spans:
+        raise ConversationError("the conversation has no assistant turn to train on")
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    j = 0
+    for t, (a, b) in enumerate(offsets):
+        if b <= a:
+            continue
+        while j < len(spans) and spans[j][1] <= a:
+            j += 1
+        if j < len(spans) and a < spans[j][1] and b > spans[j][0]:
+            labels[t] = ids[t]
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None and pad != tokenizer.eos_token_id:
+        # pad is never a target, even where a template writes the pad token itself.
+        labels = [IGNORE_INDEX if i == pad else lab for i, lab in zip(ids, labels)]
+    if all(lab == IGNORE_INDEX for lab in labels):
+        raise ConversationError("no token of the rendered conversation falls in an assistant turn")
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return TokenizedConversation(ids, labels, truncated)
+
+
+def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int,
+                   overlong: Literal["truncate", "drop"] = "truncate") -> dict[str, list]:
+    """``datasets.map`` function (batched): adds input_ids, labels, length, n_targets and flags.
+
+    A row that is too long is truncated (``truncated=True``) or marked for dropping
+    (``keep=False``); so is one whose truncation left no target.
+    """
+    out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "n_targets": [], "truncated": [], "keep": []}
+    all_tools = batch.get("tools") or [None] * len(batch["id"])
+    for row_id, messages, tools in zip(batch["id"], batch["messages"], all_tools):
+        try:
+            enc = tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None)
+        except ConversationError as exc:
+            raise ConversationError(f"conversation {row_id!r}: {exc}") from None
+        n_targets = sum(lab != IGNORE_INDEX for lab in enc.labels)
+        keep = n_targets > 0 and not (enc.truncated and overlong == "drop")
+        out["input_ids"].append(enc.input_ids)
+        out["labels"].append(enc.labels)
+        out["length"].append(len(enc.input_ids))
+        out["n_targets"].append(n_targets)
+        out["truncated"].append(enc.truncated)
+        out["keep"].append(keep)
+    return out

@@ -1,0 +1,34 @@
+"""``make_trainer``: a Lightning ``Trainer`` set up for the NAT data modules, usable outside ``nat fit``.
+
+The data modules lay whole optimizer steps out across ranks themselves, so the trainer must not add a
+distributed sampler, and its gradient accumulation must be the one the global batch size implies.
+``nat fit`` gets both from its own config (``train.NATCLI``); a script, notebook, test or benchmark
+gets them here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_nat.train.batching import accumulation_steps, device_count
+
+
+def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1, num_nodes: int = 1,
+                 **trainer_kwargs: Any) -> Any:
+    """A ``lightning.Trainer`` whose accumulation follows ``datamodule``'s global and micro batch sizes.
+
+    ``datamodule`` is a :class:`~lightning_nat.train.datamodule.NATDataModule` (or anything with
+    ``hparams.global_batch_size`` and ``hparams.micro_batch_size``); every other keyword goes to
+    ``Trainer``. An ``accumulate_grad_batches`` that contradicts the batch sizes is an error.
+    """
+    import lightning as L
+
+    hp = datamodule.hparams
+    acc = accumulation_steps(hp.global_batch_size, hp.micro_batch_size, device_count(devices, accelerator), num_nodes)
+    given = trainer_kwargs.pop("accumulate_grad_batches", acc)
+    if given != acc:
+        raise ValueError(f"accumulate_grad_batches={given} contradicts global_batch_size {hp.global_batch_size} / "
+                         f"micro_batch_size {hp.micro_batch_size} on {devices} device(s) = {acc}; leave it out")
+    trainer_kwargs.setdefault("use_distributed_sampler", False)
+    return L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, accumulate_grad_batches=acc,
+                     **trainer_kwargs)
