@@ -159,8 +159,8 @@ def test_entry_points_register_tasks_and_tools(tmp_path, monkeypatch, clean_regi
     dist = tmp_path / "natplugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: natplugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[lightning_nat.core.tools]\nlookup = natplugin_demo:lookup\n\n"
-                                           "[lightning_nat.core.tasks]\nplugged = natplugin_demo:TASK\n"
+    (dist / "entry_points.txt").write_text("[lightning_nat.tools]\nlookup = natplugin_demo:lookup\n\n"
+                                           "[lightning_nat.tasks]\nplugged = natplugin_demo:TASK\n"
                                            "arith = lightning_nat.demo.synthetic:arith_task\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._entry_points_loaded.clear()

@@ -1,9 +1,9 @@
 """Where tasks and tools are registered: built-ins, Python calls, YAML files and entry points.
 
 Python users call :func:`register_task` / :func:`register_tool`. Installed packages can
-register through the entry point groups ``lightning_nat.core.tasks`` (an entry point loading
+register through the entry point groups ``lightning_nat.tasks`` (an entry point loading
 a :class:`~lightning_nat.core.tasks.Task`, a declaration dict, a YAML path, a list of those,
-or a zero-argument callable returning any of them) and ``lightning_nat.core.tools`` (a plain
+or a zero-argument callable returning any of them) and ``lightning_nat.tools`` (a plain
 function; the entry point's name is the tool's name). Entry points are loaded the
 first time a name is not found. Everywhere a task name is taken, a path to a task YAML
 works too (:func:`resolve_task`).
@@ -20,8 +20,8 @@ from typing import Any
 
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, guard
 
-TASK_GROUP = "lightning_nat.core.tasks"
-TOOL_GROUP = "lightning_nat.core.tools"
+TASK_GROUP = "lightning_nat.tasks"  # entry point group names: a public contract, kept when the modules moved
+TOOL_GROUP = "lightning_nat.tools"
 # Tools the agent loop and `make_tools` provide themselves.
 BUILTIN_TOOLS = ("calculate", "search", "finish")
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
