@@ -260,9 +260,10 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
                     OPENAI_API_KEY="sk-x")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # The prompt the model was trained with: the marker closes the system turn, the question is bare.
-        system, user = server.requests[0]["messages"][:2]
-        assert system["content"].endswith("Please solve it correctly.") and user["content"] == \
-            "A suitcase weighs 23 kg. What is that in pounds?"
+        # (Requests are in flight together, so the first to arrive need not be the first question.)
+        firsts = [r["messages"][:2] for r in server.requests]
+        assert all(system["content"].endswith("Please solve it correctly.") for system, _ in firsts)
+        assert "A suitcase weighs 23 kg. What is that in pounds?" in {user["content"] for _, user in firsts}
     episodes = [json.loads(x) for x in (tmp_path / "runs/units-fc/eval-api/trajectories.jsonl").read_text().splitlines()]
     assert all(e["messages"][0]["tool_calls"][0]["name"] == "convert" for e in episodes)
 
