@@ -55,20 +55,20 @@ def scratch_model(tiny_dataset, tmp_path_factory) -> Path:
     return _tiny_model(tiny_dataset, tmp_path_factory)
 
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
 @pytest.fixture(scope="session")
-def fixture_files() -> dict[str, Path]:
-    """The checked-in StrategyQA-format fixture (tests/fixtures/make_fixture.py): no ../shared needed."""
-    d = FIXTURES / "strategyqa"
+def fixture_files(tmp_path_factory) -> dict[str, Path]:
+    """The invented StrategyQA-format fixture (tests/fixture_data.py), written for this session: no ../shared needed."""
+    import fixture_data
+
+    d = tmp_path_factory.mktemp("fixture-strategyqa")
+    fixture_data.main(d)
     return {"pos": d / "trajectories_positive.json", "neg": d / "trajectories_negative.json",
             "questions": d / "train.jsonl"}
 
 
 @pytest.fixture(scope="session")
 def fixture_dataset(fixture_files, tmp_path_factory) -> Path:
-    """``tiny_dataset``'s shape built from the checked-in fixture (the tokenization and training tests use it)."""
+    """``tiny_dataset``'s shape built from the invented fixture (the tokenization and training tests use it)."""
     return _tiny_build(fixture_files, tmp_path_factory, "fixture-nat")
 
 

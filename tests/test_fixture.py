@@ -1,4 +1,4 @@
-"""The checked-in fixture stands in for ../shared where a test only needs data of the right shape; the
+"""The invented fixture (tests/fixture_data.py) stands in for ../shared where a test only needs data of the right shape; the
 shared-data tests still fail under CI when the folder is missing (and are skipped elsewhere)."""
 
 import json
@@ -13,15 +13,13 @@ TESTS = Path(__file__).resolve().parent
 SHARED_TEST = "tests/test_corpus.py::test_strategyqa_facts_corpus_answers_searches_and_runs_in_eval"
 
 
-def test_fixture_is_what_its_script_writes(tmp_path):
-    sys.path.insert(0, str(TESTS / "fixtures"))
-    try:
-        import make_fixture
-    finally:
-        sys.path.remove(str(TESTS / "fixtures"))
-    make_fixture.main(tmp_path)
+def test_fixture_is_the_same_every_time(tmp_path):
+    import fixture_data
+
+    fixture_data.main(tmp_path / "a")
+    fixture_data.main(tmp_path / "b")
     for name in ("train.jsonl", "trajectories_positive.json", "trajectories_negative.json"):
-        assert (tmp_path / name).read_text() == (TESTS / "fixtures" / "strategyqa" / name).read_text(), name
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
 
 
 def test_fixture_builds_like_the_shared_data(fixture_dataset):

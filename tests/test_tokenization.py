@@ -1,4 +1,4 @@
-"""Tokenization on the checked-in fixture (tests/fixtures): runs in a clone without ../shared/data."""
+"""Tokenization on the invented fixture (tests/fixture_data.py): runs in a clone without ../shared/data."""
 
 import datasets
 import pytest

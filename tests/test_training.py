@@ -1,4 +1,4 @@
-"""Training on the checked-in fixture (tests/fixtures): runs in a clone without ../shared/data."""
+"""Training on the invented fixture (tests/fixture_data.py): runs in a clone without ../shared/data."""
 
 import copy
 import csv
