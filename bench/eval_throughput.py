@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    if args.rounds < 3:  # one A-then-B pass on a shared machine is noise, not a measurement
+        ap.error(f"--rounds {args.rounds}: alternate the arms at least 3 times")
     arms = [a.strip() for a in args.arms.split(",")]
     load = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy it was
     torch.manual_seed(0)
