@@ -63,8 +63,8 @@ def run_eval(cfg: EvalCommandConfig) -> int:
     """``nat eval``: every task's episodes, written to ``cfg.out``; exit 1 when too many failed on policy errors."""
     from lightning_nat.agent.evaluate import EvalConfig, evaluate, prepare
     from lightning_nat.core.console import console, episode_progress, print_eval_table
+    from lightning_nat.core.outputs import check_out_folder
     from lightning_nat.core.tasks import get_task
-    from lightning_nat.data.config import check_out_folder
 
     check_out_folder(cfg.out, "results.json", "nat eval", cfg.overwrite)
     data_dir = cfg.data_dir

@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,8 +74,16 @@ def output_lock(target: str | os.PathLike, command: str) -> Iterator[None]:
         lock.release()
 
 
-def check_out_folder(out: str | os.PathLike, marker: str, command: str, overwrite: bool = False) -> None:
-    """Refuse an ``--out`` that is a file, or a non-empty folder without ``marker`` (not ours), unless ``overwrite``."""
+def check_out_folder(out: str | os.PathLike, marker: str, command: str, overwrite: bool = False,
+                     inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse an ``--out`` that holds one of ``inputs``, is a file, or is a non-empty folder without ``marker``
+    (not ours) unless ``overwrite``."""
+    target = Path(out).resolve()
+    for f in inputs:
+        path = Path(f).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
+                              "choose another --out")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is a file, not a folder; choose another --out")

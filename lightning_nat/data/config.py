@@ -152,24 +152,10 @@ def build_command(cfg: BuildConfig) -> str:
     return command_line("nat build", cfg)
 
 
-def check_out_folder(out: str, marker: str, command: str, overwrite: bool, inputs: list[str] = ()) -> None:
-    """Refuse an --out that would destroy something (see :func:`lightning_nat.core.outputs.check_out_folder`)."""
-    from lightning_nat.core.outputs import OutputError
-    from lightning_nat.core.outputs import check_out_folder as check
-
-    target = Path(out).resolve()
-    for f in inputs:
-        path = Path(f).resolve()
-        if path == target or target in path.parents:
-            raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
-                              "choose another --out")
-    check(out, marker, command, overwrite)
-
-
 def run_build(cfg: BuildConfig) -> int:
     """``nat build``: build, write ``cfg.out`` whole (under its lock) and print the summary."""
     from lightning_nat.core.console import print_build_summary
-    from lightning_nat.core.outputs import output_lock, staged_folder
+    from lightning_nat.core.outputs import check_out_folder, output_lock, staged_folder
     from lightning_nat.data.builders import build_dataset, save_build, summarize
 
     params = cfg.builder_params()
