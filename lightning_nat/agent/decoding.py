@@ -13,10 +13,12 @@ computed once per tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_nat.agent.kv_cache import EpisodeCache, Layers, PrefixCache, SlabLayer, plain_layers
+from lightning_nat.agent.kv_cache import EpisodeCache, PrefixCache, RowKV, SlabLayer, plain_layers
+from lightning_nat.agent.shared_head import shared_head, supports_shared_head
 
 
 class StopMatcher:
@@ -79,33 +81,36 @@ def _groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
     return groups
 
 
-def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[int, Layers]], pad_id: int) -> tuple:
+def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[int, RowKV]], pad_id: int,
+             start: int = 0) -> tuple:
     """One forward over rows that each continue their own cached past: (last logits, cache, mask, next positions).
 
-    A row is laid out as padding, its past, padding, its new ids (both left-padded to the
-    group's widths), with position ids that skip the padding.
+    A row is laid out as padding, its past from column ``start`` on (``start`` is the shared
+    head's length when shared-head attention supplies the head), padding, its new ids (both
+    left-padded to the group's widths), with position ids that skip the padding.
     """
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    batch, width_past, width_new = len(news), max(c for c, _ in pasts), max(len(n) for n in news)
+    batch, width_past, width_new = len(news), max(c - start for c, _ in pasts), max(len(n) for n in news)
     cache = DynamicCache(config=model.config)
     if width_past:
-        some = next(layers for c, layers in pasts if c)
-        for li, (k0, _) in enumerate(some):
+        some = next(kv for c, kv in pasts if c > start)
+        for li in range(len(some.head or some.own)):
+            k0 = some.columns(li, start, start + 1)[0]
             keys = k0.new_zeros(batch, k0.shape[1], width_past, k0.shape[3])
             values = torch.zeros_like(keys)
-            for b, (c, layers) in enumerate(pasts):
-                if c:
-                    keys[b, :, width_past - c:] = layers[li][0][0, :, :c]
-                    values[b, :, width_past - c:] = layers[li][1][0, :, :c]
+            for b, (c, kv) in enumerate(pasts):
+                if c > start:
+                    k, v = kv.columns(li, start, c)
+                    keys[b, :, width_past - (c - start):], values[b, :, width_past - (c - start):] = k[0], v[0]
             cache.update(keys, values, li)
     mask = torch.zeros(batch, width_past + width_new, dtype=torch.long, device=device)
     positions = torch.ones(batch, width_new, dtype=torch.long, device=device)
     input_ids = torch.full((batch, width_new), pad_id, dtype=torch.long, device=device)
     for b, ((c, _), new) in enumerate(zip(pasts, news)):
-        mask[b, width_past - c:width_past] = 1
+        mask[b, width_past - (c - start):width_past] = 1
         mask[b, width_past + width_new - len(new):] = 1
         positions[b, width_new - len(new):] = torch.arange(c, c + len(new))
         input_ids[b, width_new - len(new):] = torch.tensor(list(new), dtype=torch.long)
@@ -117,7 +122,7 @@ def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[in
 def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, max_new_tokens: int,
            temperature: float = 0.0, stop_ids: Sequence[int] = (), pad_id: int = 0,
            prefix: PrefixCache | None = None, episodes: EpisodeCache | None = None,
-           reused: list[int] | None = None) -> list[list[int]]:
+           reused: list[int] | None = None, shared: bool = True) -> list[list[int]]:
     """New token ids per row (EOS left out), each row ending at EOS, the stop string or ``max_new_tokens``.
 
     Greedy when ``temperature`` is 0, else sampling from the softmax at that temperature
@@ -125,25 +130,44 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
     cached prefix of its ids: the shared head (``prefix``) or its own cache from the previous
     call (``episodes``, which also receives every row's cache at the end); only the rest is
     prefilled, in groups of similar length. ``reused``, if given, gets each row's number of
-    prompt ids taken from a cache.
+    prompt ids taken from a cache. With ``shared`` (and a model whose attention allows it,
+    :func:`~lightning_nat.agent.shared_head.supports_shared_head`), the head is kept once and
+    attended by :mod:`~lightning_nat.agent.shared_head`: the batch's cache holds only each row's
+    columns after it.
     """
+    batch = len(rows_ids)
+    if max_new_tokens <= 0 or batch == 0:
+        return [[] for _ in range(batch)]
+    plain = plain_layers(model)
+    head_len, head = prefix.get(model, rows_ids) if prefix is not None and plain else (0, [])
+    # The columns before ``start`` (the head) are attended from their one copy, not put in the rows' cache.
+    start = head_len if shared and head_len and supports_shared_head(model) else 0
+    nothing = RowKV([], 0, [])
+    own = episodes.take(rows_ids) if episodes is not None and plain else [(0, nothing)] * batch
+    pasts = [o if o[0] > head_len else (head_len, RowKV(head, head_len, [])) for o in own]
+    if reused is not None:
+        reused[:] = [c for c, _ in pasts]
+    news = [list(r[c:]) for r, (c, _) in zip(rows_ids, pasts)]
+    groups = _groups([len(n) for n in news]) if plain else [list(range(batch))]
+    with contextlib.ExitStack() as scope:
+        if start:
+            scope.enter_context(shared_head(model, head))
+        return _decode(model, rows_ids, pasts, news, groups, start, head, plain, stops, max_new_tokens,
+                       temperature, stop_ids, pad_id, episodes)
+
+
+def _decode(model: Any, rows_ids: Sequence[Sequence[int]], pasts: list[tuple[int, RowKV]], news: list[list[int]],
+            groups: list[list[int]], start: int, head: Any, plain: bool, stops: StopMatcher, max_new_tokens: int,
+            temperature: float, stop_ids: Sequence[int], pad_id: int,
+            episodes: EpisodeCache | None) -> list[list[int]]:
+    """:func:`decode` once each row's past is chosen: prefill the groups, then decode them as one batch."""
     import torch
     from transformers import DynamicCache
 
     batch = len(rows_ids)
     out: list[list[int]] = [[] for _ in range(batch)]
-    if max_new_tokens <= 0 or batch == 0:
-        return out
-    plain = plain_layers(model)
-    head = prefix.get(model, rows_ids) if prefix is not None and plain else (0, [])
-    own = episodes.take(rows_ids) if episodes is not None and plain else [(0, [])] * batch
-    pasts = [o if o[0] > head[0] else head for o in own]
-    if reused is not None:
-        reused[:] = [c for c, _ in pasts]
-    news = [list(r[c:]) for r, (c, _) in zip(rows_ids, pasts)]
-    groups = _groups([len(n) for n in news]) if plain else [list(range(batch))]
     with torch.no_grad():
-        done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id) for g in groups]
+        done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id, start) for g in groups]
     if len(groups) == 1 and not plain:
         logits, cache, mask, next_pos = done[0]
     else:  # one decode batch: every group's cache right-aligned in a buffer with room for the new tokens
@@ -175,10 +199,11 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
         for j in js:
             cols = mask[j].nonzero().squeeze(1)
             ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
-            if len(cols) != len(ids):
-                raise RuntimeError(f"row cache of {len(cols)} columns for {len(ids)} ids")
-            episodes.put(ids, [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
-                               for layer in cache.layers])
+            if start + len(cols) != len(ids):
+                raise RuntimeError(f"row cache of {start} + {len(cols)} columns for {len(ids)} ids")
+            episodes.put(ids, RowKV(head if start else [], start,
+                                    [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
+                                     for layer in cache.layers]))
 
     with torch.no_grad():
         for step in range(max_new_tokens):

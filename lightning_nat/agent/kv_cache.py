@@ -136,6 +136,43 @@ class EpisodeCache:
         self._previous, self._current = self._current, []
 
 
+class RowKV:
+    """One row's cached keys and values: the first ``head_len`` columns of a shared head, then the row's own.
+
+    The shared head is not copied into the row: with shared-head attention a row's cache holds
+    only its columns after the head, and ``head`` is a reference to the one copy (per layer
+    (keys, values) of shape (1, kv_heads, >= head_len, dim)); ``own`` holds the rest. Without a
+    head (``head_len`` 0), ``own`` is the whole row.
+    """
+
+    def __init__(self, head: Layers, head_len: int, own: Layers):
+        self.head, self.head_len, self.own = head, head_len, own
+
+    def columns(self, layer: int, start: int, end: int) -> tuple[Any, Any]:
+        """Keys and values of the row's columns ``start:end`` in ``layer``, each (1, kv_heads, end - start, dim).
+
+        >>> import torch
+        >>> head = [(torch.arange(4.).view(1, 1, 4, 1),) * 2]  # a head cut to its first 3 columns
+        >>> own = [(torch.arange(10., 13.).view(1, 1, 3, 1),) * 2]
+        >>> RowKV(head, 3, own).columns(0, 1, 5)[0].flatten().tolist()
+        [1.0, 2.0, 10.0, 11.0]
+        """
+        import torch
+
+        parts = []
+        if start < self.head_len:
+            k, v = self.head[layer]
+            stop = min(end, self.head_len)
+            parts.append((k[:, :, start:stop], v[:, :, start:stop]))
+        if end > self.head_len:
+            k, v = self.own[layer]
+            first = max(start - self.head_len, 0)
+            parts.append((k[:, :, first:end - self.head_len], v[:, :, first:end - self.head_len]))
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts], -2), torch.cat([p[1] for p in parts], -2)
+
+
 class SlabLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are views of a buffer with room to grow in place."""
 
