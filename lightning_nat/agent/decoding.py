@@ -119,6 +119,44 @@ def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[in
     return logits, cache, mask, positions[:, -1:] + 1
 
 
+def _slab(model: Any, groups: list[list[int]], done: list[tuple], max_new_tokens: int) -> tuple:
+    """The prefilled groups as one decode batch: (logits, cache, mask, next positions, original row of each slot).
+
+    Each row's real columns (its mask's ones: the group's padding, inner padding included,
+    left out) are right-aligned, so the batch is as wide as its longest row, not as the widest
+    group's layout; rows are put longest first.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    real = {r: g_mask[i].nonzero().squeeze(1) for g, (_, _, g_mask, _) in zip(groups, done) for i, r in enumerate(g)}
+    order = sorted(real, key=lambda r: -len(real[r]))
+    slot = {r: s for s, r in enumerate(order)}
+    batch, width = len(order), max(len(c) for c in real.values())
+    first = done[0]
+    logits = torch.empty(batch, first[0].shape[-1], dtype=first[0].dtype, device=first[0].device)
+    mask = first[2].new_zeros(batch, width)
+    next_pos = first[3].new_zeros(batch, 1)
+    slabs = []
+    for layer in first[1].layers:
+        shape = (batch, layer.keys.shape[1], width + max_new_tokens, layer.keys.shape[3])
+        slabs.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+    for g, (g_logits, g_cache, _, g_pos) in zip(groups, done):
+        for i, r in enumerate(g):
+            s, cols = slot[r], real[r]
+            span = len(cols)
+            # Most rows have no inner padding: a slice then, not a gather.
+            take = slice(int(cols[0]), int(cols[-1]) + 1) if span and int(cols[-1]) - int(cols[0]) + 1 == span else cols
+            logits[s], next_pos[s] = g_logits[i], g_pos[i]
+            mask[s, width - span:] = 1
+            for (keys, values), layer in zip(slabs, g_cache.layers):
+                keys[s, :, width - span:width] = layer.keys[i, :, take]
+                values[s, :, width - span:width] = layer.values[i, :, take]
+    cache = DynamicCache(config=model.config)
+    cache.layers = [SlabLayer(k, v, width) for k, v in slabs]
+    return logits, cache, mask, next_pos, order
+
+
 def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, max_new_tokens: int,
            temperature: float = 0.0, stop_ids: Sequence[int] = (), pad_id: int = 0,
            prefix: PrefixCache | None = None, episodes: EpisodeCache | None = None,
@@ -162,33 +200,16 @@ def _decode(model: Any, rows_ids: Sequence[Sequence[int]], pasts: list[tuple[int
             episodes: EpisodeCache | None) -> list[list[int]]:
     """:func:`decode` once each row's past is chosen: prefill the groups, then decode them as one batch."""
     import torch
-    from transformers import DynamicCache
 
     batch = len(rows_ids)
     out: list[list[int]] = [[] for _ in range(batch)]
     with torch.no_grad():
         done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id, start) for g in groups]
+    rows = list(range(batch))  # the original index of each row still in the batch
     if len(groups) == 1 and not plain:
         logits, cache, mask, next_pos = done[0]
-    else:  # one decode batch: every group's cache right-aligned in a buffer with room for the new tokens
-        width = max(m.shape[1] for _, _, m, _ in done)
-        logits = torch.empty(batch, done[0][0].shape[-1], dtype=done[0][0].dtype, device=done[0][0].device)
-        mask = done[0][2].new_zeros(batch, width)
-        next_pos = done[0][3].new_zeros(batch, 1)
-        slabs = []
-        for layer in done[0][1].layers:
-            shape = (batch, layer.keys.shape[1], width + max_new_tokens, layer.keys.shape[3])
-            slabs.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
-        for g, (g_logits, g_cache, g_mask, g_pos) in zip(groups, done):
-            index = torch.tensor(g, device=mask.device)
-            span = g_mask.shape[1]
-            logits[index], mask[index, width - span:], next_pos[index] = g_logits, g_mask, g_pos
-            for (keys, values), layer in zip(slabs, g_cache.layers):
-                keys[index, :, width - span:width] = layer.keys
-                values[index, :, width - span:width] = layer.values
-        cache = DynamicCache(config=model.config)
-        cache.layers = [SlabLayer(k, v, width) for k, v in slabs]
-    rows = list(range(batch))  # the original index of each row still in the batch
+    else:  # one decode batch: each row's real columns right-aligned in a buffer with room for the new tokens
+        logits, cache, mask, next_pos, rows = _slab(model, groups, done, max_new_tokens)
     tails = [""] * batch
     ends = set(int(i) for i in stop_ids)
 
