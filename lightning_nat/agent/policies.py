@@ -36,11 +36,15 @@ class HFPolicy:
         prefix_cache: reuse the KV cache of the prompt head all episodes share (``loop="engine"``).
         episode_cache: keep each row's KV cache until the next call, where an episode's next turn
             prefills only its new tokens (``loop="engine"``; holds one pool's caches in memory).
+        shared_head_attention: keep the shared prompt head's keys and values once and attend them
+            beside each row's own cache (:mod:`lightning_nat.agent.shared_head`) instead of copying
+            them into every row (``loop="engine"``; sdpa/eager models, else off by itself).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
-                 loop: str = "engine", prefix_cache: bool = True, episode_cache: bool = True):
+                 loop: str = "engine", prefix_cache: bool = True, episode_cache: bool = True,
+                 shared_head_attention: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,6 +65,7 @@ class HFPolicy:
         if loop not in ("engine", "generate"):
             raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
         self.loop = loop
+        self.shared_head_attention = shared_head_attention
         self._matcher: Any = None
         # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
         # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
@@ -106,7 +111,7 @@ class HFPolicy:
         try:
             rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
                           pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix, episodes=self._episodes,
-                          reused=reused)
+                          reused=reused, shared=self.shared_head_attention)
         finally:
             self.model.train(was_training)
         self.usage["cached_prompt_tokens"] += sum(reused)
