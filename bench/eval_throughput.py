@@ -11,6 +11,9 @@ are reference arms that reproduce the former ways with it:
 - ``engine``: the engine's pool of ``--pool-size`` kept full, with the policy's own decoding loop
   (token-id stops, rows leaving at once, the shared head's and each episode's own KV cache reused,
   prefill grouped by length);
+- ``engine_copied_head`` (not run by default): the engine with shared-head attention off, the
+  prompt head's keys and values copied into every row as before it (``HFPolicy(...,
+  shared_head_attention=False)``), to measure that lever alone;
 - ``continuous_batching`` (not run by default): the engine's pool with transformers' continuous
   batching (``model.generate_batch``, paged attention) as the policy; it has no stop strings, so
   every turn runs to ``--max-new-tokens`` and is cut at ``Observation:`` afterwards.
@@ -125,7 +128,9 @@ def main() -> None:
         former = HFPolicy(policy.model, policy.tokenizer, max_new_tokens=args.max_new_tokens, loop="generate")
 
         batching = ContinuousBatching(model, policy, args.max_new_tokens) if "continuous_batching" in arms else None
-        chosen = {"engine": policy, "continuous_batching": batching}
+        copied = HFPolicy(policy.model, policy.tokenizer, max_new_tokens=args.max_new_tokens,
+                          shared_head_attention=False)
+        chosen = {"engine": policy, "engine_copied_head": copied, "continuous_batching": batching}
 
         def agent_for(name: str) -> ReActAgent:
             return ReActAgent(task, chosen.get(name) or former, make_tools(task.tools), max_turns=args.max_turns)
@@ -158,7 +163,7 @@ def main() -> None:
         result["continuous_batching"]["episodes_identical_to_first_arm"] = all(
             rd["continuous_batching"]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds)
     for top in ("engine", "continuous_batching"):
-        for base in ("one_at_a_time", "batched"):
+        for base in ("one_at_a_time", "batched", "engine_copied_head"):
             if top in arms and base in arms:  # pairwise: each round's ratio, arms run back to back
                 ratios = [rd[top]["episodes_per_s"] / rd[base]["episodes_per_s"] for rd in rounds]
                 result[f"{top}_over_{base}"] = {"median": round(statistics.median(ratios), 2),
