@@ -177,6 +177,8 @@ def supports_shared_head(model: Any) -> bool:
 
     Flash attention (GPU) keeps its own path: the loop then copies the head into each row as before.
     """
+    if not hasattr(model, "set_attn_implementation"):  # a wrapper (e.g. an adapter model) around the transformer
+        return False
     if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager", NAME):
         return False
     if getattr(model.config, "attn_logit_softcapping", None) is not None:
