@@ -66,12 +66,12 @@ class DemoConfig:
     hidden_size: int = _size(128, "model width")
     layers: int = _size(4, "model depth")
     heads: int = _size(4, "attention heads")
-    pretrain_texts: int = _size(6000, "unlabelled passages the base is pretrained on")
-    pretrain_steps: int = _size(400, "pretraining steps of the base")
+    pretrain_texts: int = _size(20000, "unlabelled passages the base is pretrained on")
+    pretrain_steps: int = _size(1000, "pretraining steps of the base")
     base_seed: int = _size(1234, "seed of the base")
     steps: int = _size(200, "optimizer steps per strategy (the same budget for each)")
     batch_size: int = _size(8, "conversations per step")
-    learning_rate: float = _size(1e-3, "peak learning rate")
+    learning_rate: float = _size(2e-3, "peak learning rate")
     preference_learning_rate: float = _size(5e-5, "peak learning rate of DPO/KTO (from the w/o-Neg model)")
     beta: float = _size(0.1, "DPO/KTO beta")
     max_turns: int = _size(6, "agent turns per episode")
@@ -115,7 +115,8 @@ class DemoConfig:
 
     def base_spec(self) -> BaseSpec:
         return BaseSpec(vocab_size=self.vocab_size, hidden_size=self.hidden_size, layers=self.layers, heads=self.heads,
-                        texts=self.pretrain_texts, steps=self.pretrain_steps, seed=self.base_seed)
+                        texts=self.pretrain_texts, steps=self.pretrain_steps, seed=self.base_seed,
+                        threads=self.threads)
 
 
 GPU_PROFILE: dict[str, Any] = dict(train_problems=1000, test_problems=300, pos_num=200, neg_num=800, hidden_size=384,
