@@ -119,8 +119,13 @@ def pretraining_texts(n: int, seed: int) -> list[str]:
 
 
 def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] = print,
-              max_positions: int = 1024, device: str = "cpu") -> tuple[Path, dict[str, Any]]:
-    """The pretrained base for ``spec``: from the cache, or trained and cached. Returns (folder, info)."""
+              max_positions: int = 1024, device: str = "cpu",
+              on_step: Callable[[int, Any, Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The pretrained base for ``spec``: from the cache, or trained and cached. Returns (folder, info).
+
+    ``on_step(step, model, tokenizer)``, if given, runs after every optimizer step (a probe watching
+    skills emerge: ``bench/demo_base_probe.py --pretrain``).
+    """
     import time
 
     import torch
@@ -167,6 +172,8 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, model, tokenizer)
         if (step + 1) % max(1, spec.steps // 5) == 0:
             say(f"pretraining the base: step {step + 1}/{spec.steps}, loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval().to("cpu")
