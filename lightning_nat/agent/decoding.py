@@ -173,6 +173,8 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
     attended by :mod:`~lightning_nat.agent.shared_head`: the batch's cache holds only each row's
     columns after it.
     """
+    import torch
+
     batch = len(rows_ids)
     if max_new_tokens <= 0 or batch == 0:
         return [[] for _ in range(batch)]
@@ -187,75 +189,61 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
         reused[:] = [c for c, _ in pasts]
     news = [list(r[c:]) for r, (c, _) in zip(rows_ids, pasts)]
     groups = _groups([len(n) for n in news]) if plain else [list(range(batch))]
-    with contextlib.ExitStack() as scope:
-        if start:
-            scope.enter_context(shared_head(model, head))
-        return _decode(model, rows_ids, pasts, news, groups, start, head, plain, stops, max_new_tokens,
-                       temperature, stop_ids, pad_id, episodes)
+    with shared_head(model, head) if start else contextlib.nullcontext():
+        out: list[list[int]] = [[] for _ in range(batch)]
+        with torch.no_grad():
+            done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id, start) for g in groups]
+        rows = list(range(batch))  # the original index of each row still in the batch
+        if len(groups) == 1 and not plain:
+            logits, cache, mask, next_pos = done[0]
+        else:  # one decode batch: each row's real columns right-aligned in a buffer with room for the new tokens
+            logits, cache, mask, next_pos, rows = _slab(model, groups, done, max_new_tokens)
+        tails = [""] * batch
+        ends = set(int(i) for i in stop_ids)
 
+        def keep_cache(js: Sequence[int], fed: int) -> None:
+            # A leaving row's cache holds its prompt and the ``fed`` tokens generated before this step.
+            if episodes is None or not plain:
+                return
+            for j in js:
+                cols = mask[j].nonzero().squeeze(1)
+                ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
+                if start + len(cols) != len(ids):
+                    raise RuntimeError(f"row cache of {start} + {len(cols)} columns for {len(ids)} ids")
+                episodes.put(ids, RowKV(head if start else [], start,
+                                        [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
+                                         for layer in cache.layers]))
 
-def _decode(model: Any, rows_ids: Sequence[Sequence[int]], pasts: list[tuple[int, RowKV]], news: list[list[int]],
-            groups: list[list[int]], start: int, head: Any, plain: bool, stops: StopMatcher, max_new_tokens: int,
-            temperature: float, stop_ids: Sequence[int], pad_id: int,
-            episodes: EpisodeCache | None) -> list[list[int]]:
-    """:func:`decode` once each row's past is chosen: prefill the groups, then decode them as one batch."""
-    import torch
-
-    batch = len(rows_ids)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    with torch.no_grad():
-        done = [_prefill(model, [news[i] for i in g], [pasts[i] for i in g], pad_id, start) for g in groups]
-    rows = list(range(batch))  # the original index of each row still in the batch
-    if len(groups) == 1 and not plain:
-        logits, cache, mask, next_pos = done[0]
-    else:  # one decode batch: each row's real columns right-aligned in a buffer with room for the new tokens
-        logits, cache, mask, next_pos, rows = _slab(model, groups, done, max_new_tokens)
-    tails = [""] * batch
-    ends = set(int(i) for i in stop_ids)
-
-    def keep_cache(js: Sequence[int], fed: int) -> None:
-        # A leaving row's cache holds its prompt and the ``fed`` tokens generated before this step.
-        if episodes is None or not plain:
-            return
-        for j in js:
-            cols = mask[j].nonzero().squeeze(1)
-            ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
-            if start + len(cols) != len(ids):
-                raise RuntimeError(f"row cache of {start} + {len(cols)} columns for {len(ids)} ids")
-            episodes.put(ids, RowKV(head if start else [], start,
-                                    [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
-                                     for layer in cache.layers]))
-
-    with torch.no_grad():
-        for step in range(max_new_tokens):
-            logits = logits.float()
-            if temperature > 0:
-                tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
-            else:
-                tokens = logits.argmax(-1)
-            keep = []
-            for j, token in enumerate(tokens.tolist()):
-                r = rows[j]
-                if token in ends:
-                    continue
-                out[r].append(token)
-                tails[r], hit = stops.step(tails[r], token)
-                if not hit:
-                    keep.append(j)
-            last = not keep or step == max_new_tokens - 1
-            staying = set() if last else set(keep)
-            keep_cache([j for j in range(len(rows)) if j not in staying], step)
-            if last:
-                break
-            if len(keep) < len(rows):  # stopped rows leave the batch and the cache now
-                index = torch.tensor(keep, device=tokens.device)
-                cache.batch_select_indices(index)
-                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
-                rows = [rows[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
-                           past_key_values=cache, use_cache=True).logits[:, -1, :]
-            next_pos = next_pos + 1
-    if episodes is not None:
-        episodes.end_call()
-    return out
+        with torch.no_grad():
+            for step in range(max_new_tokens):
+                logits = logits.float()
+                if temperature > 0:
+                    tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
+                else:
+                    tokens = logits.argmax(-1)
+                keep = []
+                for j, token in enumerate(tokens.tolist()):
+                    r = rows[j]
+                    if token in ends:
+                        continue
+                    out[r].append(token)
+                    tails[r], hit = stops.step(tails[r], token)
+                    if not hit:
+                        keep.append(j)
+                last = not keep or step == max_new_tokens - 1
+                staying = set() if last else set(keep)
+                keep_cache([j for j in range(len(rows)) if j not in staying], step)
+                if last:
+                    break
+                if len(keep) < len(rows):  # stopped rows leave the batch and the cache now
+                    index = torch.tensor(keep, device=tokens.device)
+                    cache.batch_select_indices(index)
+                    mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                    rows = [rows[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                               past_key_values=cache, use_cache=True).logits[:, -1, :]
+                next_pos = next_pos + 1
+        if episodes is not None:
+            episodes.end_call()
+        return out
