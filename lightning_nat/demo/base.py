@@ -146,6 +146,7 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
                          max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True)
+    torch.set_num_threads(spec.threads)  # part of the spec: the weights depend on it
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config).to(device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
