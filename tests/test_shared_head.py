@@ -182,3 +182,52 @@ def test_decode_with_the_head_kept_once_equals_the_head_copied(scratch_model, sh
         assert kv.head_len == head_len and kv.own[0][0].shape[2] == len(row_ids) - head_len
     for row_ids, kv in runs[False][4]:
         assert kv.head_len == 0 and kv.own[0][0].shape[2] == len(row_ids)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_a_decode_step_in_chunks_equals_plain_attention(heads, kv_heads):
+    """A decode step over 40 rows (3 chunks) with left padding of every width, unsorted, one row all padding."""
+    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    batch, own, h, dim = 40, 30, 7, 16
+    q = torch.randn(batch, heads, 1, dim, generator=g)
+    k, v = (torch.randn(batch, kv_heads, own, dim, generator=g) for _ in range(2))
+    hk, hv = (torch.randn(1, kv_heads, h, dim, generator=g) for _ in range(2))
+    pads = torch.randperm(own, generator=g).tolist() + torch.randint(0, own, (batch - own,), generator=g).tolist()
+    pads[5] = own  # a padding row: sees the head only
+    mask = torch.ones(batch, 1, 1, own, dtype=torch.bool)
+    for b, p in enumerate(pads):
+        mask[b, ..., :p] = False
+        k[b, :, :p] = 1e4  # padding keys that would take over a row's softmax if the mask let them in
+    got = attend_with_head_fused(q, k, v, hk, hv, mask)
+    assert not got.isnan().any()
+    assert (got - _plain(q, k, v, hk, hv, mask)).abs().max().item() < 1e-5
+
+
+def test_the_step_plan_is_made_again_for_a_new_mask():
+    """Inside the context the plan is kept per mask object: the next step's mask never gets the last one's chunks."""
+    from lightning_nat.agent.shared_head import step_plan
+
+    first = torch.ones(3, 1, 1, 4, dtype=torch.bool)
+    second = first.clone()
+    second[2, ..., :3] = False
+    with _plan_context():
+        plan = step_plan(first, torch.float32, rows_per_chunk=2)
+        assert step_plan(first, torch.float32, rows_per_chunk=2) is plan
+        assert step_plan(second, torch.float32, rows_per_chunk=2)[2] == [(0, 2, 0), (2, 3, 3)]
+    assert plan[2] == [(0, 2, 0), (2, 3, 0)]
+
+
+def _plan_context():
+    import contextlib
+
+    from lightning_nat.agent import shared_head as module
+
+    @contextlib.contextmanager
+    def context():
+        token = module._PLAN.set((None, None))
+        try:
+            yield
+        finally:
+            module._PLAN.reset(token)
+
+    return context()

@@ -97,15 +97,20 @@ def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[in
     cache = DynamicCache(config=model.config)
     if width_past:
         some = next(kv for c, kv in pasts if c > start)
+        layers = []
         for li in range(len(some.head or some.own)):
             k0 = some.columns(li, start, start + 1)[0]
-            keys = k0.new_zeros(batch, k0.shape[1], width_past, k0.shape[3])
-            values = torch.zeros_like(keys)
+            # Room for the new ids, so the forward writes them in place instead of concatenating.
+            keys = k0.new_empty(batch, k0.shape[1], width_past + width_new, k0.shape[3])
+            values = torch.empty_like(keys)
             for b, (c, kv) in enumerate(pasts):
-                if c > start:
+                own = c - start
+                keys[b, :, :width_past - own], values[b, :, :width_past - own] = 0, 0  # padding: finite, masked
+                if own:
                     k, v = kv.columns(li, start, c)
-                    keys[b, :, width_past - (c - start):], values[b, :, width_past - (c - start):] = k[0], v[0]
-            cache.update(keys, values, li)
+                    keys[b, :, width_past - own:width_past], values[b, :, width_past - own:width_past] = k[0], v[0]
+            layers.append(SlabLayer(keys, values, width_past))
+        cache.layers = layers
     mask = torch.zeros(batch, width_past + width_new, dtype=torch.long, device=device)
     positions = torch.ones(batch, width_new, dtype=torch.long, device=device)
     input_ids = torch.full((batch, width_new), pad_id, dtype=torch.long, device=device)
@@ -139,8 +144,9 @@ def _slab(model: Any, groups: list[list[int]], done: list[tuple], max_new_tokens
     next_pos = first[3].new_zeros(batch, 1)
     slabs = []
     for layer in first[1].layers:
+        # Uninitialised: each row's padding is zeroed below, its real columns copied, later ones written by steps.
         shape = (batch, layer.keys.shape[1], width + max_new_tokens, layer.keys.shape[3])
-        slabs.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+        slabs.append((layer.keys.new_empty(shape), layer.values.new_empty(shape)))
     for g, (g_logits, g_cache, _, g_pos) in zip(groups, done):
         for i, r in enumerate(g):
             s, cols = slot[r], real[r]
@@ -150,6 +156,7 @@ def _slab(model: Any, groups: list[list[int]], done: list[tuple], max_new_tokens
             logits[s], next_pos[s] = g_logits[i], g_pos[i]
             mask[s, width - span:] = 1
             for (keys, values), layer in zip(slabs, g_cache.layers):
+                keys[s, :, :width - span], values[s, :, :width - span] = 0, 0  # padding: finite, masked
                 keys[s, :, width - span:width] = layer.keys[i, :, take]
                 values[s, :, width - span:width] = layer.values[i, :, take]
     cache = DynamicCache(config=model.config)
@@ -210,8 +217,11 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
                 ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
                 if start + len(cols) != len(ids):
                     raise RuntimeError(f"row cache of {start} + {len(cols)} columns for {len(ids)} ids")
+                # A row's real columns are one run in the slab (right-aligned, no inner padding): a slice, copied.
+                first, last = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
+                take = slice(first, last) if last - first == len(cols) else cols
                 episodes.put(ids, RowKV(head if start else [], start,
-                                        [(layer.keys[j:j + 1, :, cols], layer.values[j:j + 1, :, cols])
+                                        [(layer.keys[j:j + 1, :, take].clone(), layer.values[j:j + 1, :, take].clone())
                                          for layer in cache.layers]))
 
         with torch.no_grad():

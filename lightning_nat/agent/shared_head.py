@@ -25,6 +25,8 @@ from typing import Any
 NAME = "nat_shared_head"
 # Per-layer (keys, values) of the shared head, each (1, kv_heads, h, head_dim); None outside a decoding call.
 _HEAD: contextvars.ContextVar[Any] = contextvars.ContextVar("nat_shared_head", default=None)
+# Inside shared_head(): the last decode step's (mask, plan), so the layers after the first reuse it.
+_PLAN: contextvars.ContextVar[Any] = contextvars.ContextVar("nat_shared_head_plan", default=None)
 # What the function cannot fold in (softcapping, sinks, windows, biases): refused rather than computed wrong.
 _UNSUPPORTED = ("softcap", "sliding_window", "s_aux", "position_bias")
 
@@ -91,6 +93,40 @@ def attend_with_head(query: Any, keys: Any, values: Any, head_keys: Any, head_va
     return out.to(query.dtype).view(batch, heads, q_len, dim)
 
 
+def step_plan(mask: Any, dtype: Any = None, rows_per_chunk: int = 16) -> tuple[Any, Any, list[tuple[int, int, int]]]:
+    """For one decode step's mask (batch, 1, 1, s): its additive form (in ``dtype``), which rows see any column, the chunks.
+
+    The decode batch is as wide as its longest row, so a short row's leading columns are
+    padding, and reading them is most of what a step costs (it is memory-bound). Rows go in
+    chunks of ``rows_per_chunk`` neighbours (the loop puts rows longest first), each chunk
+    read from its earliest visible column on: ``(first row, end row, first column)``. The
+    same mask object serves every layer of a step, so the plan is made once per step.
+
+    >>> import torch
+    >>> m = torch.tensor([[True] * 4, [False, True, True, True], [False, False, True, True]])[:, None, None, :]
+    >>> bias, visible, spans = step_plan(m, torch.float32, rows_per_chunk=2)
+    >>> spans, visible.flatten().tolist(), bias[2].flatten().tolist()
+    ([(0, 2, 0), (2, 3, 2)], [True, True, True], [-inf, -inf, 0.0, 0.0])
+    """
+    import torch
+
+    held = _PLAN.get()
+    if held is not None and held[0] is mask:
+        return held[1]
+    batch, width = mask.shape[0], mask.shape[-1]
+    seen = (mask if mask.dtype == torch.bool else mask > float("-inf")).reshape(batch, width)
+    any_seen = seen.any(-1)
+    first = torch.where(any_seen, seen.to(torch.uint8).argmax(-1), width - 1).tolist()
+    bias = mask if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf"))
+    spans = [(lo, min(lo + rows_per_chunk, batch), min(first[lo:lo + rows_per_chunk]))
+             for lo in range(0, batch, rows_per_chunk)]
+    plan = (bias, any_seen.view(batch, 1, 1), spans)
+    if held is not None:
+        _PLAN.set((mask, plan))
+    return plan
+
+
 def attend_with_head_fused(query: Any, keys: Any, values: Any, head_keys: Any, head_values: Any, mask: Any = None,
                            scale: float | None = None) -> Any:
     """:func:`attend_with_head` on CPU with torch's fused attention kernel for each part, merged by log-sum-exp.
@@ -124,6 +160,23 @@ def attend_with_head_fused(query: Any, keys: Any, values: Any, head_keys: Any, h
     lse_head = lse_head.view(kv_heads, batch, groups, q_len).transpose(0, 1).reshape(batch, heads, q_len)
     if keys.shape[-2] == 0:
         return out_head
+    if q_len == 1 and mask is not None:
+        # A decode step: rows in chunks, each reading only from its earliest visible column on; a key head's
+        # query heads go as that head's queries (one visible set per row), so keys are never repeated.
+        bias, visible, spans = step_plan(mask, query.dtype)
+        grouped = query.view(batch, kv_heads, groups, dim)
+        outs, lses = [], []
+        for lo, hi, first in spans:
+            o, l = flash(grouped[lo:hi], keys[lo:hi, :, first:], values[lo:hi, :, first:], 0.0, False,
+                         attn_mask=bias[lo:hi, :, :, first:], scale=scale)
+            outs.append(o)
+            lses.append(l)
+        out_own = (torch.cat(outs) if len(outs) > 1 else outs[0]).reshape(batch, heads, 1, dim)
+        lse_own = (torch.cat(lses) if len(lses) > 1 else lses[0]).reshape(batch, heads, 1)
+        lse_own = lse_own.masked_fill(~visible, float("-inf"))
+        total = torch.logaddexp(lse_head, lse_own)
+        return (out_head * torch.exp(lse_head - total)[..., None]
+                + out_own * torch.exp(lse_own - total)[..., None]).to(query.dtype)
     if groups > 1:
         keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
     visible = None
@@ -193,9 +246,11 @@ def shared_head(model: Any, layers: Any) -> Iterator[None]:
     _register()
     before = model.config._attn_implementation
     token = _HEAD.set(layers)
+    plan = _PLAN.set((None, None))
     model.set_attn_implementation(NAME)
     try:
         yield
     finally:
         model.set_attn_implementation(before)
         _HEAD.reset(token)
+        _PLAN.reset(plan)
