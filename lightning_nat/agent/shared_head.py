@@ -10,6 +10,10 @@ token), and each row's queries against its own columns with the usual mask. Both
 one running maximum, so their exponentials add up to exactly the softmax over the row's whole
 past, as if the head were in the row.
 
+In a decode step (one query per row) each row's own part reads only from its first visible
+column on, rows taken in chunks (:func:`step_plan`): the batch is as wide as its longest row,
+and the shorter rows' leading padding was most of what a step read.
+
 The attention function is registered with transformers' ``AttentionInterface`` under
 :data:`NAME` and looks the head's keys and values up by ``module.layer_idx`` in a context that
 :func:`shared_head` sets around the decoding loop; with no head set it is ``sdpa``.
