@@ -121,8 +121,10 @@ def step_plan(mask: Any, dtype: Any = None, rows_per_chunk: int = 16) -> tuple[A
     seen = (mask if mask.dtype == torch.bool else mask > float("-inf")).reshape(batch, width)
     any_seen = seen.any(-1)
     first = torch.where(any_seen, seen.to(torch.uint8).argmax(-1), width - 1).tolist()
-    bias = mask if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, float("-inf"))
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    else:
+        bias = mask.to(dtype or mask.dtype)
     spans = [(lo, min(lo + rows_per_chunk, batch), min(first[lo:lo + rows_per_chunk]))
              for lo in range(0, batch, rows_per_chunk)]
     plan = (bias, any_seen.view(batch, 1, 1), spans)
