@@ -205,6 +205,11 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
             logits, cache, mask, next_pos = done[0]
         else:  # one decode batch: each row's real columns right-aligned in a buffer with room for the new tokens
             logits, cache, mask, next_pos, rows = _slab(model, groups, done, max_new_tokens)
+        bias = None
+        if start:  # the shared-head attention takes the model's mask as given when it is 4D: an additive
+            # one kept here with room for the new tokens is then not rebuilt from the 2D mask at every step.
+            bias = torch.zeros(len(rows), 1, 1, mask.shape[1] + max_new_tokens, dtype=model.dtype, device=mask.device)
+            bias[:, 0, 0, :mask.shape[1]].masked_fill_(mask == 0, float("-inf"))
         tails = [""] * batch
         ends = set(int(i) for i in stop_ids)
 
@@ -249,9 +254,11 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
                     index = torch.tensor(keep, device=tokens.device)
                     cache.batch_select_indices(index)
                     mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                    bias = None if bias is None else bias[index]
                     rows = [rows[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-                logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                given = mask if bias is None else bias[..., :mask.shape[1]]
+                logits = model(input_ids=tokens[:, None], attention_mask=given, position_ids=next_pos,
                                past_key_values=cache, use_cache=True).logits[:, -1, :]
                 next_pos = next_pos + 1
         if episodes is not None:
