@@ -124,6 +124,17 @@ def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[in
     return logits, cache, mask, positions[:, -1:] + 1
 
 
+def _run(cols: Any) -> Any:
+    """Column indices as a slice when they are one run (most rows: no inner padding), so taking them is no gather.
+
+    >>> import torch
+    >>> _run(torch.tensor([3, 4, 5])), _run(torch.tensor([1, 3])).tolist()
+    (slice(3, 6, None), [1, 3])
+    """
+    first, last = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
+    return slice(first, last) if last - first == len(cols) else cols
+
+
 def _slab(model: Any, groups: list[list[int]], done: list[tuple], max_new_tokens: int) -> tuple:
     """The prefilled groups as one decode batch: (logits, cache, mask, next positions, original row of each slot).
 
@@ -150,9 +161,7 @@ def _slab(model: Any, groups: list[list[int]], done: list[tuple], max_new_tokens
     for g, (g_logits, g_cache, _, g_pos) in zip(groups, done):
         for i, r in enumerate(g):
             s, cols = slot[r], real[r]
-            span = len(cols)
-            # Most rows have no inner padding: a slice then, not a gather.
-            take = slice(int(cols[0]), int(cols[-1]) + 1) if span and int(cols[-1]) - int(cols[0]) + 1 == span else cols
+            span, take = len(cols), _run(cols)
             logits[s], next_pos[s] = g_logits[i], g_pos[i]
             mask[s, width - span:] = 1
             for (keys, values), layer in zip(slabs, g_cache.layers):
@@ -222,9 +231,7 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
                 ids = list(rows_ids[rows[j]]) + out[rows[j]][:fed]
                 if start + len(cols) != len(ids):
                     raise RuntimeError(f"row cache of {start} + {len(cols)} columns for {len(ids)} ids")
-                # A row's real columns are one run in the slab (right-aligned, no inner padding): a slice, copied.
-                first, last = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
-                take = slice(first, last) if last - first == len(cols) else cols
+                take = _run(cols)  # copied below: the slab is not kept
                 episodes.put(ids, RowKV(head if start else [], start,
                                         [(layer.keys[j:j + 1, :, take].clone(), layer.values[j:j + 1, :, take].clone())
                                          for layer in cache.layers]))

@@ -179,10 +179,7 @@ def attend_with_head_fused(query: Any, keys: Any, values: Any, head_keys: Any, h
             lses.append(l)
         out_own = (torch.cat(outs) if len(outs) > 1 else outs[0]).reshape(batch, heads, 1, dim)
         lse_own = (torch.cat(lses) if len(lses) > 1 else lses[0]).reshape(batch, heads, 1)
-        lse_own = lse_own.masked_fill(~visible, float("-inf"))
-        total = torch.logaddexp(lse_head, lse_own)
-        return (out_head * torch.exp(lse_head - total)[..., None]
-                + out_own * torch.exp(lse_own - total)[..., None]).to(query.dtype)
+        return _merge(out_head, lse_head, out_own, lse_own, visible).to(query.dtype)
     if groups > 1:
         keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
     visible = None
@@ -196,11 +193,21 @@ def attend_with_head_fused(query: Any, keys: Any, values: Any, head_keys: Any, h
         else:
             visible = (mask > float("-inf")).any(-1)
     out_own, lse_own = flash(query, keys, values, 0.0, False, attn_mask=mask, scale=scale)
+    return _merge(out_head, lse_head, out_own, lse_own, visible).to(query.dtype)
+
+
+def _merge(out_head: Any, lse_head: Any, out_own: Any, lse_own: Any, visible: Any) -> Any:
+    """The two parts' outputs weighted by their share of the softmax, ``exp(lse_part - lse_total)``.
+
+    ``visible`` (broadcast to ``lse_own``; None: every query sees an own column): where a query
+    sees none, the kernel's log-sum-exp is 0, not -inf, so it is set to -inf (weight 0).
+    """
+    import torch
+
     if visible is not None:
         lse_own = lse_own.masked_fill(~visible, float("-inf"))
     total = torch.logaddexp(lse_head, lse_own)
-    return (out_head * torch.exp(lse_head - total)[..., None]
-            + out_own * torch.exp(lse_own - total)[..., None]).to(query.dtype)
+    return out_head * torch.exp(lse_head - total)[..., None] + out_own * torch.exp(lse_own - total)[..., None]
 
 
 def shared_head_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
