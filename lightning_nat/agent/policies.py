@@ -39,12 +39,14 @@ class HFPolicy:
         shared_head_attention: keep the shared prompt head's keys and values once and attend them
             beside each row's own cache (:mod:`lightning_nat.agent.shared_head`) instead of copying
             them into every row (``loop="engine"``; sdpa/eager models, else off by itself).
+        packed_linear: on CPU, run the linear layers through oneDNN's packed-weight kernel while decoding
+            (:mod:`lightning_nat.agent.cpu_linear`; ``loop="engine"``; a packed copy of the weights is held).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
                  loop: str = "engine", prefix_cache: bool = True, episode_cache: bool = True,
-                 shared_head_attention: bool = True):
+                 shared_head_attention: bool = True, packed_linear: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +68,9 @@ class HFPolicy:
             raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
         self.loop = loop
         self.shared_head_attention = shared_head_attention
+        from lightning_nat.agent.cpu_linear import PackedLinears
+
+        self._linears = PackedLinears() if packed_linear else None
         self._matcher: Any = None
         # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
         # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
@@ -108,10 +113,12 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         reused: list[int] = []
+        linears = self._linears.active(self.model) if self._linears is not None else contextlib.nullcontext()
         try:
-            rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
-                          pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix, episodes=self._episodes,
-                          reused=reused, shared=self.shared_head_attention)
+            with linears:
+                rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
+                              pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix, episodes=self._episodes,
+                              reused=reused, shared=self.shared_head_attention)
         finally:
             self.model.train(was_training)
         self.usage["cached_prompt_tokens"] += sum(reused)
