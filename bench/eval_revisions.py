@@ -9,6 +9,7 @@ runs and reports the median. The episodes' digest must be the same in both trees
 outputs unchanged); the result is the median of the per-round ratios head / base with its range.
 
     python bench/eval_revisions.py --base d9eedb0 --rounds 3
+    python bench/eval_revisions.py --base d9eedb0 --rounds 3 --lively 0.3   # rows stop at different steps
 
 ``--base`` is a git revision (checked out in a temporary worktree) or a folder holding the
 package; ``--head`` defaults to this checkout.
@@ -57,6 +58,12 @@ def worker(args: argparse.Namespace) -> None:
             vocab_size=1024, hidden_size=args.hidden_size, num_layers=args.layers,
             num_heads=max(4, args.hidden_size // 64))
         policy = HFPolicy(str(model), max_new_tokens=args.max_new_tokens, device="cpu", dtype="float32")
+        if args.lively:  # weights wide enough that rows write varied text and stop at different steps
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in policy.model.parameters():
+                    if p.dim() > 1:
+                        p.copy_(torch.randn(p.shape, generator=gen) * args.lively)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=args.max_turns)
         agent.run(records, batch_size=args.pool_size)  # warm-up: the shared head's cache, allocator, kernels
         seconds = []
@@ -90,6 +97,9 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--lively", type=float, default=0.0,
+                    help="re-draw the weights at this scale (e.g. 0.3): the scratch init writes one token until the "
+                         "limit, these rows stop at different steps, so rows leave the batch as in a real evaluation")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,7 +131,7 @@ def main() -> None:
     print(json.dumps({
         "base": args.base, "head": args.head, "questions": args.questions, "pool_size": args.pool_size,
         "max_new_tokens": args.max_new_tokens, "max_turns": args.max_turns, "rounds": args.rounds,
-        "load_average_at_start": load, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "lively": args.lively, "load_average_at_start": load, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "seconds": {n: [round(rd[n]["seconds"], 3) for rd in rounds] for n in trees},
         "greedy_episodes_identical": len({rd[n]["digest"] for rd in rounds for n in trees}) == 1,
         "head_speedup": {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),

@@ -11,6 +11,10 @@ are reference arms that reproduce the former ways with it:
 - ``engine``: the engine's pool of ``--pool-size`` kept full, with the policy's own decoding loop
   (token-id stops, rows leaving at once, the shared head's and each episode's own KV cache reused,
   prefill grouped by length);
+- ``one_at_a_time_packed`` (not run by default): the first arm with the linear layers the engine
+  uses on CPU (:mod:`lightning_nat.agent.cpu_linear`: oneDNN's packed kernel for calls of >= 16 rows,
+  so its prefills; its one-row decode steps keep the stock kernel, faster at one row), to show
+  what the engine gains beyond that kernel;
 - ``engine_copied_head`` (not run by default): the engine with shared-head attention off, the
   prompt head's keys and values copied into every row as before it (``HFPolicy(...,
   shared_head_attention=False)``), to measure that lever alone;
@@ -70,6 +74,11 @@ def run_arm(name: str, agent_for, records: list[dict], args: argparse.Namespace)
     start = time.perf_counter()
     if name == "one_at_a_time":
         trajs = agent.run(records, batch_size=1)
+    elif name == "one_at_a_time_packed":
+        from lightning_nat.agent.cpu_linear import PackedLinears
+
+        with PackedLinears().active(agent.policy.model):
+            trajs = agent.run(records, batch_size=1)
     elif name == "batched":  # the former loop: each batch runs to its end before the next starts
         trajs = []
         for s in range(0, len(records), args.batch_size):
@@ -163,7 +172,7 @@ def main() -> None:
         result["continuous_batching"]["episodes_identical_to_first_arm"] = all(
             rd["continuous_batching"]["messages"] == rounds[0][arms[0]]["messages"] for rd in rounds)
     for top in ("engine", "continuous_batching"):
-        for base in ("one_at_a_time", "batched", "engine_copied_head"):
+        for base in ("one_at_a_time", "one_at_a_time_packed", "batched", "engine_copied_head"):
             if top in arms and base in arms:  # pairwise: each round's ratio, arms run back to back
                 ratios = [rd[top]["episodes_per_s"] / rd[base]["episodes_per_s"] for rd in rounds]
                 result[f"{top}_over_{base}"] = {"median": round(statistics.median(ratios), 2),

@@ -107,21 +107,26 @@ def test_greedy_decoding_loop_matches_batched_generate(scratch_model, shared_dat
     assert policy.usage["completion_tokens"] > 0 and policy.usage["calls"] == 3
 
 
-@pytest.mark.parametrize("stop", ["e", "th", " o"])
-def test_rows_leave_at_the_stop_string_as_generate_stops(scratch_model, shared_data, stop):
-    """With frequent stop strings rows stop at different steps; the ids equal generate's up to each stop."""
+@pytest.mark.parametrize("stop,n", [("e", 6), ("th", 6), (" o", 6), ("e", 20)])
+def test_rows_leave_at_the_stop_string_as_generate_stops(scratch_model, shared_data, stop, n):
+    """With frequent stop strings rows stop at different steps; the ids equal generate's up to each stop.
+
+    With 20 rows the last rows move into the places of those that leave (kv_cache.SlabLayer) and
+    the decode steps run the packed CPU linear kernel (agent.cpu_linear).
+    """
     import torch
 
     from lightning_nat.agent.decoding import PrefixCache, StopMatcher, decode
     from lightning_nat.agent.policies import HFPolicy
 
     policy = _lively(HFPolicy(str(scratch_model), device="cpu", max_new_tokens=30))
-    _, prompts = _prompts(shared_data, 6)
+    _, prompts = _prompts(shared_data, n)
     enc = policy._encode(prompts)
     tok = policy.tokenizer
     ids = tok([policy.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
-    ours = decode(policy.model, ids, StopMatcher(tok, stop), 30, 0.0, [tok.eos_token_id], tok.pad_token_id,
-                  PrefixCache())
+    with policy._linears.active(policy.model):
+        ours = decode(policy.model, ids, StopMatcher(tok, stop), 30, 0.0, [tok.eos_token_id], tok.pad_token_id,
+                      PrefixCache())
     with torch.no_grad():
         out = policy.model.generate(**enc, max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id,
                                     eos_token_id=tok.eos_token_id, stop_strings=[stop], tokenizer=tok)
@@ -261,3 +266,21 @@ def test_episode_cache_take_finds_the_longest_common_prefix():
     assert cache.take([[1, 2, 3, 4, 5, 6], [1, 2, 9, 7], [1, 2, 3], [8, 8, 8]]) == [
         (5, ["a"]), (3, ["b"]), (2, ["a"]), (0, [])]
     assert cache.take([[1, 2, 3, 4, 5, 6]]) == [(0, [])]  # a call's caches serve the next call only
+
+
+def test_leaving_rows_move_only_the_rows_that_fill_their_places():
+    """The slab's in-place move equals the general gather, for the decoding loop's orders and any other."""
+    import torch
+
+    from lightning_nat.agent.decoding import leave_order
+    from lightning_nat.agent.kv_cache import SlabLayer
+
+    gen = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(7, 2, 9, 3, generator=gen), torch.randn(7, 2, 9, 3, generator=gen)
+    for keep in ([0, 1, 2, 3, 4, 5, 6], [0, 2, 3, 6], [5, 6], [1], [0, 1, 2]):
+        for order in (leave_order(keep, 7), keep[::-1]):
+            layer = SlabLayer(keys.clone(), values.clone(), 6)
+            layer.batch_select_indices(torch.tensor(order))
+            assert torch.equal(layer.keys, keys[order, :, :6]) and torch.equal(layer.values, values[order, :, :6])
+            k, v = layer.update(torch.ones(len(order), 2, 1, 3), torch.ones(len(order), 2, 1, 3))
+            assert torch.equal(k[:, :, :6], keys[order, :, :6]) and bool((k[:, :, 6] == 1).all())

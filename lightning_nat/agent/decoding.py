@@ -81,6 +81,25 @@ def _groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
     return groups
 
 
+def leave_order(keep: Sequence[int], size: int) -> list[int]:
+    """The batch's rows after those not in ``keep`` leave: new row i is old row ``order[i]``.
+
+    Rows that stay keep their places; the places of leaving rows are filled by the last rows
+    that stay (the batch's shortest: rows are put longest first), so moving the cache takes
+    a copy of those rows only, not of the whole batch.
+
+    >>> leave_order([0, 2, 3, 5], 6), leave_order([1, 2], 3), leave_order([0, 1], 4)
+    ([0, 5, 2, 3], [2, 1], [0, 1])
+    """
+    staying = set(keep)
+    holes = [j for j in range(len(keep)) if j not in staying]
+    movers = [j for j in range(size - 1, len(keep) - 1, -1) if j in staying]
+    order = list(range(len(keep)))
+    for hole, mover in zip(holes, movers):
+        order[hole] = mover
+    return order
+
+
 def _prefill(model: Any, news: Sequence[Sequence[int]], pasts: Sequence[tuple[int, RowKV]], pad_id: int,
              start: int = 0) -> tuple:
     """One forward over rows that each continue their own cached past: (last logits, cache, mask, next positions).
@@ -258,11 +277,12 @@ def decode(model: Any, rows_ids: Sequence[Sequence[int]], stops: StopMatcher, ma
                 if last:
                     break
                 if len(keep) < len(rows):  # stopped rows leave the batch and the cache now
-                    index = torch.tensor(keep, device=tokens.device)
+                    order = leave_order(keep, len(rows))
+                    index = torch.tensor(order, device=tokens.device)
                     cache.batch_select_indices(index)
                     mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
                     bias = None if bias is None else bias[index]
-                    rows = [rows[j] for j in keep]
+                    rows = [rows[j] for j in order]
                 mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
                 given = mask if bias is None else bias[..., :mask.shape[1]]
                 logits = model(input_ids=tokens[:, None], attention_mask=given, position_ids=next_pos,

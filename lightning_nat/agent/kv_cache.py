@@ -200,6 +200,26 @@ class SlabLayer(DynamicLayer):
         return self.keys, self.values
 
     def batch_select_indices(self, indices: Any) -> None:
+        """Keep the rows ``indices`` (new row i is old row ``indices[i]``).
+
+        When the rows that stay keep their places and only rows from past the new end fill the
+        places of those that leave (what :func:`~lightning_nat.agent.decoding.leave_order` gives),
+        only those rows are copied and the buffer is cut to the new batch as a view; any other
+        order copies the whole buffer.
+        """
+        import torch
+
         length = self.keys.shape[-2]
-        self.slab_k, self.slab_v = self.slab_k[indices], self.slab_v[indices]
+        order = [int(i) for i in indices]
+        batch = len(order)
+        moved = [(new, old) for new, old in enumerate(order) if new != old]
+        if len(set(order)) == batch and all(old >= batch for _, old in moved):
+            if moved:
+                dst = torch.tensor([new for new, _ in moved], device=self.slab_k.device)
+                src = torch.tensor([old for _, old in moved], device=self.slab_k.device)
+                self.slab_k[dst, :, :length] = self.slab_k[src, :, :length]
+                self.slab_v[dst, :, :length] = self.slab_v[src, :, :length]
+            self.slab_k, self.slab_v = self.slab_k[:batch], self.slab_v[:batch]
+        else:
+            self.slab_k, self.slab_v = self.slab_k[indices], self.slab_v[indices]
         self._view(length)
