@@ -2,10 +2,10 @@
 
 ``torch.nn.functional.linear`` on CPU calls the BLAS torch was built with (MKL in the
 official wheels). On the AMD EPYC machine this project runs on, MKL's single-precision
-matrix products at the engine's shapes (tens to thousands of rows against 256-1,024
-columns) ran at 0.4-0.5x the speed of oneDNN's kernel with the weight packed once into its
-blocked layout (``bench/linear_kernels.py``, BENCHMARKS.md): the decode steps' and the
-prefills' linear layers were about half of the engine's time. Inside :class:`PackedLinears`
+matrix products at the engine's shapes (16 to thousands of rows against 256-1,024 columns)
+took 1.8-3.4x as long as oneDNN's kernel with the weight packed once into its blocked
+layout (``bench/linear_kernels.py``, BENCHMARKS.md), and the decode steps' and prefills'
+linear layers were about a third of the engine's time. Inside :class:`PackedLinears`
 (the policy holds one, so weights are packed once per policy), each eligible ``nn.Linear``
 of the model runs that kernel for calls of at least ``min_rows`` rows; smaller calls (a
 pool's last rows), calls with gradients on, and layers the kernel cannot serve keep the
@@ -13,7 +13,7 @@ stock path.
 
 The two kernels sum in different orders, so results differ in the last bits (as results of
 one kernel at two batch sizes may); greedy episodes on the scratch model stay identical
-to ``model.generate``'s (tests/test_engine.py).
+to ``model.generate``'s (tests/test_cpu_linear.py, tests/test_engine.py).
 """
 
 from __future__ import annotations
