@@ -270,3 +270,16 @@ def test_cpu_strategy_config_and_refusal():
     strategy.accelerator = CUDAAccelerator()
     with pytest.raises(RuntimeError, match="accelerator='cpu' only"):
         strategy.setup_environment()
+
+
+def test_nat_fit_leaves_the_process_group_before_exit(tmp_path):
+    """A rank closes its group itself (Lightning leaves it open; once a gloo rank aborted in interpreter shutdown)."""
+    import torch.distributed as dist
+
+    from lightning_nat.train.fit import _leave_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    _leave_process_group()
+    assert not dist.is_initialized()
+    _leave_process_group()  # and with no group, nothing to do

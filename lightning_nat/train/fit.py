@@ -159,4 +159,18 @@ def cli_main(argv: list[str] | None = None) -> int:
         # torch's own message advises weights_only=False, which would run code from a file of unknown origin.
         raise CheckpointError(f"the checkpoint given to --ckpt_path cannot be read ({type(exc).__name__}): it is "
                               "truncated, corrupt or not a Lightning checkpoint") from exc
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Close this rank's process group before the interpreter exits.
+
+    Lightning leaves it open. A rank that finished first (rank 0 still exporting) then met the
+    group's threads in interpreter shutdown, and once in CI a gloo rank died there ("terminate
+    called without an active exception", SIGABRT) after its work was done, failing the launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
