@@ -84,14 +84,13 @@ class PackedLinears:
     def active(self, model: Any) -> Iterator[int]:
         """Inside, the model's eligible linear layers use the packed kernel; yields how many do."""
         import torch
-        import torch.nn.functional as F
 
         swapped = []
         if packed_kernel_available() and not torch.nn.modules.module._global_forward_hooks \
                 and not torch.nn.modules.module._global_forward_pre_hooks:
             for module in model.modules():
                 if eligible(module) and "forward" not in module.__dict__:
-                    module.forward = self._forward(module, self._pack(module), F.linear)
+                    module.forward = self._forward(module, self._pack(module))
                     swapped.append(module)
         try:
             yield len(swapped)
@@ -99,8 +98,9 @@ class PackedLinears:
             for module in swapped:
                 del module.forward
 
-    def _forward(self, module: Any, packed: Any, stock: Any) -> Any:
+    def _forward(self, module: Any, packed: Any) -> Any:
         import torch
+        from torch.nn.functional import linear as stock
 
         linear = torch.ops.mkldnn._linear_pointwise
         least, features = self.min_rows, module.in_features
