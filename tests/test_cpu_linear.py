@@ -94,3 +94,17 @@ def test_greedy_rows_of_a_wide_pool_equal_generate_with_packed_linears(scratch_m
     assert counting.calls > 10 * layers  # decode steps of >= 16 rows went through it
     assert fast == policy.generate_hf(prompts) and len(set(fast)) == len(fast)
     assert not any("forward" in m.__dict__ for m in policy.model.modules())
+
+
+@needs_kernel
+def test_packed_linear_false_keeps_the_stock_kernel(scratch_model, shared_data, monkeypatch):
+    """The README's off switch: HFPolicy(..., packed_linear=False) never calls the packed kernel."""
+    from test_engine import _prompts
+
+    from lightning_nat.agent.policies import HFPolicy
+
+    counting = Counting()
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
+    policy = HFPolicy(str(scratch_model), device="cpu", max_new_tokens=8, packed_linear=False)
+    _, prompts = _prompts(shared_data, 20)
+    assert len(policy.generate(prompts)) == 20 and counting.calls == 0
