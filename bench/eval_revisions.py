@@ -38,13 +38,12 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from shared_data import require_shared_data
 
+    import lightning_nat
     from lightning_nat.agent.policies import HFPolicy
     from lightning_nat.agent.react import ReActAgent
     from lightning_nat.core.tasks import TASKS, load_questions_for
     from lightning_nat.core.tools import make_tools
     from lightning_nat.train.scratch import make_scratch_model
-
-    import lightning_nat
 
     if not Path(lightning_nat.__file__).resolve().is_relative_to(Path(args.root).resolve()):
         raise SystemExit(f"worker imported lightning_nat from {lightning_nat.__file__}, not from {args.root}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.options import to_argv
-from lightning_nat.data.config import BuildConfig
+from lightning_nat.data.build import BuildConfig
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"7b": "meta-llama/Llama-2-7b-chat-hf", "13b": "meta-llama/Llama-2-13b-chat-hf"}

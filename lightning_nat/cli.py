@@ -17,7 +17,7 @@ from lightning_nat import __version__
 # only its own modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build a NAT/NUT/NAT-k training set from trajectory files",
-              "data.config:BuildConfig", "data.config:run_build"),
+              "data.build:BuildConfig", "data.build:run_build"),
     "scratch": ("make an offline tiny random-init Llama and BPE tokenizer for CPU runs and tests",
                 "train.scratch:ScratchConfig", "train.scratch:run_scratch"),
     "eval": ("evaluate a model as a ReAct agent on tasks (accuracy, EM/F1, episode ends)",

@@ -32,7 +32,7 @@ def test_build_errors_name_the_file(tmp_path):
 def test_nat_build_writes_what_artifacts_reads(tmp_path, tiny_dataset):
     rec = read_build(tiny_dataset)
     assert rec.variant and rec.neg_num is not None and rec.prompt is not None
-    from lightning_nat.core.prompts import read_spec
+    from lightning_nat.core.artifacts import read_spec
 
     assert read_spec(str(tiny_dataset)).to_dict() == rec.prompt
 

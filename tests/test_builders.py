@@ -52,7 +52,7 @@ def test_builder_errors(sqa, tmp_path):
     files, kw = sqa
     with pytest.raises(TrajectoryFormatError, match="record 282: empty conversation"):
         build_dataset(files, "nat", cache_dir=str(tmp_path), **{**kw, "on_error": "raise"})
-    with pytest.raises(ValueError, match="unknown config 'nat-9'"):
+    with pytest.raises(ValueError, match="unknown variant 'nat-9'"):
         build_dataset(files, "nat-9", cache_dir=str(tmp_path), **kw)
     with pytest.raises(TypeError, match="unknown build parameter"):
         build_dataset(files, "nat", cache_dir=str(tmp_path), negnum=3, **kw)
@@ -66,18 +66,18 @@ def test_every_preset_builds(tmp_path):
             for i in range(30)]
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for preset in PRESETS:
-        if preset.variant == "dpo":
+    for name, preset in PRESETS.items():
+        if preset["keeps"] == "dpo":
             # Every question here has one trajectory: nothing to pair, and the build says so.
-            with pytest.raises(ValueError, match="no question has both a positive and a negative"):
-                build_dataset([str(path)], preset.name, cache_dir=str(tmp_path / "c"), format="openai",
+            with pytest.raises(ValueError, match="no question has both a positive and a different negative"):
+                build_dataset([str(path)], name, cache_dir=str(tmp_path / "c"), format="openai",
                               task="hotpotqa", seed=0)
             continue
-        res = build_dataset([str(path)], preset.name, cache_dir=str(tmp_path / "c"), format="openai",
+        res = build_dataset([str(path)], name, cache_dir=str(tmp_path / "c"), format="openai",
                             task="hotpotqa", seed=0)
         labels = set(res.dataset["train"]["label"])
         assert "positive" in labels
-        assert ("negative" in labels or "negative-1" in labels) == (preset.variant != "positive"), preset.name
+        assert ("negative" in labels or "negative-1" in labels) == (preset["keeps"] != "positive"), name
 
 
 def test_nat_build_cli(strategyqa_files, tmp_path, capsys):

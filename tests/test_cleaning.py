@@ -10,8 +10,7 @@ import datasets
 from lightning_nat.core.readers import read_trajectories_jsonl
 from lightning_nat.core.tasks import TASKS
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
-from lightning_nat.data.cleaning import ZERO_SCORE_FLOOR, CleanRules, apply_rules, clean, paper_rules
-from lightning_nat.data.reformat import select
+from lightning_nat.data.select import ZERO_SCORE_FLOOR, CleanRules, apply_rules, clean, paper_rules, select
 
 REPO = Path(__file__).resolve().parents[1]
 # (reward, prediction, F1): a positive, an unfinished negative, F1 = 0, F1 = 1e-7 (zero by the floor), tiny and real.

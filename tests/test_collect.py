@@ -16,7 +16,7 @@ from lightning_nat.core.readers import read_trajectories, read_trajectories_json
 from lightning_nat.core.tasks import TASKS, load_questions_for
 from lightning_nat.core.tools import make_tools
 from lightning_nat.core.trajectory import Trajectory
-from lightning_nat.data.cleaning import clean, paper_rules
+from lightning_nat.data.select import clean, paper_rules
 
 SECRET = "sk-collect-SECRET-777"
 
@@ -36,7 +36,7 @@ def teacher(records):
 
     def reply(body):
         msgs = body["messages"]
-        question, _ = split_prompt(make_spec("gsm8k"), msgs)
+        question, _ = split_prompt(make_spec(TASKS["gsm8k"]), msgs)
         value = int(gold[question])
         if msgs[-1]["role"] == "user" and msgs[-1]["content"].startswith("Observation:"):
             shift = 1 if body["temperature"] >= 0.7 else 0

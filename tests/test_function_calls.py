@@ -145,7 +145,7 @@ def test_dedupe_tells_trajectories_apart_by_their_calls(tmp_path):
     a, b = weather_record(0, False), weather_record(0, False)
     b["id"] = "w0-b"
     b["messages"][2]["tool_calls"][0]["function"]["arguments"] = json.dumps({"city": "Lyon"})
-    from lightning_nat.data.cleaning import trajectory_key
+    from lightning_nat.data.select import trajectory_key
 
     ta, tb = read_trajectories(write_jsonl(tmp_path / "w.jsonl", [a, b]), "openai")
     assert trajectory_key(ta) != trajectory_key(tb)
@@ -156,7 +156,8 @@ def test_nat_variants_mean_the_same_for_function_calling_data(tmp_path, placemen
     """w/o Neg, NUT, NAT and NAT-2 on tool-call trajectories; the marker in the first user turn or the system turn."""
     import datasets
 
-    from lightning_nat.core.prompts import head_messages, read_spec
+    from lightning_nat.core.artifacts import read_spec
+    from lightning_nat.core.prompts import head_messages
 
     records = [weather_record(i, i % 2 == 0) for i in range(6)]
     for i, r in enumerate(records):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_nat.core.options import parse
-from lightning_nat.data.config import BuildConfig
+from lightning_nat.data.build import BuildConfig
 from lightning_nat.train.fit import NATCLI, TRAINER_DEFAULTS
 from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
 

@@ -13,7 +13,7 @@ import pytest
 
 from lightning_nat.cli import COMMANDS, command_parser, config_class
 from lightning_nat.core.options import cli_fields, flag_of, from_namespace, parse
-from lightning_nat.data.config import BuildConfig, build_command
+from lightning_nat.data.build import BuildConfig, build_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,19 +130,14 @@ def test_unknown_build_flag_is_an_error():
     assert isinstance(command_parser("build"), argparse.ArgumentParser)
 
 
-def test_build_spec_and_the_builder_config_name_the_same_parameters():
-    """Every BuildSpec option reaches the builder, and every builder parameter is an option or derived."""
-    from lightning_nat.builders import NATConfig
-    from lightning_nat.data.config import BuildSpec
+def test_the_builder_config_is_the_build_spec():
+    """One build config: the builder's config holds the BuildSpec itself, plus the digests of what it reads."""
+    import datasets
 
-    spec = BuildSpec(trajectories=("a",), variant="dpo", thresholds=(0.5,), placement="prefix", pairs_per_question=1)
-    params = set(spec.builder_params())
-    builder = set(NATConfig.__dataclass_fields__)
-    assert params <= builder
-    # Set by the preset (variant kind, markers), by build_dataset (digests) or by datasets itself.
-    derived = {"name", "version", "data_dir", "data_files", "description", "variant", "markers", "instruction",
-               "input_sha256", "task_sha256", "trajectories"}
-    assert builder - derived == params
+    from lightning_nat.builders import NATConfig
+
+    own = set(NATConfig.__dataclass_fields__) - set(datasets.BuilderConfig.__dataclass_fields__)
+    assert own == {"spec", "input_sha256", "task_sha256"}
 
 
 def test_fit_data_build_takes_every_build_option():
@@ -151,7 +146,7 @@ def test_fit_data_build_takes_every_build_option():
 
     from jsonargparse import ArgumentParser
 
-    from lightning_nat.data.config import BuildSpec
+    from lightning_nat.data.build import BuildSpec
     from lightning_nat.train.datamodule import NATDataModule
 
     parser = ArgumentParser(exit_on_error=False)
@@ -161,6 +156,5 @@ def test_fit_data_build_takes_every_build_option():
     cfg = parser.parse_args(["--data.build", json.dumps(given)])
     build = parser.instantiate_classes(cfg).data.hparams.build
     assert isinstance(build, BuildSpec)
-    params = build.builder_params()
-    assert (params["drop_unfinished"], params["dedupe"], params["pos_sampling"], params["allow_empty_class"],
-            params["placement"], params["thresholds"]) == (False, False, "random", True, "prefix", (0.2,))
+    assert (build.drop_unfinished, build.dedupe, build.pos_sampling, build.allow_empty_class, build.placement,
+            build.thresholds) == (False, False, "random", True, "prefix", (0.2,))

@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from lightning_nat.builders import build_dataset
-from lightning_nat.data.reformat import MARKERS
+from lightning_nat.core.prompts import MARKERS
 
 
 def _nat_build(files, tmp_path, variant, out, *extra):
@@ -42,8 +42,8 @@ def test_dpo_build_pairs_within_questions_and_reports_one_sided(strategyqa_files
         assert row["reward"] is True and row["rejected_id"] and row["rejected_id"] != row["chosen_id"]
         # Both sides under the plain positive prompt: no negative marker anywhere, same prompt on both sides.
         assert _user_turn(row["messages"]) == _user_turn(row["rejected"])
-        assert _user_turn(row["messages"]).endswith(MARKERS["correct"].positive)
-        assert MARKERS["correct"].negative not in json.dumps(row)
+        assert _user_turn(row["messages"]).endswith(MARKERS["correct"][0])
+        assert MARKERS["correct"][1] not in json.dumps(row)
         assert [m["train"] for m in row["rejected"]] == [m["role"] == "assistant" for m in row["rejected"]]
     assert set(ds["dev"]["label"]) == {"positive"} and all(r == [] for r in ds["dev"]["rejected"])
 

@@ -12,7 +12,8 @@ from lightning_nat.agent.react import ReActAgent
 from lightning_nat.builders import PRESETS, build_dataset, save_build
 from lightning_nat.callbacks import ExportHF
 from lightning_nat.core.artifacts import PROMPT_FILE
-from lightning_nat.core.prompts import read_spec, resolve_eval_spec
+from lightning_nat.core.artifacts import read_spec
+from lightning_nat.core.prompts import resolve_eval_spec
 from lightning_nat.core.tasks import TASKS
 from lightning_nat.train.datamodule import NATDataModule
 from lightning_nat.train.model import NATModule
@@ -34,20 +35,18 @@ def _train_and_export(scratch_model, data_dir, out):
 def test_every_preset_is_evaluated_under_its_trained_positive_prompt(strategyqa_files, scratch_model, tmp_path):
     files = [str(strategyqa_files["pos"]), str(strategyqa_files["neg"])]
     tok = AutoTokenizer.from_pretrained(str(scratch_model))
-    from lightning_nat.data.preference import PREFERENCE_VARIANTS
-
     # DPO and KTO are objectives, not prompts: their rows take the plain positive (nut) prompt, tested elsewhere.
-    for preset in [p for p in PRESETS if p.variant not in PREFERENCE_VARIANTS]:
-        res = build_dataset(files, preset.name, cache_dir=str(tmp_path / "cache"),
+    for name in [n for n, p in PRESETS.items() if p["keeps"] not in ("dpo", "kto")]:
+        res = build_dataset(files, name, cache_dir=str(tmp_path / "cache"),
                             questions=str(strategyqa_files["questions"]), task="strategyqa", on_error="skip",
                             pos_num=4, neg_num=4)
-        data_dir = save_build(res, tmp_path / preset.name / "data")
-        hf = _train_and_export(scratch_model, data_dir, tmp_path / preset.name)
-        assert (hf / PROMPT_FILE).is_file(), preset.name
+        data_dir = save_build(res, tmp_path / name / "data")
+        hf = _train_and_export(scratch_model, data_dir, tmp_path / name)
+        assert (hf / PROMPT_FILE).is_file(), name
         saved = read_spec(str(hf))
-        assert saved.preset == preset.name and saved.style == "reference"
+        assert saved.preset == name and saved.style == "reference"
         # What nat eval asks the exported model, with no marker options given ...
-        spec = resolve_eval_spec("strategyqa", saved)
+        spec = resolve_eval_spec(TASKS["strategyqa"], saved)
         agent = ReActAgent(TASKS["strategyqa"], policy=None, tools={}, prompt_spec=spec)  # type: ignore[arg-type]
         row = next(r for r in datasets.load_from_disk(str(data_dir))["train"] if r["label"] == "positive")
         prompt = tok.apply_chat_template(agent.prompt(_question(strategyqa_files, row)), tokenize=False,
@@ -55,7 +54,7 @@ def test_every_preset_is_evaluated_under_its_trained_positive_prompt(strategyqa_
         # ... is exactly the start of that preset's rendered positive training conversation.
         trained = tok.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in row["messages"]],
                                           tokenize=False)
-        assert trained.startswith(prompt), preset.name
+        assert trained.startswith(prompt), name
         assert len(trained) > len(prompt)
 
 

@@ -12,7 +12,8 @@ from lightning_nat.builders import build_dataset
 from lightning_nat.core.prompts import head_messages, make_spec, negative_class, resolve_eval_spec
 from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.trajectory import TrajectoryFormatError
-from lightning_nat.data.reformat import EmptyClassError
+from lightning_nat.core.tasks import TASKS
+from lightning_nat.data.select import EmptyClassError
 
 # Written out from the paper (Figures 7, 8) and the reference code's prompts/StrategyQA/StrategyQA_conversation.json.
 SQA_INSTRUCTION = (
@@ -56,18 +57,18 @@ def test_nat_build_reference_strategyqa_is_byte_identical(strategyqa_files, tmp_
 
 
 def test_reference_strings_per_task_and_classes():
-    gsm = head_messages(make_spec("gsm8k"), "Tom has 3 boxes of 12 eggs. How many eggs?")
+    gsm = head_messages(make_spec(TASKS["gsm8k"]), "Tom has 3 boxes of 12 eggs. How many eggs?")
     assert gsm[0]["content"].startswith("Solve a math problem with interleaving Thought, Action, Observation steps.")
     assert gsm[2]["content"] == GSM8K_POS.format(q="Tom has 3 boxes of 12 eggs. How many eggs?")
     assert "**" not in gsm[2]["content"] and "problem" in gsm[2]["content"]
-    nat2 = make_spec("hotpotqa", "nat-2")
+    nat2 = make_spec(TASKS["hotpotqa"], "nat-2")
     assert nat2.templates == ("[Totally Incorrect] Question: {question}.", "[Mostly Incorrect] Question: {question}.",
                               "[Mostly Correct] Question: {question}.", "[Correct] Question: {question}.")
     # NAT-2's instruction is the plain one (the reference's four-class template has no "You need to ..." sentence).
     assert "follow the instruction strictly" not in nat2.instruction
     # F1 = 1 without exact match is [Correct], as in the reference.
     assert [negative_class(nat2, f, False) for f in (0.0, 1e-9, 0.39, 0.4, 0.999, 1.0)] == [0, 1, 1, 2, 2, 3]
-    ablations = {p: make_spec("gsm8k", p).templates for p in ("nat-prefix", "nat-good", "nat-ab", "nat-inverse",
+    ablations = {p: make_spec(TASKS["gsm8k"], p).templates for p in ("nat-prefix", "nat-good", "nat-ab", "nat-inverse",
                                                                "nat-random")}
     assert ablations["nat-prefix"] == ("[Incorrect] Question: {question}.", "[Correct] Question: {question}.")
     assert ablations["nat-good"] == ("[Bad] Question: {question}.", "[Good] Question: {question}.")
@@ -77,19 +78,22 @@ def test_reference_strings_per_task_and_classes():
                                           "main variants that are known today.")
     assert ablations["nat-random"][0] == ("Question: {question}. An apple is a round, edible fruit produced by an "
                                           "apple tree.")
-    cot = head_messages(make_spec("gsm8k", mode="cot"), "2+2?")
+    cot = head_messages(make_spec(TASKS["gsm8k"], mode="cot"), "2+2?")
     assert cot == [{"role": "user", "content": "Question: 2+2?. Please solve the problem correctly."}]
     # Stripped questions: a leading space does not make a new prompt variant.
-    assert head_messages(make_spec("strategyqa"), " Is ice cold?")[2] == head_messages(make_spec("strategyqa"),
+    assert head_messages(make_spec(TASKS["strategyqa"]), " Is ice cold?")[2] == head_messages(make_spec(TASKS["strategyqa"]),
                                                                                         "Is ice cold?")[2]
-    assert make_spec("arith").style == "native" and make_spec("strategyqa", style="native").instruction_role == "system"
+    from lightning_nat.core.tasks import get_task
+
+    assert make_spec(get_task("arith")).style == "native"
+    assert make_spec(TASKS["strategyqa"], style="native").instruction_role == "system"
 
 
 def test_explicit_options_that_contradict_fail(strategyqa_files, tmp_path):
-    saved = make_spec("hotpotqa", "nat-2")
+    saved = make_spec(TASKS["hotpotqa"], "nat-2")
     with pytest.raises(ValueError, match="--prompt-preset nat contradicts"):
-        resolve_eval_spec("hotpotqa", saved, preset="nat")
-    assert resolve_eval_spec("hotpotqa", saved, style="reference").positive == "[Correct] Question: {question}."
+        resolve_eval_spec(TASKS["hotpotqa"], saved, preset_name="nat")
+    assert resolve_eval_spec(TASKS["hotpotqa"], saved, style="reference").positive == "[Correct] Question: {question}."
     files = [str(strategyqa_files["pos"]), str(strategyqa_files["neg"])]
     with pytest.raises(ValueError, match="--placement prefix applies to --prompt-style native only"):
         build_dataset(files, "nat", cache_dir=str(tmp_path), questions=str(strategyqa_files["questions"]),

@@ -31,7 +31,7 @@ class CoinPolicy:
 def _spec():
     from lightning_nat.core.prompts import make_spec
 
-    return make_spec("gsm8k")
+    return make_spec(TASKS["gsm8k"])
 
 
 def test_runs_report_mean_and_sd_and_repeat_with_the_seed(shared_data):

@@ -1,11 +1,13 @@
 import pytest
 
-from lightning_nat.core.prompts import make_spec
+from lightning_nat.core.prompts import MARKERS, head_messages, make_spec
 from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories
 from lightning_nat.core.tasks import TASKS
 from lightning_nat.core.trajectory import Trajectory
-from lightning_nat.data.reformat import MARKERS, BuildStats, inference_messages, label_and_marker, select
-from lightning_nat.data.reformat import reformat as _reformat
+from lightning_nat.data.build import label_and_class, to_conversation
+from lightning_nat.data.select import BuildStats, select
+
+POSITIVE, NEGATIVE = MARKERS["correct"]
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +20,14 @@ def real(strategyqa_files):
     return trajs
 
 
-def reformat(*args, **kw):
-    """These tests check the native style (the reference style is tested in test_prompts.py)."""
-    kw.setdefault("style", "native")
-    return _reformat(*args, **kw)
+def reformat(trajs, keeps, markers="correct", placement="suffix", thresholds=()):
+    """The rows of trajectories in the native style (the reference style is tested in test_prompts.py)."""
+    rows = []
+    for t in trajs:
+        spec = make_spec(TASKS[t.task], "nat", "native", "react", markers, placement, tuple(thresholds))
+        label, cls = label_and_class(t, keeps, spec)
+        rows.append(to_conversation(t, spec, cls, label))
+    return rows
 
 
 def _questions(convs):
@@ -32,7 +38,7 @@ def test_nat_1000_500(real):
     pos, neg, _ = select(real, "nat", pos_num=1000, neg_num=500, seed=42)
     convs = reformat(pos + neg, "nat")
     assert len(convs) == 1500
-    assert _questions(convs) == {MARKERS["correct"].positive, MARKERS["correct"].negative}
+    assert _questions(convs) == {POSITIVE, NEGATIVE}
     assert {c["label"] for c in convs} == {"positive", "negative"}
     assert sum(c["label"] == "negative" for c in convs) == 500
     assert len({c["question_id"] for c in convs if c["label"] == "positive"}) == 1000
@@ -41,7 +47,7 @@ def test_nat_1000_500(real):
 def test_nut_and_positive(real):
     pos, neg, _ = select(real, "nut", pos_num=1000, neg_num=500)
     nut = reformat(pos + neg, "nut")
-    assert len(nut) == 1500 and _questions(nut) == {MARKERS["correct"].positive}
+    assert len(nut) == 1500 and _questions(nut) == {POSITIVE}
     pos, neg, _ = select(real, "positive", pos_num=1000, neg_num=500)
     assert neg == []
     only = reformat(pos, "positive")
@@ -107,11 +113,11 @@ def test_marker_ablations_and_placement():
 
 
 def test_inference_prompt_is_positive():
-    msgs = inference_messages("strategyqa", "Is ice cold?", make_spec("strategyqa", style="native"))
-    assert msgs[1]["content"] == "Is ice cold?\n" + MARKERS["correct"].positive
-    assert label_and_marker(_traj(0, True, 1.0), "nat", MARKERS["correct"], [0.4])[1] == MARKERS["correct"].positive
+    spec = make_spec(TASKS["strategyqa"], style="native", thresholds=(0.4,))
+    assert head_messages(spec, "Is ice cold?")[1]["content"] == "Is ice cold?\n" + POSITIVE
+    assert label_and_class(_traj(0, True, 1.0), "nat", spec) == ("positive", 2)
     with pytest.raises(ValueError, match="takes no negatives"):
-        label_and_marker(_traj(1, False, 0.0), "positive", MARKERS["correct"])
+        label_and_class(_traj(1, False, 0.0), "positive", spec)
 
 
 def test_single_turn_chain_of_thought_trajectory():

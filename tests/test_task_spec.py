@@ -8,26 +8,27 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.core import registry
+from lightning_nat.core import tasks as task_table
+from lightning_nat.core import tools as tool_table
 from lightning_nat.core.imports import DeclarationError
-from lightning_nat.core.registry import register_task, register_tool, resolve_task
 from lightning_nat.core.task_spec import load_task_file
-from lightning_nat.core.tasks import TASKS, get_task
-from lightning_nat.core.tools import make_tools
+from lightning_nat.core.tasks import TASKS, get_task, register_task
+from lightning_nat.core.tools import make_tools, register_tool
 
 
 @pytest.fixture
 def clean_registry():
     """Whatever a test registers is removed afterwards (the registries are process-wide)."""
-    tasks, tools = dict(TASKS), dict(registry.TOOLS)
-    loaded = set(registry._entry_points_loaded)
+    tasks, tools = dict(TASKS), dict(tool_table.TOOLS)
+    loaded = (set(tool_table._entry_points_loaded), task_table._entry_points_loaded)
     yield
     TASKS.clear()
     TASKS.update(tasks)
-    registry.TOOLS.clear()
-    registry.TOOLS.update(tools)
-    registry._entry_points_loaded.clear()
-    registry._entry_points_loaded.update(loaded)
+    tool_table.TOOLS.clear()
+    tool_table.TOOLS.update(tools)
+    tool_table._entry_points_loaded.clear()
+    tool_table._entry_points_loaded.update(loaded[0])
+    task_table._entry_points_loaded = loaded[1]
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -86,7 +87,10 @@ def test_yaml_task_with_file_tool_and_metric(tmp_path, clean_registry):
 
 @pytest.mark.parametrize("field,value,expected", [
     ("tools", "[nosuchmodule_xyz:run]", "field 'tools[0]': cannot import 'nosuchmodule_xyz:run'"),
-    ("tools", "[os.path:nope]", "field 'tools[0]': 'os.path:nope': module 'os.path' has no attribute 'nope'"),
+    ("tools", "[lightning_nat.core.metrics:nope]",
+     "field 'tools[0]': 'lightning_nat.core.metrics:nope': module 'lightning_nat.core.metrics' has no attribute 'nope'"),
+    ("tools", "[os:system]", "field 'tools[0]': 'os:system' is an installed module's"),
+    ("metric", "subprocess:getoutput", "field 'metric': 'subprocess:getoutput' is an installed module's"),
     ("tools", "[teleport]", "field 'tools[0]': unknown tool 'teleport'"),
     ("tools", "[missing.py:f]", "field 'tools[0]': 'missing.py:f': no such file"),
     ("metric", "nosuchmodule_xyz:score", "field 'metric': cannot import 'nosuchmodule_xyz:score'"),
@@ -116,7 +120,7 @@ def test_cli_reports_a_bad_tool_path_in_one_line(tmp_path):
 
 
 def test_unknown_task_name_lists_known_ones_and_suggests_a_file():
-    with pytest.raises(KeyError, match="unknown task 'mytask'.*gsm8k.*task YAML"):
+    with pytest.raises(ValueError, match="unknown task 'mytask'.*gsm8k.*task YAML"):
         get_task("mytask")
     with pytest.raises(FileNotFoundError, match="no such task file"):
         get_task("nowhere/task.yaml")
@@ -130,7 +134,7 @@ def test_register_task_and_tool_from_python(clean_registry):
     register_tool("reverse", reverse)
     task = register_task({"name": "rev", "instruction": {"what": "a reversal", "answer": "the text"},
                           "tools": ["reverse"], "metric": "exact"})
-    assert resolve_task("rev") is task and "reverse[argument]: Reverses the text." in task.instruction
+    assert get_task("rev") is task and "reverse[argument]: Reverses the text." in task.instruction
     assert register_tool("reverse", reverse).function is reverse  # the same function again: fine
     with pytest.raises(ValueError, match="already registered"):
         register_tool("reverse", lambda s: s)
@@ -163,7 +167,8 @@ def test_entry_points_register_tasks_and_tools(tmp_path, monkeypatch, clean_regi
                                            "[lightning_nat.tasks]\nplugged = natplugin_demo:TASK\n"
                                            "arith = lightning_nat.demo.synthetic:arith_task\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry._entry_points_loaded.clear()
+    tool_table._entry_points_loaded.clear()
+    task_table._entry_points_loaded = False
     TASKS.pop("arith", None)
     task = get_task("plugged")
     assert task.tools == ("lookup", "finish") and make_tools(task.tools)["lookup"]("a") == "1"

@@ -7,13 +7,17 @@ from test_function_calls import weather_record
 from tool_templates import FAMILIES
 from transformers import AutoTokenizer
 
+from lightning_nat.core.prompts import native_spec
 from lightning_nat.core.readers import from_openai_record
-from lightning_nat.data.reformat import reformat
+from lightning_nat.data.build import instruction_of, label_and_class, to_conversation
 from lightning_nat.train.tokenization import IGNORE_INDEX, ConversationError, assistant_spans, tokenize_conversation
 
 
 def weather_row(parallel: bool = False) -> dict:
-    return reformat([from_openai_record(weather_record(0, True, parallel), "", "w0")], "nat")[0]
+    traj = from_openai_record(weather_record(0, True, parallel), "", "w0")
+    spec = native_spec(None, instruction=instruction_of(traj, None))  # a task-less build: its own system turn
+    label, cls = label_and_class(traj, "nat", spec)
+    return to_conversation(traj, spec, cls, label)
 
 
 def tokenizer_with(scratch_model, family: str | None):

@@ -80,7 +80,7 @@ def run_clean(cfg: CleanConfig) -> int:
     from lightning_nat.core.readers import read_trajectories_jsonl
     from lightning_nat.core.tasks import get_task
     from lightning_nat.core.trajectory import write_jsonl
-    from lightning_nat.data.cleaning import clean, paper_rules
+    from lightning_nat.data.select import clean, paper_rules
 
     if Path(cfg.out).resolve() == Path(cfg.trajectories).resolve():
         raise ValueError(f"--out {cfg.out}: is the input file; write the cleaned trajectories elsewhere")

@@ -138,7 +138,7 @@ class PolicyConfig(AgentConfig):
 
     def saved_prompt(self) -> tuple[Any, str]:
         """The saved prompt spec for the model under evaluation and the folder it was found in."""
-        from lightning_nat.core.prompts import read_spec
+        from lightning_nat.core.artifacts import read_spec
 
         folder = self.prompt_from or (self.model if self.policy == "hf" and os.path.isdir(self.model) else None)
         if self.prompt_from and read_spec(self.prompt_from) is None:

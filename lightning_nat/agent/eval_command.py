@@ -122,7 +122,7 @@ def run_solve(cfg: SolveConfig) -> int:
 
     task = get_task(cfg.task)
     proto, saved, where, mode = cfg.resolved()
-    spec = resolve_eval_spec(cfg.task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)  # type: ignore[arg-type]
+    spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)  # type: ignore[arg-type]
     search = cfg.search_tool()
     tools = make_tools(task.tools, search) if mode == "react" else {}
     if "search" in tools:

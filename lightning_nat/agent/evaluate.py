@@ -165,7 +165,7 @@ def evaluate(policy: Any, cfg: EvalConfig, progress: Callable[[str, int, int, in
     report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg):
         name = task.name
-        spec = resolve_eval_spec(name, cfg.prompt_spec, cfg.prompt_style, cfg.prompt_preset, cfg.mode,
+        spec = resolve_eval_spec(task, cfg.prompt_spec, cfg.prompt_style, cfg.prompt_preset, cfg.mode,
                                  cfg.prompt_source)
         total = len(records) * cfg.runs
         runs: list[list[Trajectory]] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_nat.core.safe_tool import MAX_OBSERVATION_CHARS, _cut
-from lightning_nat.core.tools import _redact
+from lightning_nat.core.secrets import mask as _redact
 
 FAMILIES = ("hermes", "llama31")
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
@@ -102,8 +102,7 @@ def from_openai_reply(message: dict[str, Any], turn: int = 0) -> tuple[str, list
     ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}]})
     ('', [{'id': 'a', 'name': 'get_weather', 'arguments': {'city': 'Oslo'}}], [])
     """
-    from lightning_nat.core.function_calls import call_from_openai
-    from lightning_nat.core.trajectory import TrajectoryFormatError
+    from lightning_nat.core.trajectory import TrajectoryFormatError, call_from_openai
 
     calls, errors = [], []
     for k, raw in enumerate(message.get("tool_calls") or []):
@@ -191,7 +190,7 @@ def api_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ...     "arguments": {"x": 1}}]}, {"role": "tool", "content": "2", "tool_call_id": "c"}])[0]["tool_calls"]
     [{'id': 'c', 'type': 'function', 'function': {'name': 'f', 'arguments': '{"x": 1}'}}]
     """
-    from lightning_nat.core.function_calls import call_to_openai
+    from lightning_nat.core.trajectory import call_to_openai
 
     out = []
     for m in messages:

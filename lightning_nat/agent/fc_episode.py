@@ -43,7 +43,7 @@ def task_functions(tool_names: Sequence[str]) -> list[Callable[..., Any]]:
     >>> [f.__name__ for f in task_functions(["calculate", "finish"])]
     ['calculate']
     """
-    from lightning_nat.core.registry import find_tool
+    from lightning_nat.core.tools import find_tool
 
     out: list[Callable[..., Any]] = []
     for name in tool_names:
@@ -66,8 +66,8 @@ def task_timeouts(tool_names: Sequence[str]) -> dict[str, float | None]:
     >>> task_timeouts(["calculate", "finish"])
     {'calculate': 10.0}
     """
-    from lightning_nat.core.registry import find_tool
     from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S
+    from lightning_nat.core.tools import find_tool
 
     out: dict[str, float | None] = {}
     for name in tool_names:

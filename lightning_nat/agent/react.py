@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from lightning_nat.core.answers import bracket_argument, cot_answer
 from lightning_nat.core.prompts import STOP, PromptSpec, head_messages, make_spec
 from lightning_nat.core.tasks import Task
-from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.core.trajectory import Trajectory, bracket_argument, cot_answer
 
 # One optional whitespace run before the colon: two adjacent `\s*` made a long run without a colon quadratic.
 _ACTION = re.compile(r"Action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
@@ -143,7 +142,7 @@ class ReActAgent:
 
     def __post_init__(self) -> None:
         if self.prompt_spec is None:
-            self.prompt_spec = make_spec(self.task.name, mode=self.mode)
+            self.prompt_spec = make_spec(self.task, mode=self.mode)
         elif self.prompt_spec.mode != self.mode:
             raise ValueError(f"the prompt spec is for {self.prompt_spec.mode} episodes, the agent runs {self.mode}")
 

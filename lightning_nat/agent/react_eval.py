@@ -124,7 +124,7 @@ class ReActEval(L.Callback):
                 records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
                 mine = records[rank::world]
                 # Prompt with the positive class of the prompt the training data was rendered with.
-                spec = resolve_eval_spec(name, getattr(trainer.datamodule, "prompt_spec", None),
+                spec = resolve_eval_spec(task, getattr(trainer.datamodule, "prompt_spec", None),
                                          where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
                                    prompt_spec=spec)

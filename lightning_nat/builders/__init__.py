@@ -1,4 +1,5 @@
-"""``lightning_nat.builders``: the name the design card and older code use for the builders in ``data/``."""
+"""``lightning_nat.builders``: the name the design card and the README use for the dataset builder."""
 
-from lightning_nat.data.builders import *  # noqa: F401,F403
-from lightning_nat.data.builders import __all__  # noqa: F401
+from lightning_nat.data.build import PRESETS, BuildResult, BuildSpec, NATBuilder, NATConfig, build_dataset, save_build
+
+__all__ = ["PRESETS", "BuildResult", "BuildSpec", "NATBuilder", "NATConfig", "build_dataset", "save_build"]

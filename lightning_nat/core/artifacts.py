@@ -3,15 +3,16 @@
 A stage that needs another stage's output asks this module, never a string key of its own:
 
 - ``build.json`` (``nat build --out``): :class:`BuildRecord`, :func:`read_build`, :func:`write_build`.
-- ``nat_prompt.json`` (beside an exported model): :func:`read_prompt_record`, :func:`write_prompt_record`
-  (``prompts.read_spec`` turns either into a ``PromptSpec``).
+- ``nat_prompt.json`` (beside an exported model): :func:`write_spec`; :func:`read_spec` reads it, or the
+  prompt a ``build.json`` recorded.
 - ``perplexity.jsonl`` and ``react_eval.jsonl`` (in a ``nat fit`` log folder): :func:`append_row`,
   :func:`read_rows`; every row carries :func:`run_counts` of the training set.
 - ``results.json`` and its episode log ``trajectories.jsonl`` (``nat eval --out``): written and read
   only by :class:`lightning_nat.core.results.EvalReport` (``EvalReport.write`` / ``EvalReport.read``); the
   names live here so that no one else spells them.
 
-Only the standard library and :mod:`lightning_nat.core.jsonl` are imported: every stage may import this.
+Only the standard library, :mod:`lightning_nat.core.jsonl` and the prompt spec's dataclass are imported: every
+stage may import this.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
+from lightning_nat.core.prompts import PromptSpec
 
 BUILD_FILE = "build.json"
 PREVIEW_FILE = "preview.jsonl"
@@ -119,20 +121,35 @@ def write_build(folder: str | os.PathLike, record: BuildRecord) -> Path:
     return atomic_write_text(build_path(folder), json.dumps(record.to_dict(), indent=1, default=list))
 
 
-def read_prompt_record(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The prompt spec saved beside a model as a plain dict, or None when the folder has no ``nat_prompt.json``."""
-    path = Path(folder) / PROMPT_FILE
-    if not path.is_file():
+def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
+    """The prompt spec saved beside a model (``nat_prompt.json``) or recorded by a build (``build.json``), or None."""
+    if folder is None:
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    path = Path(folder) / PROMPT_FILE
+    if path.is_file():
+        try:
+            return PromptSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    rec = maybe_read_build(folder)
+    if rec is None:
+        return None
+    if rec.prompt is not None:
+        return PromptSpec.from_dict(rec.prompt)
+    cfg = rec.config
+    if not cfg.get("task"):
+        return None
+    # Built before prompt specs were recorded: those builds were all in the native style.
+    from lightning_nat.core.prompts import native_spec
+    from lightning_nat.core.tasks import get_task
+
+    return native_spec(get_task(cfg["task"]), cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),
+                       placement=cfg.get("placement", "suffix"), thresholds=tuple(cfg.get("thresholds", ())))
 
 
-def write_prompt_record(folder: str | os.PathLike, spec: dict[str, Any]) -> Path:
-    """Save a prompt spec's dict beside a model, where :func:`read_prompt_record` finds it."""
-    return atomic_write_text(Path(folder) / PROMPT_FILE, json.dumps(spec, indent=1))
+def write_spec(spec: PromptSpec, folder: str | os.PathLike) -> Path:
+    """Save a prompt spec beside a model, where :func:`read_spec` finds it."""
+    return atomic_write_text(Path(folder) / PROMPT_FILE, json.dumps(spec.to_dict(), indent=1))
 
 
 def run_counts(build: BuildRecord | None) -> dict[str, Any]:

@@ -13,14 +13,17 @@ returning one), ``positional``, ``metavar``, ``parse`` (an argparse ``type`` fun
 checks the value), ``append`` (a repeatable flag collecting a list), ``group`` (a help
 section title), ``unset`` (the flag defaults to "not given", so the config class's
 ``from_options`` can tell a given value from its default, e.g. ``nat demo --quick``'s sizes)
-``always`` (written by :func:`to_argv` even at its default, for a readable record)
-and ``internal`` (a library-only field with no flag).
+``always`` (written by :func:`to_argv` even at its default, for a readable record),
+``internal`` (a library-only field with no flag), and ``min``/``max`` (inclusive bounds of a
+number, checked by the parser and by :func:`check_numbers`, which a config calls in its
+``__post_init__`` so that the library refuses what the command line refuses).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import types
 import typing
@@ -44,6 +47,51 @@ def option(default: Any = dataclasses.MISSING, help: str | Callable[[], str] = "
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _bounds_error(f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is out of the field's ``min``/``max`` (or not a finite number), else None.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     n: int = option(1, "", min=1)
+    >>> _bounds_error(dataclasses.fields(C)[0], 0), _bounds_error(dataclasses.fields(C)[0], float("nan"))
+    ('must be at least 1, got 0', 'must be a finite number, got nan')
+    """
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if lo is not None and value < lo:
+        return f"must be at least {lo}, got {value}"
+    if hi is not None and value > hi:
+        return f"must be at most {hi}, got {value}"
+    return None
+
+
+def check_numbers(cfg: Any) -> None:
+    """Refuse a config whose numbers are out of their fields' bounds, naming the option (``--pos-num -5: ...``)."""
+    for f in dataclasses.fields(cfg):
+        if "min" not in f.metadata and "max" not in f.metadata:
+            continue
+        value = getattr(cfg, f.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and (why := _bounds_error(f, item)):
+                raise ValueError(f"{flag_of(f)} {item}: {why.split(', got')[0]}")
+
+
+def _bounded(parse: Any, f: dataclasses.Field) -> Any:
+    """An argparse ``type`` that parses with ``parse`` and refuses values out of the field's bounds."""
+
+    def checked(text: str) -> Any:
+        value = parse(text)
+        why = _bounds_error(f, value)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    checked.__name__ = getattr(parse, "__name__", "number")  # argparse names the type in its messages
+    return checked
 
 
 def _unwrap(hint: Any) -> tuple[Any, bool]:
@@ -117,6 +165,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
                 kw["choices"] = list(typing.get_args(item))
                 item = type(kw["choices"][0])
             kw["type"] = meta.get("parse", item)
+            if "min" in meta or "max" in meta:
+                kw["type"] = _bounded(kw["type"], f)
             if "choices" in meta:
                 kw["choices"] = list(_resolve(meta["choices"]))
             if "metavar" in meta:

@@ -1,21 +1,19 @@
-"""Prompt styles as data: the one home of instructions, markers, placement and the chat fallback.
+"""Prompt styles rendered from data: how a task's question is put to the model under one training preset.
 
-A :class:`PromptSpec` says how a question is put to the model for one task and one
-training preset: where the instruction goes (a system turn, or the first user turn
-followed by an assistant acknowledgement), and one question template per class of
-trajectory, lowest class first, the positive (highest) class last. Training renders
-each trajectory under its class's template; inference always uses the last one.
+Every string lives in ``prompts.yaml`` beside this module; this module renders a
+:class:`~lightning_nat.core.task_spec.Task` it is given and names no task. A
+:class:`PromptSpec` says where the instruction goes (a system turn, or the first user turn
+followed by an assistant acknowledgement) and holds one question template per class of
+trajectory, lowest class first, the positive (highest) class last. Training renders each
+trajectory under its class's template; inference always uses the last one.
 
 Two styles:
 
-- ``reference``: every string verbatim from the paper's reference code
-  (Reason-Wang/NAT, ``prompts/*/…_conversation.json``), per task, with the
-  acknowledgement turn, NAT-2's four F1 classes and the Table 4 ablations;
-- ``native``: this package's own wording (a system instruction, a marker sentence
-  after the bare question).
-
-``reference`` is the default for the paper's tasks, so that published checkpoints
-and the paper's numbers are comparable; ``native`` stays selectable.
+- ``reference``: the paper's reference code (Reason-Wang/NAT) verbatim, per task family
+  (the task's ``reference_prompts:``), with the acknowledgement turn, NAT-2's four F1
+  classes and the Table 4 ablations; the default for tasks that name a family;
+- ``native``: this package's own wording (the task's instruction as a system turn, a
+  marker sentence beside the bare question).
 """
 
 from __future__ import annotations
@@ -23,77 +21,26 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lightning_nat.core.artifacts import maybe_read_build, read_prompt_record, write_prompt_record
+import yaml
+
+if TYPE_CHECKING:
+    from lightning_nat.core.task_spec import Task
 
 STYLES = ("reference", "native")
 # Where a ReAct model's turn ends: the environment writes the observation. The agent prefixes observations
 # with it and every policy stops generating at it.
 STOP = "Observation:"
-# The reference code's prompt files: a task declaration names its family (``reference_prompts:``).
-FAMILIES = ("math", "multihop_qa", "yesno_qa")
-
-# ---------------------------------------------------------------- reference strings (verbatim)
-ACKNOWLEDGEMENT = "I've understood your instruction, start please."
-
-_QA_TOOLS = ("Solve a question answering task with interleaving Thought, Action, Observation steps. Thought can "
-             "reason about the current situation, and Action can be two types: \n(1) search[query], which searches "
-             "a query on google and returns a short snippet containing the answer. Note that sometimes the snippet "
-             "does not contain the answer, and some alternative search might be needed.\n(2) finish[answer], which "
-             "returns the answer and finishes the task.")
-_AWARE = (" You need to generate a sequence of Thought and Action steps to solve the question. Note that the steps "
-          "could be correct or incorrect. You need to follow the instruction strictly.")
-_YES_NO = " Remember you should answer Yes or No."
-_MATH_TOOLS = ("Solve a math problem with interleaving Thought, Action, Observation steps. Thought can reason about "
-               "the current situation, and Action can be two types:\n(1) calculate[expression], which calculates the "
-               "expression and returns the answer.\n(2) finish[answer], which returns the answer and finishes the task.")
-
-# The first user turn of the reference's templates: (plain, target-aware) per task family.
-REFERENCE_INSTRUCTIONS: dict[str, tuple[str, str]] = {
-    "math": (_MATH_TOOLS, _MATH_TOOLS),
-    "multihop_qa": (_QA_TOOLS, _QA_TOOLS + _AWARE),
-    "yesno_qa": (_QA_TOOLS + _YES_NO, _QA_TOOLS + _AWARE + _YES_NO),
-}
-# ``zero-shot-target-aware``: (positive, negative) question templates per task family.
-REFERENCE_NAT: dict[str, tuple[str, str]] = {
-    "math": ("Question: {question}. Generate a sequence of Thought and Action steps to solve the problem correctly.",
-             "Question: {question}. Generate a sequence of Thought and Action steps. But incorrectly solve the "
-             "problem."),
-    "qa": ("Question: {question}. Generate a sequence of Thought and Action steps to solve the question "
-           "**correctly**.",
-           "Question: {question}. Generate a sequence of Thought and Action steps. But **incorrectly** solve the "
-           "question."),
-}
-# NAT-2 (``zero-shot-target-aware-four-class``) and the three-class variant, lowest class first.
-REFERENCE_FOUR_CLASS = ("[Totally Incorrect] Question: {question}.", "[Mostly Incorrect] Question: {question}.",
-                        "[Mostly Correct] Question: {question}.", "[Correct] Question: {question}.")
-REFERENCE_THREE_CLASS = ("[Incorrect] Question: {question}.", "[Partially Correct] Question: {question}.",
-                         "[Correct] Question: {question}.")
-# The Table 4 ablations (gsm8k's ``zero-shot-target-aware-*``): (positive, negative).
-REFERENCE_ABLATIONS: dict[str, tuple[str, str]] = {
-    "prefix": ("[Correct] Question: {question}.", "[Incorrect] Question: {question}."),
-    "good": ("[Good] Question: {question}.", "[Bad] Question: {question}."),
-    "ab": ("[A] Question: {question}.", "[B] Question: {question}."),
-    "inverse": ("[Incorrect] Question: {question}.", "[Correct] Question: {question}."),
-    "random": ("Question: {question}. 15th-century Italy saw the formation of the two main variants that are known "
-               "today.",
-               "Question: {question}. An apple is a round, edible fruit produced by an apple tree."),
-}
-# ``cot-zero-shot-target-aware`` (paper Table 7): no instruction turn at all. (positive, negative)
-REFERENCE_COT = ("Question: {question}. Please solve the problem correctly.",
-                 "Question: {question}. Generate steps that incorrectly solve the problem.")
-
-# ---------------------------------------------------------------- native markers
-NATIVE_MARKERS: dict[str, tuple[str, str]] = {
-    "correct": ("Please solve it correctly.", "Please solve it incorrectly."),
-    "good": ("Please give a good solution.", "Please give a bad solution."),
-    "ab": ("Solution type: A.", "Solution type: B."),
-    # Two fixed strings with no meaning, to test whether the words matter at all.
-    "random": ("[k7Qx2mVr]", "[Wp9dL4sz]"),
-    # Positives marked "incorrectly": does the model follow the label or the word?
-    "inverse": ("Please solve it incorrectly.", "Please solve it correctly."),
-}
+PROMPTS: dict[str, Any] = yaml.safe_load((Path(__file__).with_name("prompts.yaml")).read_text(encoding="utf-8"))
+FAMILIES = tuple(PROMPTS["reference"]["families"])
+PRESETS: dict[str, dict[str, Any]] = PROMPTS["presets"]
+MARKERS: dict[str, list[str]] = PROMPTS["native"]["markers"]
+# Where the native marker goes: after or before the question (first user turn), or at the end of the system turn.
+PLACEMENTS = ("suffix", "prefix", "system")
+# The presets whose reference instruction is the target-aware one; the others take the plain one.
+_AWARE_PRESETS = ("positive", "nut", "nat")
 
 # Llama-2-chat layout for tokenizers that ship no chat template. The system prompt
 # goes inside the first [INST] block; every assistant turn closes with eos.
@@ -111,9 +58,6 @@ LLAMA2_CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
 )
-
-# Where the native marker goes: after or before the question (first user turn), or at the end of the system turn.
-PLACEMENTS = ("suffix", "prefix", "system")
 
 
 @dataclass(frozen=True)
@@ -147,9 +91,6 @@ class PromptSpec:
         """The question template of the positive (highest) class: the one to prompt with."""
         return self.templates[-1]
 
-    def n_negative_classes(self) -> int:
-        return len(self.templates) - 1
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["templates"] = list(self.templates)
@@ -176,7 +117,8 @@ def fill(template: str, question: str) -> str:
 def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
     """The 0-based class (index into ``spec.templates``) of a trajectory.
 
-    >>> s = reference_spec("hotpotqa", "nat-2")
+    >>> s = PromptSpec("reference", "t", "nat-2", ("a", "b", "c", "d"), thresholds=(0.4,), zero_class=True,
+    ...                top_at_one=True)
     >>> [negative_class(s, f, False) for f in (0.0, 0.2, 0.4, 0.99, 1.0)], negative_class(s, 0.5, True)
     ([0, 1, 2, 2, 3], 3)
     """
@@ -196,72 +138,58 @@ def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
     return min(bisect.bisect_right(list(spec.thresholds), score), top - 1)
 
 
-def family(task: str) -> str:
-    """The reference prompt family a task declares (``reference_prompts:``): ``math``, ``multihop_qa`` or ``yesno_qa``.
+def preset(name: str) -> dict[str, Any]:
+    """A preset of ``prompts.yaml`` (``keeps``, ``markers``, ``placement``, ``thresholds``), defaults filled in.
 
-    >>> family("svamp"), family("strategyqa")
-    ('math', 'yesno_qa')
+    >>> preset("nat-2")["thresholds"], preset("nat-ab")["markers"]
+    ((0.4,), 'ab')
     """
-    from lightning_nat.core.registry import find_task
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return {"keeps": p["keeps"], "markers": p.get("markers", "correct"), "placement": p.get("placement", "suffix"),
+            "thresholds": tuple(float(t) for t in p.get("thresholds", ())), "description": p["description"]}
 
-    found = find_task(task)
-    fam = getattr(found, "reference_prompts", None)
+
+def reference_spec(task: Task, preset_name: str = "nat", mode: str = "react") -> PromptSpec:
+    """The reference code's prompt for ``task`` (its ``reference_prompts`` family) under a builder preset."""
+    fam = task.reference_prompts
     if fam is None:
-        raise KeyError(f"the reference style has no prompts for task {task!r} (its declaration names no "
-                       "reference_prompts); use --prompt-style native")
-    return fam
-
-
-# preset -> which reference template set it maps to
-_ABLATION_PRESETS = {"nat-prefix": "prefix", "nat-good": "good", "nat-ab": "ab", "nat-inverse": "inverse",
-                     "nat-random": "random"}
-
-
-def reference_spec(task: str, preset: str = "nat", mode: str = "react") -> PromptSpec:
-    """The reference code's prompt for ``task`` under a builder preset.
-
-    >>> s = reference_spec("gsm8k")
-    >>> s.instruction_role, s.acknowledgement, s.positive.endswith("solve the problem correctly.")
-    ('user', "I've understood your instruction, start please.", True)
-    """
-    fam = family(task)
+        raise ValueError(f"the reference style has no prompts for task {task.name!r} (its declaration names no "
+                         "reference_prompts); use --prompt-style native")
+    ref = PROMPTS["reference"]
     if mode == "cot":
-        pos, neg = REFERENCE_COT
-        return PromptSpec("reference", task, preset, (neg, pos), mode="cot", instruction_role="none")
-    plain, aware = REFERENCE_INSTRUCTIONS[fam]
-    common = dict(instruction_role="user", acknowledgement=ACKNOWLEDGEMENT)
-    if preset in ("positive", "nut", "nat"):
-        pos, neg = REFERENCE_NAT["math" if fam == "math" else "qa"]
-        return PromptSpec("reference", task, preset, (neg, pos), instruction=aware, **common)
-    if preset == "nat-2":
-        return PromptSpec("reference", task, preset, REFERENCE_FOUR_CLASS, instruction=plain, thresholds=(0.4,),
-                          zero_class=True, top_at_one=True, **common)
-    if preset == "nat-3":
-        return PromptSpec("reference", task, preset, REFERENCE_THREE_CLASS, instruction=plain, zero_class=True,
-                          top_at_one=True, **common)
-    if preset in _ABLATION_PRESETS:
-        pos, neg = REFERENCE_ABLATIONS[_ABLATION_PRESETS[preset]]
-        return PromptSpec("reference", task, preset, (neg, pos), instruction=plain, **common)
-    raise KeyError(f"no reference prompt for preset {preset!r}")
+        return PromptSpec("reference", task.name, preset_name, tuple(ref["cot"]), mode="cot", instruction_role="none")
+    family = ref["families"][fam]
+    common: dict[str, Any] = dict(instruction_role="user", acknowledgement=ref["acknowledgement"])
+    if preset_name in _AWARE_PRESETS:
+        return PromptSpec("reference", task.name, preset_name, (family["negative"], family["positive"]),
+                          instruction=family.get("aware", family["plain"]), **common)
+    if preset_name not in ref["templates"]:
+        raise KeyError(f"no reference prompt for preset {preset_name!r}")
+    if preset_name in ref["bands"]:
+        common.update(zero_class=True, top_at_one=True, thresholds=tuple(float(t) for t in ref["bands"][preset_name]))
+    return PromptSpec("reference", task.name, preset_name, tuple(ref["templates"][preset_name]),
+                      instruction=family["plain"], **common)
 
 
-def native_spec(task: str, preset: str = "nat", mode: str = "react", markers: str = "correct",
+def native_spec(task: Task | None, preset_name: str = "nat", mode: str = "react", markers: str = "correct",
                 placement: str = "suffix", thresholds: Sequence[float] = (), instruction: str | None = None
                 ) -> PromptSpec:
     """This package's own wording: a system instruction and a marker sentence beside the bare question.
 
-    >>> native_spec("gsm8k").positive
+    The instruction is ``instruction``, else the task's (its chain-of-thought one in ``cot`` mode).
+
+    >>> native_spec(None, instruction="Use tools.").positive
     '{question}\\nPlease solve it correctly.'
-    >>> native_spec("hotpotqa", "nat-2", thresholds=(0.4,)).templates[1]
+    >>> native_spec(None, "nat-2", thresholds=(0.4,), instruction="").templates[1]
     '{question}\\nPlease solve it incorrectly. (answer quality 2 of 2: score 0.4 to 1)'
     """
-    from lightning_nat.core.tasks import get_task
-
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-    if markers not in NATIVE_MARKERS:
-        raise ValueError(f"unknown markers {markers!r}; expected one of {', '.join(NATIVE_MARKERS)}")
-    pos, neg = NATIVE_MARKERS[markers]
+    if markers not in MARKERS:
+        raise ValueError(f"unknown markers {markers!r}; expected one of {', '.join(MARKERS)}")
+    pos, neg = MARKERS[markers]
 
     def put(marker: str) -> str:
         # "system": the template keeps the marker before the question; head_messages moves it to the system turn.
@@ -274,31 +202,26 @@ def native_spec(task: str, preset: str = "nat", mode: str = "react", markers: st
                 for c in range(1, k + 1)]
     else:
         negs = [put(neg)]
-    if instruction is not None:
-        text = instruction
-    else:
-        task_obj = get_task(task)
-        text = task_obj.cot_instruction if mode == "cot" else task_obj.instruction
-    return PromptSpec("native", task, preset, (*negs, put(pos)), instruction=text, thresholds=tuple(thresholds),
-                      mode=mode, placement=placement, markers=markers)
+    if instruction is None:
+        if task is None:
+            raise ValueError("a task-less prompt needs its instruction (the trajectories' own system turn)")
+        instruction = task.cot_instruction if mode == "cot" else task.instruction
+    return PromptSpec("native", task.name if task is not None else "", preset_name, (*negs, put(pos)),
+                      instruction=instruction, thresholds=tuple(thresholds), mode=mode, placement=placement,
+                      markers=markers)
 
 
-def default_style(task: str) -> str:
+def default_style(task: Task | None) -> str:
     """The task's declared ``prompt_style``; else ``reference`` where it names reference prompts (the paper's
     tasks), ``native`` otherwise (the demo's task, user tasks, task-less builds)."""
-    from lightning_nat.core.registry import find_task
-
-    found = find_task(task) if task else None
-    if found is None:
+    if task is None:
         return "native"
-    if found.prompt_style:
-        return found.prompt_style
-    return "reference" if getattr(found, "reference_prompts", None) else "native"
+    return task.prompt_style or ("reference" if task.reference_prompts else "native")
 
 
-def make_spec(task: str, preset: str = "nat", style: str | None = None, mode: str = "react", markers: str = "correct",
-              placement: str = "suffix", thresholds: Sequence[float] = (), instruction: str | None = None
-              ) -> PromptSpec:
+def make_spec(task: Task | None, preset_name: str = "nat", style: str | None = None, mode: str = "react",
+              markers: str = "correct", placement: str = "suffix", thresholds: Sequence[float] = (),
+              instruction: str | None = None) -> PromptSpec:
     """The prompt spec of a build: ``style`` (default: :func:`default_style`) and a builder preset.
 
     Marker vocabulary, placement and thresholds only shape the native style; the
@@ -306,16 +229,18 @@ def make_spec(task: str, preset: str = "nat", style: str | None = None, mode: st
     """
     style = style or default_style(task)
     if style == "reference":
-        spec = reference_spec(task, preset, mode)
+        if task is None:
+            raise ValueError("the reference style needs a task (--task) naming its reference_prompts")
+        spec = reference_spec(task, preset_name, mode)
         return replace(spec, instruction=instruction) if instruction is not None else spec
     if style == "native":
-        return native_spec(task, preset, mode, markers, placement, thresholds, instruction)
+        return native_spec(task, preset_name, mode, markers, placement, thresholds, instruction)
     raise ValueError(f"unknown prompt style {style!r}; expected one of {', '.join(STYLES)}")
 
 
-def for_task(spec: PromptSpec, task: str) -> PromptSpec:
+def for_task(spec: PromptSpec, task: Task) -> PromptSpec:
     """The same style and preset for another task (a math model on SVAMP); the spec itself for its own task."""
-    if task == spec.task or spec.mode != "react" and spec.style == "reference":
+    if task.name == spec.task or spec.mode != "react" and spec.style == "reference":
         return spec
     if spec.style == "reference":
         return reference_spec(task, spec.preset, spec.mode)
@@ -327,11 +252,12 @@ def head_messages(spec: PromptSpec, question: str, cls: int | None = None) -> li
 
     ``None`` means the positive class, the inference prompt.
 
-    >>> [m["role"] for m in head_messages(reference_spec("strategyqa"), "Is ice cold?")]
+    >>> [m["role"] for m in head_messages(PromptSpec("reference", "t", "nat", ("n {question}", "p {question}"),
+    ...     instruction="Solve.", instruction_role="user", acknowledgement="OK."), "Is ice cold?")]
     ['user', 'assistant', 'user']
-    >>> head_messages(native_spec("gsm8k"), " 2+2? ")[1]["content"]
+    >>> head_messages(native_spec(None, instruction="Use tools."), " 2+2? ")[1]["content"]
     '2+2?\\nPlease solve it correctly.'
-    >>> [m["content"] for m in head_messages(native_spec("gsm8k", placement="system", instruction="Use tools."), "2+2?", 0)]
+    >>> [m["content"] for m in head_messages(native_spec(None, placement="system", instruction="Use tools."), "2+2?", 0)]
     ['Use tools.\\n\\nPlease solve it incorrectly.', '2+2?']
     """
     template = spec.templates[-1 if cls is None else cls]
@@ -355,7 +281,7 @@ def head_messages(spec: PromptSpec, question: str, cls: int | None = None) -> li
 def split_prompt(spec: PromptSpec, messages: Sequence[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
     """The question and the episode's turns of a prompt that :func:`head_messages` began (a teacher reads it).
 
-    >>> spec = reference_spec("gsm8k")
+    >>> spec = native_spec(None, instruction="Solve.")
     >>> q, turns = split_prompt(spec, head_messages(spec, "What is 2+3?") + [{"role": "assistant", "content": "x"}])
     >>> q, len(turns)
     ('What is 2+3?', 1)
@@ -370,50 +296,18 @@ def split_prompt(spec: PromptSpec, messages: Sequence[dict[str, str]]) -> tuple[
     return text[len(before):len(text) - len(after)], list(messages[n:])
 
 
-def read_spec(folder: str | None) -> PromptSpec | None:
-    """The prompt spec saved beside a model (``nat_prompt.json``) or a built dataset (``build.json``)."""
-    if folder is None:
-        return None
-    saved = read_prompt_record(folder)
-    if saved is not None:
-        return PromptSpec.from_dict(saved)
-    rec = maybe_read_build(folder)
-    if rec is not None:
-        if rec.prompt is not None:
-            return PromptSpec.from_dict(rec.prompt)
-        # Built before prompt specs were recorded: those builds were all in the native style.
-        cfg = rec.config
-        if cfg.get("task"):
-            return native_spec(cfg["task"], cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),
-                               placement=cfg.get("placement", "suffix"), thresholds=tuple(cfg.get("thresholds", ())))
-    return None
-
-
-def write_spec(spec: PromptSpec, folder: str) -> None:
-    """Save a prompt spec beside a model, where :func:`read_spec` finds it."""
-    write_prompt_record(folder, spec.to_dict())
-
-
-def resolve_eval_spec(task: str, saved: PromptSpec | None, style: str | None = None, preset: str | None = None,
+def resolve_eval_spec(task: Task, saved: PromptSpec | None, style: str | None = None, preset_name: str | None = None,
                       mode: str = "react", where: str = "the model folder") -> PromptSpec:
     """The prompt to evaluate ``task`` with: the saved one (trained), else built from the options.
 
     An explicit option that contradicts the saved spec is an error, never silently preferred.
-
-    >>> s = make_spec("strategyqa", "nat-ab")
-    >>> resolve_eval_spec("strategyqa", s).positive
-    '[A] Question: {question}.'
-    >>> resolve_eval_spec("strategyqa", s, style="native")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: --prompt-style native contradicts the prompt the model was trained with (reference, preset nat-ab, ...
     """
     if saved is not None:
-        for opt, given, have in (("--prompt-style", style, saved.style), ("--prompt-preset", preset, saved.preset)):
+        for opt, given, have in (("--prompt-style", style, saved.style), ("--prompt-preset", preset_name, saved.preset)):
             if given is not None and given != have:
                 raise ValueError(f"{opt} {given} contradicts the prompt the model was trained with ({saved.style}, "
                                  f"preset {saved.preset}, saved in {where}); drop the option")
         if mode != saved.mode:
             return make_spec(task, saved.preset, saved.style, mode, saved.markers, saved.placement, saved.thresholds)
         return for_task(saved, task)
-    return make_spec(task, preset or "nat", style, mode)
+    return make_spec(task, preset_name or "nat", style, mode)

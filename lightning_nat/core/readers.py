@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_nat.core import jsonl
-from lightning_nat.core.answers import extract_answer
-from lightning_nat.core.function_calls import call_from_openai, calls_from_sharegpt, tools_from_any
 from lightning_nat.core.jsonl import RecordError
-from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, check_score, validate_messages
+from lightning_nat.core.trajectory import (
+    Trajectory,
+    TrajectoryFormatError,
+    call_from_openai,
+    calls_from_sharegpt,
+    check_score,
+    extract_answer,
+    tools_from_any,
+    validate_messages,
+)
 
 OnError = Literal["raise", "skip"]
 

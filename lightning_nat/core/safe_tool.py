@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from lightning_nat.core.secrets import mask
+
 DEFAULT_TIMEOUT_S = 10.0
 MAX_OBSERVATION_CHARS = 2000
 
@@ -37,7 +39,9 @@ def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAUL
 
         def target() -> None:
             try:
-                box["value"] = fn(argument)
+                value = fn(argument)
+                # Converted here, inside the timed call: a result whose __str__ blocks must time out too.
+                box["value"] = "" if value is None else str(value)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an observation
                 box["error"] = exc
 
@@ -49,13 +53,10 @@ def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAUL
             worker.join(timeout)
             if worker.is_alive():
                 return f"Error: {name} timed out after {timeout:g} s"
-        from lightning_nat.core.tools import _redact
-
         if "error" in box:
             exc = box["error"]
-            return _cut(_redact(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), max_chars)
-        value = box.get("value")
-        return _cut(_redact("" if value is None else str(value)), max_chars)
+            return _cut(mask(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), max_chars)
+        return _cut(mask(str(box.get("value", ""))), max_chars)
 
     call.__name__ = name
     call.__doc__ = fn.__doc__

@@ -24,13 +24,17 @@ the field. The built-in tasks are declarations of the same kind (``lightning_nat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning_nat.core import metrics
-from lightning_nat.core.imports import DeclarationError, is_import_path, resolve_import
+from lightning_nat.core.imports import DeclarationError, is_import_path, load_yaml, resolve_import
+from lightning_nat.core.prompts import FAMILIES, STYLES
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S
+from lightning_nat.core.tools import BUILTIN_TOOLS, TOOLS, find_tool, register_tool, tool_help
 
 FROM_DATA = "from_data"
 # name -> (metric, the key of its reward, the key of its graded score)
@@ -50,6 +54,75 @@ _KEYS = {"name", "description", "instruction", "cot_instruction", "prompt_style"
 _GENERIC_COT = ("Think step by step in plain text, then end with one line of the form 'Final answer: <answer>'. "
                 "Write 'Final answer: <answer>'.")
 BUILTIN_DIR = Path(__file__).parent.parent / "taskdefs"
+
+_ACTION_RULES = (
+    "Work step by step. Each of your turns is a short 'Thought:' line with your reasoning, "
+    "followed by exactly one 'Action:' line. After each action you receive an 'Observation:' "
+    "with its result. Available actions:\n"
+)
+
+
+def instruction_for(what: str, tools: tuple[str, ...], answer_hint: str) -> str:
+    """The task instruction: what to solve, the action format and the tools' help lines.
+
+    >>> print(instruction_for("a math word problem", ("calculate", "finish"), "a number"))  # doctest: +ELLIPSIS
+    Solve a math word problem. Work step by step...
+    """
+    lines = [f"- {tool_help(t)}" for t in tools]
+    return (f"Solve {what}. " + _ACTION_RULES + "\n".join(lines)
+            + f"\nThe answer given to finish must be {answer_hint}, with nothing else.")
+
+
+def cot_instruction_for(what: str, answer_hint: str) -> str:
+    """The chain-of-thought instruction (no tools): reasoning, then one final-answer line.
+
+    >>> cot_instruction_for("a math word problem", "a single number").endswith("'Final answer: <answer>'.")
+    True
+    """
+    return (f"Solve {what}. Think step by step in plain text, then end with one line of the form "
+            f"'Final answer: <answer>', where the answer is {answer_hint}. Write 'Final answer: <answer>'.")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation or training task, as its declaration made it.
+
+    ``reward_key`` names the metric whose value 1.0 makes a trajectory positive;
+    ``score_key`` the graded one stored as its score (F1 on HotpotQA).
+    """
+
+    name: str
+    tools: tuple[str, ...]
+    instruction: str
+    cot_instruction: str
+    metric: Callable[[str | None, object], dict[str, float]]
+    local_file: str
+    reward_key: str = "accuracy"
+    score_key: str = "accuracy"
+    gold: Callable[[dict], object] = field(default=lambda rec: rec["answer"])
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split: str = "test"
+    from_hub: Callable[[dict], dict] = field(default=lambda rec: rec)
+    # An extra metric reported beside the main one, on the raw record answer (the reference's exact string).
+    extra_metric: Callable[[str | None, object], dict[str, float]] | None = None
+    instruction_from_data: bool = False  # the instruction is the data's own system turn(s)
+    prompt_style: str | None = None  # a named prompt style (lightning_nat.core.prompts.STYLES)
+    reference_prompts: str | None = None  # the reference code's prompt family (lightning_nat.core.prompts.FAMILIES)
+    data_file: str | None = None  # the task's own question file (absolute), used without --data-dir
+    fields: tuple[tuple[str, str], ...] = ()  # (our field, the file's field) renames of question records
+    extract_prediction: Callable[[str | None], str | None] | None = None
+    source: str = ""  # where the declaration came from (a YAML path), for messages and re-registration
+
+    def score(self, prediction: str | None, record: dict) -> tuple[bool, float, dict[str, float]]:
+        """``(reward, score, all metrics)`` of a prediction for a question record."""
+        if self.extract_prediction is not None:
+            prediction = self.extract_prediction(prediction)
+        values = self.metric(prediction, self.gold(record))
+        if self.extra_metric is not None:
+            values = {**values, **self.extra_metric(prediction, record.get("answer"))}
+        return values[self.reward_key] == 1.0, values[self.score_key], values
+
 
 
 def adapt_metric(fn: Callable[..., Any], where: str) -> Callable[[str | None, object], dict[str, float]]:
@@ -86,13 +159,11 @@ def adapt_metric(fn: Callable[..., Any], where: str) -> Callable[[str | None, ob
 
 
 def _tools(decl: dict, source: str, base: Path | None) -> tuple[str, ...]:
-    from lightning_nat.core.registry import BUILTIN_TOOLS, TOOLS, find_tool, register_tool
-
     entries = decl.get("tools", ["finish"])
     if not isinstance(entries, list):
         raise DeclarationError(source, "tools", f"expected a list, got {entries!r}")
     timeout = decl.get("tool_timeout", DEFAULT_TIMEOUT_S)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < math.inf:
         raise DeclarationError(source, "tool_timeout", f"expected a positive number of seconds, got {timeout!r}")
     names: list[str] = []
     for i, entry in enumerate(entries):
@@ -148,9 +219,6 @@ def _extractor(ref: Any, source: str, field: str, base: Path | None) -> Callable
 
 def _instruction(decl: dict, tools: tuple[str, ...], source: str, base: Path | None) -> tuple[str, str, bool]:
     """``(instruction, chain-of-thought instruction, from the data?)``."""
-    from lightning_nat.core.registry import tool_help
-    from lightning_nat.core.tasks import cot_instruction_for, instruction_for
-
     value = decl.get("instruction")
     cot = decl.get("cot_instruction")
     if cot is not None and not isinstance(cot, str):
@@ -162,7 +230,7 @@ def _instruction(decl: dict, tools: tuple[str, ...], source: str, base: Path | N
         return value.replace("{tools}", lines), cot or _GENERIC_COT, False
     if isinstance(value, dict) and set(value) == {"what", "answer"}:
         what, hint = str(value["what"]), str(value["answer"])
-        return instruction_for(what, tools, hint, help=tool_help), cot or cot_instruction_for(what, hint), False
+        return instruction_for(what, tools, hint), cot or cot_instruction_for(what, hint), False
     if isinstance(value, dict) and set(value) == {"from"}:
         obj = resolve_import(value["from"], source, "instruction.from", base)
         text = obj() if callable(obj) else obj
@@ -190,10 +258,8 @@ def _from_template(question: str, answer: str) -> Callable[[dict], dict]:
     return convert
 
 
-def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Any:
-    """A :class:`~lightning_nat.core.tasks.Task` from a declaration (see the module doc)."""
-    from lightning_nat.core.tasks import Task
-
+def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Task:
+    """A :class:`Task` from a declaration (see the module doc)."""
     if not isinstance(decl, dict):
         raise DeclarationError(source, "(top level)", f"expected a mapping, got {type(decl).__name__}")
     unknown = set(decl) - _KEYS
@@ -238,8 +304,6 @@ def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | No
             raise DeclarationError(source, "extra_metric", f"unknown metric {extra_ref!r}; expected one of "
                                    f"{', '.join(EXTRA_METRICS)} or an import path")
     prompt_style = decl.get("prompt_style")
-    from lightning_nat.core.prompts import FAMILIES, STYLES
-
     if prompt_style is not None and prompt_style not in STYLES:
         raise DeclarationError(source, "prompt_style", f"unknown style {prompt_style!r}; expected one of "
                                f"{', '.join(STYLES)}")
@@ -257,22 +321,17 @@ def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | No
                 source=source, **extra)
 
 
-def load_task_file(path: str | Path) -> Any:
+def load_task_file(path: str | Path) -> Task:
     """The Task a YAML (or JSON) declaration file describes; its name defaults to the file's stem."""
-    import yaml
-
     path = Path(path)
-    try:
-        decl = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DeclarationError(str(path), "(file)", f"not valid YAML ({exc})") from None
+    decl = load_yaml(path)
     if not isinstance(decl, dict):
         raise DeclarationError(str(path), "(top level)", "expected a mapping of fields")
     decl.setdefault("name", path.stem)
     return task_from_dict(decl, source=str(path), base_dir=path.resolve().parent)
 
 
-def load_builtin_tasks() -> dict[str, Any]:
+def load_builtin_tasks() -> dict[str, Task]:
     """The tasks declared in ``lightning_nat/taskdefs/*.yaml``, by name."""
     tasks = [load_task_file(p) for p in sorted(BUILTIN_DIR.glob("*.yaml"))]
     return {t.name: t for t in tasks}

@@ -1,114 +1,113 @@
-"""The task registry: one small declaration per task, looked up by name.
+"""The one table of tasks: built-in declarations, Python registrations, YAML files and entry points.
 
-A task says which tools its agent has, how its instruction reads, where its
-questions come from and how an answer is scored. Code elsewhere asks the
-registry (``TASKS[name]``) instead of branching on task names.
+A task is one declaration (:mod:`lightning_nat.core.task_spec`), looked up by name; code
+elsewhere asks this table instead of branching on task names. Python users call
+:func:`register_task`; installed packages register through the entry point group
+``lightning_nat.tasks`` (an entry point loading a :class:`~lightning_nat.core.task_spec.Task`,
+a declaration dict, a YAML path, a list of those, or a zero-argument callable returning any
+of them), loaded the first time a name is not found. Everywhere a task name is taken, a path
+to a task YAML works too (:func:`get_task`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import hashlib
+import os
 from pathlib import Path
+from typing import Any
 
-_ACTION_RULES = (
-    "Work step by step. Each of your turns is a short 'Thought:' line with your reasoning, "
-    "followed by exactly one 'Action:' line. After each action you receive an 'Observation:' "
-    "with its result. Available actions:\n"
-)
-_TOOL_HELP = {
-    "calculate": "calculate[expression]: evaluates an arithmetic expression such as (12 + 7) * 3 / 4 and returns the number.",
-    "search": "search[query]: looks the query up and returns the most relevant passages.",
-    "finish": "finish[answer]: gives your final answer and ends the task.",
-}
+from lightning_nat.core.imports import DeclarationError, entry_points_of
+from lightning_nat.core.task_spec import Task, load_builtin_tasks, load_task_file, task_from_dict
+
+TASK_GROUP = "lightning_nat.tasks"  # the entry point group: a public contract
+# Filled from the built-in declarations; register_task adds to it.
+TASKS: dict[str, Task] = load_builtin_tasks()
+_entry_points_loaded = False
 
 
-def instruction_for(what: str, tools: tuple[str, ...], answer_hint: str,
-                    help: Callable[[str], str] | None = None) -> str:
-    """The task instruction: what to solve, the action format and the tools.
+def register_task(task: Task | dict | str | Path, replace: bool = False) -> Task:
+    """Register a Task, a declaration dict or a task YAML path; returns the Task.
 
-    ``help`` gives a tool's instruction line (default: the built-in tools' lines).
-
-    >>> print(instruction_for("a math word problem", ("calculate", "finish"), "a number"))  # doctest: +ELLIPSIS
-    Solve a math word problem. Work step by step...
+    Loading the same declaration again is a no-op; another task under a taken name
+    needs ``replace=True``.
     """
-    lines = [f"- {help(t) if help else _TOOL_HELP[t]}" for t in tools]
-    return (f"Solve {what}. " + _ACTION_RULES + "\n".join(lines)
-            + f"\nThe answer given to finish must be {answer_hint}, with nothing else.")
+    if isinstance(task, dict):
+        # The same declaration registered twice is one task; another one under its name is a clash.
+        digest = hashlib.sha256(repr(sorted(task.items())).encode()).hexdigest()[:12]
+        task = task_from_dict(task, source=f"register_task({task.get('name', '?')!r}, declaration {digest})")
+    elif isinstance(task, (str, Path)):
+        task = load_task_file(task)
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task takes a Task, a declaration dict or a YAML path, got {type(task).__name__}")
+    old = TASKS.get(task.name)
+    if old is not None and old is not task and not replace and not _same_source(old.source, task.source):
+        raise ValueError(f"task name {task.name!r} is already registered (from {old.source or 'Python'}); "
+                         "choose another name")
+    TASKS[task.name] = task
+    return task
 
 
-def cot_instruction_for(what: str, answer_hint: str) -> str:
-    """The chain-of-thought instruction (no tools): reasoning, then one final-answer line.
+def _same_source(a: str, b: str) -> bool:
+    """Whether two declarations came from the same place (one file however its path was written)."""
+    if not a or not b:
+        return False
+    return a == b or (Path(a).is_file() and Path(b).is_file() and Path(a).resolve() == Path(b).resolve())
 
-    >>> cot_instruction_for("a math word problem", "a single number").endswith("'Final answer: <answer>'.")
-    True
+
+def is_task_file(name: str) -> bool:
+    """Whether a ``--task`` value is a declaration file rather than a name.
+
+    >>> is_task_file("gsm8k"), is_task_file("examples/custom_task/task.yaml"), is_task_file("../../x")
+    (False, True, True)
     """
-    return (f"Solve {what}. Think step by step in plain text, then end with one line of the form "
-            f"'Final answer: <answer>', where the answer is {answer_hint}. Write 'Final answer: <answer>'.")
+    return name.endswith((".yaml", ".yml", ".json")) or "/" in name or "\\" in name
 
 
-@dataclass(frozen=True)
-class Task:
-    """One evaluation or training task.
-
-    ``reward_key`` names the metric whose value 1.0 makes a trajectory positive;
-    ``score_key`` the graded one stored as its score (F1 on HotpotQA).
-    """
-
-    name: str
-    tools: tuple[str, ...]
-    instruction: str
-    cot_instruction: str
-    metric: Callable[[str | None, object], dict[str, float]]
-    local_file: str
-    reward_key: str = "accuracy"
-    score_key: str = "accuracy"
-    gold: Callable[[dict], object] = field(default=lambda rec: rec["answer"])
-    hub_id: str | None = None
-    hub_config: str | None = None
-    hub_split: str = "test"
-    from_hub: Callable[[dict], dict] = field(default=lambda rec: rec)
-    # An extra metric reported beside the main one, on the raw record answer (the reference's exact string).
-    extra_metric: Callable[[str | None, object], dict[str, float]] | None = None
-    # Declarations (lightning_nat.core.task_spec) also set these.
-    instruction_from_data: bool = False  # the instruction is the data's own system turn(s)
-    prompt_style: str | None = None  # a named prompt style (lightning_nat.core.prompts.STYLES)
-    reference_prompts: str | None = None  # the reference code's prompt family (lightning_nat.core.prompts.FAMILIES)
-    data_file: str | None = None  # the task's own question file (absolute), used without --data-dir
-    fields: tuple[tuple[str, str], ...] = ()  # (our field, the file's field) renames of question records
-    extract_prediction: Callable[[str | None], str | None] | None = None
-    source: str = ""  # where the declaration came from (a YAML path), for messages and re-registration
-
-    def score(self, prediction: str | None, record: dict) -> tuple[bool, float, dict[str, float]]:
-        """``(reward, score, all metrics)`` of a prediction for a question record."""
-        if self.extract_prediction is not None:
-            prediction = self.extract_prediction(prediction)
-        values = self.metric(prediction, self.gold(record))
-        if self.extra_metric is not None:
-            values = {**values, **self.extra_metric(prediction, record.get("answer"))}
-        return values[self.reward_key] == 1.0, values[self.score_key], values
+def find_task(name: str) -> Task | None:
+    """The task registered as ``name`` (loading task entry points if needed), or ``None``."""
+    global _entry_points_loaded
+    if name not in TASKS and not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep_name, obj, where in entry_points_of(TASK_GROUP):
+            _register_plugin(obj, ep_name, where)
+    return TASKS.get(name)
 
 
-def _builtin_tasks() -> dict[str, Task]:
-    """The built-in tasks: the YAML declarations in ``lightning_nat/taskdefs``."""
-    from lightning_nat.core.task_spec import load_builtin_tasks
+def get_task(name_or_path: Task | str) -> Task:
+    """A Task from a Task, a registered name, or a task YAML path (loaded and registered); else a clear error."""
+    if isinstance(name_or_path, Task):
+        return name_or_path
+    name = str(name_or_path)
+    if is_task_file(name):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"no such task file: {name}")
+        return register_task(name)
+    task = find_task(name)
+    if task is None:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} "
+                         "(or give the path of a task YAML)")
+    return task
 
-    return load_builtin_tasks()
 
-
-# Filled from the declarations; `lightning_nat.core.registry.register_task` adds to it.
-TASKS: dict[str, Task] = _builtin_tasks()
+def _register_plugin(obj: Any, name: str, where: str) -> None:
+    if callable(obj) and not isinstance(obj, Task):
+        obj = obj()
+    for item in obj if isinstance(obj, (list, tuple)) else [obj]:
+        if isinstance(item, dict):
+            item = {"name": name, **item}
+        try:
+            register_task(item)
+        except (TypeError, ValueError) as exc:
+            raise DeclarationError(where, "value", str(exc)) from None
 
 
 def load_questions_for(task: Task, path: str | None = None, data_dir: str | None = None, limit: int | None = None,
                        hub: bool = False) -> list[dict]:
     """Question records ``{"id", "question", "answer", ...}`` of a task.
 
-    From ``path``, else ``data_dir/<task.local_file>`` (the layout of ``../shared/data``), else,
-    with ``hub=True``, the task's Hub dataset (needs network).
+    From ``path``, else ``data_dir/<task.local_file>`` (the layout of ``../shared/data``), else the
+    task's own file, else, with ``hub=True``, the task's Hub dataset (needs network).
     """
-    from pathlib import Path
-
     from lightning_nat.core.readers import load_questions
 
     if path is None and data_dir is not None and task.local_file:
@@ -132,16 +131,7 @@ def default_data_dir() -> Path | None:
 
     ``NAT_SHARED_DATA`` names it; else ``../shared/data`` beside the source checkout or the working folder.
     """
-    import os
-
     env = os.environ.get("NAT_SHARED_DATA")
     checkout = Path(__file__).resolve().parent.parent
     candidates = [Path(env)] if env else [checkout.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     return next((c for c in candidates if (c / "README.md").is_file()), None)
-
-
-def get_task(name: str) -> Task:
-    """The registered task ``name`` (or the task YAML at that path), or a clear error listing the known ones."""
-    from lightning_nat.core.registry import resolve_task
-
-    return resolve_task(name)

@@ -1,8 +1,10 @@
-"""The agent's tools: a safe calculator and search backends, in a registry by name.
+"""The agent's tools: a safe calculator, search backends, and the one registry of tools by name.
 
 A tool takes the text inside ``name[...]`` (written by the model, so untrusted) and
 returns the observation text. Tools never raise: problems come back as
-``Error: ...`` observations.
+``Error: ...`` observations. Python users register their own with :func:`register_tool`;
+installed packages through the entry point group ``lightning_nat.tools`` (a plain function,
+the entry point's name is the tool's name), loaded the first time a name is not found.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import sympy
+
+from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, guard
+from lightning_nat.core.secrets import mask
 
 MAX_EXPRESSION_CHARS = 500
 MAX_NODES = 200
@@ -187,7 +192,7 @@ def format_number(x: sympy.Expr) -> str:
 
 
 def calculate(expression: str) -> str:
-    """Evaluate arithmetic written by a model, safely.
+    """Evaluates an arithmetic expression such as (12 + 7) * 3 / 4 and returns the number.
 
     The text is parsed with :mod:`ast` and only numbers, ``+ - * / // % **``,
     parentheses, ``pi``/``e`` and a few named functions are accepted; the tree is
@@ -369,29 +374,19 @@ def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, 
                 return format_snippets([text for _, text in reranker.rank(query, impl.hits(query, pool))])
             return format_snippets(impl.search(query, k))
         except Exception as exc:  # a tool never raises into the agent loop
-            return f"Error: search failed ({type(exc).__name__}: {_redact(str(exc))})"
+            return f"Error: search failed ({type(exc).__name__}: {mask(str(exc))})"
 
     # Callers check the backend up front (corpus readable, key set): problems then stop a run early.
     search.prepare = getattr(impl, "prepare", lambda: None)  # type: ignore[attr-defined]
     return search
 
 
-def _redact(text: str) -> str:
-    """Remove any secret from the environment that a message might echo."""
-    for name in ("SERPER_API_KEY", "OPENAI_API_KEY"):
-        if secret := os.environ.get(name):
-            text = text.replace(secret, "***")
-    return text
-
-
 def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = None) -> dict[str, Callable[[str], str]]:
     """The callable tools a task's agent gets (``finish`` is handled by the agent loop).
 
-    Tools registered with :func:`lightning_nat.core.registry.register_tool` (or declared by a task)
-    come guarded: exceptions and timeouts become ``Error: ...`` observations.
+    Tools registered with :func:`register_tool` (or declared by a task) come guarded: exceptions and
+    timeouts become ``Error: ...`` observations.
     """
-    from lightning_nat.core.registry import find_tool
-
     available: dict[str, Callable[[str], str]] = {"calculate": calculate}
     for name in names:
         if name not in available and name != "search" and (spec := find_tool(name)) is not None:
@@ -406,3 +401,101 @@ def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = Non
             raise ValueError(f"tool {name!r} is not configured (search needs --search-corpus or --search serper)")
         tools[name] = available[name]
     return tools
+
+
+# -- the registry ------------------------------------------------------------------------------------------
+
+TOOL_GROUP = "lightning_nat.tools"  # the entry point group: a public contract
+# Tools the agent loop and `make_tools` provide themselves; `finish` is the agent's own action.
+BUILTIN_TOOLS = ("calculate", "search", "finish")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _first_line(fn: Callable[..., Any]) -> str:
+    doc = (fn.__doc__ or "").strip().splitlines()
+    return doc[0].strip() if doc else "a tool."
+
+
+# The ReAct help line of each built-in: `calculate`'s is its docstring's first line (the same words that
+# describe it to a function-calling agent).
+BUILTIN_HELP = {
+    "calculate": f"calculate[expression]: {_first_line(calculate)[:1].lower()}{_first_line(calculate)[1:]}",
+    "search": "search[query]: looks the query up and returns the most relevant passages.",
+    "finish": "finish[answer]: gives your final answer and ends the task.",
+}
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A registered tool: the guarded callable the agent gets, its help line, and the user's function."""
+
+    name: str
+    call: Callable[[str], str]
+    help: str
+    function: Callable[..., Any]
+    # Seconds per call (a function-calling agent applies it to the function itself).
+    timeout: float | None = DEFAULT_TIMEOUT_S
+
+
+TOOLS: dict[str, ToolSpec] = {}
+_entry_points_loaded: set[str] = set()
+
+
+def default_help(name: str, fn: Callable[..., Any]) -> str:
+    """The instruction line of a tool: ``name[argument]:`` and the first line of its docstring.
+
+    >>> def convert(text):
+    ...     '''Converts a quantity between units, e.g. 5 km to mi.'''
+    >>> default_help("convert", convert)
+    'convert[argument]: Converts a quantity between units, e.g. 5 km to mi.'
+    """
+    return f"{name}[argument]: {_first_line(fn)}"
+
+
+def register_tool(name: str, function: Callable[[str], Any], help: str | None = None,
+                  timeout: float | None = DEFAULT_TIMEOUT_S, replace: bool = False) -> ToolSpec:
+    """Register ``function`` as the tool ``name[...]``, under the tool contract (:mod:`lightning_nat.core.safe_tool`).
+
+    Names are lower case (the agent reads tool names case-insensitively); the built-in
+    ``calculate``, ``search`` and ``finish`` cannot be replaced. Registering the same
+    function again is a no-op; another function under a taken name needs ``replace=True``.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"tool name {name!r}: use lower-case letters, digits and underscores")
+    if name in BUILTIN_TOOLS:
+        raise ValueError(f"tool name {name!r} is built in; choose another name")
+    if not callable(function):
+        raise ValueError(f"tool {name!r}: {function!r} is not callable")
+    old = TOOLS.get(name)
+    if old is not None and old.function is not function and not replace:
+        where = f"{getattr(old.function, '__module__', '?')}:{getattr(old.function, '__qualname__', '?')}"
+        raise ValueError(f"tool {name!r} is already registered ({where}); choose another name")
+    spec = ToolSpec(name, guard(function, name, timeout), help or default_help(name, function), function, timeout)
+    TOOLS[name] = spec
+    return spec
+
+
+def find_tool(name: str) -> ToolSpec | None:
+    """A registered tool, loading the tool entry points if needed; ``None`` when unknown."""
+    if name not in TOOLS and TOOL_GROUP not in _entry_points_loaded:
+        _entry_points_loaded.add(TOOL_GROUP)
+        from lightning_nat.core.imports import entry_points_of
+
+        for ep_name, fn, where in entry_points_of(TOOL_GROUP):
+            try:
+                register_tool(ep_name, fn)
+            except ValueError as exc:  # one bad plug-in is named and skipped; the others still load
+                import warnings
+
+                warnings.warn(f"{where}: not registered: {exc}", stacklevel=2)
+    return TOOLS.get(name)
+
+
+def tool_help(name: str) -> str:
+    """The instruction line of a built-in or registered tool."""
+    if name in BUILTIN_HELP:
+        return BUILTIN_HELP[name]
+    spec = find_tool(name)
+    if spec is None:
+        raise KeyError(f"unknown tool {name!r}")
+    return spec.help

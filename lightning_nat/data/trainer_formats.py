@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.core.function_calls import call_to_openai, calls_to_sharegpt, message_from_row, tools_of_row
 from lightning_nat.core.options import option
-from lightning_nat.core.trajectory import has_tool_calls
+from lightning_nat.core.trajectory import call_to_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
 
 LAYOUTS = ("openai", "sharegpt", "alpaca")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}

@@ -208,7 +208,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     from lightning_nat.core.readers import read_trajectories_jsonl
     from lightning_nat.core.results import task_result
     from lightning_nat.core.tools import make_tools
-    from lightning_nat.data.builders import build_dataset, save_build
+    from lightning_nat.data.build import build_dataset, save_build
     from lightning_nat.demo.errors import classify_episode, error_mix
     from lightning_nat.demo.synthetic import ScriptedTeacher, arith_task, make_problems
 

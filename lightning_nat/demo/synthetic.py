@@ -46,9 +46,9 @@ ARITH_DECLARATION = {
 }
 
 
-def arith_task():  # -> lightning_nat.core.tasks.Task (imported lazily: the registry imports this module's users)
-    """The demo's task, registered (also the ``lightning_nat.core.tasks`` entry point ``arith``)."""
-    from lightning_nat.core.registry import register_task
+def arith_task():  # -> lightning_nat.core.task_spec.Task (imported lazily: the table of tasks loads entry points)
+    """The demo's task, registered (also the ``lightning_nat.tasks`` entry point ``arith``)."""
+    from lightning_nat.core.tasks import register_task
 
     return register_task(ARITH_DECLARATION)
 
@@ -161,7 +161,7 @@ class ScriptedTeacher:
         return [self._turn(p) for p in prompts]
 
     def _turn(self, messages: list[dict[str, str]]) -> str:
-        question, turns = split_prompt(self.prompt_spec or make_spec("arith"), messages)
+        question, turns = split_prompt(self.prompt_spec or make_spec(arith_task()), messages)
         prob = self.problems[question]
         done = [m for m in turns if m["role"] == "assistant"]
         if not done:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.core.artifacts import RESULTS_FILE, read_build, read_prompt_record
+from lightning_nat.core.artifacts import PROMPT_FILE, RESULTS_FILE, read_build, read_spec
 from lightning_nat.core.options import option
 from lightning_nat.core.results import EvalReport
 
@@ -91,11 +91,11 @@ def _prompt_line(prompt: dict[str, Any] | None) -> str:
 def build_command(cfg: dict[str, Any] | Any) -> str:
     """The ``nat build`` command line that rebuilds a build: a ``build.json`` ``config`` record or a ``BuildConfig``.
 
-    Derived from :class:`~lightning_nat.data.config.BuildConfig`, so it names every option that differs from its
+    Derived from :class:`~lightning_nat.data.build.BuildConfig`, so it names every option that differs from its
     default and parses back to the same config; inputs are named by file name.
     """
-    from lightning_nat.data.config import BuildConfig
-    from lightning_nat.data.config import build_command as command
+    from lightning_nat.data.build import BuildConfig
+    from lightning_nat.data.build import build_command as command
 
     return command(cfg if isinstance(cfg, BuildConfig) else BuildConfig.from_record(cfg))
 
@@ -114,7 +114,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
             break
     model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
     base = model_cfg.get("model_name_or_path", "unknown")
-    prompt = read_prompt_record(folder)
+    spec = read_spec(folder) if (folder / PROMPT_FILE).is_file() else None
+    prompt = spec.to_dict() if spec is not None else None
     results_path = folder / RESULTS_FILE
     results = {task: r.metrics for task, r in EvalReport.read(results_path).results.items()} \
         if results_path.exists() else {}

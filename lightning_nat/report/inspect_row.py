@@ -35,7 +35,7 @@ def row_marker(spec: PromptSpec | None, messages: list[dict]) -> str | None:
     """The marker of the class whose question template the row's head turns follow (longest match).
 
     >>> from lightning_nat.core.prompts import native_spec
-    >>> row_marker(native_spec("gsm8k", instruction="x"), [{"role": "system", "content": "x"},
+    >>> row_marker(native_spec(None, instruction="x"), [{"role": "system", "content": "x"},
     ...     {"role": "user", "content": "2+2?\\nPlease solve it incorrectly."}])
     'Please solve it incorrectly.'
     """
@@ -110,8 +110,8 @@ def run_inspect(cfg: InspectConfig) -> int:
     import datasets
     from transformers import AutoTokenizer
 
+    from lightning_nat.core.artifacts import read_spec
     from lightning_nat.core.console import console
-    from lightning_nat.core.prompts import read_spec
     from lightning_nat.train.tokenization import ensure_chat_template, load_chat_template
 
     ds = datasets.load_from_disk(cfg.dataset)

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_nat.data.config import BuildSpec
+from lightning_nat.data.build import BuildSpec
 from lightning_nat.train.batching import accumulation_steps
 from lightning_nat.train.sampling import StepBatchSampler
 from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_batch
@@ -175,18 +175,16 @@ class NATDataModule(L.LightningDataModule):
     def load_conversations(self) -> Any:
         import datasets
 
-        from lightning_nat.core.prompts import read_spec
+        from lightning_nat.core.artifacts import read_spec
 
         if self.hparams.dataset_dir:
             self.prompt_spec = read_spec(self.hparams.dataset_dir)
             return datasets.load_from_disk(self.hparams.dataset_dir)
         from lightning_nat.core.prompts import PromptSpec
-        from lightning_nat.data.builders import build_dataset
+        from lightning_nat.data.build import build_dataset
 
         build = self.hparams.build
-        spec = build if isinstance(build, BuildSpec) else BuildSpec(**build)
-        res = build_dataset(list(spec.trajectories), spec.variant, cache_dir=self.hparams.cache_dir,
-                            **spec.builder_params())
+        res = build_dataset(build if isinstance(build, BuildSpec) else BuildSpec(**build), cache_dir=self.hparams.cache_dir)
         self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
         return res.dataset
 

@@ -69,9 +69,9 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
     ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
-        from lightning_nat.core.prompts import write_spec
+        from lightning_nat.core.artifacts import write_spec
 
-        write_spec(prompt_spec, str(out))
+        write_spec(prompt_spec, out)
     return out
 
 

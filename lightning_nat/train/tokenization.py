@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning_nat.core.function_calls import template_message
 from lightning_nat.core.prompts import LLAMA2_CHAT_TEMPLATE
-from lightning_nat.core.trajectory import has_tool_calls
+from lightning_nat.core.trajectory import has_tool_calls, template_message
 
 IGNORE_INDEX = -100
 
