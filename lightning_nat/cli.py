@@ -66,8 +66,13 @@ def command_parser(command: str, parser: argparse.ArgumentParser | None = None) 
 
     help_text = COMMANDS[command][0]
     parser = parser or argparse.ArgumentParser(prog=f"nat {command}", description=help_text, allow_abbrev=False)
-    add_options(parser, config_class(command))
+    cls = config_class(command)
+    add_options(parser, cls)
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    if {"task", "tasks"} & set(getattr(cls, "__dataclass_fields__", {})):
+        parser.add_argument("--trust-task-imports", action="store_true",
+                            help="let task files name installed modules (the standard library, site-packages) as "
+                                 "tools, metrics or extractors: a task file is code, only pass this for one you trust")
     return parser
 
 
@@ -115,8 +120,11 @@ def _dispatch(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from lightning_nat.core.imports import trust_task_imports
     from lightning_nat.core.options import from_namespace
 
+    if getattr(args, "trust_task_imports", False):
+        trust_task_imports()
     cfg = from_namespace(config_class(args.command), args)
     return load(COMMANDS[args.command][2])(cfg)
 
@@ -136,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a located line
         if debug:
             raise
-        print(f"error: {error_line(exc, command)}", file=sys.stderr)
+        from lightning_nat.core.secrets import mask
+
+        print(f"error: {mask(error_line(exc, command))}", file=sys.stderr)
         return 1
 
 

@@ -50,8 +50,20 @@ def test_text_folder_corpus_and_refusals(tmp_path):
     proc = _nat("corpus", "docs", "--out", "idx", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mars: Mars has two moons" in make_search("bm25", 1, corpus_path=str(tmp_path / "idx"))("moons of Mars")
-    proc = _nat("corpus", "docs", "--out", "idx", cwd=tmp_path)  # never overwrites
-    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
+    (docs / "venus.txt").write_text("Venus has no moon.")
+    proc = _nat("corpus", "docs", "--out", "idx", cwd=tmp_path)  # the same command again replaces its own output
+    assert proc.returncode == 0 and "indexed 4 passages" in " ".join(proc.stdout.split())
+    (tmp_path / "idx" / "notes.txt").write_text("mine")  # ... but never a file it did not write
+    proc = _nat("corpus", "docs", "--out", "idx", cwd=tmp_path)
+    assert proc.returncode == 1 and "holds files it did not write (notes.txt)" in " ".join(proc.stderr.split())
+    assert (tmp_path / "idx" / "notes.txt").read_text() == "mine"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "blob.txt").write_bytes(b"\x00\x01\x02binary\x00")
+    proc = _nat("corpus", "bin", "--out", "idx3", cwd=tmp_path)
+    assert proc.returncode == 1 and "blob.txt, line 1: a NUL byte: a binary file, not text" in proc.stderr
+    for bad_words in ("0", "-3"):
+        proc = _nat("corpus", "docs", "--max-words", bad_words, "--out", "idx4", cwd=tmp_path)
+        assert proc.returncode == 2 and "--max-words: must be at least 1" in proc.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     proc = _nat("corpus", "bad.jsonl", "--out", "idx2", cwd=tmp_path)

@@ -66,7 +66,7 @@ def run_eval(cfg: EvalCommandConfig) -> int:
     from lightning_nat.core.outputs import check_out_folder
     from lightning_nat.core.tasks import get_task
 
-    check_out_folder(cfg.out, "results.json", "nat eval", cfg.overwrite)
+    check_out_folder(cfg.out, "nat eval", cfg.overwrite)
     data_dir = cfg.data_dir
     own_data = all(get_task(t).data_file for t in cfg.task_names())
     if data_dir is None and not cfg.hub and not own_data:
@@ -93,7 +93,11 @@ def run_eval(cfg: EvalCommandConfig) -> int:
         meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
     with episode_progress() as progress:
         report = evaluate(policy, run, progress, plan, meta=meta)
-    out = report.write(cfg.out)
+    from lightning_nat.core.outputs import writing
+
+    with writing(cfg.out, "nat eval", cfg.overwrite) as staged:  # a failed write leaves the previous run whole
+        report.write(staged)
+    out = cfg.out
     print_eval_table({k: v.to_dict() for k, v in report.results.items()})
     console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
     for task, r in report.results.items():

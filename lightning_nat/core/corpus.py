@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core import jsonl
-from lightning_nat.core.options import option
+from lightning_nat.core.options import check_numbers, option
 
 TEXT_SUFFIXES = (".txt", ".md")
 PASSAGES, INDEX, MANIFEST = "passages.jsonl", "index", "corpus.json"
@@ -68,6 +68,15 @@ def passages_from_text(title: str, text: str, max_words: int = 200) -> list[dict
     return out
 
 
+def _text_file(path: Path) -> str:
+    """A text source's text; a binary file (NUL bytes) or one that is not UTF-8 is a located error, never passages."""
+    text = jsonl.read_text(path)  # undecodable bytes: a RecordError naming the file and line
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise jsonl.RecordError("a NUL byte: a binary file, not text", path, f"line {line}")
+    return text
+
+
 def read_sources(sources: Sequence[str | os.PathLike], fields: Sequence[str] = ("text",),
                  title_field: str | None = "title", max_words: int = 200) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Passages from JSONL files and folders of text files, and how many each source gave."""
@@ -81,9 +90,9 @@ def read_sources(sources: Sequence[str | os.PathLike], fields: Sequence[str] = (
             if not files:
                 raise ValueError(f"{path}: no {' or '.join(TEXT_SUFFIXES)} files")
             for f in files:
-                passages += passages_from_text(f.stem, f.read_text(encoding="utf-8", errors="replace"), max_words)
+                passages += passages_from_text(f.stem, _text_file(f), max_words)
         elif path.suffix.lower() in TEXT_SUFFIXES:
-            passages += passages_from_text(path.stem, path.read_text(encoding="utf-8", errors="replace"), max_words)
+            passages += passages_from_text(path.stem, _text_file(path), max_words)
         else:
             for lineno, record in jsonl.read_records(path):
                 if isinstance(record, jsonl.RecordError):
@@ -119,15 +128,12 @@ def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike, f
     import bm25s
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and is not an empty folder; give a new --out")
     passages, counts = read_sources(sources, fields, title_field, max_words)
     unique = dedupe(passages)
     if not unique:
         raise ValueError("no passages in " + ", ".join(str(s) for s in sources))
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize([passage_text(p) for p in unique], show_progress=False), show_progress=False)
-    out.mkdir(parents=True, exist_ok=True)
     jsonl.write_jsonl(out / PASSAGES, unique)
     retriever.save(str(out / INDEX), show_progress=False)
     manifest = {"passages": len(unique), "duplicates_dropped": len(passages) - len(unique), "sources": counts,
@@ -163,8 +169,13 @@ class CorpusConfig:
         ("text",), "JSONL fields holding passage text, a string or a list of strings (default: text; e.g. facts "
                    "decomposition for the shared data's train.jsonl)")
     title_field: str = option("title", "JSONL field used as each passage's title (default: title; e.g. term)")
-    max_words: int = option(200, "text files: longest passage in words (default: 200)")
-    out: str = option(help="a new folder: passages.jsonl, index/ and corpus.json")
+    max_words: int = option(200, "text files: longest passage in words (default: 200)", min=1)
+    out: str = option(help="output folder: passages.jsonl, index/ and corpus.json (a rerun replaces its own output)")
+    overwrite: bool = option(False, "replace --out even if it is a non-empty folder that is not an earlier "
+                                    "`nat corpus` output (its files are deleted)")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 def run_corpus(cfg: CorpusConfig) -> int:
@@ -172,9 +183,16 @@ def run_corpus(cfg: CorpusConfig) -> int:
     from rich.markup import escape
 
     from lightning_nat.core.console import console
+    from lightning_nat.core.outputs import writing
 
-    manifest = build_corpus(cfg.sources, cfg.out, fields=cfg.fields, title_field=cfg.title_field or None,
-                            max_words=cfg.max_words)
+    try:
+        import bm25s  # noqa: F401 - checked before anything is read
+    except ImportError:
+        raise RuntimeError("nat corpus needs the search extra: pip install 'lightning_nat[search]' (from a clone: "
+                           "pip install -e '.[search]')") from None
+    with writing(cfg.out, "nat corpus", cfg.overwrite, inputs=cfg.sources) as staged:
+        manifest = build_corpus(cfg.sources, staged, fields=cfg.fields, title_field=cfg.title_field or None,
+                                max_words=cfg.max_words)
     console.print(f"indexed {manifest['passages']} passages ({manifest['duplicates_dropped']} duplicates dropped) "
                   f"into {escape(cfg.out)}; search it with --search-corpus {escape(cfg.out)}")
     return 0

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning_nat.core.secrets import mask
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -42,14 +44,14 @@ class RecordError(ValueError):
 
 
 def dumps_line(record: Any) -> str:
-    """One JSONL line: compact JSON, non-ASCII kept readable, ``\\n`` last.
+    """One JSONL line: compact JSON, non-ASCII kept readable, ``\\n`` last, known secrets masked.
 
     JSON escapes ``\\n`` inside strings, so the only raw ``\\n`` is the terminator.
 
     >>> dumps_line({"a": "x\\u2028y\\nz"})
     '{"a": "x\\u2028y\\\\nz"}\\n'
     """
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return mask(json.dumps(record, ensure_ascii=False)) + "\n"
 
 
 def parse_line(raw: bytes) -> Any:
@@ -72,6 +74,8 @@ def parse_line(raw: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise RecordError("JSON nested too deeply to read") from None
 
 
 def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -122,7 +126,7 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary sibling, fsync it and rename it into place.
+    """Write ``text`` (known secrets masked) to a temporary sibling, fsync it and rename it into place.
 
     A reader (or a crash) sees the old file or the new one, never a part of either.
     """
@@ -131,7 +135,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+            fh.write(mask(text))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

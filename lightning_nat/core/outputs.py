@@ -1,14 +1,20 @@
 """Outputs that never clobber: advisory locks naming their holder, folders refused or replaced whole.
 
-A command writes a folder output into a temporary sibling and swaps it into place at the end, so a
-run that fails midway leaves the previous output as it was. ``--out`` refuses a non-empty folder that
-is not an earlier output of the same command (recognised by its marker file) unless ``--overwrite``
-is given. While it writes, a command holds an advisory lock (``filelock``) beside its output; a second
-command on the same output stops at once with a message naming the holder.
+:func:`writing` is the one way a command writes an output folder. It writes into a temporary
+sibling and swaps it into place at the end, so a run that fails midway (a full disk, a kill)
+leaves the previous output as it was. The folder is signed: a hidden :data:`MANIFEST` names the
+command and lists every file it wrote, which a user's file cannot carry by accident. ``--out``
+refuses a non-empty folder that is not an earlier output of the same command, and an earlier
+output that now holds files the command did not write, unless ``--overwrite`` is given (which
+deletes them, and says so). While it writes, a command holds an advisory lock (``filelock``)
+beside its output; a second command on the same output stops at once with a message naming the
+holder. A reader of an output (``nat fit`` reading a built dataset) holds a shared lock on it
+(:func:`reading`), so the output is not replaced under it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -18,6 +24,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+MANIFEST = ".nat-output.json"
+SIGNATURE = "lightning_nat output folder v1"
 
 
 class OutputError(ValueError):
@@ -45,39 +54,55 @@ def _holder_text(info: dict) -> str:
 
 
 @contextmanager
-def output_lock(target: str | os.PathLike, command: str) -> Iterator[None]:
-    """Hold the advisory lock of ``target`` for the block; refuse at once if another process holds it."""
-    from filelock import FileLock, Timeout
-
+def _flock(target: str | os.PathLike, mode: int) -> Iterator[Path | None]:
+    """Hold ``fcntl.flock(mode)`` on ``target``'s lock file for the block; yields None when another process holds it."""
     lock_file = lock_path(target)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    holder_file = lock_file.with_name(lock_file.name + ".holder")
-    lock = FileLock(str(lock_file), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
+    with open(lock_file, "a") as fh:
         try:
-            holder = _holder_text(json.loads(holder_file.read_text()))
-        except (OSError, ValueError):
-            holder = "another process"
-        raise OutputError(f"{target}: in use by {holder}; wait for it to finish (lock file {lock_file})") from None
-    try:
-        holder_file.write_text(json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                           "argv": sys.argv[1:2]}))
-        yield
-    finally:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
         try:
-            holder_file.unlink()
-        except OSError:
-            pass
-        lock.release()
+            yield lock_file
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def check_out_folder(out: str | os.PathLike, marker: str, command: str, overwrite: bool = False,
+@contextmanager
+def output_lock(target: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold the exclusive advisory lock of ``target`` for the block; refuse at once if another process holds it."""
+    holder_file = lock_path(target).with_name(lock_path(target).name + ".holder")
+    with _flock(target, fcntl.LOCK_EX) as held:
+        if held is None:
+            try:
+                holder = _holder_text(json.loads(holder_file.read_text()))
+            except (OSError, ValueError):
+                holder = "a `nat fit` reading it"  # readers leave no holder file
+            raise OutputError(f"{target}: in use by {holder}; wait for it to finish (lock file {lock_path(target)})")
+        try:
+            holder_file.write_text(json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
+                                               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                               "argv": sys.argv[1:2]}))
+            yield
+        finally:
+            holder_file.unlink(missing_ok=True)
+
+
+def manifest(folder: str | os.PathLike) -> dict | None:
+    """The signed manifest of a folder a command wrote, or None (a user's folder, or one written before signing)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("signature") == SIGNATURE else None
+
+
+def check_out_folder(out: str | os.PathLike, command: str, overwrite: bool = False,
                      inputs: Sequence[str | os.PathLike] = ()) -> None:
-    """Refuse an ``--out`` that holds one of ``inputs``, is a file, or is a non-empty folder without ``marker``
-    (not ours) unless ``overwrite``."""
+    """Refuse an ``--out`` that holds one of ``inputs``, is a file, or is a non-empty folder that ``command`` did not
+    write (or that now holds files it did not write), unless ``overwrite``."""
     target = Path(out).resolve()
     for f in inputs:
         path = Path(f).resolve()
@@ -87,9 +112,46 @@ def check_out_folder(out: str | os.PathLike, marker: str, command: str, overwrit
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file() and not overwrite:
-        raise OutputError(f"--out {out}: folder is not empty and is not an earlier `{command}` output (no {marker}); "
-                          "choose another --out, or pass --overwrite to replace it")
+    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
+    if not present or overwrite:
+        return
+    signed = manifest(out)
+    if signed is None or signed.get("command") != command:
+        raise OutputError(f"--out {out}: folder is not empty and is not an earlier `{command}` output (it holds "
+                          f"{', '.join(present[:3])}{' ...' if len(present) > 3 else ''}); choose another --out, or "
+                          "pass --overwrite to replace it, deleting those files")
+    foreign = [f for f in present if f != MANIFEST and f not in set(signed.get("files", []))]
+    if foreign:
+        raise OutputError(f"--out {out}: an earlier `{command}` output that now holds files it did not write "
+                          f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); move them out, or pass "
+                          "--overwrite to replace the folder, deleting them")
+
+
+@contextmanager
+def writing(out: str | os.PathLike, command: str, overwrite: bool = False,
+            inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Check ``out``, lock it, yield a staging folder to write into, then sign it and swap it into place.
+
+    On any failure the staging folder is deleted and ``out`` is left as it was.
+    """
+    check_out_folder(out, command, overwrite, inputs)
+    with output_lock(out, command):
+        check_out_folder(out, command, overwrite)  # again under the lock: another run may have finished into it
+        with staged_folder(out) as staged:
+            yield staged
+            files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+            (staged / MANIFEST).write_text(json.dumps({"signature": SIGNATURE, "command": command, "files": files},
+                                                      indent=1), encoding="utf-8")
+
+
+@contextmanager
+def reading(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold a shared lock on an output while ``command`` reads it: :func:`writing` refuses to replace it meanwhile."""
+    with _flock(folder, fcntl.LOCK_SH) as held:
+        if held is None:
+            raise OutputError(f"{folder}: being written by another command; {command} waits for nothing, run it again "
+                              "when that one has finished")
+        yield
 
 
 def staging_folder(out: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ from lightning_nat.core.trajectory import (
     TrajectoryFormatError,
     call_from_openai,
     calls_from_sharegpt,
+    check_fields,
     check_score,
     extract_answer,
     tools_from_any,
@@ -128,6 +129,7 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
     info = record["info"]
     if not isinstance(info, dict) or "reward" not in info:
         raise TrajectoryFormatError("missing reward (info.reward)")
+    check_fields({"id": record["id"], "reward": info["reward"], "pred": info.get("pred")})
     qid = str(record["id"])
     if qid not in questions:
         raise TrajectoryFormatError(f"id {qid!r} not found in the question file")
@@ -158,8 +160,24 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
     )
 
 
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict], dict]:
-    """Separate leading system turns and the question from the agent's turns."""
+    """Separate leading system turns and the question turn from the agent's turns.
+
+    The question turn is the first user turn: without a ``question`` field its text is the question;
+    with one, it is the turn that asks it (the marked prompt replaces it, so the question is never
+    asked twice). A question turn that holds more than the question (a few-shot prefix, a template)
+    is replaced all the same, and its text kept in ``meta["question_turn"]`` (the build counts it);
+    a first user turn that does not contain the question is an error.
+
+    >>> q, rest, meta = _split_question([{"role": "user", "content": "Is it  raining?"},
+    ...                                  {"role": "assistant", "content": "No."}], "Is it raining?")
+    >>> q, [m["role"] for m in rest], meta
+    ('Is it raining?', ['assistant'], {})
+    """
     meta: dict[str, Any] = {}
     rest = list(messages)
     system = []
@@ -171,6 +189,15 @@ def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict
         if not rest or rest[0].get("role") != "user":
             raise TrajectoryFormatError("no 'question' field and the conversation does not start with a user question")
         question = rest.pop(0).get("content")
+    elif rest and rest[0].get("role") == "user":
+        turn = _words(str(rest[0].get("content", "")))
+        if _words(question) not in turn:
+            raise TrajectoryFormatError("the first user turn does not ask the 'question' field's question; the "
+                                        "marked prompt replaces the question turn, so they must agree (or drop the "
+                                        "'question' field: the first user turn is then the question)")
+        if turn != _words(question):
+            meta["question_turn"] = rest[0]["content"]
+        rest.pop(0)
     if not isinstance(question, str) or not question.strip():
         raise TrajectoryFormatError("empty question")
     return question, rest, meta
@@ -179,14 +206,13 @@ def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict
 def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str | None) -> Trajectory:
     if "reward" not in record:
         raise TrajectoryFormatError("missing reward")
+    check_fields(record)
     question, turns, meta = _split_question(messages, record.get("question"))
     meta.update(record.get("meta") or {})
     meta.update({k: v for k, v in record.items() if k not in _LABEL_FIELDS and k not in ("messages", "conversations")})
     pred = record.get("prediction", record.get("pred"))
     if pred is None:
-        # No prediction given (chain-of-thought files): the answer of the last assistant turn, if it has one.
-        last = next((m.get("content") for m in reversed(turns) if m.get("role") == "assistant"), None)
-        pred = extract_answer(last) if isinstance(last, str) else None
+        pred = final_answer(turns)
     tid = str(record.get("id", traj_id or ""))
     if not tid:
         raise TrajectoryFormatError("missing id")
@@ -200,6 +226,27 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
         prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
         question_id=qid, meta=meta, tools=tools_from_any(record.get("tools")),
     )
+
+
+def final_answer(turns: list[dict]) -> str | None:
+    """The answer of a trajectory recorded without a prediction, from its last assistant turn.
+
+    A function-calling trajectory answers with its last assistant turn when that turn makes no call
+    (the paper's "never finished" is about ReAct's ``finish[...]``); a ReAct or chain-of-thought one
+    with its ``finish[...]`` or final-answer line.
+
+    >>> final_answer([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f", "arguments": {}}]},
+    ...               {"role": "tool", "content": "3", "tool_call_id": "c"}, {"role": "assistant", "content": "It is 3."}])
+    'It is 3.'
+    >>> final_answer([{"role": "assistant", "content": "Thought: done.\\nAction: finish[7]"}])
+    '7'
+    """
+    last = next((m for m in reversed(turns) if m.get("role") == "assistant"), None)
+    if last is None or not isinstance(last.get("content"), str):
+        return None
+    if any(m.get("tool_calls") for m in turns):
+        return None if last.get("tool_calls") or not last["content"].strip() else last["content"].strip()
+    return extract_answer(last["content"])
 
 
 def question_key(question: str) -> str:
@@ -379,6 +426,10 @@ def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
+        except RecursionError:
+            raise TrajectoryFormatError("JSON nested too deeply to read", path) from None
+        if not isinstance(data, list):
+            raise TrajectoryFormatError(f"expected a JSON list of records (or JSONL), got {type(data).__name__}", path)
         return [(f"record {i}", i, rec) for i, rec in enumerate(data)]
     return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
 
@@ -434,8 +485,10 @@ def read_trajectories(
                 traj = Trajectory.from_dict(rec)
             else:
                 traj = FORMATS[format](rec, task, traj_id)
-        except RecordError as exc:
-            located = TrajectoryFormatError(exc.problem, exc.path or path, exc.where or where)
+        except (RecordError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+            # Anything else a record's shape trips (a field of an unforeseen type) is that record's problem too.
+            problem = exc.problem if isinstance(exc, RecordError) else f"unreadable record ({type(exc).__name__}: {exc})"
+            located = TrajectoryFormatError(problem, getattr(exc, "path", None) or path, getattr(exc, "where", None) or where)
             if on_error == "raise":
                 raise located from None
             report.skip(located)

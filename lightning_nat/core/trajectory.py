@@ -95,6 +95,9 @@ class Trajectory:
             raise TrajectoryFormatError(f"missing field(s) {', '.join(missing)}")
         if not isinstance(record["reward"], bool):
             raise TrajectoryFormatError(f"reward must be true or false, got {record['reward']!r}")
+        check_fields(record)
+        if not isinstance(record["messages"], list) or not all(isinstance(m, dict) for m in record["messages"]):
+            raise TrajectoryFormatError("messages must be a list of objects")
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(record) - known
         if unknown:
@@ -123,6 +126,49 @@ def check_score(value: Any) -> float | None:
     if isinstance(value, (bool, int, float)) and math.isfinite(float(value)) and 0.0 <= float(value) <= 1.0:
         return float(value)
     raise TrajectoryFormatError(f"score must be a number in [0, 1], got {value!r}")
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, (str, int)) and not isinstance(v, bool) and str(v) != ""
+
+
+# What each labelled field of a record may hold (null: not given): the one record validator of every format.
+_FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    "id": (_is_id, "a non-empty string or a number"), "question_id": (_is_id, "a non-empty string or a number"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "question": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "reward": (lambda v: isinstance(v, bool) or v in (0, 1), "true or false"),
+    "prediction": (lambda v: isinstance(v, (str, int, float)), "a string or a number"),
+    "pred": (lambda v: isinstance(v, (str, int, float)), "a string or a number"),
+    "meta": (lambda v: isinstance(v, dict), "an object"),
+    "tools": (lambda v: isinstance(v, (list, str)), "a list of function schemas"),
+}
+
+
+def check_fields(record: dict[str, Any]) -> None:
+    """Refuse a record whose labelled fields have the wrong type; ``null`` means not given.
+
+    >>> check_fields({"id": "a", "question": "q?", "reward": True, "meta": {}})
+    >>> check_fields({"id": {}, "reward": True})
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.trajectory.TrajectoryFormatError: id must be a non-empty string or a number, got {}
+    """
+    for key, (ok, what) in _FIELD_CHECKS.items():
+        value = record.get(key)
+        if value is not None and not ok(value):
+            raise TrajectoryFormatError(f"{key} must be {what}, got {_short(value)}")
+    check_score(record.get("score"))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as a short, one-line repr for an error message.
+
+    >>> _short("x" * 100)[-4:]
+    "...'"
+    """
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 def validate_tools(tools: Any) -> None:
@@ -191,6 +237,7 @@ def validate_messages(messages: Any) -> None:
     if not messages:
         raise TrajectoryFormatError("empty conversation")
     call_ids: set[str] = set()
+    pending: list[str] = []  # calls of the last call turn not answered yet, in call order
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise TrajectoryFormatError(f"message {i}: expected an object, got {type(m).__name__}")
@@ -199,6 +246,9 @@ def validate_messages(messages: Any) -> None:
             raise TrajectoryFormatError(f"message {i}: unknown role {role!r} (expected system, user, assistant or tool)")
         if not isinstance(m.get("content"), str):
             raise TrajectoryFormatError(f"message {i}: content must be a string")
+        if role != "tool" and pending:
+            raise TrajectoryFormatError(f"message {i}: tool call(s) {', '.join(map(repr, pending))} of an earlier turn "
+                                        "were never answered by a tool turn")
         calls = m.get("tool_calls")
         if calls is not None:
             if role != "assistant":
@@ -210,14 +260,21 @@ def validate_messages(messages: Any) -> None:
                 if call["id"] in call_ids:
                     raise TrajectoryFormatError(f"message {i}: tool call id {call['id']!r} is used twice")
                 call_ids.add(call["id"])
+                pending.append(call["id"])
         if role == "tool":
             tid = m.get("tool_call_id")
             if not isinstance(tid, str):
                 raise TrajectoryFormatError(f"message {i}: a tool turn needs the tool_call_id it answers")
             if tid not in call_ids:
                 raise TrajectoryFormatError(f"message {i}: tool_call_id {tid!r} answers no earlier tool call")
+            if tid not in pending:
+                raise TrajectoryFormatError(f"message {i}: tool call {tid!r} is answered twice, or after a later turn")
+            pending.remove(tid)
         elif m.get("tool_call_id") is not None:
             raise TrajectoryFormatError(f"message {i}: tool_call_id on a {role} turn")
+    if pending:
+        raise TrajectoryFormatError(f"tool call(s) {', '.join(map(repr, pending))} of the last call turn were never "
+                                    "answered by a tool turn")
     if not any(m["role"] == "assistant" for m in messages):
         raise TrajectoryFormatError("no assistant turn")
 

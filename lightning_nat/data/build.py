@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import datasets
 
-from lightning_nat.core.artifacts import BUILD_FILE, PREVIEW_FILE, BuildRecord, write_build
+from lightning_nat.core.artifacts import PREVIEW_FILE, BuildRecord, write_build
 from lightning_nat.core.options import command_line, option
 from lightning_nat.core.prompts import (
     PRESETS,
@@ -355,6 +355,11 @@ def build_rows(spec: BuildSpec) -> tuple[dict[str, list[dict[str, Any]]], dict[s
                            neg_population=population, allow_empty_class=spec.allow_empty_class)
     if not pos and not neg:
         raise ValueError(_no_rows_message(spec.trajectories, trajs, read, stats))
+    replaced = sum("question_turn" in t.meta for t in pos + neg + dev)
+    if replaced:
+        stats.notes.append(f"{replaced} kept trajectories had a question turn holding more than the 'question' field "
+                           "(a few-shot prefix or a template); the marked prompt replaced it (its text is in the "
+                           "trajectory's meta.question_turn)")
     prompt_preset = PLAIN_PROMPT if keeps in PREFERENCE else spec.variant
     specs: dict[tuple[str, str | None], PromptSpec] = {}
 
@@ -525,15 +530,11 @@ def summarize(ds: datasets.DatasetDict) -> dict[str, dict[str, Any]]:
 def run_build(cfg: BuildConfig) -> int:
     """``nat build``: build, write ``cfg.out`` whole (under its lock) and print the summary."""
     from lightning_nat.core.console import print_build_summary
-    from lightning_nat.core.outputs import check_out_folder, output_lock, staged_folder
+    from lightning_nat.core.outputs import writing
 
     inputs = [*cfg.trajectories, *([cfg.questions] if cfg.questions else [])]
-    check_out_folder(cfg.out, BUILD_FILE, "nat build", cfg.overwrite, inputs=inputs)
-    with output_lock(cfg.out, "nat build"):
-        # Checked again under the lock: another build may have finished into it meanwhile.
-        check_out_folder(cfg.out, BUILD_FILE, "nat build", cfg.overwrite)
+    with writing(cfg.out, "nat build", cfg.overwrite, inputs) as staged:
         result = build_dataset(cfg.spec(), cache_dir=cfg.cache_dir)
-        with staged_folder(cfg.out) as staged:
-            save_build(result, staged)
+        save_build(result, staged)
     print_build_summary(summarize(result.dataset), result.report, cfg.out, result.from_cache)
     return 0
