@@ -79,14 +79,77 @@ def test_untrained_assistant_turns_are_refused_not_trained(layout, tiny_dataset,
     proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(tiny_dataset), "--to", layout,
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "has train=False" in proc.stderr and "--to openai" in proc.stderr
+    assert "--prompt-style native" in proc.stderr
 
 
-def test_export_refuses_a_non_empty_folder(tiny_dataset, tmp_path):
+def test_export_refuses_a_foreign_folder(tiny_dataset, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", str(tiny_dataset), "--to", "openai",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
+    assert proc.returncode == 1 and "not an earlier `nat export` output" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def _nat(*args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _rows(folder, split="train"):
+    return [dict(r) for r in datasets.load_from_disk(str(folder))[split]]
+
+
+@pytest.mark.parametrize("variant,style,layout", [("nat", "reference", "openai"), ("nat", "native", "openai"),
+                                                  ("nat-2", "reference", "openai"), ("nat", "native", "sharegpt"),
+                                                  ("kto", "reference", "openai"), ("kto", "native", "sharegpt")])
+def test_export_then_build_gives_the_same_rows(strategyqa_files, tmp_path, variant, style, layout):
+    """The documented round trip: `nat export` of a build, then `nat build` of the export, rebuilds its rows."""
+    src = ["--questions", strategyqa_files["questions"], "--task", "strategyqa", "--variant", variant,
+           "--prompt-style", style]
+    _nat("build", "--format", "nat", "--trajectories", strategyqa_files["pos"], strategyqa_files["neg"], *src,
+         "--pos-num", "20", "--neg-num", "20", "--on-error", "skip", "--out", "a", cwd=tmp_path)
+    _nat("export", "a", "--to", layout, "--out", "e", cwd=tmp_path)
+    fmt = "sharegpt" if layout == "sharegpt" else "openai"
+    _nat("build", "--format", fmt, "--trajectories", "e/train.jsonl", *src[2:], "--out", "b", cwd=tmp_path)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    last, row = json.loads((tmp_path / "e" / "train.jsonl").read_text().splitlines()[-1]), _rows(tmp_path / "a")[-1]
+    assert (last["id"], last["question_id"], last["reward"], last["score"]) == \
+        (row["id"], row["question_id"], row["reward"], row["score"])
+    assert last["label"] == (row["label"] == "positive" if (variant, layout) == ("kto", "openai") else row["label"])
+
+
+def test_dpo_and_kto_exports_are_trls_preference_layouts(strategyqa_files, tmp_path):
+    src = ["--format", "nat", "--trajectories", strategyqa_files["pos"], strategyqa_files["neg"], "--questions",
+           strategyqa_files["questions"], "--task", "strategyqa", "--pos-num", "300", "--neg-num", "300", "--on-error",
+           "skip"]
+    _nat("build", *src, "--variant", "dpo", "--out", "dpo", cwd=tmp_path)
+    _nat("build", *src, "--variant", "kto", "--out", "kto", cwd=tmp_path)
+    out = _nat("export", "dpo", "--to", "openai", "--out", "dpo-x", cwd=tmp_path).stdout
+    assert "DPOTrainer" in out
+    built = _rows(tmp_path / "dpo")
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "dpo-x" / "train.jsonl"), split="train",
+                                   cache_dir=str(tmp_path / "hf"))
+    assert len(loaded) == len(built) > 0
+    for rec, row in zip(loaded, built):
+        n = len(rec["prompt"])
+        assert [m["content"] for m in rec["prompt"]] == [m["content"] for m in row["messages"][:n]]
+        assert rec["chosen"][-1]["role"] == rec["rejected"][-1]["role"] == "assistant"
+        assert [m["content"] for m in rec["chosen"]] == [m["content"] for m in row["messages"][n:]][:len(rec["chosen"])]
+        assert [m["content"] for m in rec["rejected"]] == [m["content"] for m in row["rejected"][n:]][:len(rec["rejected"])]
+        assert rec["chosen"] != rec["rejected"] and (rec["chosen_id"], rec["rejected_id"]) == (row["chosen_id"],
+                                                                                             row["rejected_id"])
+    _nat("export", "kto", "--to", "openai", "--out", "kto-x", cwd=tmp_path)
+    kto = [json.loads(x) for x in (tmp_path / "kto-x" / "train.jsonl").read_text().splitlines()]
+    rows = _rows(tmp_path / "kto")
+    assert [r["label"] for r in kto] == [row["label"] == "positive" for row in rows]
+    assert {True, False} == {r["label"] for r in kto}
+    for bad in ("sharegpt", "alpaca"):  # LLaMA-Factory's ranking layout takes one final response, not a trajectory
+        proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "export", "dpo", "--to", bad, "--out", "y"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 1 and "a dpo build cannot be written as" in proc.stderr
+        assert not (tmp_path / "y").exists()
 
 
 def test_generation_template_mask_equals_ours(scratch_model, native_dataset):

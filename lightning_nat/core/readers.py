@@ -203,11 +203,31 @@ def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict
     return question, rest, meta
 
 
+def _from_export(nat: dict[str, Any], messages: list[dict]) -> tuple[str, list[dict], dict]:
+    """The question, turns and recorded system prompt of a ``nat export`` record (its round-trip block).
+
+    The first ``prompt_turns`` messages are the prompt the build made (rebuilt, never kept twice);
+    ``tail`` holds the turns after the last assistant turn, which the layouts leave out.
+    """
+    n, question = nat.get("prompt_turns"), nat.get("question")
+    if not isinstance(n, int) or not 0 <= n <= len(messages) or not isinstance(question, str):
+        raise TrajectoryFormatError("a 'nat' block needs question (text) and prompt_turns (a count of messages)")
+    tail = nat.get("tail") or []
+    if not isinstance(tail, list):
+        raise TrajectoryFormatError("nat.tail must be a list of messages")
+    turns = messages[n:] + [openai_message(m, len(messages) + i) for i, m in enumerate(tail)]
+    meta = {"source_system": nat["system"]} if isinstance(nat.get("system"), str) else {}
+    return question, turns, meta
+
+
 def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str | None) -> Trajectory:
     if "reward" not in record:
         raise TrajectoryFormatError("missing reward")
     check_fields(record)
-    question, turns, meta = _split_question(messages, record.get("question"))
+    if isinstance(record.get("nat"), dict):
+        question, turns, meta = _from_export(record["nat"], messages)
+    else:
+        question, turns, meta = _split_question(messages, record.get("question"))
     meta.update(record.get("meta") or {})
     meta.update({k: v for k, v in record.items() if k not in _LABEL_FIELDS and k not in ("messages", "conversations")})
     pred = record.get("prediction", record.get("pred"))
@@ -274,6 +294,8 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
     """
     if not isinstance(record, dict):
         raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" not in record and "completion" in record and "nat" in record:  # a KTO export: prompt + completion
+        record = {**record, "messages": [*record.get("prompt", []), *record["completion"]]}
     if "messages" not in record:
         raise TrajectoryFormatError("missing 'messages'")
     messages = record["messages"]

@@ -2,9 +2,20 @@
 
 One pure function per layout turns one built row into one JSON record; :func:`export_dataset`
 writes a split per JSONL file, a LLaMA-Factory ``dataset_info.json`` beside them, and returns
-the axolotl config snippet. Every layout ends each conversation on an assistant turn: the
-environment's last observation (``Observation: Episode finished``) trains nothing, and
-LLaMA-Factory drops a conversation that does not end on the assistant.
+the axolotl config snippet. The layout follows the build's variant:
+
+- SFT builds (w/o Neg, NUT, NAT, NAT-k): ``openai`` (messages with per-turn ``weight``: TRL's
+  SFTTrainer, axolotl, LLaMA-Factory, OpenAI fine-tuning), ``sharegpt``, ``alpaca``;
+- DPO builds: ``openai`` is TRL's preference layout (``prompt`` / ``chosen`` / ``rejected``);
+  LLaMA-Factory's ranking layout takes one final response, not a multi-turn trajectory: refused;
+- KTO builds: ``openai`` is TRL's unpaired-preference layout (``prompt`` / ``completion`` /
+  ``label``), ``sharegpt`` and ``alpaca`` carry LLaMA-Factory's ``kto_tag``.
+
+Every conversation ends on an assistant turn (LLaMA-Factory drops one that does not). Each record
+also carries what ``nat build`` needs to rebuild the same rows from it (``id``, ``question_id``,
+``task``, ``label``, ``reward``, ``score``, and a ``nat`` block: the raw question, how many prompt
+turns the build put before the trajectory, the recorded system prompt of a task-less build, and the
+turns after the last assistant turn): ``nat build --format openai`` of an export is the round trip.
 """
 
 from __future__ import annotations
@@ -16,28 +27,94 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_nat.core.jsonl import dumps_line
 from lightning_nat.core.options import option
+from lightning_nat.core.prompts import PromptSpec, head_messages
 from lightning_nat.core.trajectory import call_to_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
 
 LAYOUTS = ("openai", "sharegpt", "alpaca")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
+ROUND_TRIP = ("id", "question_id", "task", "label", "reward", "score")
 
 
 class ExportError(ValueError):
     """A row the requested layout cannot express faithfully."""
 
 
-def trim_to_last_assistant(messages: list[dict]) -> list[dict]:
-    """The conversation up to and including its last assistant turn.
+@dataclass(frozen=True)
+class Head:
+    """What a build put before every trajectory: ``n`` prompt turns, rendered by ``spec``; ``own`` when the
+    instruction is each trajectory's recorded system prompt (a task-less build)."""
+
+    spec: PromptSpec
+    own: bool
+
+    @property
+    def n(self) -> int:
+        return len(head_messages(self.spec, "?"))
+
+    def question(self, messages: list[dict]) -> str:
+        """The raw question of a row, read back from its question turn under one of the spec's templates.
+
+        >>> spec = PromptSpec("native", "", "nat", ("{question}\\nBad.", "{question}\\nGood."), "Solve.")
+        >>> Head(spec, False).question([{"role": "system", "content": "Solve."}, {"role": "user", "content": "2+2?\\nBad."}])
+        '2+2?'
+        """
+        text = messages[self.n - 1]["content"]
+        if self.spec.placement == "system":
+            return text
+        for template in sorted(self.spec.templates, key=len, reverse=True):
+            before, _, after = template.partition("{question}")
+            if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+                return text[len(before):len(text) - len(after)]
+        raise ExportError("its question turn follows none of the build's question templates")
+
+    def system(self, messages: list[dict]) -> str | None:
+        """The recorded system prompt a task-less row trained under (the marker taken off), else None."""
+        if not self.own or messages[0]["role"] != "system":
+            return None
+        text = messages[0]["content"]
+        if self.spec.placement == "system":
+            text = text.rsplit("\n\n", 1)[0]
+        return text
+
+
+def trim_to_last_assistant(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The conversation up to and including its last assistant turn, and the turns after it.
 
     >>> trim_to_last_assistant([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-    ...                         {"role": "user", "content": "Observation: Episode finished"}])
-    [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': 'a'}]
+    ...                         {"role": "user", "content": "Observation: Episode finished"}])[1]
+    [{'role': 'user', 'content': 'Observation: Episode finished'}]
     """
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:
         raise ExportError("no assistant turn")
-    return list(messages[: last + 1])
+    return list(messages[: last + 1]), list(messages[last + 1:])
+
+
+def _wire(messages: list[dict], weights: bool) -> list[dict]:
+    """Row messages in the OpenAI wire form: calls with JSON-text arguments (no text beside them is null)."""
+    out = []
+    for m in messages:
+        w: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            w["content"] = m["content"] or None
+            w["tool_calls"] = [call_to_openai(c) for c in message_from_row(m)["tool_calls"]]
+        if m.get("tool_call_id") is not None:
+            w["tool_call_id"] = m["tool_call_id"]
+        if weights and m["role"] == "assistant":
+            w["weight"] = int(bool(m.get("train", True)))
+        elif m.get("train") and m["role"] != "assistant":
+            raise ExportError(f"a {m['role']} turn is flagged for training; only assistant turns can be")
+        out.append(w)
+    return out
+
+
+def _round_trip(row: dict, head: Head, tail: list[dict]) -> dict:
+    """The fields ``nat build --format openai`` rebuilds the row from (see the module doc)."""
+    nat = {"question": head.question(row["messages"]), "prompt_turns": head.n, "system": head.system(row["messages"]),
+           "tail": _wire(tail, weights=False)}
+    return {**{k: row[k] for k in ROUND_TRIP}, "nat": nat}
 
 
 def _check_trained_turns(messages: list[dict], layout: str) -> None:
@@ -45,45 +122,42 @@ def _check_trained_turns(messages: list[dict], layout: str) -> None:
     for i, m in enumerate(messages):
         if m.get("train", m["role"] == "assistant") != (m["role"] == "assistant"):
             raise ExportError(f"message {i} ({m['role']}) has train={m.get('train')}; the {layout} layout trains "
-                              "every assistant turn and nothing else (use --to openai, which keeps per-turn weights)")
+                              "every assistant turn and nothing else (the reference style's acknowledgement turn is "
+                              "such an untrained one: build with --prompt-style native, or use --to openai, which "
+                              "keeps per-turn weights)")
 
 
-def to_openai(row: dict) -> dict:
-    """OpenAI chat fine-tuning layout (what TRL's SFTTrainer reads): ``messages``, ``weight`` on assistant turns.
-
-    >>> to_openai({"id": "x", "label": "negative", "messages": [
-    ...     {"role": "user", "content": "q", "train": False}, {"role": "assistant", "content": "a", "train": True},
-    ...     {"role": "user", "content": "Observation: Episode finished", "train": False}]})
-    {'messages': [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': 'a', 'weight': 1}]}
-    """
-    messages = []
-    for m in trim_to_last_assistant(row["messages"]):
-        out = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            # The OpenAI wire form: arguments as JSON text, and no text beside the calls is null.
-            out["content"] = m["content"] or None
-            out["tool_calls"] = [call_to_openai(c) for c in message_from_row(m)["tool_calls"]]
-        if m.get("tool_call_id") is not None:
-            out["tool_call_id"] = m["tool_call_id"]
-        if m["role"] == "assistant":
-            out["weight"] = int(bool(m.get("train", True)))
-        elif m.get("train"):
-            raise ExportError(f"a {m['role']} turn is flagged for training; only assistant turns can be")
-        messages.append(out)
+def to_openai(row: dict, head: Head) -> dict:
+    """OpenAI chat fine-tuning layout (what TRL's SFTTrainer reads): ``messages``, ``weight`` on assistant turns."""
+    kept, tail = trim_to_last_assistant(row["messages"])
     tools = tools_of_row(row)
-    return {"messages": messages, **({"tools": tools} if tools else {})}
+    return {"messages": _wire(kept, weights=True), **({"tools": tools} if tools else {}), **_round_trip(row, head, tail)}
 
 
-def to_sharegpt(row: dict) -> dict:
+def to_preference(row: dict, head: Head) -> dict:
+    """TRL's preference layout of a DPO row: the shared ``prompt`` turns, then each side's trajectory."""
+    chosen, _ = trim_to_last_assistant(row["messages"][head.n:])
+    rejected, _ = trim_to_last_assistant(row["rejected"][head.n:])
+    tools = tools_of_row(row)
+    return {"prompt": _wire(row["messages"][:head.n], False), "chosen": _wire(chosen, False),
+            "rejected": _wire(rejected, False), **({"tools": tools} if tools else {}),
+            **{k: row[k] for k in ("id", "question_id", "task", "chosen_id", "rejected_id", "score", "rejected_score")}}
+
+
+def to_unpaired(row: dict, head: Head) -> dict:
+    """TRL's unpaired-preference layout of a KTO row: ``prompt``, ``completion`` and the desirable ``label``."""
+    completion, tail = trim_to_last_assistant(row["messages"][head.n:])
+    tools = tools_of_row(row)
+    return {"prompt": _wire(row["messages"][:head.n], False), "completion": _wire(completion, False),
+            **({"tools": tools} if tools else {}), **_round_trip(row, head, tail), "label": row["label"] == "positive"}
+
+
+def to_sharegpt(row: dict, head: Head) -> dict:
     """ShareGPT as LLaMA-Factory and axolotl read it: ``conversations`` of ``from``/``value``, system first.
 
     Observations stay ``human`` turns, as the agent saw them in training and at inference.
-
-    >>> to_sharegpt({"id": "x", "label": "positive", "messages": [{"role": "system", "content": "s"},
-    ...     {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})["conversations"]
-    [{'from': 'system', 'value': 's'}, {'from': 'human', 'value': 'q'}, {'from': 'gpt', 'value': 'a'}]
     """
-    messages = trim_to_last_assistant(row["messages"])
+    messages, tail = trim_to_last_assistant(row["messages"])
     _check_trained_turns(messages, "sharegpt")
     convs: list[dict[str, str]] = []
     i = 0
@@ -107,23 +181,16 @@ def to_sharegpt(row: dict) -> dict:
             convs.append({"from": SHAREGPT_ROLES[m["role"]], "value": m["content"]})
         i += 1
     tools = tools_of_row(row)
-    out = {"conversations": convs, "id": row["id"], "label": row["label"]}
+    out: dict[str, Any] = {"conversations": convs, **_round_trip(row, head, tail)}
     if tools:
         # LLaMA-Factory's tools column: JSON text of the bare function schemas.
         out["tools"] = json.dumps([t["function"] for t in tools], ensure_ascii=False)
     return out
 
 
-def to_alpaca(row: dict) -> dict:
-    """Alpaca with history, as LLaMA-Factory reads it: earlier (user, assistant) pairs, then the last pair.
-
-    >>> r = to_alpaca({"id": "x", "label": "positive", "messages": [{"role": "system", "content": "s"},
-    ...     {"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"},
-    ...     {"role": "user", "content": "Observation: 4"}, {"role": "assistant", "content": "a2"}]})
-    >>> r["history"], r["instruction"], r["output"], r["system"]
-    ([['q', 'a1']], 'Observation: 4', 'a2', 's')
-    """
-    messages = trim_to_last_assistant(row["messages"])
+def to_alpaca(row: dict, head: Head) -> dict:
+    """Alpaca with history, as LLaMA-Factory reads it: earlier (user, assistant) pairs, then the last pair."""
+    messages, tail = trim_to_last_assistant(row["messages"])
     _check_trained_turns(messages, "alpaca")
     if has_tool_calls(messages) or row.get("tools"):
         raise ExportError("the alpaca layout has no place for tool calls; use --to openai or --to sharegpt")
@@ -133,35 +200,48 @@ def to_alpaca(row: dict) -> dict:
         raise ExportError("turns do not alternate user, assistant; the alpaca layout needs pairs")
     pairs = [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns), 2)]
     return {"instruction": pairs[-1][0], "input": "", "output": pairs[-1][1], "system": system,
-            "history": pairs[:-1], "id": row["id"], "label": row["label"]}
+            "history": pairs[:-1], **_round_trip(row, head, tail)}
 
 
-CONVERTERS: dict[str, Callable[[dict], dict]] = {"openai": to_openai, "sharegpt": to_sharegpt, "alpaca": to_alpaca}
+def _kto(convert: Callable[[dict, Head], dict]) -> Callable[[dict, Head], dict]:
+    """A LLaMA-Factory layout with its ``kto_tag`` column (desirable or not)."""
+    return lambda row, head: {**convert(row, head), "kto_tag": row["label"] == "positive"}
 
 
-def llamafactory_entry(layout: str, file_name: str, tools: bool = False) -> dict[str, Any]:
+# (training objective of the build, layout) -> converter; a pair that is missing cannot be expressed.
+CONVERTERS: dict[tuple[str, str], Callable[[dict, Head], dict]] = {
+    ("sft", "openai"): to_openai, ("sft", "sharegpt"): to_sharegpt, ("sft", "alpaca"): to_alpaca,
+    ("dpo", "openai"): to_preference, ("kto", "openai"): to_unpaired,
+    ("kto", "sharegpt"): _kto(to_sharegpt), ("kto", "alpaca"): _kto(to_alpaca),
+}
+
+
+def llamafactory_entry(layout: str, file_name: str, tools: bool = False, kto: bool = False) -> dict[str, Any]:
     """The ``dataset_info.json`` entry with which LLaMA-Factory reads ``file_name`` in ``layout``.
 
     >>> llamafactory_entry("alpaca", "train.jsonl")["columns"]["history"]
     'history'
     """
     if layout == "alpaca":
-        return {"file_name": file_name, "columns": {"prompt": "instruction", "query": "input", "response": "output",
-                                                    "system": "system", "history": "history"}}
-    if layout == "sharegpt":
+        entry: dict[str, Any] = {"file_name": file_name, "columns": {
+            "prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}}
+    elif layout == "sharegpt":
         entry = {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "conversations"},
                  "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                           "system_tag": "system", "function_tag": "function_call", "observation_tag": "observation"}}
         if tools:
             entry["columns"]["tools"] = "tools"
-        return entry
-    return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-                     "system_tag": "system"}}
+    else:
+        entry = {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                          "assistant_tag": "assistant", "system_tag": "system"}}
+    if kto:
+        entry["columns"]["kto_tag"] = "kto_tag"
+    return entry
 
 
 def axolotl_snippet(layout: str, train_file: str) -> str | None:
-    """The ``datasets:`` entry of an axolotl config for the export (``type: chat_template``); None for alpaca."""
+    """The ``datasets:`` entry of an axolotl config for an SFT export (``type: chat_template``); None for alpaca."""
     if layout == "alpaca":
         return None
     field, role, content = ("messages", "role", "content") if layout == "openai" else ("conversations", "from", "value")
@@ -179,46 +259,63 @@ def axolotl_snippet(layout: str, train_file: str) -> str | None:
             f"    train_on_eos: turn\n")
 
 
-def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLike,
-                   name: str | None = None) -> dict[str, Any]:
-    """Write every split of a ``nat build`` folder in ``layout`` under ``out``; returns what was written.
+def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLike, name: str | None = None,
+                   final: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write every split of a ``nat build`` folder in ``layout`` into the folder ``out``; returns what was written.
 
-    ``out`` must be new or empty (nothing of the user's is overwritten). A row the layout cannot
-    express stops the export with the split and row id.
+    ``final`` is where ``out`` ends up (a staging folder is swapped into place), for the axolotl snippet's path.
+    A row the layout cannot express stops the export with the split and row id.
     """
     import datasets
 
-    if layout not in CONVERTERS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and is not an empty folder; give a new --out")
+    from lightning_nat.core.artifacts import read_build
+    from lightning_nat.core.prompts import preset
+
+    record = read_build(folder)
+    if record.prompt is None:
+        raise ExportError(f"{folder}: its build.json records no prompt (built by an older version); rebuild it")
+    keeps = preset(record.variant or "nat")["keeps"]
+    objective = keeps if keeps in ("dpo", "kto") else "sft"
+    if (objective, layout) not in CONVERTERS:
+        raise ExportError(f"{folder}: a {objective} build cannot be written as {layout}: LLaMA-Factory's ranking "
+                          "layout takes one final response, not a multi-turn trajectory; use --to openai (TRL's "
+                          "preference layout: prompt, chosen, rejected)")
+    task = record.config.get("task")
+    from lightning_nat.core.tasks import find_task
+
+    own = not task or bool(getattr(find_task(task), "instruction_from_data", False))
+    head = Head(PromptSpec.from_dict(record.prompt), own)
     ds = datasets.load_from_disk(str(folder))
-    if not isinstance(ds, datasets.DatasetDict):
-        ds = datasets.DatasetDict({"train": ds})
     name = name or Path(folder).resolve().name
-    convert = CONVERTERS[layout]
+    convert = CONVERTERS[(objective, layout)]
     records: dict[str, list[dict]] = {}
     for split, part in ds.items():
         records[split] = []
         for row in part:
-            try:
-                records[split].append(convert(row))
-            except ExportError as exc:
-                raise ExportError(f"{folder}, split {split}, row {row.get('id')!r}: {exc}") from None
-    out.mkdir(parents=True, exist_ok=True)
+            if objective == "dpo" and not row["rejected"]:
+                converted = to_openai(row, head)  # a DPO build's dev rows: single conversations, for perplexity
+            else:
+                try:
+                    converted = convert(row, head)
+                except ExportError as exc:
+                    raise ExportError(f"{folder}, split {split}, row {row.get('id')!r}: {exc}") from None
+            records[split].append(converted)
     files, info = [], {}
+    out = Path(out)
     for split, recs in records.items():
         path = out / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
-            for rec in recs:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.writelines(dumps_line(rec) for rec in recs)
         files.append(path.name)
-        info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(layout, path.name,
-                                                                                     any("tools" in r for r in recs))
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return {"files": files + ["dataset_info.json"], "counts": {s: len(r) for s, r in records.items()},
-            "llamafactory": list(info), "axolotl": axolotl_snippet(layout, str(out / "train.jsonl"))}
+        if objective != "dpo" and not (objective == "kto" and layout == "openai"):
+            info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(
+                layout, path.name, any("tools" in r for r in recs), kto=objective == "kto")
+    if info:
+        (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        files.append("dataset_info.json")
+    return {"files": files, "counts": {s: len(r) for s, r in records.items()}, "llamafactory": list(info),
+            "objective": objective,
+            "axolotl": axolotl_snippet(layout, str(Path(final or out) / "train.jsonl")) if objective == "sft" else None}
 
 
 @dataclass(kw_only=True)
@@ -227,22 +324,32 @@ class ExportConfig:
 
     folder: str = option(help="a `nat build --out` folder", positional=True)
     to: Literal["openai", "sharegpt", "alpaca"] = option(
-        help="openai: messages with per-turn weights (TRL, OpenAI fine-tuning, axolotl, LLaMA-Factory); sharegpt: "
-             "from/value conversations (LLaMA-Factory, axolotl); alpaca: instruction/output with history (LLaMA-Factory)")
-    out: str = option(help="a new (or empty) folder for <split>.jsonl and dataset_info.json")
+        help="openai: messages with per-turn weights (TRL, OpenAI fine-tuning, axolotl, LLaMA-Factory), or TRL's "
+             "preference layouts for DPO and KTO builds; sharegpt: from/value conversations (LLaMA-Factory, axolotl); "
+             "alpaca: instruction/output with history (LLaMA-Factory)")
+    out: str = option(help="output folder for <split>.jsonl and dataset_info.json (a rerun replaces its own output)")
     name: str | None = option(None, "dataset name in dataset_info.json (default: the input folder's name)")
+    overwrite: bool = option(False, "replace --out even if it is a non-empty folder that is not an earlier "
+                                    "`nat export` output (its files are deleted)")
 
 
 def run_export(cfg: ExportConfig) -> int:
-    """``nat export``: write the layout and print where LLaMA-Factory and axolotl find it."""
+    """``nat export``: write the layout and print where TRL, LLaMA-Factory and axolotl find it."""
     from rich.markup import escape
 
     from lightning_nat.core.console import console
+    from lightning_nat.core.outputs import writing
 
-    res = export_dataset(cfg.folder, cfg.to, cfg.out, name=cfg.name)
+    with writing(cfg.out, "nat export", cfg.overwrite, inputs=[cfg.folder]) as staged:
+        res = export_dataset(cfg.folder, cfg.to, staged, name=cfg.name, final=cfg.out)
     counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())
-    console.print(f"wrote {cfg.to} conversations ({counts}) to {escape(cfg.out)}: {', '.join(res['files'])}")
-    console.print(f"LLaMA-Factory: dataset_dir: {escape(cfg.out)}, dataset: {', '.join(res['llamafactory'])}")
+    console.print(f"wrote {cfg.to} records ({counts}) to {escape(cfg.out)}: {', '.join(res['files'])}")
+    if res["objective"] != "sft" and cfg.to == "openai":
+        kind = "DPOTrainer (prompt, chosen, rejected)" if res["objective"] == "dpo" else \
+            "KTOTrainer (prompt, completion, label)"
+        console.print(f"TRL: {kind}: datasets.load_dataset('json', data_files='{escape(cfg.out)}/train.jsonl')")
+    if res["llamafactory"]:
+        console.print(f"LLaMA-Factory: dataset_dir: {escape(cfg.out)}, dataset: {', '.join(res['llamafactory'])}")
     if res["axolotl"]:
         console.print("axolotl config snippet:")
         console.print(escape(res["axolotl"]), highlight=False)
