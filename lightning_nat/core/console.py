@@ -59,9 +59,10 @@ def print_preference_summary(report: dict[str, Any]) -> None:
     """The pairing of a DPO build, or the class balance of a KTO build (nothing for other variants)."""
     dpo, kto = report.get("dpo"), report.get("kto")
     if dpo:
-        rows = [[k.replace("_", " "), dpo[k]] for k in ("pairs", "questions_paired", "questions_capped",
-                                                          "questions_positive_only", "questions_negative_only",
-                                                          "positives_unpaired", "negatives_unpaired")]
+        rows = [[k.replace("_", " "), dpo[k]] for k in ("pairs", "pairs_identical", "questions_paired",
+                                                          "questions_capped", "questions_positive_only",
+                                                          "questions_negative_only", "positives_unpaired",
+                                                          "negatives_unpaired") if k in dpo]
         cap = dpo.get("pairs_per_question")
         console.print(table(f"DPO pairs (at most {cap if cap is not None else 'all'} per question, seed {dpo['seed']})",
                             ["", "count"], rows))

@@ -1,0 +1,238 @@
+"""Regression tests for issue 29, round 2 of "nothing wrong with exit 0", replayed where a user meets each attack.
+
+Every test runs ``nat`` as a subprocess in a temporary folder and failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import pytest
+from test_reliability import _snapshot, nat, one_error_line
+
+SYSTEM = "You are WeatherBot. Use get_weather, then answer in one sentence."
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _chat(q, reward, question_field=True, user=None, **extra):
+    rec = {"id": f"{q}-{reward}", "reward": reward, "messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": user or q},
+        {"role": "assistant", "content": f"Thought: look it up.\nAction: finish[{'yes' if reward else 'no'}]"},
+        {"role": "user", "content": "Observation: Episode finished"}], **extra}
+    if question_field:
+        rec["question"] = q
+    return rec
+
+
+def _rows(folder):
+    return [dict(r) for r in datasets.load_from_disk(str(folder))["train"]]
+
+
+def test_the_question_is_asked_once(tmp_path):
+    """Item 1: with a question field and the full chat, the marked prompt replaces the user's question turn."""
+    recs = [_chat(f"Is it raining in town {i}?", i % 2 == 0) for i in range(4)]
+    recs[1]["messages"][1]["content"] = "  Is it raining   in town 1? "  # whitespace does not matter
+    _write_jsonl(tmp_path / "logs.jsonl", recs)
+    for task in ([], ["--task", "strategyqa"]):
+        out = tmp_path / f"ds{len(task)}"
+        proc = nat("build", "--format", "openai", "--trajectories", "logs.jsonl", *task, "--out", out, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        for row in _rows(out):
+            users = [m["content"] for m in row["messages"] if m["role"] == "user"]
+            asking = [u for u in users if "raining" in u]
+            assert len(asking) == 1, users  # once, in the marked prompt
+            assert "correctly" in asking[0] or "incorrectly" in asking[0]
+    # A question turn holding more than the question is replaced and counted; one that does not ask it is refused.
+    recs[0]["messages"][1]["content"] = "Example: Is it hot? -> yes.\nIs it raining in town 0?"
+    _write_jsonl(tmp_path / "logs.jsonl", recs)
+    proc = nat("build", "--format", "openai", "--trajectories", "logs.jsonl", "--out", "ds9", cwd=tmp_path)
+    assert proc.returncode == 0 and "1 kept trajectories had a question turn holding more" in " ".join(proc.stdout.split())
+    recs[2]["messages"][1]["content"] = "Hello!"
+    _write_jsonl(tmp_path / "logs.jsonl", recs)
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "logs.jsonl", "--out", "ds8",
+                              cwd=tmp_path))
+    assert "logs.jsonl, line 3: the first user turn does not ask the 'question' field's question" in line
+
+
+def _fc_record(i, reward):
+    call = {"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    return {"id": f"fc{i}", "reward": reward, "tools": [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Weather in Oslo, day {i}?"},
+                     {"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"c{i}", "content": "rain"},
+                     {"role": "assistant", "content": "It rains." if reward else "It is sunny."}]}
+
+
+def test_function_calling_answers_are_finished(tmp_path):
+    """Item 2: a function-calling trajectory that ends with a plain answer is finished, not dropped as unfinished."""
+    _write_jsonl(tmp_path / "fc.jsonl", [_fc_record(i, i % 2 == 0) for i in range(6)])
+    proc = nat("build", "--format", "openai", "--trajectories", "fc.jsonl", "--out", "ds", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "unfinished" not in proc.stdout
+    assert sorted(r["label"] for r in _rows(tmp_path / "ds")) == ["negative"] * 3 + ["positive"] * 3
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: m.pop(3), "tool call(s) 'c0' of an earlier turn were never answered"),
+    (lambda m: m.insert(4, dict(m[3])), "tool call 'c0' is answered twice"),
+    (lambda m: m[2]["tool_calls"].append({"id": "c9", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{}"}}), "tool call(s) 'c9' of an earlier turn were never answered"),
+])
+def test_broken_call_sequences_are_located(tmp_path, change, problem):
+    """Item 6: a call never answered, a parallel call with one reply missing, a call answered twice."""
+    rec = _fc_record(0, True)
+    change(rec["messages"])
+    _write_jsonl(tmp_path / "fc.jsonl", [rec, _fc_record(1, False)])
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "fc.jsonl", "--out", "ds",
+                              cwd=tmp_path))
+    assert "fc.jsonl, line 1: message" in line and problem in line
+    proc = nat("build", "--format", "openai", "--trajectories", "fc.jsonl", "--on-error", "skip", "--allow-empty-class",
+               "--out", "ds", cwd=tmp_path)
+    assert proc.returncode == 0 and "skipped 1 bad record(s)" in proc.stdout
+
+
+def test_dpo_pairs_of_identical_text_are_dropped_and_counted(tmp_path):
+    """Item 6: one text labelled both ways makes no DPO pair."""
+    same = _chat("Is it raining?", True, question_id="q")
+    twin = {**_chat("Is it raining?", False, question_id="q"), "messages": same["messages"], "id": "twin"}
+    other = {**_chat("Is it raining?", False, question_id="q"), "id": "other"}
+    _write_jsonl(tmp_path / "t.jsonl", [same, twin, other])
+    proc = nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--variant", "dpo", "--no-dedupe", "--out",
+               "ds", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["rejected_id"] for r in _rows(tmp_path / "ds")] == ["other"]
+    assert "pairs identical" in proc.stdout
+
+
+@pytest.mark.parametrize("field, value", [("tools", '["os:system"]'), ("answer", '{gold: "os:system"}'),
+                                          ("metric", "subprocess:getoutput")])
+def test_a_task_file_cannot_run_installed_code_without_trust(tmp_path, field, value):
+    """Item 7: a task YAML naming an installed module is refused unless the user says they trust it."""
+    decl = {"instruction": "Do it.", "tools": "[finish]", "metric": "exact", field: value}
+    (tmp_path / "evil.yaml").write_text("".join(f"{k}: {v}\n" for k, v in decl.items()))
+    _write_jsonl(tmp_path / "t.jsonl", [_chat("q?", True)])
+    args = ["build", "--format", "openai", "--trajectories", "t.jsonl", "--task", "evil.yaml", "--out", "ds"]
+    line = one_error_line(nat(*args, cwd=tmp_path))
+    assert "evil.yaml: field" in line and "is an installed module's" in line and "--trust-task-imports" in line
+    assert not (tmp_path / "ds").exists()
+    if field != "metric":  # a trusted file loads (subprocess.getoutput is not a valid metric signature anyway)
+        assert nat(*args, "--trust-task-imports", cwd=tmp_path).returncode == 0
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Item 15: a few lines of anchors would expand to billions of nodes."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
+                                                          for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines + ["instruction: x", "metric: exact", "tools: [finish]"]))
+    _write_jsonl(tmp_path / "t.jsonl", [_chat("q?", True)])
+    proc = nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--task", "bomb.yaml", "--out", "ds",
+               cwd=tmp_path, timeout=60)
+    assert "bomb.yaml: field '(file)': not valid YAML (an alias (*a0) at line 2" in one_error_line(proc)
+
+
+def test_echoed_secrets_never_reach_a_file(tmp_path):
+    """Item 8: model text that echoes a known secret is masked in every row, preview and record written."""
+    canaries = {"OPENAI_API_KEY": "sk-canary-0123456789", "MY_SERVICE_TOKEN": "tok-canary-9876543210"}
+    recs = [_chat(f"q{i}?", i % 2 == 0) for i in range(4)]
+    recs[0]["messages"][2]["content"] = f"Thought: the key is {canaries['OPENAI_API_KEY']}.\nAction: finish[yes]"
+    recs[1]["messages"][2]["content"] = f"Thought: {canaries['MY_SERVICE_TOKEN']}\nAction: finish[no]"
+    _write_jsonl(tmp_path / "t.jsonl", recs)
+    env = dict(canaries)
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path,
+               env=env).returncode == 0
+    assert nat("export", "ds", "--to", "openai", "--out", "x", cwd=tmp_path, env=env).returncode == 0
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "t.jsonl")
+    assert written and all(v.encode() not in written for v in canaries.values())
+    assert b"the key is ***." in written
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("meta", "abc", "meta must be an object, got 'abc'"),
+    ("id", {}, "id must be a non-empty string or a number, got {}"),
+    ("question", 5, "question must be a non-empty string, got 5"),
+    ("messages", "abc", "messages must be a list"),
+])
+def test_wrong_typed_fields_are_located_and_skippable(tmp_path, field, value, problem):
+    """Item 11: wrong-typed record fields are one located line, and --on-error skip skips them."""
+    recs = [_chat(f"q{i}?", i % 2 == 0) for i in range(4)]
+    recs[2][field] = value
+    _write_jsonl(tmp_path / "t.jsonl", recs)
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path))
+    assert f"t.jsonl, line 3: {problem}" in line
+    proc = nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--on-error", "skip", "--out", "ds",
+               cwd=tmp_path)
+    assert proc.returncode == 0 and "skipped 1 bad record(s)" in proc.stdout and len(_rows(tmp_path / "ds")) == 3
+
+
+def test_deeply_nested_json_is_a_located_error(tmp_path):
+    recs = [_chat("q0?", True), _chat("q1?", False)]
+    (tmp_path / "t.jsonl").write_text(json.dumps(recs[0]) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n"
+                                      + json.dumps(recs[1]) + "\n")
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path))
+    assert "t.jsonl, line 2: JSON nested too deeply to read" in line
+
+
+@pytest.mark.parametrize("flag, value, message", [("--pos-num", "-5", "--pos-num: must be at least 0"),
+                                                  ("--neg-num", "-3", "--neg-num: must be at least 0"),
+                                                  ("--pairs-per-question", "0", "--pairs-per-question: must be at least 1"),
+                                                  ("--dev-num", "-1", "--dev-num: must be at least 0")])
+def test_numbers_out_of_range_are_refused(tmp_path, flag, value, message):
+    """Item 12: --pos-num -5 kept 1,065 positives; --neg-num -3 was a random.sample error."""
+    _write_jsonl(tmp_path / "t.jsonl", [_chat("q?", True)])
+    proc = nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--variant", "dpo", flag, value, "--out",
+               "ds", cwd=tmp_path)
+    assert proc.returncode == 2 and message in " ".join(proc.stderr.split())
+
+
+def test_a_folder_holding_a_file_named_build_json_is_not_a_build(tmp_path):
+    """Item 13: the user's folder is recognised by the package's signature, not by a file name."""
+    _write_jsonl(tmp_path / "t.jsonl", [_chat("q0?", True), _chat("q1?", False)])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "build.json").write_text('{"mine": 1}')
+    (mine / "notes.txt").write_text("keep me")
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", mine, cwd=tmp_path))
+    assert "is not an earlier `nat build` output" in line and "--overwrite to replace it, deleting" in line
+    assert _snapshot(mine) == {"build.json": b'{"mine": 1}', "notes.txt": b"keep me"}
+    # An earlier build that now holds a file of the user's is not replaced either.
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path).returncode == 0
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path))
+    assert "holds files it did not write (notes.txt)" in line and (tmp_path / "ds" / "notes.txt").exists()
+
+
+def test_unknown_task_names_are_one_clear_line(tmp_path):
+    """Item 16: no leaking `missing key` wrapper; a path-like name is looked for as a file."""
+    _write_jsonl(tmp_path / "t.jsonl", [_chat("q?", True)])
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--task", "nosuchtask",
+                              "--out", "ds", cwd=tmp_path))
+    assert line.startswith("error: unknown task 'nosuchtask'; known tasks: ") and "missing key" not in line
+    line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--task", "../../x",
+                              "--out", "ds", cwd=tmp_path))
+    assert line == "error: no such task file: ../../x"
+
+
+def test_a_tool_whose_result_blocks_in_str_times_out(tmp_path):
+    """Item 15: the result's __str__ runs inside the timed call."""
+    (tmp_path / "slow.py").write_text(
+        "import time\n\nclass Slow:\n    def __str__(self):\n        time.sleep(30)\n        return 'late'\n\n"
+        "def wait(text):\n    '''Waits.'''\n    return Slow()\n")
+    (tmp_path / "task.yaml").write_text("instruction: Use wait.\ntools: [slow.py:wait]\ntool_timeout: 1\nmetric: exact\n"
+                                        "prompt_style: native\n")
+    code = ("from lightning_nat.core.tasks import get_task\nfrom lightning_nat.core.tools import make_tools\n"
+            "import time\nt = time.time()\nprint(make_tools(get_task('task.yaml').tools)['wait']('x'))\n"
+            "print(round(time.time() - t))\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    out = proc.stdout.splitlines()
+    assert out[0] == "Error: wait timed out after 1 s" and int(out[1]) < 5, proc.stdout + proc.stderr
