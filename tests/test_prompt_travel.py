@@ -11,8 +11,7 @@ from transformers import AutoTokenizer
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.builders import PRESETS, build_dataset, save_build
 from lightning_nat.callbacks import ExportHF
-from lightning_nat.core.artifacts import PROMPT_FILE
-from lightning_nat.core.artifacts import read_spec
+from lightning_nat.core.artifacts import PROMPT_FILE, read_spec
 from lightning_nat.core.prompts import resolve_eval_spec
 from lightning_nat.core.tasks import TASKS
 from lightning_nat.train.datamodule import NATDataModule

@@ -11,8 +11,8 @@ import pytest
 from lightning_nat.builders import build_dataset
 from lightning_nat.core.prompts import head_messages, make_spec, negative_class, resolve_eval_spec
 from lightning_nat.core.readers import read_trajectories
-from lightning_nat.core.trajectory import TrajectoryFormatError
 from lightning_nat.core.tasks import TASKS
+from lightning_nat.core.trajectory import TrajectoryFormatError
 from lightning_nat.data.select import EmptyClassError
 
 # Written out from the paper (Figures 7, 8) and the reference code's prompts/StrategyQA/StrategyQA_conversation.json.
