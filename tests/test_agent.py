@@ -120,8 +120,12 @@ def test_nat_eval_and_solve_with_the_scratch_model(scratch_model, shared_data, t
                            str(shared_data), "--limit", "4", "--batch-size", "4", "--max-new-tokens", "24",
                            "--max-turns", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Evaluation" in proc.stdout and "gsm8k" in proc.stdout
+    assert "Evaluation (%)" in proc.stdout and "gsm8k" in proc.stdout
+    # Piped (not a terminal), the table keeps whole headers, and shows rates as percentages as the demo does.
+    assert "with parse errors" in proc.stdout and "failed (API errors)" in proc.stdout
     results = json.loads((out / "results.json").read_text())["results"]
+    row = next(line for line in proc.stdout.splitlines() if "gsm8k" in line)
+    assert f"{100 * results['gsm8k']['finished']:.1f}" in row
     assert results["gsm8k"]["episodes"] == 4 and 0.0 <= results["gsm8k"]["accuracy"] <= 1.0
     assert results["gsm8k"]["finished"] + results["gsm8k"]["turn_limit"] == 1.0
     trajs = read_trajectories_jsonl(out / "trajectories.jsonl")

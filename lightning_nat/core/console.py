@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
+# Piped output has no terminal width: without one, rich squeezes tables into 80 columns and cuts their headers.
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
@@ -81,19 +83,18 @@ def print_eval_table(results: dict[str, dict[str, float]]) -> None:
     # "score": the graded score of a task whose own metric returns (reward, score).
     metric_names = sorted({k for r in results.values() for k in r} & {"accuracy", "em", "f1", "exact_string", "score"})
 
-    def cell(r: dict, m: str) -> Any:
-        # Over several runs: mean ± sample sd.
-        if m in r and f"{m}_sd" in r:
-            return f"{r[m]:.4g} ± {r[m + '_sd']:.2g}"
-        return r.get(m, float("nan"))
+    def cell(r: dict, m: str) -> str:
+        # Shares as percentages (as the demo and the paper report them); over several runs, mean ± sample sd.
+        if m not in r:
+            return "-"
+        return f"{100 * r[m]:.1f}" + (f" ± {100 * r[m + '_sd']:.1f}" if f"{m}_sd" in r else "")
 
     rows = []
     for task, r in results.items():
         rows.append([task, int(r.get("episodes", 0)), *[cell(r, m) for m in metric_names],
-                     r.get("finished", 0.0), r.get("turn_limit", 0.0), r.get("parse_error_rate", 0.0),
-                     r.get("failed", 0.0)])
-    console.print(table("Evaluation", ["task", "episodes", *metric_names, "finished", "turn limit",
-                                       "with parse errors", "failed (API errors)"], rows))
+                     *[cell(r, k) for k in ("finished", "turn_limit", "parse_error_rate", "failed")]])
+    console.print(table("Evaluation (%)", ["task", "episodes", *metric_names, "finished", "turn limit",
+                                           "with parse errors", "failed (API errors)"], rows))
 
 
 def print_episode(traj: Any) -> None:
