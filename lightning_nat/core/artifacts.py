@@ -189,3 +189,31 @@ def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a run's history file, count keys normalised (see :func:`normalize_row`)."""
     return [normalize_row(r) for r in read_jsonl(path)]
+
+
+def check_model_folder(path: str, option: str = "--model") -> None:
+    """Refuse, in one line with the likely fix, a local model path that does not exist or is not a model folder.
+
+    A name shaped like a Hub id (``org/name``, whose ``org`` is no local folder) is left to the Hub.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return
+        inner = sorted(p.rglob("config.json"))
+        hint = f"; did you mean {inner[0].parent}?" if inner else \
+            " (nat fit exports one as <log dir>/hf, e.g. runs/tiny-cpu/nat/version_0/hf)"
+        raise FileNotFoundError(f"{option} {path}: not a model folder (no config.json){hint}")
+    if p.exists():
+        raise FileNotFoundError(f"{option} {path}: is a file, not a model folder")
+    head = path.split("/")[0]
+    if path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(head).is_dir():
+        raise FileNotFoundError(f"{option} {path}: no such model folder (train one with nat fit, which exports "
+                                "<log dir>/hf; or give a Hub id such as org/name)")
+
+
+def check_dataset_folder(path: str | os.PathLike, option: str = "data.dataset_dir") -> None:
+    """Refuse a dataset folder that does not exist, saying how to make it."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{option} {path}: no such dataset folder; build it first with nat build ... --out "
+                                f"{path} (a config's header comment gives the exact command)")
