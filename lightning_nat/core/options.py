@@ -10,7 +10,8 @@ Metadata keys besides ``help`` (a string, or a function returning one, for help 
 registry): ``flag`` (a spelling other than ``--field-name``; a ``True``-default bool with its
 ``--no-...``/``--keep-...`` flag stores ``False``), ``choices`` (a list, or a function
 returning one), ``positional``, ``metavar``, ``parse`` (an argparse ``type`` function that
-checks the value), ``append`` (a repeatable flag collecting a list), ``group`` (a help
+checks the value), ``min``/``max`` (the value, or each item of a list, must lie within them:
+:func:`bounded`), ``append`` (a repeatable flag collecting a list), ``group`` (a help
 section title), ``unset`` (the flag defaults to "not given", so the config class's
 ``from_options`` can tell a given value from its default, e.g. ``nat demo --quick``'s sizes)
 ``always`` (written by :func:`to_argv` even at its default, for a readable record)
@@ -44,6 +45,33 @@ def option(default: Any = dataclasses.MISSING, help: str | Callable[[], str] = "
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def bounded(parse: Callable[[str], Any], low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse(text)``, refused when it lies outside ``[low, high]`` (a bound may be None).
+
+    >>> bounded(int, 1)("3")
+    3
+    >>> bounded(int, 1)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be at least 1, got 0
+    >>> bounded(float, 0, 1)("2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be between 0 and 1, got 2.0
+    """
+
+    def check(text: str) -> Any:
+        value = parse(text)  # a ValueError here is argparse's "invalid int value"
+        if (low is not None and value < low) or (high is not None and value > high):
+            rule = f"between {low:g} and {high:g}" if low is not None and high is not None else \
+                f"at least {low:g}" if low is not None else f"at most {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    check.__name__ = getattr(parse, "__name__", "value")
+    return check
 
 
 def _unwrap(hint: Any) -> tuple[Any, bool]:
@@ -117,6 +145,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
                 kw["choices"] = list(typing.get_args(item))
                 item = type(kw["choices"][0])
             kw["type"] = meta.get("parse", item)
+            if "min" in meta or "max" in meta:
+                kw["type"] = bounded(kw["type"], meta.get("min"), meta.get("max"))
             if "choices" in meta:
                 kw["choices"] = list(_resolve(meta["choices"]))
             if "metavar" in meta:

@@ -187,12 +187,15 @@ def format_number(x: sympy.Expr) -> str:
 
 
 def calculate(expression: str) -> str:
-    """Evaluate arithmetic written by a model, safely.
+    """Evaluates arithmetic safely: numbers, + - * / // % **, parentheses, pi and e.
 
-    The text is parsed with :mod:`ast` and only numbers, ``+ - * / // % **``,
-    parentheses, ``pi``/``e`` and a few named functions are accepted; the tree is
-    evaluated with SymPy numbers under size limits, so nothing the model writes is
-    executed and every call returns quickly.
+    Args:
+        expression: the arithmetic to evaluate, e.g. '(12 + 7) * 3 / 4'
+
+    Raises:
+        nothing: the text is parsed with :mod:`ast` and only numbers, operators, parentheses, ``pi``/``e`` and
+        a few named functions are accepted; the tree is evaluated with SymPy numbers under size limits, so
+        nothing the model writes is executed, every call returns quickly, and a failure is an ``Error: ...``.
 
     >>> calculate("(12 + 7) * 3 / 4"), calculate("2**10"), calculate("__import__('os')")
     ('14.25', '1024', 'Error: unsupported syntax: Call')
