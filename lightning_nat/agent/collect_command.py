@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_nat.agent.config import COLLECT_POOL_SIZE, MAX_TURNS, AgentKindConfig, check_error_rate, max_error_rate_option
+from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
 from lightning_nat.core.options import option
 
 
@@ -14,7 +14,6 @@ class CollectConfig(AgentKindConfig):
 
     task: str = option(help="task name or task YAML (instruction, tools, metric)")
     data: str = option(help="question file (JSON or JSONL with question and answer)")
-    limit: int | None = option(None, "first N questions", min=1)
     temperatures: tuple[float, ...] = option(
         (0.2, 0.5, 0.7), "sampling temperatures, one pass each (default: 0.2 0.5 0.7, as the paper)", min=0)
     samples: int = option(1, "episodes per question and temperature (default: 1)", min=1)
@@ -22,7 +21,6 @@ class CollectConfig(AgentKindConfig):
     price_prompt: float | None = option(None, "USD per million prompt tokens, to report the cost", min=0)
     price_completion: float | None = option(None, "USD per million completion tokens", min=0)
     out: str = option(help="output JSONL (appended to; a rerun resumes)")
-    max_error_rate: float = max_error_rate_option()
 
 
 def run_collect(cfg: CollectConfig) -> int:
@@ -37,7 +35,7 @@ def run_collect(cfg: CollectConfig) -> int:
     records = load_questions_for(task, path=cfg.data, limit=cfg.limit)
     tools = cfg.task_tools([task])[0]  # a bad corpus or a missing key stops here, before the teacher is paid
     policy = cfg.make_policy(temperature=cfg.temperatures[0])
-    agent = cfg.make_agent(task, policy, tools, max_turns=cfg.max_turns or MAX_TURNS)
+    agent = cfg.make_agent(task, policy, tools, max_turns=cfg.turns())
     prices = (cfg.price_prompt or 0.0, cfg.price_completion or 0.0) if cfg.price_prompt or cfg.price_completion \
         else None
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -73,11 +73,6 @@ MAX_ERROR_RATE_HELP = ("exit with an error when more than this share of episodes
                        f"everything is still written (default: {MAX_ERROR_RATE:g})")
 
 
-def max_error_rate_option() -> Any:
-    """``--max-error-rate``, the same in every command that runs episodes."""
-    return option(MAX_ERROR_RATE, MAX_ERROR_RATE_HELP, min=0, max=1, metavar="SHARE")
-
-
 @dataclass(kw_only=True)
 class AgentConfig:
     """The model, how it is reached, and the agent's tools: what every command that runs episodes takes."""
@@ -122,6 +117,10 @@ class AgentConfig:
                                        gpu_memory_utilization=self.gpu_memory_utilization, family=family)
         return policies.HFPolicy(self.model, temperature=temperature, max_new_tokens=self.max_new_tokens, family=family)
 
+    def turns(self) -> int:
+        """Model turns per episode: ``max_turns``, else the default."""
+        return self.max_turns or MAX_TURNS
+
     def search_tool(self) -> Any:
         """The search backend of ``search``, ``search_corpus``, ``search_k`` and ``search_rerank``, or None."""
         from lightning_nat.core.tools import make_search
@@ -158,6 +157,8 @@ class AgentKindConfig(AgentConfig):
     tool_parser: Literal["hermes", "llama31"] | None = option(
         None, "hf and vllm policies, function-calling: how generated calls are written (default: detected from the "
               "chat template)")
+    limit: int | None = option(None, "first N questions (of each task)", min=1)
+    max_error_rate: float = option(MAX_ERROR_RATE, MAX_ERROR_RATE_HELP, min=0, max=1, metavar="SHARE")
 
     def make_policy(self, temperature: float, family: str | None = None) -> Any:
         return super().make_policy(temperature, family or self.tool_parser)

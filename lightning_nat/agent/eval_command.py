@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_nat.agent.config import POOL_SIZE, AgentKindConfig, PolicyConfig, check_error_rate, max_error_rate_option
+from lightning_nat.agent.config import POOL_SIZE, AgentKindConfig, PolicyConfig, check_error_rate
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
 from lightning_nat.core.options import option
 
@@ -29,7 +29,6 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
     tasks: str = option(help=_tasks_help)
     data_dir: str | None = option(None, "folder laid out like ../shared/data (default: the Hub with --hub)")
     hub: bool = option(False, "load questions from each task's Hub dataset (needs network)")
-    limit: int | None = option(None, "first N questions per task", min=1)
     batch_size: int = option(
         POOL_SIZE, "the engine's pool: episodes live at once, a finished one replaced by the next question at once "
                    f"(default: {POOL_SIZE}; with --policy openai, at most --concurrency of them are requests in flight)",
@@ -43,7 +42,6 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
     out: str = option(help=f"output folder: {RESULTS_FILE} and {EPISODES_FILE}")
     overwrite: bool = option(
         False, "write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
-    max_error_rate: float = max_error_rate_option()
 
     def task_names(self) -> list[str]:
         """``tasks`` split on commas.

@@ -184,27 +184,30 @@ class VLLMPolicy(LocalPolicy):
         gpu_memory_utilization: the share of accelerator memory vLLM may take (default: vLLM's; its CPU
             build needs about 0.25 on a small machine).
         seed: the engine's sampling seed.
+        dtype: the weights' dtype (default: the checkpoint's, as :class:`HFPolicy`).
         engine_args: passed to ``vllm.LLM`` as they are.
         the rest: as :class:`LocalPolicy`.
     """
 
     def __init__(self, model: str, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None, seed: int = 0,
-                 family: str | None = None, **engine_args: Any):
+                 dtype: str = "auto", family: str | None = None, **engine_args: Any):
         try:
             from vllm import LLM
         except ImportError as exc:
             raise RuntimeError("--policy vllm needs `pip install 'lightning_nat[vllm]'` (vLLM)") from exc
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         super().__init__(tokenizer or AutoTokenizer.from_pretrained(str(model)), temperature, max_new_tokens, family)
         with contextlib.suppress(OSError):  # a model folder without generation_config.json
             self.model_eos = _ids(GenerationConfig.from_pretrained(str(model)).eos_token_id)
         if gpu_memory_utilization is not None:
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
+        if dtype == "auto":  # the checkpoint's own, as HFPolicy loads it (vLLM's "auto" runs a float32 one in 16 bits)
+            dtype = str(getattr(AutoConfig.from_pretrained(str(model)), "dtype", None) or "auto").removeprefix("torch.")
         # generation_config="vllm": sampling is only what is asked here, as for HFPolicy.
         self.llm = LLM(model=str(model), tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
-                       seed=seed, generation_config="vllm", **engine_args)
+                       seed=seed, dtype=dtype, generation_config="vllm", **engine_args)
 
     def complete(self, prompts: list[list[int]]) -> list[list[int]]:
         from vllm import SamplingParams
