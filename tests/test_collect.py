@@ -11,6 +11,7 @@ from fake_openai import FakeOpenAI
 
 from lightning_nat.agent.collect import collect, key_of, recover
 from lightning_nat.agent.policies import OpenAIPolicy
+from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.prompts import make_spec, split_prompt
 from lightning_nat.core.readers import read_trajectories, read_trajectories_jsonl
 from lightning_nat.core.tasks import TASKS, load_questions_for
@@ -61,8 +62,9 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
         policy = OpenAIPolicy("teacher-x", base_url=server.base_url, concurrency=4, max_retries=2,
                               timeout=5)
         task = TASKS["gsm8k"]
-        s1 = collect(task, records, policy, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4,
-                     tools=make_tools(task.tools), price_per_million=(0.5, 1.5))
+        agent = ReActAgent(task, policy, make_tools(task.tools))
+        s1 = collect(agent, records, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4,
+                     price_per_million=(0.5, 1.5))
         failed = [json.loads(line) for line in (tmp_path / "trajs.jsonl.failed.jsonl").read_text().splitlines()]
         collected = _keys(out)
         everything = {(str(r["id"]), t, 0) for r in records for t in (0.2, 0.7)}
@@ -72,8 +74,7 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
         assert s1.failures == len(failed) >= 1 and s1.usage["retries"] >= 2
         assert s1.cost_usd == pytest.approx((s1.usage["prompt_tokens"] * 0.5 + s1.usage["completion_tokens"] * 1.5) / 1e6)
         # The rerun retries only what is missing, and ends complete.
-        s2 = collect(task, records, policy, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4,
-                     tools=make_tools(task.tools))
+        s2 = collect(agent, records, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4)
     assert sorted(_keys(out)) == sorted(everything) and s2.resumed == len(collected)
     trajs = read_trajectories_jsonl(out)
     by_temp = {t.meta["temperature"]: t for t in trajs}

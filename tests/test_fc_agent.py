@@ -4,7 +4,8 @@ import pytest
 from tool_templates import FAMILIES
 from transformers import AutoTokenizer
 
-from lightning_nat.agent.fc_agent import StepCounts, from_openai_reply, parse_turn, render_prompt, step, tool_schemas
+from lightning_nat.agent.function_calling import StepCounts, from_openai_reply, parse_turn, schemas_of, step
+from lightning_nat.agent.policies import LocalPolicy
 from lightning_nat.core.trajectory import Trajectory
 
 
@@ -38,14 +39,17 @@ SCRIPTS = {
 def test_an_episode_through_function_calls(scratch_model, family):
     tok = AutoTokenizer.from_pretrained(scratch_model)
     tok.chat_template = FAMILIES[family]
-    tools = tool_schemas([get_weather])
+    tools = schemas_of([get_weather])
+    policy = LocalPolicy(tok)
+    policy.use_tools(tools)
+    assert policy.family == family and policy.stop == {"hermes": "<|im_end|>", "llama31": "<|eot_id|>"}[family]
     assert tools[0]["function"]["parameters"]["properties"]["city"]["description"] == "the city's name"
     messages = [{"role": "system", "content": "You are a weather agent."},
                 {"role": "user", "content": "Weather in Paris?"}]
     counts = StepCounts()
     done = False
     for turn, text in enumerate(SCRIPTS[family]):
-        prompt = render_prompt(tok, messages, tools)
+        prompt = policy.render(messages)
         assert "Current weather of a city." in prompt  # the schema reaches the model every turn
         content, calls, errors = parse_turn(text, family, turn)
         done = step(messages, content, calls, errors, [get_weather], counts)
@@ -63,3 +67,18 @@ def test_api_replies_with_bad_arguments_are_parse_errors():
     content, calls, errors = from_openai_reply({"role": "assistant", "content": "x", "tool_calls": [
         {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": "{nope"}}]})
     assert content == "x" and calls == [] and "not valid JSON" in errors[0]
+
+
+def test_a_call_id_used_twice_is_a_parse_error_not_a_crash():
+    """An API reply whose two calls share an id, or reuse an earlier call's: the repeat is not run (issue 29, 9)."""
+    messages, counts = [], StepCounts()
+    reply = {"content": None, "tool_calls": [
+        {"id": "same", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "same", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]}
+    assert not step(messages, *from_openai_reply(reply), [get_weather], counts)
+    assert [c["arguments"] for c in messages[0]["tool_calls"]] == [{"city": "Paris"}] and len(messages) == 2
+    reply["tool_calls"] = reply["tool_calls"][1:]
+    assert not step(messages, *from_openai_reply(reply), [get_weather], counts)
+    assert messages[-1] == {"role": "user", "content": "Error: tool call 0 repeats the id 'same' of an earlier call"}
+    assert (counts.calls, counts.parse_errors) == (1, 2)
+    Trajectory("e", "", "q", messages, reward=False)  # the episode is still a valid trajectory

@@ -13,8 +13,8 @@ import pytest
 from fake_openai import FakeOpenAI
 from tool_templates import FAMILIES
 
-from lightning_nat.agent.engine import run_pool
-from lightning_nat.agent.fc_episode import FunctionCallingAgent
+from lightning_nat.agent.function_calling import FunctionCallingAgent
+from lightning_nat.agent.react import run_pool
 from lightning_nat.core.results import task_result
 from lightning_nat.core.tasks import get_task, load_questions_for
 
@@ -120,26 +120,26 @@ def test_hf_tool_policy_renders_tools_stops_at_end_of_turn_and_repeats_with_a_se
     import torch
     from transformers import AutoTokenizer
 
-    from lightning_nat.agent.fc_policy import HFToolPolicy
+    from lightning_nat.agent.policies import HFPolicy
 
     tok = AutoTokenizer.from_pretrained(scratch_model)
     tok.chat_template = FAMILIES[family]
 
     def episodes():
         torch.manual_seed(7)
-        policy = HFToolPolicy(str(scratch_model), tokenizer=tok, temperature=1.0, max_new_tokens=12)
-        assert policy.family == family  # detected from the template
+        policy = HFPolicy(str(scratch_model), tokenizer=tok, temperature=1.0, max_new_tokens=12)
         _, trajs = run_units(policy, family, limit=3)
+        assert policy.family == family  # detected from the template
         return policy, [t.to_dict() for t in trajs]
 
     policy, first = episodes()
     assert first == episodes()[1]
     prompt = policy.render([{"role": "user", "content": "2 km in m?"}])
     assert '"name": "convert"' in prompt and '"name": "calculate"' in prompt
-    assert policy.end_of_turn == {"hermes": "<|im_end|>", "llama31": "<|eot_id|>"}[family]
+    assert policy.stop == {"hermes": "<|im_end|>", "llama31": "<|eot_id|>"}[family]
     for t in first:
         assert t["meta"]["agent"] == "function-calling" and t["tools"][0]["function"]["name"] == "convert"
-        assert all(policy.end_of_turn not in m["content"] for m in t["messages"])
+        assert all(policy.stop not in m["content"] for m in t["messages"])
 
 
 def _nat(args, cwd, **env):
@@ -273,7 +273,7 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
 def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
     import time
 
-    from lightning_nat.agent.fc_agent import StepCounts, run_calls
+    from lightning_nat.agent.function_calling import StepCounts, run_calls
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-leaky-19")
 
@@ -299,33 +299,6 @@ def test_tool_calls_time_out_and_results_are_masked_and_cut(monkeypatch):
                                                                          "arguments": {"seconds": 0}},
              {"id": "c", "name": "leak", "arguments": {"n": 1000}}]
     out = run_calls(calls, [slow, leak], counts, timeouts={"slow": 0.2, "leak": None})
-    assert out[0]["content"] == "Error: slow failed: TimeoutError: timed out after 0.2 s" and out[1]["content"] == "awake"
+    assert out[0]["content"] == "Error: slow timed out after 0.2 s" and out[1]["content"] == "awake"
     assert "sk-leaky-19" not in out[2]["content"] and out[2]["content"].endswith("(cut at 2000 characters)")
     assert counts.tool_errors == 1 and counts.calls == 3
-
-
-@pytest.mark.parametrize("family", ["hermes", "llama31"])
-def test_hf_tool_policy_reads_turns_with_parse_response_as_the_family_parser_does(scratch_model, family):
-    from transformers import AutoTokenizer
-
-    from lightning_nat.agent.fc_agent import parse_turn
-    from lightning_nat.agent.fc_policy import HFToolPolicy
-
-    tok = AutoTokenizer.from_pretrained(scratch_model)
-    tok.chat_template = FAMILIES[family]
-    assert getattr(tok, "response_template", None) is None  # so the family's response template is the one used
-    policy = HFToolPolicy(str(scratch_model), tokenizer=tok)
-    policy.use_tools([{"type": "function", "function": {"name": "convert", "parameters": {
-        "type": "object", "properties": {"query": {"type": "string"}}}}}])
-    prompt = policy.render([{"role": "user", "content": "23 kg in lb?"}])
-    good = [written_call(family, "convert", json.dumps({"query": "23 kg to lb"})), "50.7 lb"]
-    if family == "hermes":
-        good.append("Two at once.\n" + written_call(family, "convert", '{"query": "1 m to ft"}') + "\n"
-                    + written_call(family, "convert", '{"query": "2 m to ft"}'))
-    for text in good:
-        turn = policy.read_turn(text, prompt, turn=4)
-        assert (turn.content, turn.calls, turn.errors) == parse_turn(text, family, 4), text
-    assert policy.read_turn(good[0], prompt, 4).calls == [
-        {"id": "call_4_0", "name": "convert", "arguments": {"query": "23 kg to lb"}}]
-    broken = policy.read_turn(written_call(family, "convert", "{query: 23 kg}"), prompt, 4)
-    assert broken.calls == [] and len(broken.errors) == 1 and "could not be parsed" in broken.errors[0]

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from lightning_nat.agent.evaluate import EvalConfig, apply_protocol, evaluate
+from lightning_nat.agent.config import apply_protocol
+from lightning_nat.agent.eval_command import EvalCommandConfig, evaluate
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.prompts import split_prompt
 from lightning_nat.core.tasks import TASKS, load_questions_for
@@ -34,10 +35,11 @@ def _spec():
     return make_spec(TASKS["gsm8k"])
 
 
-def test_runs_report_mean_and_sd_and_repeat_with_the_seed(shared_data):
+def test_runs_report_mean_and_sd_and_repeat_with_the_seed(shared_data, tmp_path):
     records = load_questions_for(TASKS["gsm8k"], data_dir=str(shared_data), limit=20)
     gold = {r["question"].strip(): r["answer"].rsplit("####", 1)[1].strip().replace(",", "") for r in records}
-    cfg = EvalConfig(tasks=["gsm8k"], data_dir=str(shared_data), limit=20, runs=3, seed=5)
+    cfg = EvalCommandConfig(model="coin", tasks="gsm8k", data_dir=str(shared_data), limit=20, runs=3, seed=5,
+                            out=str(tmp_path))
     report = evaluate(CoinPolicy(gold), cfg)
     r, episodes = report.results["gsm8k"].to_dict(), report.episodes
     assert r["runs"] == 3 and len(r["per_run"]) == 3 and len(episodes["gsm8k"]) == 60

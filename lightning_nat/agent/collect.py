@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_nat.agent.config import COLLECT_POOL_SIZE
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core import jsonl
 from lightning_nat.core.jsonl import RecordError
-from lightning_nat.core.tasks import Task
 from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError
 
 Key = tuple[str, float, int]
@@ -162,28 +162,33 @@ class CollectSummary:
     cost_usd: float | None = None
 
 
-def collect(task: Task, records: Sequence[dict], policy: Any, out: str | os.PathLike,
+def collect(agent: ReActAgent, records: Sequence[dict], out: str | os.PathLike,
             temperatures: Sequence[float] = (0.2, 0.5, 0.7), samples: int = 1, teacher: str = "",
-            batch_size: int = 32, max_turns: int = 6, tools: dict[str, Callable[[str], str]] | None = None,
-            price_per_million: tuple[float, float] | None = None,
-            progress: Callable[[int, int], None] | None = None, agent: str = "react") -> CollectSummary:
+            batch_size: int = COLLECT_POOL_SIZE, price_per_million: tuple[float, float] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> CollectSummary:
     """Run the teacher on every missing (question, temperature, sample) key; see the module doc.
 
-    ``policy`` must have a ``temperature`` attribute (both policies do); it is set per pass.
-    ``agent``: ``react`` or ``function-calling`` (:mod:`lightning_nat.agent.fc_episode`; ``tools`` is then unused).
+    ``agent``: the task's ReAct or function-calling agent (:mod:`lightning_nat.agent.function_calling`); its
+    policy's ``temperature`` is set for each pass (every policy has one). A temperature given twice
+    would pay for the same episodes twice: refused.
     """
     from lightning_nat.core.outputs import output_lock
 
+    repeated = sorted({t for t in temperatures if list(temperatures).count(t) > 1})
+    if repeated:
+        raise ValueError(f"temperatures {' '.join(f'{t:g}' for t in temperatures)}: {', '.join(f'{t:g}' for t in repeated)}"
+                         " given more than once (each temperature is one pass over every question)")
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     out = Path(out)
     with output_lock(out, "nat collect"):
-        return _collect(task, records, policy, out, temperatures, samples, teacher, batch_size, max_turns, tools,
-                        price_per_million, progress, agent)
+        return _collect(agent, records, out, temperatures, samples, teacher, batch_size, price_per_million, progress)
 
 
-def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temperatures: Sequence[float], samples: int,
-             teacher: str, batch_size: int, max_turns: int, tools: dict[str, Callable[[str], str]] | None,
-             price_per_million: tuple[float, float] | None,
-             progress: Callable[[int, int], None] | None, agent_kind: str = "react") -> CollectSummary:
+def _collect(agent: ReActAgent, records: Sequence[dict], out: Path, temperatures: Sequence[float], samples: int,
+             teacher: str, batch_size: int, price_per_million: tuple[float, float] | None,
+             progress: Callable[[int, int], None] | None) -> CollectSummary:
+    task, policy = agent.task, agent.policy
     failed_path = out.with_name(out.name + ".failed.jsonl")
     existing, torn = recover(out)
     done = {key_of(t) for t in existing}
@@ -199,13 +204,6 @@ def _collect(task: Task, records: Sequence[dict], policy: Any, out: Path, temper
             if not pending:
                 continue
             policy.temperature = temperature
-            if agent_kind == "function-calling":
-                from lightning_nat.agent.fc_episode import FunctionCallingAgent
-
-                agent: ReActAgent = FunctionCallingAgent(task, policy, tools or {}, max_turns=max_turns,
-                                                         family=getattr(policy, "family", "hermes"))
-            else:
-                agent = ReActAgent(task, policy, tools or {}, max_turns=max_turns)
 
             def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
                 nonlocal finished

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_nat.agent.config import MAX_ERROR_RATE_HELP, AgentKindConfig, check_error_rate, error_rate
+from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
 from lightning_nat.core.options import option
 
 
@@ -14,15 +14,13 @@ class CollectConfig(AgentKindConfig):
 
     task: str = option(help="task name or task YAML (instruction, tools, metric)")
     data: str = option(help="question file (JSON or JSONL with question and answer)")
-    limit: int | None = option(None, "first N questions")
     temperatures: tuple[float, ...] = option(
-        (0.2, 0.5, 0.7), "sampling temperatures, one pass each (default: 0.2 0.5 0.7, as the paper)")
-    samples: int = option(1, "episodes per question and temperature (default: 1)")
-    batch_size: int = option(32, "episodes run together (default: 32)")
-    price_prompt: float | None = option(None, "USD per million prompt tokens, to report the cost")
-    price_completion: float | None = option(None, "USD per million completion tokens")
+        (0.2, 0.5, 0.7), "sampling temperatures, one pass each (default: 0.2 0.5 0.7, as the paper)", min=0)
+    samples: int = option(1, "episodes per question and temperature (default: 1)", min=1)
+    batch_size: int = option(COLLECT_POOL_SIZE, f"episodes run together (default: {COLLECT_POOL_SIZE})", min=1)
+    price_prompt: float | None = option(None, "USD per million prompt tokens, to report the cost", min=0)
+    price_completion: float | None = option(None, "USD per million completion tokens", min=0)
     out: str = option(help="output JSONL (appended to; a rerun resumes)")
-    max_error_rate: float = option(0.5, MAX_ERROR_RATE_HELP, parse=error_rate, metavar="SHARE")
 
 
 def run_collect(cfg: CollectConfig) -> int:
@@ -32,25 +30,20 @@ def run_collect(cfg: CollectConfig) -> int:
     from lightning_nat.agent.collect import collect
     from lightning_nat.core.console import console, print_collect_summary
     from lightning_nat.core.tasks import get_task, load_questions_for
-    from lightning_nat.core.tools import make_tools
 
     task = get_task(cfg.task)
     records = load_questions_for(task, path=cfg.data, limit=cfg.limit)
-    search = cfg.search_tool()
-    tools = make_tools(task.tools, search)
-    if "search" in tools:
-        search.prepare()  # a bad corpus or a missing key stops here, before the teacher is paid for anything
+    tools = cfg.task_tools([task])[0]  # a bad corpus or a missing key stops here, before the teacher is paid
     policy = cfg.make_policy(temperature=cfg.temperatures[0])
-    max_turns = 6 if cfg.max_turns is None else cfg.max_turns
+    agent = cfg.make_agent(task, policy, tools, max_turns=cfg.turns())
     prices = (cfg.price_prompt or 0.0, cfg.price_completion or 0.0) if cfg.price_prompt or cfg.price_completion \
         else None
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         bar_id = bar.add_task("collecting", total=None)
-        summary = collect(task, records, policy, cfg.out, list(cfg.temperatures), cfg.samples, teacher=cfg.model,
-                          batch_size=cfg.batch_size, max_turns=max_turns, tools=tools, price_per_million=prices,
-                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total),
-                          agent=cfg.agent)
+        summary = collect(agent, records, cfg.out, list(cfg.temperatures), cfg.samples, teacher=cfg.model,
+                          batch_size=cfg.batch_size, price_per_million=prices,
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
     print_collect_summary(summary, cfg.out)
     attempted = summary.new_episodes + summary.failures
     check_error_rate(summary.failures, attempted, cfg.max_error_rate,

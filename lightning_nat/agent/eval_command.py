@@ -1,10 +1,18 @@
-"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs."""
+"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs.
+
+:func:`evaluate` runs every task's episodes through the one scheduler (:func:`~lightning_nat.agent.react.run_pool`)
+into an :class:`~lightning_nat.core.results.EvalReport` of metrics and trajectories.
+"""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from lightning_nat.agent.config import MAX_ERROR_RATE_HELP, AgentKindConfig, PolicyConfig, check_error_rate, error_rate
+from lightning_nat.agent.config import POOL_SIZE, AgentKindConfig, PolicyConfig, check_error_rate
+from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
 from lightning_nat.core.options import option
 
 
@@ -21,20 +29,19 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
     tasks: str = option(help=_tasks_help)
     data_dir: str | None = option(None, "folder laid out like ../shared/data (default: the Hub with --hub)")
     hub: bool = option(False, "load questions from each task's Hub dataset (needs network)")
-    limit: int | None = option(None, "first N questions per task")
     batch_size: int = option(
-        16, "the engine's pool: episodes live at once, a finished one replaced by the next question at once (default: "
-            "16; with --policy openai, at most --concurrency of them are requests in flight)")
+        POOL_SIZE, "the engine's pool: episodes live at once, a finished one replaced by the next question at once "
+                   f"(default: {POOL_SIZE}; with --policy openai, at most --concurrency of them are requests in flight)",
+        min=1)
     runs: int | None = option(
         None, "independent runs (seeds --seed, --seed+1, ...) reported as mean and sd (default: 1; 5 under --protocol "
-              "reference)")
+              "reference)", min=1)
     seed: int = option(0, "seed of the first run (default: 0)")
-    tag: list[str] = option([], "recorded in results.json, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`",
+    tag: list[str] = option([], f"recorded in {RESULTS_FILE}, e.g. --tag variant=nat --tag neg_num=500 for `nat plot sweep`",
                             append=True, metavar="KEY=VALUE")
-    out: str = option(help="output folder: results.json and trajectories.jsonl")
+    out: str = option(help=f"output folder: {RESULTS_FILE} and {EPISODES_FILE}")
     overwrite: bool = option(
         False, "write into --out even if it is a non-empty folder that is not an earlier `nat eval` output")
-    max_error_rate: float = option(0.5, MAX_ERROR_RATE_HELP, parse=error_rate, metavar="SHARE")
 
     def task_names(self) -> list[str]:
         """``tasks`` split on commas.
@@ -59,52 +66,110 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
         return tags
 
 
-def run_eval(cfg: EvalCommandConfig) -> int:
-    """``nat eval``: every task's episodes, written to ``cfg.out``; exit 1 when too many failed on policy errors."""
-    from lightning_nat.agent.evaluate import EvalConfig, evaluate, prepare
-    from lightning_nat.core.console import console, episode_progress, print_eval_table
-    from lightning_nat.core.outputs import check_out_folder
-    from lightning_nat.core.tasks import get_task
+def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list[dict], dict[str, Callable]]]:
+    """Every requested task with its questions and tools, checked before the model loads or any episode runs.
 
-    check_out_folder(cfg.out, "nat eval", cfg.overwrite)
+    A missing tool (``search`` without a backend), a tool without a schema (function calling), an
+    unreadable corpus or question file, or a task with no questions stops here, not after the
+    tasks before it have run.
+    """
+    from lightning_nat.core.tasks import default_data_dir, get_task, load_questions_for
+
+    tasks = [get_task(name) for name in cfg.task_names()]
     data_dir = cfg.data_dir
-    own_data = all(get_task(t).data_file for t in cfg.task_names())
-    if data_dir is None and not cfg.hub and not own_data:
-        from lightning_nat.core.tasks import default_data_dir
-
+    if data_dir is None and not cfg.hub and not all(task.data_file for task in tasks):
         found = default_data_dir()
         if found is None:
             raise ValueError("give --data-dir (a folder like ../shared/data) or --hub")
         data_dir = str(found)
+    if cfg.agent == "function-calling":
+        from lightning_nat.agent.function_calling import schemas_of, task_functions
+
+        for task in tasks:
+            schemas_of(task_functions(task.tools))
+    plan = []
+    for task, tools in zip(tasks, cfg.task_tools(tasks, mode)):
+        records = load_questions_for(task, data_dir=data_dir, limit=cfg.limit, hub=cfg.hub)
+        if not records:
+            raise ValueError(f"{task.name}: no questions to evaluate (data folder {data_dir})")
+        plan.append((task, records, tools))
+    return plan
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # the API policy needs no torch
+        pass
+
+
+def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, int, int], None] | None = None,
+             plan: list | None = None, meta: dict[str, Any] | None = None) -> Any:
+    """Every task's episodes through the scheduler's pool, as one :class:`~lightning_nat.core.results.EvalReport`.
+
+    ``plan``: what :func:`prepare` returned, if already called. ``progress`` is called with
+    (task, episodes done, episodes in all, episodes live) after every step.
+    """
+    from lightning_nat.core.prompts import resolve_eval_spec
+    from lightning_nat.core.results import EvalReport, task_result
+
     proto, saved, where, mode = cfg.resolved(cfg.runs)
-    run = EvalConfig(tasks=cfg.task_names(), data_dir=data_dir, limit=cfg.limit, batch_size=cfg.batch_size,
-                     max_turns=proto.max_turns, mode=mode, search=cfg.search, search_corpus=cfg.search_corpus,
-                     search_k=cfg.search_k, hub=cfg.hub, search_rerank=cfg.search_rerank,
-                     on_parse_error=proto.on_parse_error, runs=proto.runs, seed=cfg.seed, prompt_spec=saved,
-                     prompt_style=cfg.prompt_style, prompt_preset=cfg.prompt_preset, prompt_source=where,
-                     agent=cfg.agent, tool_parser=cfg.tool_parser)
-    plan = prepare(run)  # every task's tools and questions, before the model loads or any episode runs
-    policy = cfg.make_policy(proto.temperature)
+    report = EvalReport(results={}, meta=dict(meta or {}))
+    for task, records, tools in plan if plan is not None else prepare(cfg, mode):
+        name = task.name
+        spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)
+        total = len(records) * proto.runs
+        runs = []
+        for run in range(proto.runs):
+            _seed_everything(cfg.seed + run)
+            agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
+                                   on_parse_error=proto.on_parse_error, prompt_spec=spec)
+            before = len(records) * run
+
+            def tick(done: int, live: int, name: str = name, before: int = before, total: int = total) -> None:
+                if progress:
+                    progress(name, before + done, total, live)
+
+            trajs = agent.run(records, batch_size=cfg.batch_size, progress=tick)
+            for t in trajs:
+                t.meta["run"] = run
+            runs.append(trajs)
+        report.results[name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
+        report.episodes[name] = [t for r in runs for t in r]
+    report.usage = getattr(policy, "usage", None)
+    return report
+
+
+def run_eval(cfg: EvalCommandConfig) -> int:
+    """``nat eval``: every task's episodes, written to ``cfg.out``; exit 1 when too many failed on policy errors."""
+    from lightning_nat.core.console import console, episode_progress, print_eval_table
+    from lightning_nat.core.outputs import check_out_folder, writing
+
+    check_out_folder(cfg.out, "nat eval", cfg.overwrite)
+    proto, _, _, mode = cfg.resolved(cfg.runs)
     tags = cfg.parsed_tags()
+    plan = prepare(cfg, mode)  # every task's tools and questions, before the model loads or any episode runs
+    policy = cfg.make_policy(proto.temperature)
     meta = {"model": cfg.model, "policy": cfg.policy, "mode": mode, "limit": cfg.limit, "tags": tags,
             "protocol": cfg.protocol, "max_turns": proto.max_turns, "temperature": proto.temperature,
-            "runs": run.runs, "seed": cfg.seed, "pool_size": cfg.batch_size, "agent": cfg.agent}
-    if cfg.agent == "function-calling" and cfg.policy == "hf":
-        meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
+            "runs": proto.runs, "seed": cfg.seed, "pool_size": cfg.batch_size, "agent": cfg.agent}
     with episode_progress() as progress:
-        report = evaluate(policy, run, progress, plan, meta=meta)
-    from lightning_nat.core.outputs import writing
-
+        report = evaluate(policy, cfg, progress, plan, meta=meta)
+    if cfg.agent == "function-calling" and cfg.policy != "openai":
+        report.meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
     with writing(cfg.out, "nat eval", cfg.overwrite) as staged:  # a failed write leaves the previous run whole
         report.write(staged)
     out = cfg.out
     print_eval_table({k: v.to_dict() for k, v in report.results.items()})
-    console.print(f"wrote {out}/results.json and {out}/trajectories.jsonl")
+    console.print(f"wrote {out}/{RESULTS_FILE} and {out}/{EPISODES_FILE}")
     for task, r in report.results.items():
         n = r.episodes
         failed = round(r.failed * n)
         check_error_rate(failed, n, cfg.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
-                         f"the {task} figures are not trustworthy ({out}/results.json)")
+                         f"the {task} figures are not trustworthy ({out}/{RESULTS_FILE})")
     return 0
 
 
@@ -122,17 +187,12 @@ def run_solve(cfg: SolveConfig) -> int:
     from lightning_nat.core.console import print_episode
     from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.tasks import get_task
-    from lightning_nat.core.tools import make_tools
 
     task = get_task(cfg.task)
     proto, saved, where, mode = cfg.resolved()
-    spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)  # type: ignore[arg-type]
-    search = cfg.search_tool()
-    tools = make_tools(task.tools, search) if mode == "react" else {}
-    if "search" in tools:
-        search.prepare()
+    spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)
+    tools = cfg.task_tools([task], mode)[0]
     agent = ReActAgent(task, cfg.make_policy(proto.temperature), tools, max_turns=proto.max_turns, mode=mode,
                        on_parse_error=proto.on_parse_error, prompt_spec=spec)  # type: ignore[arg-type]
-    traj = agent.run([{"id": "cli", "question": cfg.question, "answer": ""}], batch_size=1)[0]
-    print_episode(traj)
+    print_episode(agent.run([{"id": "cli", "question": cfg.question, "answer": ""}], batch_size=1)[0])
     return 0

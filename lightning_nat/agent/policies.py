@@ -1,4 +1,10 @@
-"""Policies, the LLMs behind the agent: a local Hugging Face model or an OpenAI-compatible API."""
+"""Policies, the LLMs behind the agent: a local model (transformers or in-process vLLM) or an OpenAI-compatible API.
+
+A policy continues a batch of chat prompts (``generate(prompts) -> completions``). A ReAct turn
+ends at ``Observation:``. A function-calling agent first calls ``use_tools(schemas)``: the tools
+are then offered to the model with every prompt, and a turn ends at the chat template's end of
+turn (the agent reads the calls out of the text, :func:`lightning_nat.agent.function_calling.parse_turn`).
+"""
 
 from __future__ import annotations
 
@@ -11,165 +17,227 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from lightning_nat.core.prompts import STOP
+from lightning_nat.core.secrets import mask, watch
 
 log = logging.getLogger(__name__)
 
+# The text that closes an assistant turn in each tool-call family's chat template.
+END_OF_TURN = {"hermes": "<|im_end|>", "llama31": "<|eot_id|>"}
 
-class HFPolicy:
-    """Batched generation with a local causal LM, left-padded, stopping at ``Observation:``.
 
-    Each row stops on token ids (``Observation:`` in any of the tokenizer's ways of writing
-    it, or EOS) and leaves the batch at once; ``usage`` counts prompt and generated tokens.
+def detect_family(template: str | None) -> str:
+    """The tool-call family of a chat template, from the markers it writes.
 
-    The prompt is rendered with the tokenizer's chat template (the one training used;
-    Llama-2-chat when the tokenizer has none), with the generation prompt appended.
+    >>> detect_family("... '<tool_call>\\\\n' ..."), detect_family("... '<|eot_id|>' ... 'parameters' ...")
+    ('hermes', 'llama31')
+    >>> detect_family("{{ messages }}")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell how this chat template writes tool calls (...); give --tool-parser hermes|llama31
+    """
+    text = template or ""
+    if "<tool_call>" in text:
+        return "hermes"
+    if "<|eot_id|>" in text and "parameters" in text:
+        return "llama31"
+    raise ValueError("cannot tell how this chat template writes tool calls (no <tool_call> block, no Llama-3.1 "
+                     "<|eot_id|> JSON call); give --tool-parser hermes|llama31")
+
+
+class LocalPolicy:
+    """What the local policies share: the prompt rendered as training rendered it, the stops, the token counts.
+
+    Subclasses implement :meth:`complete`: the new token ids of each rendered prompt.
+
+    Args:
+        tokenizer: the model's tokenizer (its chat template; Llama-2-chat when it has none).
+        temperature: 0 for greedy decoding, else sampling at this temperature (no top-k, no top-p).
+        max_new_tokens: per turn.
+        family: the tool-call family (``hermes`` or ``llama31``) of a function-calling agent; default: detected
+            from the chat template when the agent offers tools.
+    """
+
+    def __init__(self, tokenizer: Any, temperature: float = 0.0, max_new_tokens: int = 256,
+                 family: str | None = None):
+        from lightning_nat.train.tokenization import ensure_chat_template
+
+        self.tokenizer = ensure_chat_template(tokenizer)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.temperature, self.max_new_tokens, self.family = temperature, max_new_tokens, family
+        self.tools: list[dict[str, Any]] | None = None
+        self.model_eos: list[int] = []  # the ids the model's generation config ends generation with
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0}
+
+    def use_tools(self, schemas: list[dict[str, Any]]) -> None:
+        """Offer these OpenAI-style tool schemas with every prompt (``tools=``); turns then end at the end of turn."""
+        self.family = self.family or detect_family(self.tokenizer.chat_template)
+        if self.family not in END_OF_TURN:
+            raise ValueError(f"unknown template family {self.family!r}; expected one of {', '.join(END_OF_TURN)}")
+        self.tools = list(schemas)
+
+    @property
+    def stop(self) -> str:
+        """The text that ends a turn: ``Observation:`` (ReAct), or the template's end of turn (function calling)."""
+        return STOP if self.tools is None else END_OF_TURN[self.family or ""]
+
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a turn: the tokenizer's and the model's EOS, and the end of turn when it is one token."""
+        tok = self.tokenizer
+        ids = [tok.eos_token_id, *self.model_eos]
+        if self.tools is not None:
+            ids.append(tok.convert_tokens_to_ids(self.stop))
+        return sorted({int(i) for i in ids if isinstance(i, int) and i != tok.unk_token_id})
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        """The generation prompt of a conversation, rendered as training rendered it."""
+        from lightning_nat.train.tokenization import _render
+
+        return _render(self.tokenizer, messages, generation_prompt=True, tools=self.tools)
+
+    def complete(self, prompts: list[list[int]]) -> list[list[int]]:
+        """The new token ids of each prompt (token ids), stopping at :attr:`stop`, a stop id or ``max_new_tokens``."""
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[list[dict[str, Any]]]) -> list[str]:
+        """Each prompt's next turn, the stop text and what follows it cut off."""
+        if not prompts:
+            return []
+        ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        rows = self.complete(ids)
+        self.usage["calls"] += 1
+        self.usage["requests"] += len(prompts)
+        self.usage["prompt_tokens"] += sum(map(len, ids))
+        self.usage["completion_tokens"] += sum(map(len, rows))
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [t.split(self.stop, 1)[0] for t in texts]
+
+
+def _ids(value: Any) -> list[int]:
+    """A generation config's ``eos_token_id`` (None, one id or a list) as a list.
+
+    >>> _ids(None), _ids(2), _ids([2, 7])
+    ([], [2], [2, 7])
+    """
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+class HFPolicy(LocalPolicy):
+    """A local causal LM through ``model.generate``: one left-padded batch per engine step, ``stop_strings``.
 
     Args:
         model: a model folder / Hub id, or a loaded model (e.g. the one being trained).
         tokenizer: its tokenizer (loaded from ``model`` when that is a path).
-        temperature: 0 for greedy decoding, else sampling at this temperature.
-        max_new_tokens: per turn.
-        device: where to run (default: the model's device, or cuda when available).
-        synced_gpus: keep every rank generating until all are done (ZeRO-3 sharded weights).
-        loop: ``engine`` (:mod:`lightning_nat.agent.decoding`) or ``generate`` (``model.generate`` with
-            ``stop_strings``, the former loop; kept for comparison).
-        prefix_cache: reuse the KV cache of the prompt head all episodes share (``loop="engine"``).
-        episode_cache: keep each row's KV cache until the next call, where an episode's next turn
-            prefills only its new tokens (``loop="engine"``; holds one pool's caches in memory).
-        shared_head_attention: keep the shared prompt head's keys and values once and attend them
-            beside each row's own cache (:mod:`lightning_nat.agent.shared_head`) instead of copying
-            them into every row (``loop="engine"``; sdpa/eager models, else off by itself).
-        packed_linear: on CPU, run the linear layers through oneDNN's packed-weight kernel while decoding
-            (:mod:`lightning_nat.agent.cpu_linear`; ``loop="engine"``; a packed copy of the weights is held).
+        device: where to run a model loaded from a path (default: cuda when available).
+        synced_gpus: keep every rank generating until all are done (ZeRO-3 / FSDP sharded weights).
+        dtype: of a model loaded from a path.
+        the rest: as :class:`LocalPolicy`.
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  device: str | None = None, synced_gpus: bool = False, dtype: str = "auto",
-                 loop: str = "engine", prefix_cache: bool = True, episode_cache: bool = True,
-                 shared_head_attention: bool = True, packed_linear: bool = True):
+                 family: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from lightning_nat.train.tokenization import ensure_chat_template
-
         if isinstance(model, (str, os.PathLike)):
-            path = str(model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-        self.model = model
-        self.tokenizer = ensure_chat_template(tokenizer)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.temperature = temperature
-        self.max_new_tokens = max_new_tokens
-        self.synced_gpus = synced_gpus
-        if loop not in ("engine", "generate"):
-            raise ValueError(f"loop must be 'engine' or 'generate', got {loop!r}")
-        self.loop = loop
-        self.shared_head_attention = shared_head_attention
-        from lightning_nat.agent.cpu_linear import PackedLinears
+            model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
+        super().__init__(tokenizer, temperature, max_new_tokens, family)
+        self.model, self.synced_gpus = model, synced_gpus
+        self.model_eos = _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
 
-        self._linears = PackedLinears() if packed_linear else None
-        self._matcher: Any = None
-        # The shared prompt head's KV cache: valid while the weights stay as they are, which holds for a
-        # policy's life (ReActEval makes a new policy for each evaluation of the model being trained).
-        from lightning_nat.agent.kv_cache import EpisodeCache, PrefixCache
-
-        self._prefix = PrefixCache() if prefix_cache else None
-        self._episodes = EpisodeCache() if episode_cache else None
-        # cached_prompt_tokens: prompt tokens whose keys and values came from a cache, not prefilled again.
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "calls": 0,
-                      "cached_prompt_tokens": 0}
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def _encode(self, prompts: Sequence[list[dict[str, str]]]) -> dict[str, Any]:
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) for k, v in enc.items()}
-
-    def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
-        """Each prompt's continuation up to ``Observation:`` (cut there), EOS or ``max_new_tokens``.
-
-        The decoding loop is :func:`lightning_nat.agent.decoding.decode` (rows leave the batch as soon as
-        they stop); under ``synced_gpus`` (sharded weights) it is ``model.generate``, whose lock-step
-        the ranks need. Greedy outputs are the same either way.
-        """
-        if not prompts:
-            return []
-        if self.synced_gpus or self.loop == "generate":
-            return self.generate_hf(prompts)
-        from lightning_nat.agent.decoding import decode
-
-        ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False)["input_ids"]
-        was_training = self.model.training
-        self.model.eval()
-        reused: list[int] = []
-        linears = self._linears.active(self.model) if self._linears is not None else contextlib.nullcontext()
-        try:
-            with linears:
-                rows = decode(self.model, ids, self._stops(), self.max_new_tokens, self.temperature, self._stop_ids(),
-                              pad_id=self.tokenizer.pad_token_id or 0, prefix=self._prefix, episodes=self._episodes,
-                              reused=reused, shared=self.shared_head_attention)
-        finally:
-            self.model.train(was_training)
-        self.usage["cached_prompt_tokens"] += sum(reused)
-        self.usage["calls"] += 1
-        self.usage["requests"] += len(prompts)
-        self.usage["prompt_tokens"] += sum(len(i) for i in ids)
-        self.usage["completion_tokens"] += sum(len(r) for r in rows)
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return [t.split(STOP, 1)[0] for t in texts]
-
-    def _stops(self) -> Any:
-        if self._matcher is None:
-            from lightning_nat.agent.decoding import StopMatcher
-
-            self._matcher = StopMatcher(self.tokenizer, STOP)
-        return self._matcher
-
-    def _stop_ids(self) -> list[int]:
-        # The tokenizer's eos only, as the former generate call passed (the export's generation config lists more).
-        return [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
-
-    def generate_hf(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
-        """The same continuations with ``model.generate`` and its ``stop_strings`` (one call per batch)."""
+    def complete(self, prompts: list[list[int]]) -> list[list[int]]:
         import torch
+        from transformers import GenerationConfig
 
-        if not prompts:
-            return []
         tok = self.tokenizer
-        enc = self._encode(prompts)
-        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id, stop_strings=[STOP], tokenizer=tok)
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if self.synced_gpus:
-            kwargs["synced_gpus"] = True
+        enc = tok.pad({"input_ids": prompts}, padding=True, padding_side="left", return_tensors="pt")
+        enc = enc.to(next(self.model.parameters()).device)
+        sampling = dict(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0) if self.temperature > 0 \
+            else dict(do_sample=False)
+        # Only these settings: what the model's own generation config says (top-k, penalties) does not apply.
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=self.stop_ids(),
+                                  stop_strings=[self.stop], **sampling)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                out = self.model.generate(**enc, **kwargs)
+                out = self.model.generate(**enc, generation_config=config, tokenizer=tok,
+                                          synced_gpus=self.synced_gpus)
         finally:
             self.model.train(was_training)
-        new = out[:, enc["input_ids"].shape[1]:]
-        self.usage["calls"] += 1
-        self.usage["requests"] += len(prompts)
-        self.usage["prompt_tokens"] += int(enc["attention_mask"].sum())
-        self.usage["completion_tokens"] += int((new != tok.pad_token_id).sum()) if tok.pad_token_id is not None \
-            else new.numel()
-        return [t.split(STOP, 1)[0] for t in tok.batch_decode(new, skip_special_tokens=True)]
+        # A row that stopped early is padded to the batch's length: the pad ids are not part of its turn.
+        return [[i for i in row if i != tok.pad_token_id] for row in out[:, enc["input_ids"].shape[1]:].tolist()]
+
+
+class VLLMPolicy(LocalPolicy):
+    """The same turns from an in-process vLLM engine (``pip install 'lightning_nat[vllm]'``), prefix caching on.
+
+    The prompts are rendered and tokenized here, as for :class:`HFPolicy`, and handed to vLLM as
+    token ids, so both policies see the same ids; greedy turns are the same up to the kernels' numerics.
+
+    Args:
+        model: a model folder or Hub id.
+        tensor_parallel_size: GPUs one model is split over (vLLM's tensor parallelism).
+        gpu_memory_utilization: the share of accelerator memory vLLM may take (default: vLLM's; its CPU
+            build needs about 0.25 on a small machine).
+        seed: the engine's sampling seed.
+        dtype: the weights' dtype (default: the checkpoint's, as :class:`HFPolicy`).
+        engine_args: passed to ``vllm.LLM`` as they are.
+        the rest: as :class:`LocalPolicy`.
+    """
+
+    def __init__(self, model: str, tokenizer: Any = None, temperature: float = 0.0, max_new_tokens: int = 256,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None, seed: int = 0,
+                 dtype: str = "auto", family: str | None = None, **engine_args: Any):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise RuntimeError("--policy vllm needs `pip install 'lightning_nat[vllm]'` (vLLM)") from exc
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        super().__init__(tokenizer or AutoTokenizer.from_pretrained(str(model)), temperature, max_new_tokens, family)
+        with contextlib.suppress(OSError):  # a model folder without generation_config.json
+            self.model_eos = _ids(GenerationConfig.from_pretrained(str(model)).eos_token_id)
+        if gpu_memory_utilization is not None:
+            engine_args["gpu_memory_utilization"] = gpu_memory_utilization
+        if dtype == "auto":  # the checkpoint's own, as HFPolicy loads it (vLLM's "auto" runs a float32 one in 16 bits)
+            dtype = str(getattr(AutoConfig.from_pretrained(str(model)), "dtype", None) or "auto").removeprefix("torch.")
+        # generation_config="vllm": sampling is only what is asked here, as for HFPolicy.
+        self.llm = LLM(model=str(model), tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
+                       seed=seed, dtype=dtype, generation_config="vllm", **engine_args)
+
+    def complete(self, prompts: list[list[int]]) -> list[list[int]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=self.temperature, max_tokens=self.max_new_tokens, stop=[self.stop],
+                                stop_token_ids=self.stop_ids())
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def api_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An episode's messages in the OpenAI wire form: calls with JSON-text arguments, ``content: null`` beside them.
+
+    >>> api_messages([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f",
+    ...     "arguments": {"x": 1}}]}, {"role": "tool", "content": "2", "tool_call_id": "c"}])[0]["tool_calls"]
+    [{'id': 'c', 'type': 'function', 'function': {'name': 'f', 'arguments': '{"x": 1}'}}]
+    """
+    from lightning_nat.core.trajectory import call_to_openai
+
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [call_to_openai(c) for c in m["tool_calls"]]
+            msg["content"] = m["content"] or None
+        if m.get("tool_call_id") is not None:
+            msg["tool_call_id"] = m["tool_call_id"]
+        out.append(msg)
+    return out
 
 
 def _tool_reply(message: Any) -> dict[str, Any]:
@@ -249,7 +317,10 @@ class OpenAIPolicy:
                  temperature: float = 0.0, max_tokens: int = 256, concurrency: int = 8, max_retries: int = 5,
                  timeout: float = 60.0):
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        watch(api_key_env)  # the key is masked in everything written, however the server echoes it
         self.temperature, self.max_tokens = temperature, max_tokens
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "retries": 0, "failures": 0}
         # Set by a function-calling agent (use_tools): requests then send `tools` and replies are messages.
@@ -276,10 +347,6 @@ class OpenAIPolicy:
         return AsyncOpenAI(api_key=self._key(), base_url=self.base_url, timeout=self.timeout,
                            max_retries=self.max_retries)
 
-    def _redact(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
-
     async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
         import openai
 
@@ -295,7 +362,7 @@ class OpenAIPolicy:
                     self.usage["retries"] += self.max_retries
                     self.usage["failures"] += 1
                     raise
-                raise RequestRejected(exc.status_code, self._redact(server_message(exc))) from None
+                raise RequestRejected(exc.status_code, mask(server_message(exc))) from None
             except openai.APIConnectionError:  # timeouts included
                 self.usage["retries"] += self.max_retries
                 self.usage["failures"] += 1
@@ -316,8 +383,6 @@ class OpenAIPolicy:
         """The messages to send and the extra fields: with tools, the wire form and ``tools``; else the ReAct stop."""
         if self.tools is None:
             return messages, {"stop": [STOP]}
-        from lightning_nat.agent.fc_agent import api_messages
-
         return api_messages(messages), {"tools": self.tools}
 
     async def agenerate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | BaseException]:
@@ -360,7 +425,7 @@ class OpenAIPolicy:
                 log.error("the server rejected a request with %s", r)
             return None
         if isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
-            detail = f"HTTP {r.status_code}: {self._redact(server_message(r))}" \
+            detail = f"HTTP {r.status_code}: {mask(server_message(r))}" \
                 if isinstance(r, openai.APIStatusError) else type(r).__name__
             log.error("request failed after %d retries: %s", self.max_retries, detail)
             return None

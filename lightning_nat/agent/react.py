@@ -1,15 +1,22 @@
-"""The ReAct agent's rules: parse a step, run its tool, score the episode.
+"""The ReAct agent's rules (parse a step, run its tool, score the episode) and the one episode scheduler.
 
 The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers
-``Observation: ...`` until ``finish[answer]`` or the turn limit. The episodes are
-scheduled by :mod:`lightning_nat.agent.engine` (a pool kept full: a finished episode's place
-goes to the next question at once). Every episode becomes a :class:`Trajectory`, so
-evaluation output feeds straight back into ``nat build``.
+``Observation: ...`` until ``finish[answer]`` or the turn limit. Every episode becomes a
+:class:`Trajectory`, so evaluation output feeds straight back into ``nat build``.
+
+``nat eval``, ``nat collect``, ``nat solve``, the ``ReActEval`` callback and the demo run their
+episodes, ReAct or function-calling, through :func:`run_pool`: up to ``pool_size`` episodes
+live, each step asks the policy to continue all of them at once (one batched ``generate``), and
+a finished episode's place goes to the next question at once. A policy that serves one request
+at a time (the OpenAI-compatible one, which has a ``session``) gets the same pool without
+steps: each place's next request is sent as soon as its episode needs it.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -141,6 +148,8 @@ class ReActAgent:
     stats: EpisodeStats = field(default_factory=EpisodeStats)
 
     def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {self.max_turns}")
         if self.prompt_spec is None:
             self.prompt_spec = make_spec(self.task, mode=self.mode)
         elif self.prompt_spec.mode != self.mode:
@@ -189,11 +198,9 @@ class ReActAgent:
         """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order.
 
         ``batch_size`` is the pool: that many episodes are live at once, a finished one is
-        replaced by the next question at once (:func:`lightning_nat.agent.engine.run_pool`).
+        replaced by the next question at once (:func:`run_pool`).
         ``on_episode`` is called with each trajectory as soon as its episode ends.
         """
-        from lightning_nat.agent.engine import run_pool
-
         return run_pool(self, records, pool_size=batch_size, on_episode=on_episode, progress=progress,
                         any_live=any_live)
 
@@ -240,7 +247,7 @@ class ReActAgent:
             self.stats.turn_limit += 1
         if ep.parse_errors:
             self.stats.episodes_with_parse_error += 1
-        reward, score, values = self.task.score(ep.prediction, ep.record)
+        reward, score, values = checked_score(self.task, ep.prediction, ep.record)
         messages = ep.messages or [{"role": "assistant", "content": ""}]
         qid = str(ep.record.get("id", ""))
         return Trajectory(
@@ -248,6 +255,39 @@ class ReActAgent:
             reward=reward, score=score, prediction=ep.prediction, answer=_jsonable(ep.record.get("answer")),
             question_id=qid, meta={"end": ep.end, "parse_errors": ep.parse_errors, "metrics": values, "mode": self.mode},
         )
+
+
+class ScoringError(ValueError):
+    """A task's metric or answer extractor failed on a question, or gave a value that is not a score."""
+
+
+def checked_score(task: Task, prediction: str | None, record: dict) -> tuple[bool, float, dict[str, float]]:
+    """``task.score``, its failures and values that are not scores made errors that name the task and question.
+
+    A metric's values must be finite numbers, its reward and score in [0, 1]: a NaN or 5.0 would
+    otherwise reach ``results.json`` as a figure.
+
+    >>> from dataclasses import replace
+    >>> from lightning_nat.core.tasks import TASKS
+    >>> checked_score(TASKS["gsm8k"], "4", {"id": "q", "answer": "#### 4"})[:2]
+    (True, 1.0)
+    >>> bad = replace(TASKS["gsm8k"], metric=lambda p, g: {"accuracy": float("nan")})
+    >>> checked_score(bad, "4", {"id": "q7", "answer": "#### 4"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lightning_nat.agent.react.ScoringError: task gsm8k, question 'q7': the metric gave accuracy=nan; every value ...
+    """
+    where = f"task {task.name}, question {str(record.get('id', ''))!r}"
+    try:
+        reward, score, values = task.score(prediction, record)
+    except Exception as exc:  # a user's metric or extractor: its bug, located
+        raise ScoringError(f"{where}: scoring failed ({type(exc).__name__}: {exc})") from exc
+    for key, value in values.items():
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        if not ok or (key in (task.reward_key, task.score_key) and not 0.0 <= value <= 1.0):
+            raise ScoringError(f"{where}: the metric gave {key}={value!r}; every value must be a finite number, "
+                               "the reward and score in [0, 1]")
+    return reward, score, values
 
 
 def _jsonable(x: object) -> object:
@@ -259,3 +299,97 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
     from lightning_nat.core.results import run_figures
 
     return run_figures(trajs)
+
+
+# (episodes done, episodes live) after each step; the CLI's progress bar listens.
+Progress = Callable[[int, int], None]
+
+
+def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
+             on_episode: Callable[[Trajectory], None] | None = None, progress: Progress | None = None,
+             any_live: Callable[[bool], bool] | None = None) -> list[Trajectory]:
+    """Every record's episode, in input order, with at most ``pool_size`` episodes live at once.
+
+    Args:
+        agent: the episode rules (prompt, tools, parser, scorer, turn limit) and the policy; a ReAct or a
+            function-calling agent.
+        records: ``{"id", "question", "answer", ...}`` questions.
+        pool_size: episodes continued together per policy call.
+        on_episode: called with each trajectory as soon as its episode ends.
+        progress: called with (done, live) after every step.
+        any_live: lock-step across ranks (ZeRO-3 / FSDP): given whether this rank still has a
+            live episode, returns whether any rank has. While any rank does, every rank calls the
+            policy once per step (a rank with nothing left sends a stand-in prompt), so sharded
+            forward passes stay paired.
+    """
+    if pool_size < 1:
+        raise ValueError(f"pool size must be at least 1, got {pool_size}")
+    if hasattr(agent.policy, "session") and any_live is None:
+        import asyncio
+
+        return asyncio.run(_run_pool_async(agent, records, pool_size, on_episode, progress))
+    waiting = deque(enumerate(records))
+    live: list[tuple[int, _Episode]] = []
+    out: list[Trajectory | None] = [None] * len(records)
+    done = 0
+    limit = agent.turn_limit()
+    while True:
+        while waiting and len(live) < pool_size:
+            index, record = waiting.popleft()
+            live.append((index, agent.new_episode(record)))
+        if not (any_live(bool(live)) if any_live is not None else live):
+            break
+        prompts = [agent.episode_prompt(ep) for _, ep in live]
+        # A rank with nothing left keeps its ranks paired with a stand-in prompt.
+        outputs = agent.policy.generate(prompts or [agent.prompt("(idle)", dict(records[0]) if records else None)])
+        if len(outputs) != len(prompts) and prompts:
+            raise RuntimeError(f"the policy returned {len(outputs)} completions for {len(prompts)} prompts")
+        still = []
+        for (index, ep), text in zip(live, outputs):
+            agent.advance(ep, text, limit)
+            if ep.done:
+                out[index] = traj = agent.trajectory(ep)
+                done += 1
+                if on_episode:
+                    on_episode(traj)
+            else:
+                still.append((index, ep))
+        live = still
+        if progress:
+            progress(done, len(live))
+    return [t for t in out if t is not None]
+
+
+async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size: int,
+                          on_episode: Callable[[Trajectory], None] | None, progress: Progress | None) -> list[Trajectory]:
+    """The same pool for a policy that completes one request at a time (an API): nothing waits for a step.
+
+    Each of ``pool_size`` places holds one live episode whose next request is in flight
+    (the policy bounds how many at once); when an episode ends, its place takes the next
+    question at once.
+    """
+    import asyncio
+
+    waiting = deque(enumerate(records))
+    out: list[Trajectory | None] = [None] * len(records)
+    state = {"done": 0, "live": 0}
+    limit = agent.turn_limit()
+    async with agent.policy.session(first_wave=min(pool_size, len(records))) as complete:
+
+        async def place() -> None:
+            while waiting:
+                index, record = waiting.popleft()
+                ep = agent.new_episode(record)
+                state["live"] += 1
+                while not ep.done:
+                    agent.advance(ep, await complete(agent.episode_prompt(ep)), limit)
+                out[index] = traj = agent.trajectory(ep)
+                state["done"] += 1
+                state["live"] -= 1
+                if on_episode:
+                    on_episode(traj)
+                if progress:
+                    progress(state["done"], state["live"])
+
+        await asyncio.gather(*[place() for _ in range(min(pool_size, len(records)))])
+    return [t for t in out if t is not None]

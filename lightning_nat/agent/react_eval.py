@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_nat.agent.config import MAX_NEW_TOKENS, MAX_TURNS, POOL_SIZE
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
 from lightning_nat.core.prompts import resolve_eval_spec
@@ -17,7 +18,8 @@ from lightning_nat.core.tasks import get_task, load_questions_for
 from lightning_nat.core.tools import make_search, make_tools
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
 
-RESULTS_FILE = REACT_EVAL_FILE  # the name callers have used
+# Questions per task at each evaluation: a sample, since it runs inside training (nat eval's --limit: all).
+LIMIT = 32
 
 
 def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
@@ -71,7 +73,7 @@ class ReActEval(L.Callback):
     Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit,
     parse-error and failed rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
     episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks;
-    with sharded weights every rank steps the engine in lock-step (``synced_gpus`` and an
+    with sharded weights every rank steps the pool in lock-step (``synced_gpus`` and an
     all-reduce of "any episode live?" per step), so ZeRO-3 does not hang; results are
     gathered. Train mode and every RNG are restored afterwards.
 
@@ -80,14 +82,19 @@ class ReActEval(L.Callback):
         data_dir: folder laid out like ``../shared/data`` (not needed by tasks that declare their own data file).
         limit: questions per task.
         every_n_steps: also evaluate every N optimizer steps (0: only at epoch ends).
-        batch_size: the engine's pool on each rank (episodes live at once).
+        batch_size: the pool on each rank (episodes live at once).
         max_turns: model turns per episode.
         max_new_tokens: tokens per turn.
         search_corpus: JSONL corpus for the BM25 search tool (search tasks).
     """
 
-    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = 32, every_n_steps: int = 0,
-                 batch_size: int = 16, max_turns: int = 6, max_new_tokens: int = 256, search_corpus: str | None = None):
+    def __init__(self, tasks: list[str], data_dir: str | None = None, limit: int = LIMIT, every_n_steps: int = 0,
+                 batch_size: int = POOL_SIZE, max_turns: int = MAX_TURNS, max_new_tokens: int = MAX_NEW_TOKENS,
+                 search_corpus: str | None = None):
+        for name, value, low in (("limit", limit, 1), ("every_n_steps", every_n_steps, 0), ("batch_size", batch_size, 1),
+                                 ("max_turns", max_turns, 1), ("max_new_tokens", max_new_tokens, 1)):
+            if value < low:
+                raise ValueError(f"ReActEval {name} must be at least {low}, got {value}")
         self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
         self.every_n_steps, self.batch_size = every_n_steps, batch_size
         self.max_turns, self.max_new_tokens, self.search_corpus = max_turns, max_new_tokens, search_corpus
@@ -112,6 +119,8 @@ class ReActEval(L.Callback):
 
         sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
         tokenizer = trainer.datamodule.tokenizer
+        # Sharded weights: every rank generates in lock-step (synced_gpus), and steps the pool until no rank has a
+        # live episode (any_live below).
         policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
                           synced_gpus=sharded and trainer.world_size > 1)
         search = make_search("bm25", corpus_path=self.search_corpus) if self.search_corpus else None
@@ -128,7 +137,6 @@ class ReActEval(L.Callback):
                                          where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
                                    prompt_spec=spec)
-                # Sharded weights: every rank steps the engine until no rank has a live episode.
                 trajs = agent.run(mine, batch_size=self.batch_size,
                                   any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]

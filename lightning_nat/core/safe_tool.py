@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lightning_nat.core.secrets import mask
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_OBSERVATION_CHARS = 2000
@@ -35,32 +38,61 @@ def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAUL
     def call(argument: str) -> str:
         if not isinstance(argument, str):
             argument = "" if argument is None else str(argument)
-        box: dict[str, object] = {}
-
-        def target() -> None:
-            try:
-                value = fn(argument)
-                # Converted here, inside the timed call: a result whose __str__ blocks must time out too.
-                box["value"] = "" if value is None else str(value)
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes an observation
-                box["error"] = exc
-
-        if timeout is None:
-            target()
-        else:
-            worker = threading.Thread(target=target, name=f"nat-tool-{name}", daemon=True)
-            worker.start()
-            worker.join(timeout)
-            if worker.is_alive():
-                return f"Error: {name} timed out after {timeout:g} s"
-        if "error" in box:
-            exc = box["error"]
+        try:  # the result is made text inside the timed call: a __str__ that blocks is cut off too
+            text = call_with_timeout(lambda: _text(fn(argument)), timeout, name)
+        except ToolTimeout as exc:
+            return f"Error: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - every failure of the tool becomes an observation
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             return _cut(mask(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), max_chars)
-        return _cut(mask(str(box.get("value", ""))), max_chars)
+        return _cut(mask(text), max_chars)
 
     call.__name__ = name
     call.__doc__ = fn.__doc__
     return call
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+class ToolTimeout(TimeoutError):
+    """A tool call ran past its timeout (and was abandoned: a thread cannot be killed)."""
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float | None, name: str) -> T:
+    """``fn()`` in a daemon thread, abandoned with :class:`ToolTimeout` after ``timeout`` seconds (None: no limit).
+
+    Whatever ``fn`` raises is raised here. Convert a tool's result to text inside ``fn``, so that
+    a result whose ``__str__`` blocks is cut off by the timeout as well.
+
+    >>> call_with_timeout(lambda: 2 + 2, 1.0, "add")
+    4
+    >>> import time
+    >>> call_with_timeout(lambda: time.sleep(5), 0.1, "nap")
+    Traceback (most recent call last):
+    ...
+    lightning_nat.core.safe_tool.ToolTimeout: nap timed out after 0.1 s
+    """
+    if timeout is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"nat-tool-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise ToolTimeout(f"{name} timed out after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _cut(text: str, max_chars: int) -> str:

@@ -118,6 +118,9 @@ class Task:
         """``(reward, score, all metrics)`` of a prediction for a question record."""
         if self.extract_prediction is not None:
             prediction = self.extract_prediction(prediction)
+            if prediction is not None and not isinstance(prediction, str):
+                raise TypeError(f"the answer extractor returned {type(prediction).__name__} {prediction!r}; it must "
+                                "return a string or None")
         values = self.metric(prediction, self.gold(record))
         if self.extra_metric is not None:
             values = {**values, **self.extra_metric(prediction, record.get("answer"))}

@@ -194,10 +194,14 @@ def format_number(x: sympy.Expr) -> str:
 def calculate(expression: str) -> str:
     """Evaluates an arithmetic expression such as (12 + 7) * 3 / 4 and returns the number.
 
-    The text is parsed with :mod:`ast` and only numbers, ``+ - * / // % **``,
-    parentheses, ``pi``/``e`` and a few named functions are accepted; the tree is
-    evaluated with SymPy numbers under size limits, so nothing the model writes is
-    executed and every call returns quickly.
+    One description for both agents: its first line is the ReAct help line, and with the ``Args``
+    section it is the JSON schema a function-calling agent is offered. The text is parsed with
+    :mod:`ast` and only numbers, ``+ - * / // % **``, parentheses, ``pi``/``e`` and a few named
+    functions are accepted; the tree is evaluated with SymPy numbers under size limits, so nothing
+    the model writes is executed and every call returns quickly; a failure is an ``Error: ...``.
+
+    Args:
+        expression: the arithmetic to evaluate, e.g. '(12 + 7) * 3 / 4'
 
     >>> calculate("(12 + 7) * 3 / 4"), calculate("2**10"), calculate("__import__('os')")
     ('14.25', '1024', 'Error: unsupported syntax: Call')

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.agent.config import positive_int
 from lightning_nat.core.options import option
 from lightning_nat.demo.base import BaseSpec, make_base
 
@@ -46,7 +45,7 @@ class DemoConfig:
     quick_sizes: bool = option(False, "a one-minute smoke run with tiny sizes", flag="--quick")
     profile: Literal["cpu", "gpu"] = option(
         "cpu", "cpu, or gpu: a bigger model, pretraining and budget on a CUDA device (default: cpu)")
-    seeds: int = option(1, "seeds to average over (mean, sd and a 95 % interval)", parse=positive_int)
+    seeds: int = option(1, "seeds to average over (mean, sd and a 95 % interval)", min=1)
     first_seed: int = option(0, "first seed (default: 0; the report uses 0-4, 100-104 were kept for design)")
     strategies: tuple[Literal["positive", "nut", "nat", "dpo", "kto"], ...] = option(
         DEFAULT_STRATEGIES, "what to compare (default: positive nut nat; dpo and kto continue from w/o Neg)")
@@ -220,8 +219,9 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     teacher = ScriptedTeacher({p.question: p for p in train}, error_rate=cfg.error_rate, seed=seed)
     say(f"seed {seed}: collecting with the scripted teacher on {len(train)} problems x {len(cfg.temperatures)} "
         "temperatures")
-    summary = collect(task, [p.record() for p in train], teacher, root / "trajectories.jsonl", cfg.temperatures,
-                      teacher="scripted", batch_size=256, max_turns=cfg.max_turns, tools=make_tools(task.tools))
+    summary = collect(ReActAgent(task, teacher, make_tools(task.tools), max_turns=cfg.max_turns),
+                      [p.record() for p in train], root / "trajectories.jsonl", cfg.temperatures, teacher="scripted",
+                      batch_size=256)
     (root / "test.jsonl").write_text("".join(json.dumps(p.record()) + "\n" for p in test))
     if any(s in PREFERENCE for s in cfg.strategies) and "positive" not in cfg.strategies:
         raise ValueError("the dpo and kto strategies start from the demo's w/o-Neg model: keep 'positive' in strategies")

@@ -1,0 +1,313 @@
+"""Function-calling episodes: the task's tools offered as JSON schemas, the model's calls run and answered.
+
+:class:`FunctionCallingAgent` is driven by the same scheduler as the ReAct agent
+(:func:`lightning_nat.agent.react.run_pool`), so ``nat eval`` and ``nat collect`` run it in the same
+pool. Its episode is a list of chat messages: the model's turns carry structured ``tool_calls``,
+each answered by a ``tool`` message (:func:`step`); the turn with no call is the final answer.
+The prompt head (instruction, NAT marker, question) is the task's, as for ReAct; the tools are
+the task's own Python functions, offered as JSON schemas (transformers' ``get_json_schema``).
+
+A policy's reply is an API message (``{"content", "tool_calls"}``, the OpenAI policy) or text
+written by the model (the local policies), read by :func:`parse_turn` for the chat template's
+family. Model-written text is untrusted: an unknown tool, arguments that are not a JSON object,
+an id used twice, or a tool that raises or hangs become a message saying so, counted in
+:class:`StepCounts`, never an exception out of the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lightning_nat.agent.policies import END_OF_TURN
+from lightning_nat.agent.react import ReActAgent, _Episode
+from lightning_nat.core.safe_tool import MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
+from lightning_nat.core.secrets import mask
+from lightning_nat.core.trajectory import Trajectory
+
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+@dataclass
+class StepCounts:
+    """Per-episode counts of what went wrong in calls (reported beside the score)."""
+
+    calls: int = 0
+    parse_errors: int = 0
+    tool_errors: int = 0
+
+
+def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """A generated assistant turn as ``(content, canonical calls, parse errors)`` for a template family.
+
+    ``hermes``: ``<tool_call>{"name", "arguments"}</tool_call>`` blocks, the rest is content;
+    ``llama31``: the whole turn is ``{"name", "parameters"}``, else it is content.
+    Calls get ids ``call_<turn>_<k>``.
+
+    >>> parse_turn('Let me check.\\n<tool_call>\\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\\n</tool_call>',
+    ...            "hermes", 3)
+    ('Let me check.', [{'id': 'call_3_0', 'name': 'get_weather', 'arguments': {'city': 'Oslo'}}], [])
+    >>> parse_turn('{"name": "get_weather", "parameters": {"city": "Oslo"}}', "llama31")[1][0]["arguments"]
+    {'city': 'Oslo'}
+    >>> parse_turn('<tool_call>{"name": "f", "arguments": {oops}</tool_call>', "hermes")[2]
+    ['tool call 0 is not valid JSON']
+    >>> parse_turn('<tool_call>\\n{"name": "f", "argu', "hermes")[2]
+    ['a <tool_call> block is not closed with </tool_call>']
+    """
+    if family not in END_OF_TURN:
+        raise ValueError(f"unknown template family {family!r}; expected one of {', '.join(END_OF_TURN)}")
+    if family == "hermes":
+        bodies = _HERMES_CALL.findall(text)
+        content = _HERMES_CALL.sub("", text).strip()
+        key = "arguments"
+    else:
+        stripped = text.strip()
+        bodies = [stripped] if stripped.startswith("{") and '"name"' in stripped else []
+        content = "" if bodies else stripped
+        key = "parameters"
+    calls, errors = [], []
+    if family == "hermes" and "<tool_call>" in content:  # an unclosed block is a call gone wrong, not an answer
+        errors.append("a <tool_call> block is not closed with </tool_call>")
+    for k, body in enumerate(bodies):
+        try:
+            obj = json.loads(body)
+        except json.JSONDecodeError:
+            errors.append(f"tool call {k} is not valid JSON")
+            continue
+        args = obj.get(key, obj.get("arguments", {})) if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(args, dict):
+            errors.append(f"tool call {k} is not {{'name', '{key}': {{...}}}}")
+            continue
+        calls.append({"id": f"call_{turn}_{k}", "name": obj["name"], "arguments": args})
+    return content, calls, errors
+
+
+def from_openai_reply(message: dict[str, Any], turn: int = 0) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """An OpenAI-compatible API's assistant message as ``(content, canonical calls, parse errors)``.
+
+    >>> from_openai_reply({"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function",
+    ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}]})
+    ('', [{'id': 'a', 'name': 'get_weather', 'arguments': {'city': 'Oslo'}}], [])
+    """
+    from lightning_nat.core.trajectory import TrajectoryFormatError, call_from_openai
+
+    calls, errors = [], []
+    for k, raw in enumerate(message.get("tool_calls") or []):
+        raw = {**raw, "id": raw.get("id") or f"call_{turn}_{k}"} if isinstance(raw, dict) else raw
+        try:
+            calls.append(call_from_openai(raw, f"tool call {k}"))
+        except TrajectoryFormatError as exc:
+            errors.append(str(exc))
+    return message.get("content") or "", calls, errors
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], counts: StepCounts,
+              errors: Sequence[str] = (), timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+    """Run canonical calls against plain functions; one ``tool`` message per call, errors said in its content.
+
+    ``timeouts``: seconds per call by tool name (default: none); the result is made text inside the
+    timed call. Results, errors included, are cut at 2,000 characters and the API keys the package
+    knows of are masked in them, as ReAct observations.
+
+    >>> def add(a: int, b: int) -> int:
+    ...     '''Add.
+    ...
+    ...     Args:
+    ...         a: first
+    ...         b: second
+    ...     '''
+    ...     return a + b
+    >>> c = StepCounts()
+    >>> for m in run_calls([{"id": "1", "name": "add", "arguments": {"a": 2, "b": 3}},
+    ...     {"id": "2", "name": "mul", "arguments": {}}, {"id": "3", "name": "add", "arguments": {"a": 1}}], [add], c):
+    ...     print(m["content"])
+    5
+    Error: unknown tool 'mul' (tools: add)
+    Error: add failed: TypeError: add() missing 1 required positional argument: 'b'
+    >>> (c.calls, c.tool_errors)
+    (3, 2)
+    """
+    by_name = {f.__name__: f for f in functions}
+    out = []
+    counts.parse_errors += len(errors)
+    for call in calls:
+        counts.calls += 1
+        fn = by_name.get(call["name"])
+        if fn is None:
+            counts.tool_errors += 1
+            result = f"Error: unknown tool {call['name']!r} (tools: {', '.join(by_name)})"
+        else:
+            try:
+                result = call_with_timeout(lambda fn=fn, args=call["arguments"]: _as_text(fn(**args)),
+                                           (timeouts or {}).get(call["name"]), call["name"])
+            except ToolTimeout as exc:
+                counts.tool_errors += 1
+                result = f"Error: {exc}"
+            except Exception as exc:  # a tool's failure is the agent's observation, not the loop's crash
+                counts.tool_errors += 1
+                result = f"Error: {call['name']} failed: {type(exc).__name__}: {exc}"
+        out.append({"role": "tool", "content": _cut(mask(result), MAX_OBSERVATION_CHARS), "tool_call_id": call["id"]})
+    return out
+
+
+def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any]], errors: list[str],
+         functions: Sequence[Callable], counts: StepCounts, timeouts: dict[str, float | None] | None = None) -> bool:
+    """Append the model's turn and the tools' answers to ``messages``; True when the episode is over.
+
+    A turn with no call (and no unparseable one) is the final answer. A call whose id an earlier
+    call of the episode already has is a parse error, not run (its answer could not be told apart).
+    A turn whose every call was unusable gets a tool-less user note, so the model can try again.
+    """
+    used = {c["id"] for m in messages for c in m.get("tool_calls") or []}
+    kept = []
+    for k, call in enumerate(calls):
+        if call["id"] in used:
+            errors = [*errors, f"tool call {k} repeats the id {call['id']!r} of an earlier call"]
+        else:
+            used.add(call["id"])
+            kept.append(call)
+    turn: dict[str, Any] = {"role": "assistant", "content": content}
+    if kept:
+        turn["tool_calls"] = kept
+    messages.append(turn)
+    if kept:
+        messages += run_calls(kept, functions, counts, errors, timeouts)
+        return False
+    if errors:
+        counts.parse_errors += len(errors)
+        messages.append({"role": "user", "content": "Error: " + "; ".join(errors)})
+        return False
+    return True
+
+
+def task_functions(tool_names: Sequence[str]) -> list[Callable[..., Any]]:
+    """The plain Python functions behind a task's tools (``finish`` is the reply without a call, not a tool).
+
+    >>> [f.__name__ for f in task_functions(["calculate", "finish"])]
+    ['calculate']
+    """
+    from lightning_nat.core.tools import calculate, find_tool
+
+    out: list[Callable[..., Any]] = []
+    for name in tool_names:
+        if name == "finish":
+            continue
+        if name == "calculate":
+            out.append(calculate)
+            continue
+        spec = find_tool(name)
+        if spec is None:
+            raise ValueError(f"tool {name!r} has no Python function to call (function-calling agents call the "
+                             "task's own functions; `search` is a ReAct tool only)")
+        out.append(spec.function)
+    return out
+
+
+def task_timeouts(tool_names: Sequence[str]) -> dict[str, float | None]:
+    """Seconds per call of each tool: a registered tool's own (a task's ``tool_timeout``), else the default.
+
+    >>> task_timeouts(["calculate", "finish"])
+    {'calculate': 10.0}
+    """
+    from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S
+    from lightning_nat.core.tools import find_tool
+
+    return {name: spec.timeout if (spec := find_tool(name)) is not None else DEFAULT_TIMEOUT_S
+            for name in tool_names if name != "finish"}
+
+
+def schemas_of(functions: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
+    """OpenAI-style schemas of plain Python functions, or an error naming the one whose docstring cannot give one."""
+    from transformers.utils import get_json_schema
+
+    out = []
+    for f in functions:
+        try:
+            out.append(get_json_schema(f))
+        except Exception as exc:  # transformers' DocstringParsingException / TypeHintParsingException
+            raise ValueError(f"tool {f.__name__!r}: no JSON schema from its signature and docstring "
+                             f"({type(exc).__name__}: {exc}); give every argument a type hint and an 'Args:' "
+                             "line") from None
+    return out
+
+
+@dataclass
+class _FCEpisode(_Episode):
+    counts: StepCounts = field(default_factory=StepCounts)
+
+
+@dataclass
+class FunctionCallingAgent(ReActAgent):
+    """A task's function-calling episodes with a policy, run by :func:`~lightning_nat.agent.react.run_pool`.
+
+    Args (besides :class:`~lightning_nat.agent.react.ReActAgent`'s ``task``, ``policy``, ``max_turns``,
+    ``on_parse_error``, ``prompt_spec``; ``tools`` is unused):
+        functions: the tools as plain Python functions (default: the task's, :func:`task_functions`).
+        family: the template family that reads a text reply (``hermes`` or ``llama31``; default: the
+            policy's, else hermes).
+        timeouts: seconds per call by tool name (default: the task's ``tool_timeout``, 10 s for built-ins).
+
+    The policy is given the tools' schemas (``policy.use_tools(schemas)``): a policy that cannot
+    send them is refused here, before any episode runs.
+    """
+
+    functions: Sequence[Callable[..., Any]] | None = None
+    family: str | None = None
+    timeouts: dict[str, float | None] | None = None
+    schemas: list[dict[str, Any]] = field(default_factory=list)
+    calls: StepCounts = field(default_factory=StepCounts)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "react":
+            raise ValueError("a function-calling agent acts through tools; --mode cot has none")
+        if self.functions is None:
+            self.functions = task_functions(self.task.tools)
+        if self.timeouts is None:
+            self.timeouts = task_timeouts([f.__name__ for f in self.functions])
+        self.schemas = schemas_of(self.functions)
+        use = getattr(self.policy, "use_tools", None)
+        if use is None:
+            raise ValueError(f"{type(self.policy).__name__} cannot offer tools to the model; use the openai, hf or "
+                             "vllm policy")
+        use(self.schemas)
+        self.family = self.family or getattr(self.policy, "family", None) or "hermes"
+
+    def new_episode(self, record: dict) -> _FCEpisode:
+        return _FCEpisode(dict(record))
+
+    def _advance(self, ep: _Episode, reply: Any) -> None:
+        assert isinstance(ep, _FCEpisode)
+        if reply is None:
+            ep.done, ep.end = True, "failed"
+            return
+        if isinstance(reply, dict):
+            content, calls, errors = from_openai_reply(reply, ep.turns)
+        else:
+            content, calls, errors = parse_turn(str(reply), self.family or "hermes", ep.turns)
+        before = ep.counts.parse_errors
+        over = step(ep.messages, content, calls, errors, self.functions or (), ep.counts, self.timeouts)
+        new_errors = ep.counts.parse_errors - before
+        ep.parse_errors += new_errors
+        self.stats.parse_errors += new_errors
+        if new_errors and self.on_parse_error == "stop":
+            ep.done, ep.end = True, "parse_error"
+        elif over:
+            ep.prediction = content
+            ep.done, ep.end = True, "finished" if content.strip() else "no_answer"
+
+    def _trajectory(self, ep: _Episode) -> Trajectory:
+        assert isinstance(ep, _FCEpisode)
+        traj = super()._trajectory(ep)
+        for key in ("calls", "parse_errors", "tool_errors"):
+            setattr(self.calls, key, getattr(self.calls, key) + getattr(ep.counts, key))
+        meta = {**traj.meta, "agent": "function-calling", "calls": ep.counts.calls,
+                "tool_errors": ep.counts.tool_errors}
+        return replace(traj, tools=self.schemas, meta=meta)
