@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_nat.train.batching import accumulation_steps, device_count
+from lightning_nat.train.datamodule import accumulation_steps, device_count
 
 
 def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1, num_nodes: int = 1,
