@@ -7,9 +7,11 @@ teacher, ``nat build`` NAT variant, the demo's default sizes) and a random-init 
 (Llama 4 x 128, a 600-token BPE, ChatML), then runs ``_train`` for ``--steps`` steps in one worker process
 per source tree, in turn (base, head, base, head, ...). A worker reports the wall time of ``_train`` (setup,
 tokenization, steps, dev perplexity: what the demo waits for) and of its optimizer steps alone; the result is
-the median of the per-round ratios head / base with their range.
+the median of the per-round ratios head / base with their range. ``--pretrain`` times the base's pretraining
+(``make_base`` with the demo's sizes, ``--steps`` steps, wall time including the tokenizer) instead.
 
     python bench/demo_train_speed.py --base 8dab033 --rounds 3
+    python bench/demo_train_speed.py --base 8dab033 --rounds 3 --pretrain --steps 100   # the base's pretraining
     python bench/demo_train_speed.py --profile              # where a step's time goes, in this checkout
 
 ``--base`` is a git revision (checked out in a temporary worktree) or a folder holding the package.
@@ -63,6 +65,20 @@ def worker(args: argparse.Namespace) -> None:
     if not Path(lightning_nat.__file__).resolve().is_relative_to(Path(args.root).resolve()):
         raise SystemExit(f"worker imported lightning_nat from {lightning_nat.__file__}, not from {args.root}")
     cfg = demo.DemoConfig(steps=args.steps)
+    if args.pretrain:  # the base's pretraining (make_base), the demo's default sizes but --steps steps
+        import torch
+
+        from lightning_nat.demo.base import BaseSpec, make_base
+
+        demo.seed_everything(cfg.base_seed, cfg.threads)
+        spec = BaseSpec(texts=cfg.pretrain_texts, steps=args.steps, threads=cfg.threads, seed=cfg.base_seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            _, info = make_base(spec, tmp, say=lambda _: None)
+            total = time.perf_counter() - start
+        print(json.dumps({"train_s": total, "steps_s": total, "steps": args.steps, "final_loss": info["final_loss"],
+                          "threads": torch.get_num_threads()}))
+        return
     if not args.profile:  # the profile is a Lightning log line
         demo._quiet()
     marks: list[float] = []
@@ -92,7 +108,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_tree(root: str, args: argparse.Namespace, data: Path, model: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--root", root, "--data", str(data), "--model", str(model),
-           "--steps", str(args.steps)]
+           "--steps", str(args.steps)] + (["--pretrain"] if args.pretrain else [])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
     if proc.returncode:
@@ -106,6 +122,7 @@ def main() -> None:
     ap.add_argument("--head", default=str(ROOT), help="package folder (default: this checkout)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps (the demo's default: 200)")
+    ap.add_argument("--pretrain", action="store_true", help="time the base's pretraining (make_base) instead")
     ap.add_argument("--profile", action="store_true", help="one run of this checkout with Lightning's SimpleProfiler")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)

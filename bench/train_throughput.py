@@ -13,11 +13,12 @@ targets for every arm), with the same global batch. The arms:
 Each arm runs in its own process (one torch thread), in turn (a, b, c, d, a, b, ...) for ``--rounds``
 rounds, so that machine noise hits every arm alike. A worker times its training loop (first step to the
 end; model loading and tokenization excluded) and reports its peak resident memory. The summary gives
-each arm's median tokens/s and, per arm, the median over rounds of its speed relative to arm a (and to b)
+each arm's median tokens/s and, per arm, the median over rounds of its speed relative to arms a, b and c
 in the same round, with the range.
 
     python bench/train_throughput.py --rounds 3
     python bench/train_throughput.py --rounds 3 --d packing=1,order=random,micro=8,target_logits=1
+    python bench/train_throughput.py --profile          # arm d's epoch under torch.profiler
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def tokenized(data: str, model: str) -> tuple[object, object]:
     return tok, rows.select_columns(["input_ids", "labels"])
 
 
-def run_hf(args: argparse.Namespace, trl: bool) -> float:
+def run_hf(args: argparse.Namespace, trl: bool) -> tuple[float, float]:
     """Arms a and b: the seconds of one epoch in Hugging Face's ``Trainer`` or TRL's ``SFTTrainer``."""
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -88,26 +89,29 @@ def run_hf(args: argparse.Namespace, trl: bool) -> float:
 
     model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="sdpa")
     common = dict(output_dir=args.out, per_device_train_batch_size=2, gradient_accumulation_steps=args.global_batch // 2,
-                  num_train_epochs=1, learning_rate=5e-5, lr_scheduler_type="cosine", warmup_ratio=0.03, report_to=[],
+                  num_train_epochs=1, learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.03, report_to=[],
                   save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=42)
     if trl:
         from trl import SFTConfig, SFTTrainer
 
         data = data.map(lambda r: {"assistant_masks": [int(x != -100) for x in r["labels"]]}, remove_columns="labels")
-        cfg = SFTConfig(**common, padding_free=True, max_length=None)
+        # fp32 like every arm (SFTConfig would default to bf16 autocast).
+        cfg = SFTConfig(**common, padding_free=True, max_length=None, bf16=False)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Clock()])
     else:
         def pad_to_longest(items):
             batch = rows([(it["input_ids"], it["labels"]) for it in items], tok.pad_token_id)
+            marks["real"] = marks.get("real", 0) + int(batch["attention_mask"].sum())
+            marks["padded"] = marks.get("padded", 0) + batch["attention_mask"].numel()
             return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
 
         trainer = Trainer(model=model, args=TrainingArguments(**common, remove_unused_columns=False),
                           train_dataset=data, data_collator=pad_to_longest, callbacks=[Clock()])
     trainer.train()
-    return marks["t1"] - marks["t0"]
+    return marks["t1"] - marks["t0"], 1 - marks["real"] / marks["padded"] if "padded" in marks else 0.0
 
 
-def run_nat(args: argparse.Namespace, options: dict) -> float:
+def run_nat(args: argparse.Namespace, options: dict) -> tuple[float, float]:
     """Arms c and d: the seconds of one epoch of ``NATModule``/``NATDataModule`` under ``make_trainer``."""
     import lightning as L
 
@@ -129,10 +133,27 @@ def run_nat(args: argparse.Namespace, options: dict) -> float:
                        packing=bool(int(options["packing"])), cache_dir=str(Path(args.out) / "cache"))
     module = NATModule(args.model, learning_rate=5e-5, target_logits=bool(int(options["target_logits"])),
                        compile=bool(int(options["compile"])))
-    make_trainer(dm, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                 enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Clock()],
-                 default_root_dir=args.out).fit(module, dm)
-    return marks["t1"] - marks["t0"]
+    trainer = make_trainer(dm, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                           callbacks=[Clock()], default_root_dir=args.out)
+    if not args.profile:
+        trainer.fit(module, dm)
+        return marks["t1"] - marks["t0"], dm.stats["pad_fraction"]
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.fit(module, dm)
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops)
+    groups = {"matmul (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "attention (sdpa kernels)": ("aten::_scaled_dot_product", "aten::_scaled_dot_product_flash_attention"),
+              "cross-entropy": ("aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss"),
+              "optimizer (AdamW foreach)": ("aten::_foreach",)}
+    shares = {g: sum(e.self_cpu_time_total for e in ops if e.key.startswith(keys)) / total for g, keys in groups.items()}
+    shares["everything else (elementwise ops, copies, Python)"] = 1 - sum(shares.values())
+    print(json.dumps({"profile_of": options, "self_cpu_share": {k: round(v, 3) for k, v in shares.items()}}))
+    print(ops.table(sort_by="self_cpu_time_total", row_limit=15))
+    return marks["t1"] - marks["t0"], dm.stats["pad_fraction"]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -141,12 +162,12 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.arm in ("a", "b"):
-        secs = run_hf(args, trl=args.arm == "b")
+        secs, pad = run_hf(args, trl=args.arm == "b")
     else:
         c = {"packing": 0, "order": "length_grouped", "micro": 2, "target_logits": 0, "compile": 0}
-        secs = run_nat(args, c if args.arm == "c" else args.d_options)
+        secs, pad = run_nat(args, c if args.arm == "c" else args.d_options)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"arm": args.arm, "seconds": secs, "peak_rss_mib": round(peak)}))
+    print(json.dumps({"arm": args.arm, "seconds": secs, "pad_fraction": round(pad, 4), "peak_rss_mib": round(peak)}))
 
 
 def main() -> None:
@@ -157,6 +178,7 @@ def main() -> None:
     ap.add_argument("--global-batch", type=int, default=16, help="conversations per optimizer step (micro-batch 2)")
     ap.add_argument("--d", default="", help="arm d's options, key=value,... (" +
                     ", ".join(f"{k}={v}" for k, v in D_DEFAULTS.items()) + ")")
+    ap.add_argument("--profile", action="store_true", help="one epoch of arm d under torch.profiler: where the time goes")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -170,6 +192,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     with tempfile.TemporaryDirectory() as t:
         data, model = prepare(Path(t), 600, 300, args.rows)
+        if args.profile:
+            import torch
+
+            torch.set_num_threads(1)
+            args.data, args.model, args.out = str(data), str(model), t
+            return print(json.dumps({"seconds": run_nat(args, args.d_options)[0]}))
         tokens = sum(len(x) for x in tokenized(str(data), str(model))[1]["input_ids"])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         for r in range(args.rounds):
@@ -185,13 +213,15 @@ def main() -> None:
                "d_options": args.d_options, "arms": {}}
     for arm, runs in results.items():
         row = {"tokens_per_s": round(statistics.median(tokens / x["seconds"] for x in runs)),
-               "peak_rss_mib": max(x["peak_rss_mib"] for x in runs)}
-        for ref in ("a", "b"):
+               "pad_fraction": runs[0]["pad_fraction"], "peak_rss_mib": max(x["peak_rss_mib"] for x in runs)}
+        for ref in ("a", "b", "c"):
             if ref in results and ref != arm:
                 ratios = [results[ref][i]["seconds"] / x["seconds"] for i, x in enumerate(runs)]
                 row[f"vs_{ref}"] = [round(statistics.median(ratios), 3), round(min(ratios), 3), round(max(ratios), 3)]
         summary["arms"][arm] = row
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "arms"}))
+    for arm, row in summary["arms"].items():
+        print(json.dumps({"arm": arm, **row}))
 
 
 if __name__ == "__main__":

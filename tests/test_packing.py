@@ -99,6 +99,27 @@ def test_no_conversation_sees_another(scratch_model):
         torch.testing.assert_close(before[s], alone, rtol=1e-4, atol=1e-5)
 
 
+def test_flash_attention_layout_is_one_row_without_padding_and_the_same_log_probs(scratch_model, tiny_dataset):
+    """Under flash attention the packed rows join into one row without their padding (the variable-length kernels'
+    input); run here through sdpa, which reads the same position_ids, it gives every sequence the same log-probs."""
+    dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), max_length=4096, packing=True)
+    dm.setup("fit")
+    batch = next(iter(dm.loader([[(i, 1, 1.0) for i in range(6)]])))
+    module = NATModule(str(scratch_model))
+    module.configure_model()
+    module.eval()
+    shapes = []
+    module._decoder.register_forward_pre_hook(lambda mod, args, kw: shapes.append(kw["input_ids"].shape),
+                                              with_kwargs=True)
+    with torch.no_grad():
+        rows_ = module.sequence_logps(batch, 6)
+        module.hparams.attn_implementation = "flash_attention_2"  # the layout only: the kernels stay sdpa's
+        flat = module.sequence_logps(batch, 6)
+    assert (batch["seq"] < 0).any()  # the rows had padding, which the flat row drops
+    assert shapes == [batch["input_ids"].shape, (1, int((batch["seq"] >= 0).sum()))]
+    torch.testing.assert_close(flat, rows_, rtol=1e-5, atol=1e-4)
+
+
 def test_packed_function_calling_build_keeps_its_trained_tokens(scratch_model, tmp_path):
     """The README's function-calling build, tokenized by the data module (Hermes tool template): every conversation
     trains the same tokens packed as unpacked, tool calls included (no label lost or shifted at a boundary)."""

@@ -150,10 +150,10 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
 
     import lightning as L
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from lightning_nat.train.model import NATModule
-    from lightning_nat.train.scratch import train_tokenizer
+    from lightning_nat.train.scratch import make_scratch_model
     from lightning_nat.train.trainer import make_trainer
 
     out = Path(cache_dir) / f"base-{spec.key()}"
@@ -163,21 +163,13 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
         return out, {**info, "from_cache": True}
     start = time.time()
     texts = pretraining_texts(spec.texts, spec.seed)
-    tokenizer = train_tokenizer(texts + FORMAT_TEXTS, spec.vocab_size, split_digits=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.hidden_size * 4,
-                         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-                         max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True)
-    torch.set_num_threads(spec.threads)  # part of the spec: the weights depend on it
-    torch.manual_seed(spec.seed)
     tmp = out.with_name(out.name + ".tmp")
     for stale in (tmp, out):  # half-written entries of an earlier, killed run
         shutil.rmtree(stale, ignore_errors=True)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp / "init")
+    init = make_scratch_model(tmp / "init", texts + FORMAT_TEXTS, spec.vocab_size, spec.hidden_size, spec.layers,
+                              spec.heads, max_positions, seed=spec.seed, split_digits=True)
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    torch.set_num_threads(spec.threads)  # part of the spec: the weights depend on it
     # One stream of passages separated by EOS, cut into fixed blocks: no padding, every token trains.
     stream: list[int] = []
     for text in texts:
@@ -195,13 +187,13 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
             if trainer.global_step % max(1, spec.steps // 5) == 0:
                 say(f"pretraining the base: step {trainer.global_step}/{spec.steps}, loss {_recent(losses):.3f}")
 
-    module = NATModule(str(tmp / "init"), learning_rate=spec.learning_rate, warmup_ratio=0.05)
+    module = NATModule(str(init), learning_rate=spec.learning_rate, warmup_ratio=0.05)
     sizes = SimpleNamespace(hparams=SimpleNamespace(global_batch_size=spec.batch_size, micro_batch_size=spec.batch_size))
     trainer = make_trainer(sizes, accelerator="gpu" if device.startswith("cuda") else "cpu", max_steps=spec.steps,
                            gradient_clip_val=1.0, deterministic=True, logger=False, enable_checkpointing=False,
                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Watch()])
     trainer.fit(module, train_dataloaders=_block_batches(blocks, spec))
-    shutil.rmtree(tmp / "init")
+    shutil.rmtree(init)
     module.model.eval().to("cpu").save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {"spec": asdict(spec), "key": spec.key(), "tokens": len(stream), "blocks": int(blocks.shape[0]),

@@ -138,11 +138,8 @@ def step_schedule(batches: list[list[int]], n_targets: Sequence[int], world_size
 
 
 class StepBatchSampler:
-    """A batch sampler yielding ``(indices, step_targets)`` for one rank; resumable.
-
-    ``set_epoch`` is called by Lightning at each epoch; ``skip`` (set on resume) drops
-    the micro-batches of the current epoch that were already trained on.
-    """
+    """One rank's micro-batches as ``(index, step_targets, weight)`` keys; Lightning calls ``set_epoch``, and
+    ``skip`` (set on resume) drops the micro-batches of the current epoch already trained on."""
 
     def __init__(self, lengths: Sequence[int], n_targets: Sequence[int], batch_size: int, accumulation: int = 1,
                  world_size: int = 1, rank: int = 0, seed: int = 42,
@@ -286,15 +283,14 @@ def collate(items: list[dict[str, Any]], pad_id: int, objective: Objective = "sf
 
 
 class _Rows(Dataset):
-    """Tokenized rows held as Python lists (an Arrow row fetch per item costs more than a tiny model's step).
+    """Tokenized rows (read once into lists), fetched by ``(index, step_targets, weight)``.
 
-    Fetched by ``(index, step_targets, weight)``; a preference row also gets its reference log-probs, looked
-    up when fetched: Lightning builds the training loader (to count the steps) before the reference pass.
+    A preference row also gets its reference log-probs, looked up when fetched: Lightning builds the
+    training loader (to count the steps) before the reference pass.
     """
 
     def __init__(self, ds: Any, columns: list[str], dm: NATDataModule | None = None):
-        self.columns = {c: ds[c][:] for c in columns}
-        self.dm = dm
+        self.columns, self.dm = {c: ds[c][:] for c in columns}, dm
 
     def __len__(self) -> int:
         return len(self.columns["input_ids"])
@@ -314,16 +310,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
     h.update(repr((tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token)).encode())
     return h.hexdigest()[:16]
-
-
-def tokenized_cache_dir(cache_dir: str | None = None) -> Path:
-    """Where tokenized rows are cached: ``<cache_dir>/tokenized``, by default under the datasets cache."""
-    import datasets
-
-    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "lightning_nat"
-    path = root / "tokenized"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class NATDataModule(L.LightningDataModule):
@@ -408,15 +394,17 @@ class NATDataModule(L.LightningDataModule):
         return res.dataset
 
     def _tokenize(self, ds: Any, sides: tuple[str, ...] = ("messages",)) -> tuple[Any, int, int]:
-        """Tokenized rows that kept a target, how many were truncated and how many dropped."""
+        """Tokenized rows that kept a target, how many were truncated and how many dropped (every objective)."""
+        import datasets
         from datasets.fingerprint import Hasher
 
         hp = self.hparams
         fp = Hasher.hash((ds._fingerprint, tokenizer_fingerprint(self.tokenizer), hp.max_length, hp.overlong, sides,
                           "v2"))
-        # datasets would write its cache files beside the input's Arrow files, i.e. into the `nat build`
-        # folder (which `nat push` uploads and `load_dataset` then misreads): name them elsewhere.
-        cache = tokenized_cache_dir(hp.cache_dir)
+        # datasets would write its cache files beside the input's Arrow files, i.e. into the `nat build` folder
+        # (which `nat push` uploads and `load_dataset` then misreads): <cache_dir>/tokenized, or the datasets cache.
+        cache = Path(hp.cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "lightning_nat") / "tokenized"
+        cache.mkdir(parents=True, exist_ok=True)
         out = ds.map(tokenize_batch, batched=True, fn_kwargs={"tokenizer": self.tokenizer, "max_length": hp.max_length,
                                                               "overlong": hp.overlong, "sides": sides},
                      remove_columns=[c for c in ds.column_names if c not in ("id", "label")],
@@ -427,6 +415,7 @@ class NATDataModule(L.LightningDataModule):
         return kept, sum(out["truncated"]), len(out) - len(kept)
 
     def _train_sides(self, train: Any) -> tuple[str, ...]:
+        """What the objective tokenizes of a training row, once the dataset is known to be its kind of build."""
         objective, dpo_build = self.hparams.objective, "rejected" in train.column_names
         if objective == "sft" and dpo_build:
             raise ValueError("this dataset is a DPO build (it has a rejected side): train it with model.objective: dpo")

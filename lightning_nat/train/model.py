@@ -60,79 +60,47 @@ def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
     return {"nll": nll, "perplexity": math.exp(nll), "target_tokens": int(total[1])}
 
 
-# -- the preference losses, on per-sequence log-probabilities -------------------------------------------------------
-def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-               beta: float) -> torch.Tensor:
-    """Per-pair sigmoid DPO loss, ``-log sigmoid(beta * (chosen log-ratio - rejected log-ratio))``.
-
-    >>> z = torch.zeros(1)
-    >>> round(dpo_losses(z, z, z, z, beta=0.1).item(), 4)  # log 2 when the policy equals the reference
-    0.6931
-    """
-    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
-
-
-def kto_reference_point(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
-    """KTO's reference point z0: the batch mean of mismatched-pair log-ratios, clamped at 0, no gradient.
-
-    >>> kto_reference_point(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0])).item()
-    0.0
-    >>> kto_reference_point(torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -2.0])).item()
-    1.0
-    """
-    return (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
-
-
-def kto_losses(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, beta: float,
-               desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
-    """Per-row KTO loss (KTO paper, eq. 7): ``w_D (1 - sigmoid(beta (r - z0)))`` or ``w_U (1 - sigmoid(beta (z0 - r)))``.
-
-    ``r`` is the row's log-ratio against the reference and ``z0`` the batch's reference point.
-
-    >>> z = torch.zeros(2)
-    >>> kto_losses(z, z, torch.tensor([True, False]), torch.tensor(0.0), 0.1, 2.0, 1.0).tolist()
-    [1.0, 0.5]
-    """
-    ratio = logps - ref_logps
-    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
-    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
-    return torch.where(desirable.bool(), good, bad)
-
-
 # -- the objective table: a micro-batch -> (summed loss, metrics to log, rows or tokens it averages over) -------------
 Loss = tuple[torch.Tensor, dict[str, torch.Tensor], int]
 
 
 def sft_loss(m: NATModule, batch: Batch) -> Loss:
+    """NAT's loss: the summed NLL of the target tokens (divided by the step's target tokens downstream)."""
     nll, n = m.summed_nll(batch)
     return nll, {"loss": nll.detach() / max(n, 1), "target_tokens": torch.tensor(float(n))}, n
 
 
 def dpo_loss(m: NATModule, batch: Batch) -> Loss:
+    """Sigmoid DPO per pair, ``-log sigmoid(beta * (chosen log-ratio - rejected log-ratio))``, summed."""
     hp, ref = m.hparams, m.reference_of(batch)
     rows = len(ref)
     logps, seq = m(batch)
     chosen, rejected = torch.zeros(2 * rows, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps).chunk(2)
-    losses = dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], hp.beta)
+    margin = (chosen - ref[:, 0]) - (rejected - ref[:, 1])
+    losses = -F.logsigmoid(hp.beta * margin)
     total = losses.sum()
     if hp.sft_weight:  # TRL's loss_type=["sigmoid", "sft"]: the token-mean NLL of the micro-batch's chosen side
         mine = seq < rows
         total = total - hp.sft_weight * rows * logps[mine].sum() / mine.sum().clamp(min=1)
-    margin = hp.beta * ((chosen - ref[:, 0]) - (rejected - ref[:, 1])).detach()
-    return total, {"loss": losses.detach().mean(), "rewards/margin": margin.mean(),
-                   "rewards/accuracy": (margin > 0).float().mean()}, rows
+    reward = hp.beta * margin.detach()
+    return total, {"loss": losses.detach().mean(), "rewards/margin": reward.mean(),
+                   "rewards/accuracy": (reward > 0).float().mean()}, rows
 
 
 def kto_loss(m: NATModule, batch: Batch) -> Loss:
+    """KTO per row (KTO paper, eq. 7): ``w_D (1 - sigmoid(beta (r - z0)))`` for desirable rows, ``w_U (1 - sigmoid(
+    beta (z0 - r)))`` for the others, summed; ``r`` is the row's log-ratio to the reference, ``z0`` the reference
+    point: the mean log-ratio of the mismatched pairs, clamped at 0, without gradient."""
     hp, ref = m.hparams, m.reference_of(batch)
     rows = len(ref)
     with torch.no_grad():
-        kl = kto_reference_point(m.sequence_logps(batch, rows, "kl_"), ref[:, 1])
+        kl = (m.sequence_logps(batch, rows, "kl_") - ref[:, 1]).mean().clamp(min=0)
     trainer = _attached_trainer(m)
     if trainer is not None and trainer.world_size > 1:
         kl = trainer.strategy.reduce(kl, reduce_op="mean").clamp(min=0)
-    losses = kto_losses(m.sequence_logps(batch, rows), ref[:, 0], batch["desirable"], kl, hp.beta,
-                        hp.desirable_weight, hp.undesirable_weight)
+    ratio = m.sequence_logps(batch, rows) - ref[:, 0]
+    losses = torch.where(batch["desirable"].bool(), hp.desirable_weight * (1 - torch.sigmoid(hp.beta * (ratio - kl))),
+                         hp.undesirable_weight * (1 - torch.sigmoid(hp.beta * (kl - ratio))))
     return losses.sum(), {"loss": losses.detach().mean(), "kl": kl}, rows
 
 
@@ -240,8 +208,10 @@ class NATModule(L.LightningModule):
         ids, labels, seq = batch[prefix + "input_ids"], batch[prefix + "labels"], batch[prefix + "seq"]
         mask, positions = batch.get(prefix + "attention_mask"), batch.get(prefix + "position_ids")
         if positions is not None and "flash" in str(self.hparams.attn_implementation):
-            # Flash attention reads packed sequences from one row; rows all start a sequence, so they join end to end.
-            ids, labels, seq, positions = (t.reshape(1, -1) for t in (ids, labels, seq, positions))
+            # Flash attention's variable-length kernels read packed sequences from one row: the rows join end to end
+            # without their padding (TRL's padding-free layout); a sequence's first token is never a target.
+            real = seq >= 0
+            ids, labels, seq, positions = (t[real][None] for t in (ids, labels, seq, positions))
         picked = labels[:, 1:] != IGNORE_INDEX
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
         if self._decoder is None:
@@ -400,14 +370,12 @@ class NATModule(L.LightningModule):
         self._dev_sums = []
         values = self.dev_result(local)
         if values is not None:
-            self.log("dev/nll", values["nll"], sync_dist=True)
-            self.log("dev/perplexity", values["perplexity"], prog_bar=True, sync_dist=True)
-            self.log("dev/target_tokens", float(values["target_tokens"]), sync_dist=True)
+            self.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if _deepspeed_offloads_optimizer(self):
+        if (_zero(self) or {}).get("offload_optimizer", {}).get("device") == "cpu":
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(params, lr=hp.learning_rate, betas=tuple(hp.betas),
@@ -429,23 +397,19 @@ def _attached_trainer(module: L.LightningModule) -> Any:
         return None
 
 
-def _deepspeed_stage(module: L.LightningModule) -> int | None:
-    """The ZeRO stage when training under DeepSpeed, else None."""
-    trainer = _attached_trainer(module)
+def _zero(module: L.LightningModule) -> dict[str, Any] | None:
+    """The ``zero_optimization`` config when training under DeepSpeed, else None."""
     from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
-    config = getattr(trainer.strategy, "config", None) if trainer is not None else None
+    strategy = getattr(_attached_trainer(module), "strategy", None)
     # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
-    if not isinstance(getattr(trainer, "strategy", None), DeepSpeedStrategy) or not isinstance(config, dict):
-        return None
-    return int(config.get("zero_optimization", {}).get("stage", 0))
+    config = strategy.config if isinstance(strategy, DeepSpeedStrategy) else None
+    return config.get("zero_optimization", {}) if isinstance(config, dict) else None
 
 
-def _deepspeed_offloads_optimizer(module: L.LightningModule) -> bool:
-    if _deepspeed_stage(module) is None:
-        return False
-    zero = module.trainer.strategy.config.get("zero_optimization", {})
-    return zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
+def _deepspeed_stage(module: L.LightningModule) -> int | None:
+    zero = _zero(module)
+    return None if zero is None else int(zero.get("stage", 0))
 
 
 def _liger_loss(module: NATModule) -> Any:
