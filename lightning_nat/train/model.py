@@ -369,8 +369,8 @@ class NATModule(L.LightningModule):
                                                                                        device=self.device)
         self._dev_sums = []
         values = self.dev_result(local)
-        if values is not None:
-            self.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, sync_dist=True)
+        for name, value in (values or {}).items():  # the progress bar shows the perplexity
+            self.log(f"dev/{name}", float(value), prog_bar=name == "perplexity", sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
