@@ -1,6 +1,6 @@
 """Step throughput of DPO and KTO against NAT's SFT step, on the same trajectories, arms alternated.
 
-All three arms train the same scratch Llama with `PreferenceModule`/`PreferenceDataModule` (what `nat fit`
+All three arms train the same scratch Llama with `NATModule`/`NATDataModule` (what `nat fit`
 runs) on builds of the same StrategyQA selection (`--pos-num` positives, `--neg-num` negatives): `nat`, `dpo`
 (its pairs; each row is a chosen and a rejected trajectory) and `kto` (the `nat` conversations, each
 with its mismatched pair). Every arm takes the same number of rows per optimizer
@@ -44,7 +44,8 @@ def run(model_dir: str, data_dir: Path, objective: str, steps: int, micro: int, 
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import NATModule
     from lightning_nat.train.trainer import make_trainer
 
     class Meter(Callback):
@@ -71,9 +72,9 @@ def run(model_dir: str, data_dir: Path, objective: str, steps: int, micro: int, 
 
     L.seed_everything(0, verbose=False)
     meter = Meter()
-    dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=model_dir, micro_batch_size=micro,
-                              global_batch_size=micro * acc, max_length=max_length, objective=objective)
-    module = PreferenceModule(model_dir, learning_rate=1e-4, objective=objective)
+    dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=model_dir, micro_batch_size=micro,
+                       global_batch_size=micro * acc, max_length=max_length, objective=objective)
+    module = NATModule(model_dir, learning_rate=1e-4, objective=objective)
     trainer = make_trainer(dm, accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[meter],
                         num_sanity_val_steps=0, limit_val_batches=0)

@@ -2,8 +2,7 @@
 
 import pytest
 
-from lightning_nat.train.batching import accumulation_steps, device_count
-from lightning_nat.train.datamodule import NATDataModule
+from lightning_nat.train.datamodule import NATDataModule, accumulation_steps, device_count
 from lightning_nat.train.model import NATModule
 from lightning_nat.train.trainer import make_trainer
 

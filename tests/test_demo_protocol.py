@@ -99,6 +99,26 @@ def test_base_is_cached_by_its_inputs(tmp_path):
     assert other != first and not info3["from_cache"]
 
 
+def test_base_pretraining_is_deterministic_and_probed_every_step(tmp_path):
+    """Two fresh pretrainings of one spec (through make_trainer) give identical weights; on_step sees every step."""
+    from safetensors.torch import load_file
+
+    spec = BaseSpec(vocab_size=300, hidden_size=16, layers=1, heads=2, texts=200, steps=4, batch_size=2, block=32)
+    weights, seen = [], []
+    for name in ("a", "b"):
+        folder, _ = make_base(spec, tmp_path / name, say=lambda _: None,
+                              on_step=lambda step, model, tok: seen.append((step, model.training)))
+        weights.append(load_file(folder / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys() and all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+    assert seen == [(s, True) for s in (1, 2, 3, 4)] * 2
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)  # the base's own initialisation, again: training moved every weight matrix
+    init = LlamaForCausalLM(AutoConfig.from_pretrained(folder)).state_dict()
+    assert all(not torch.equal(init[k], v) for k, v in weights[0].items() if v.dim() == 2)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # three --quick runs; on a loaded 2-core machine each can take minutes
 def test_nat_demo_quick_twice_gives_identical_results(tmp_path):

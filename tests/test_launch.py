@@ -9,8 +9,9 @@ import pytest
 
 from lightning_nat.core.options import parse
 from lightning_nat.data.build import BuildConfig
+from lightning_nat.train.datamodule import NATDataModule
 from lightning_nat.train.fit import NATCLI, TRAINER_DEFAULTS
-from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+from lightning_nat.train.model import NATModule
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch"
 CONFIGS = sorted((LAUNCH / "configs").glob("*.yaml"))
@@ -68,7 +69,7 @@ def test_titles_and_released_data_build_lines(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_parses_and_header_commands_are_valid(path):
-    cli = _ParseOnly(PreferenceModule, PreferenceDataModule, args=["--config", str(path)], run=False,
+    cli = _ParseOnly(NATModule, NATDataModule, args=["--config", str(path)], run=False,
                      trainer_defaults=TRAINER_DEFAULTS)
     cfg = cli.config
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1

@@ -12,11 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_nat.builders import build_dataset, save_build
-from lightning_nat.train.batching import accumulation_steps
-from lightning_nat.train.datamodule import NATDataModule
-from lightning_nat.train.model import target_nll
-from lightning_nat.train.preference_losses import sequence_logps
-from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+from lightning_nat.train.datamodule import NATDataModule, accumulation_steps
+from lightning_nat.train.model import NATModule, dpo_loss, kto_loss
 from lightning_nat.train.tokenization import IGNORE_INDEX
 
 
@@ -46,9 +43,9 @@ def _trainer(tmp_path, steps=2, callbacks=(), micro=2, global_batch=4):
 
 
 def _modules(scratch_model, data, objective, micro=2, global_batch=4, seed=42, **model_kw):
-    dm = PreferenceDataModule(dataset_dir=str(data), tokenizer=str(scratch_model), micro_batch_size=micro,
-                              global_batch_size=global_batch, max_length=1024, objective=objective, seed=seed)
-    module = PreferenceModule(str(scratch_model), objective=objective, learning_rate=1e-3, warmup_ratio=0.0, **model_kw)
+    dm = NATDataModule(dataset_dir=str(data), tokenizer=str(scratch_model), micro_batch_size=micro,
+                       global_batch_size=global_batch, max_length=1024, objective=objective, seed=seed)
+    module = NATModule(str(scratch_model), objective=objective, learning_rate=1e-3, warmup_ratio=0.0, **model_kw)
     return dm, module
 
 
@@ -67,8 +64,8 @@ def test_pairs_use_exactly_the_sft_masks(scratch_model, dpo_dataset):
     """Both sides of a pair tokenize to the ids and labels NAT's SFT data module gives the same conversation."""
     import datasets
 
-    pref = PreferenceDataModule(dataset_dir=str(dpo_dataset), tokenizer=str(scratch_model), objective="dpo",
-                                max_length=4096)
+    pref = NATDataModule(dataset_dir=str(dpo_dataset), tokenizer=str(scratch_model), objective="dpo",
+                         max_length=4096)
     pref.setup("fit")
     raw = datasets.load_from_disk(str(dpo_dataset))["train"]
     for side, ids_col, labels_col in (("messages", "input_ids", "labels"),
@@ -84,20 +81,31 @@ def test_pairs_use_exactly_the_sft_masks(scratch_model, dpo_dataset):
     assert runs >= 2
 
 
-def test_sequence_logps_match_the_sft_loss(scratch_model, dpo_dataset):
+@pytest.mark.parametrize("packing", [False, True])
+def test_sequence_logps_are_summed_target_log_probs(scratch_model, dpo_dataset, packing):
+    """Each sequence's log-prob (LM head at target positions, packed or not) is the sum, over its own targets, of the
+    log-softmax of the model's full logits for that sequence alone."""
     dm, module = _modules(scratch_model, dpo_dataset, "dpo")
+    dm.hparams.packing = packing
     dm.setup("fit")
     module.configure_model()
-    batch = next(iter(dm.preference_loader([[(0, 1, 1.0), (1, 1, 1.0)]], with_reference=False)))
-    logits = module(batch["input_ids"], batch["attention_mask"])
-    nll, _ = target_nll(logits, batch["labels"])
-    torch.testing.assert_close(sequence_logps(logits, batch["labels"]).sum(), -nll, rtol=1e-5, atol=1e-4)
+    batch = next(iter(dm.loader([[(0, 1, 1.0), (1, 1, 1.0), (2, 1, 1.0)]])))
+    got = module.sequence_logps(batch, 6)
+    rows = dm.train_rows.select([0, 1, 2])
+    seqs = [(r["input_ids"], r["labels"]) for r in rows] + [(r["rejected_input_ids"], r["rejected_labels"]) for r in rows]
+    for k, (ids, labels) in enumerate(seqs):
+        logps = torch.log_softmax(module.model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+        labels = torch.tensor(labels[1:])
+        want = logps[labels != IGNORE_INDEX].gather(1, labels[labels != IGNORE_INDEX, None]).sum()
+        torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-4)
+    assert ("position_ids" in batch) == packing
 
 
 @pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_observation_and_prompt_tokens_get_exactly_zero_gradient(scratch_model, dpo_dataset, kto_dataset, objective):
+    # With the full logits (target_logits=False), so that every position's logits exist to be looked at.
     dm, module = _modules(scratch_model, dpo_dataset if objective == "dpo" else kto_dataset, objective, micro=4,
-                          global_batch=4)
+                          global_batch=4, target_logits=False)
     dm.setup("fit")
     module.configure_model()
     captured = []
@@ -107,12 +115,12 @@ def test_observation_and_prompt_tokens_get_exactly_zero_gradient(scratch_model, 
             output.logits.retain_grad()
             captured.append(output.logits)
 
-    batch = next(iter(dm.preference_loader([[(i, 4, 1.0) for i in range(4)]], with_reference=False)))
+    batch = next(iter(dm.loader([[(i, 4, 1.0) for i in range(4)]])))
     # A reference a little away from the policy, so that every row's loss has a non-zero (unsaturated) slope.
     with torch.no_grad():
-        ref = module._sequence_logps(batch) + torch.randn(batch["index"].numel(), 2, generator=torch.Generator().manual_seed(0))
+        batch["ref"] = module.pair_logps(batch) + torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     module.model.register_forward_hook(keep_logits)
-    total, _ = module.preference_loss(batch, ref)
+    total, _, _ = (dpo_loss if objective == "dpo" else kto_loss)(module, batch)
     total.backward()
     (logits,) = captured
     grad_norm = logits.grad.abs().sum(-1)[:, :-1]  # position t predicts token t + 1
@@ -127,21 +135,43 @@ def test_observation_and_prompt_tokens_get_exactly_zero_gradient(scratch_model, 
     assert observations.sum(1).min() > 0
 
 
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_packed_preference_loss_equals_the_unpacked_one(scratch_model, dpo_dataset, kto_dataset, objective):
+    """data.packing for DPO/KTO: the same micro-batch, laid out in shared rows, gives the same loss and gradients."""
+    dm, module = _modules(scratch_model, dpo_dataset if objective == "dpo" else kto_dataset, objective, micro=6,
+                          global_batch=6)
+    dm.setup("fit")
+    module.configure_model()
+    ref = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) - 40
+    results = []
+    for packing in (False, True):
+        dm.hparams.packing = packing
+        batch = {**next(iter(dm.loader([[(i, 6, 1.0) for i in range(6)]]))), "ref": ref}
+        module.zero_grad()
+        total, _, _ = (dpo_loss if objective == "dpo" else kto_loss)(module, batch)
+        total.backward()
+        results.append((total.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()}))
+        assert ("position_ids" in batch) == packing
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_reference_pass_is_the_starting_model(scratch_model, dpo_dataset, tmp_path):
     rec = FirstBatch()
     dm, module = _modules(scratch_model, dpo_dataset, "dpo")
     trainer = _trainer(tmp_path, steps=1, callbacks=[rec])
     trainer.fit(module, dm)
     assert module.reference.shape == (len(dm.train_rows), 2) and torch.isfinite(module.reference).all()
-    fresh = PreferenceModule(str(scratch_model), objective="dpo")
+    fresh = NATModule(str(scratch_model), objective="dpo")
     fresh.configure_model()
     fresh.eval()
     batch = rec.batches[0]
     with torch.no_grad():
-        logps = sequence_logps(fresh(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-    torch.testing.assert_close(torch.stack(logps.chunk(2), 1), module.reference[batch["index"]], rtol=1e-5, atol=1e-4)
+        logps = fresh.pair_logps(batch)
+    torch.testing.assert_close(logps, module.reference[batch["index"]], rtol=1e-5, atol=1e-4)
     # Step 0: the policy is its reference (the train-mode forward agrees with the eval-mode pass).
-    margin = (logps.chunk(2)[0] - batch["ref"][:, 0]) - (logps.chunk(2)[1] - batch["ref"][:, 1])
+    margin = (logps[:, 0] - batch["ref"][:, 0]) - (logps[:, 1] - batch["ref"][:, 1])
     assert torch.allclose(margin, torch.zeros_like(margin), atol=1e-4)
 
 
@@ -153,7 +183,7 @@ def test_reference_is_kept_in_checkpoints(scratch_model, kto_dataset, tmp_path):
     trainer.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=False)["preference_reference"]
     torch.testing.assert_close(saved, module.reference)
-    resumed = PreferenceModule(str(scratch_model), objective="kto")
+    resumed = NATModule(str(scratch_model), objective="kto")
     resumed.on_load_checkpoint({"preference_reference": saved})
     assert resumed.reference is saved  # a resumed run does not recompute it from trained weights
 
@@ -169,7 +199,7 @@ def test_same_seed_same_result(scratch_model, dpo_dataset, kto_dataset, objectiv
         finals.append({k: v.clone() for k, v in module.model.state_dict().items()})
     for k in finals[0]:
         torch.testing.assert_close(finals[0][k], finals[1][k], rtol=0, atol=0)
-    start = PreferenceModule(str(scratch_model))
+    start = NATModule(str(scratch_model))
     start.configure_model()
     assert any(not torch.equal(v, finals[0][k]) for k, v in start.model.state_dict().items())
 
@@ -179,21 +209,21 @@ def test_lora_adapter_disabled_reference_equals_the_precomputed_one(scratch_mode
     dm, module = _modules(scratch_model, dpo_dataset, "dpo", lora_r=4, reference="adapter_disabled")
     dm.setup("fit")
     module.configure_model()
-    batch = next(iter(dm.preference_loader([[(0, 1, 1.0), (1, 1, 1.0)]], with_reference=False)))
-    live = module._live_reference(batch)
-    plain = PreferenceModule(str(scratch_model), objective="dpo")
+    batch = next(iter(dm.loader([[(0, 1, 1.0), (1, 1, 1.0)]])))
+    live = module.reference_of(batch)
+    plain = NATModule(str(scratch_model), objective="dpo")
     plain.configure_model()
     plain.eval()
     with torch.no_grad():
-        expected = plain._sequence_logps(batch)
+        expected = plain.pair_logps(batch)
     torch.testing.assert_close(live, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_wrong_dataset_for_the_objective_is_a_clear_error(scratch_model, dpo_dataset, tiny_dataset):
     with pytest.raises(ValueError, match="DPO build"):
-        PreferenceDataModule(dataset_dir=str(dpo_dataset), tokenizer=str(scratch_model), objective="sft").setup("fit")
+        NATDataModule(dataset_dir=str(dpo_dataset), tokenizer=str(scratch_model), objective="sft").setup("fit")
     with pytest.raises(ValueError, match="--variant dpo"):
-        PreferenceDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), objective="dpo").setup("fit")
+        NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), objective="dpo").setup("fit")
 
 
 @pytest.mark.slow
@@ -245,6 +275,35 @@ def test_reference_pass_shards_rows_across_ddp_ranks(scratch_model, dpo_dataset,
     assert gathered.shape == (n, 2)
     with torch.no_grad():
         for start in range(0, n, 4):
-            batch = next(iter(dm.preference_loader([[(i, 1, 1.0) for i in range(start, min(n, start + 4))]],
-                                                   with_reference=False)))
-            torch.testing.assert_close(gathered[batch["index"]], module._sequence_logps(batch), rtol=1e-4, atol=1e-3)
+            batch = next(iter(dm.loader([[(i, 1, 1.0) for i in range(start, min(n, start + 4))]])))
+            torch.testing.assert_close(gathered[batch["index"]], module.pair_logps(batch), rtol=1e-4, atol=1e-3)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+def test_nat_fit_leaves_the_dataset_folder_byte_identical(scratch_model, tiny_dataset, dpo_dataset, kto_dataset,
+                                                          objective, tmp_path):
+    """Tokenization caches go to the cache folder, never into the `nat build` folder (which `nat push` uploads)."""
+    import os
+    import shutil
+
+    data = tmp_path / "data"  # a fresh copy: no earlier test in this process has tokenized it
+    shutil.copytree({"sft": tiny_dataset, "dpo": dpo_dataset, "kto": kto_dataset}[objective], data)
+    before = _digests(data)
+    cmd = [sys.executable, "-m", "lightning_nat.cli", "fit", "--model.model_name_or_path", str(scratch_model),
+           "--model.objective", objective, "--data.dataset_dir", str(data), "--data.micro_batch_size", "2",
+           "--data.global_batch_size", "2", "--data.max_length", "512", "--trainer.accelerator", "cpu",
+           "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+           "--trainer.default_root_dir", str(tmp_path / "run")]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list((tmp_path / "hf-cache" / "lightning_nat" / "tokenized").glob("*.arrow"))  # the caches went there
+    assert _digests(data) == before

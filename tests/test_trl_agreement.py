@@ -14,8 +14,9 @@ import datasets
 import pytest
 import torch
 
-from lightning_nat.train.preference_training import PreferenceModule, collate_preference, mismatched_pair
-from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, tokenize_conversation
+from lightning_nat.train.datamodule import collate
+from lightning_nat.train.model import NATModule, dpo_loss, kto_loss
+from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, mismatched_pair, tokenize_conversation
 
 trl = pytest.importorskip("trl")
 
@@ -85,7 +86,7 @@ def _compare_grads(ours, theirs):
 
 
 def _our_module(scratch_model, objective, **kw):
-    module = PreferenceModule(str(scratch_model), objective=objective, **kw)
+    module = NATModule(str(scratch_model), objective=objective, **kw)
     module.configure_model()
     module.model.double()  # both sides in float64, so that 1e-5 measures the method, not float32 summation order
     module.train()
@@ -101,7 +102,7 @@ def test_dpo_loss_and_gradients_equal_trl(scratch_model, single_turn_pairs, tmp_
     for r in single_turn_pairs:
         c, j = _ours(tok, r["chosen"]), _ours(tok, r["rejected"])
         items.append({"input_ids": c["input_ids"], "labels": c["labels"], "rejected_input_ids": j["input_ids"],
-                      "rejected_labels": j["labels"], "index": len(items), "step_targets": ROWS, "ref": torch.zeros(2)})
+                      "rejected_labels": j["labels"], "index": len(items), "step_targets": ROWS, "weight": 1.0})
     # TRL tokenizes the same rows its own way.
     trl_ds = datasets.Dataset.from_list([{"prompt": _plain(r["chosen"][:2]), "chosen": _plain(r["chosen"][2:]),
                                           "rejected": _plain(r["rejected"][2:])} for r in single_turn_pairs])
@@ -122,16 +123,14 @@ def test_dpo_loss_and_gradients_equal_trl(scratch_model, single_turn_pairs, tmp_
     ref = torch.stack([trl_batch["ref_chosen_logps"], trl_batch["ref_rejected_logps"]], 1).double()
     # Off the policy, so that the loss has a real slope.
     ref = ref + torch.tensor([[0.7, -0.4], [-1.1, 0.3], [0.2, 0.9], [-0.5, -0.8]], dtype=torch.float64)
-    for it, r in zip(items, ref):
-        it["ref"] = r
-    batch = collate_preference(items, tok.pad_token_id, "dpo")
+    batch = {**collate(items, tok.pad_token_id, "dpo"), "ref": ref}
     trl_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                   "completion_mask": (batch["labels"] != IGNORE_INDEX).long(),
                   "ref_chosen_logps": ref[:, 0], "ref_rejected_logps": ref[:, 1]}
     theirs = trainer._compute_loss(trainer.model, trl_inputs, False)
     theirs.backward()
     module = _our_module(scratch_model, "dpo", beta=beta, sft_weight=sft_weight)
-    total, _ = module.preference_loss(batch, ref)
+    total, _, _ = dpo_loss(module, batch)
     ours = total / ROWS  # our sum over the step's pairs / pairs in the step; one micro-batch here
     ours.backward()
     assert abs(ours.item() - theirs.item()) < 1e-5 and ours.item() > 0
@@ -146,7 +145,7 @@ def test_kto_loss_and_gradients_equal_trl(scratch_model, single_turn_pairs, tmp_
     convs = [r["chosen"] for r in single_turn_pairs[:2]] + [r["rejected"] for r in single_turn_pairs[2:]]
     desirable = [True, True, False, False]
     items = [{**_ours(tok, c), "label": "positive" if d else "negative", "index": i, "step_targets": ROWS,
-              "ref": torch.zeros(2)} for i, (c, d) in enumerate(zip(convs, desirable))]
+              "weight": 1.0} for i, (c, d) in enumerate(zip(convs, desirable))]
     # TRL's mismatched pairs: row i's prompt with row i-1's completion (cycled by one within the batch).
     for i, it in enumerate(items):
         other = items[i - 1]
@@ -171,9 +170,7 @@ def test_kto_loss_and_gradients_equal_trl(scratch_model, single_turn_pairs, tmp_
     ref = torch.stack([trl_batch["ref_logps"], trl_batch["ref_KL_logps"]], 1).double()
     # Shift the reference so that the KL point is positive (not clamped) and rows sit off the policy.
     ref = ref + torch.tensor([[0.6, -0.9], [-0.8, -0.2], [0.4, -0.5], [-0.3, -1.2]], dtype=torch.float64)
-    for it, r in zip(items, ref):
-        it["ref"] = r
-    batch = collate_preference(items, tok.pad_token_id, "kto")
+    batch = {**collate(items, tok.pad_token_id, "kto"), "ref": ref}
     trl_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                   "completion_mask": (batch["labels"] != IGNORE_INDEX).long(), "KL_input_ids": batch["kl_input_ids"],
                   "KL_attention_mask": batch["kl_attention_mask"],
@@ -182,7 +179,7 @@ def test_kto_loss_and_gradients_equal_trl(scratch_model, single_turn_pairs, tmp_
     theirs = trainer._compute_loss(trainer.model, trl_inputs, False)
     theirs.backward()
     module = _our_module(scratch_model, "kto", beta=beta, desirable_weight=w_d, undesirable_weight=w_u)
-    total, metrics = module.preference_loss(batch, ref)
+    total, metrics, _ = kto_loss(module, batch)
     assert metrics["kl"] > 0
     ours = total / ROWS
     ours.backward()

@@ -81,7 +81,7 @@ class Probe(L.Callback):
         if self.kill_at_step and trainer.global_step >= self.kill_at_step and trainer.global_rank == 0:
             os.killpg(os.getpgid(0), signal.SIGKILL)
         ids = batch["input_ids"]
-        self._row = {"step": trainer.global_step, "batch_idx": batch_idx, "ids": ids[batch["attention_mask"] > 0].tolist(),
+        self._row = {"step": trainer.global_step, "batch_idx": batch_idx, "ids": ids[batch["seq"] >= 0].tolist(),
                      "targets": int((batch["labels"][:, 1:] != -100).sum()), "step_targets": int(batch["step_targets"]),
                      "lr": trainer.optimizers[0].param_groups[0]["lr"]}
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_nat.agent.react_eval import ReActEval
-    from lightning_nat.train.export_callback import ExportHF
-    from lightning_nat.train.perplexity import DevPerplexity, dev_perplexity
+    from lightning_nat.train.export import ExportHF
+    from lightning_nat.train.perplexity import DevPerplexity
 
 # Where each callback lives: training's with the training stage, ReActEval (it runs the agent) with the agent's.
-_WHERE = {"ExportHF": "lightning_nat.train.export_callback", "DevPerplexity": "lightning_nat.train.perplexity",
-          "dev_perplexity": "lightning_nat.train.perplexity", "ReActEval": "lightning_nat.agent.react_eval"}
-__all__ = ["DevPerplexity", "ExportHF", "ReActEval", "dev_perplexity"]
+_WHERE = {"ExportHF": "lightning_nat.train.export", "DevPerplexity": "lightning_nat.train.perplexity",
+          "ReActEval": "lightning_nat.agent.react_eval"}
+__all__ = ["DevPerplexity", "ExportHF", "ReActEval"]
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ class BaseSpec:
     learning_rate: float = 3e-3
     seed: int = 1234
     threads: int = 1  # float sums depend on the thread count, so the weights do too
-    version: int = 2  # bump when the text generators change
+    version: int = 3  # bump when the text generators or the training change (3: through make_trainer)
 
     def key(self) -> str:
         """A short hash of every field.
@@ -118,20 +118,43 @@ def pretraining_texts(n: int, seed: int) -> list[str]:
     return [pretraining_text(rng) for _ in range(n)]
 
 
+def _block_batches(blocks: Any, spec: BaseSpec) -> Any:
+    """``spec.steps`` batches of ``batch_size`` blocks drawn with replacement by a generator seeded with ``spec.seed``.
+
+    Every token of a block is a target (its first has no position before it): an SFT batch whose mask is everything.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    rows, width = spec.batch_size, blocks.shape[1]
+    seq = torch.arange(rows)[:, None].expand(rows, width)
+    picks = (blocks[torch.randint(len(blocks), (rows,), generator=gen)] for _ in range(spec.steps))
+    batches = [{"input_ids": b, "labels": b, "seq": seq, "step_targets": torch.tensor(rows * (width - 1))} for b in picks]
+    return DataLoader(batches, batch_size=None)
+
+
 def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] = print,
               max_positions: int = 1024, device: str = "cpu",
               on_step: Callable[[int, Any, Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """The pretrained base for ``spec``: from the cache, or trained and cached. Returns (folder, info).
 
+    Pretraining is ``NATModule`` under :func:`~lightning_nat.train.trainer.make_trainer` (fine-tuning's loss,
+    cosine schedule with warm-up and clipping) on fixed blocks of the text stream, every token a target.
     ``on_step(step, model, tokenizer)``, if given, runs after every optimizer step (a probe watching
     skills emerge: ``bench/demo_base_probe.py --pretrain``).
     """
+    import shutil
     import time
+    from types import SimpleNamespace
 
+    import lightning as L
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from lightning_nat.train.scratch import train_tokenizer
+    from lightning_nat.train.model import NATModule
+    from lightning_nat.train.scratch import make_scratch_model
+    from lightning_nat.train.trainer import make_trainer
 
     out = Path(cache_dir) / f"base-{spec.key()}"
     info_file = out / "base.json"
@@ -140,53 +163,45 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
         return out, {**info, "from_cache": True}
     start = time.time()
     texts = pretraining_texts(spec.texts, spec.seed)
-    tokenizer = train_tokenizer(texts + FORMAT_TEXTS, spec.vocab_size, split_digits=True)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.hidden_size * 4,
-                         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-                         max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True)
+    tmp = out.with_name(out.name + ".tmp")
+    for stale in (tmp, out):  # half-written entries of an earlier, killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    init = make_scratch_model(tmp / "init", texts + FORMAT_TEXTS, spec.vocab_size, spec.hidden_size, spec.layers,
+                              spec.heads, max_positions, seed=spec.seed, split_digits=True)
+    tokenizer = AutoTokenizer.from_pretrained(init)
     torch.set_num_threads(spec.threads)  # part of the spec: the weights depend on it
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config).to(device)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
     # One stream of passages separated by EOS, cut into fixed blocks: no padding, every token trains.
     stream: list[int] = []
     for text in texts:
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     blocks = torch.tensor(stream[: len(stream) // spec.block * spec.block]).view(-1, spec.block)
-    gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
-    warm = max(1, spec.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / spec.steps)).item()))
-    model.train()
-    losses = []
-    for step in range(spec.steps):
-        idx = torch.randint(len(blocks), (spec.batch_size,), generator=gen)
-        batch = blocks[idx].to(device)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step + 1, model, tokenizer)
-        if (step + 1) % max(1, spec.steps // 5) == 0:
-            say(f"pretraining the base: step {step + 1}/{spec.steps}, loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    model.eval().to("cpu")
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
+    losses: list[float] = []
+
+    class Watch(L.Callback):
+        """The loss, progress lines and the ``on_step`` probe, after every optimizer step."""
+
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            losses.append(float(outputs["loss"]))
+            if on_step is not None:
+                on_step(trainer.global_step, pl_module.model, tokenizer)
+            if trainer.global_step % max(1, spec.steps // 5) == 0:
+                say(f"pretraining the base: step {trainer.global_step}/{spec.steps}, loss {_recent(losses):.3f}")
+
+    module = NATModule(str(init), learning_rate=spec.learning_rate, warmup_ratio=0.05)
+    sizes = SimpleNamespace(hparams=SimpleNamespace(global_batch_size=spec.batch_size, micro_batch_size=spec.batch_size))
+    trainer = make_trainer(sizes, accelerator="gpu" if device.startswith("cuda") else "cpu", max_steps=spec.steps,
+                           gradient_clip_val=1.0, deterministic=True, logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False, callbacks=[Watch()])
+    trainer.fit(module, train_dataloaders=_block_batches(blocks, spec))
+    shutil.rmtree(init)
+    module.model.eval().to("cpu").save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {"spec": asdict(spec), "key": spec.key(), "tokens": len(stream), "blocks": int(blocks.shape[0]),
-            "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4), "seconds": round(time.time() - start, 1)}
+            "final_loss": round(_recent(losses), 4), "seconds": round(time.time() - start, 1)}
     (tmp / "base.json").write_text(json.dumps(info, indent=1))
-    if out.exists():  # a half-written entry of an earlier, killed run
-        import shutil
-
-        shutil.rmtree(out)
     tmp.rename(out)
     return out, {**info, "from_cache": False}
+
+
+def _recent(losses: list[float]) -> float:
+    return sum(losses[-20:]) / len(losses[-20:])

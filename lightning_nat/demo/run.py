@@ -163,16 +163,17 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import NATModule
     from lightning_nat.train.perplexity import DevPerplexity
-    from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
     from lightning_nat.train.trainer import make_trainer
 
     L.seed_everything(seed, verbose=False)
-    dm = PreferenceDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
-                              global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
-                              cache_dir=str(run_dir.parent.parent / "cache"))
+    dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
+                       global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
+                       cache_dir=str(run_dir.parent.parent / "cache"))
     lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
-    module = PreferenceModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
+    module = NATModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
     every = max(1, cfg.steps // 8)
     trainer = make_trainer(dm, accelerator="gpu" if cfg.profile == "gpu" else "cpu", deterministic=True,
                            max_steps=cfg.steps, max_epochs=10_000, logger=CSVLogger(str(run_dir), name="", version=""),

@@ -1,19 +1,13 @@
-"""DeepSpeed (ZeRO-3 included) on CPU processes: a check of a DeepSpeed config before paying for GPUs.
+"""DeepSpeed (ZeRO-3 included) on CPU processes over ``gloo``: a check of a DeepSpeed setup before paying for GPUs.
 
-Lightning's :class:`~lightning.pytorch.strategies.DeepSpeedStrategy` refuses any accelerator but
-CUDA, yet DeepSpeed itself runs ZeRO on CPU processes over ``gloo``. This subclass lifts that one
-refusal so that ``nat fit ... --trainer.accelerator cpu --trainer.devices 2`` with
-``--trainer.strategy lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy`` exercises the real
-DeepSpeed code paths (partitioned parameters, its gradient accumulation and loss division,
-sharded checkpoints, the 16-bit consolidated export) on a laptop or a CI runner.
-
-It is a check, not a way to train: CPU DeepSpeed is slow and was only tried in fp32;
-``pin_memory`` (host pinning for CUDA transfers) is switched off, and NVMe offload was not tried.
-What it relies on in Lightning (the constructor checks the methods exist; ``tests/test_zero3.py``
-checks the behaviour): ``DeepSpeedStrategy.setup_environment`` is the only CUDA check,
-``setup_distributed`` validates device indices against local ranks, and
-``_init_deepspeed_distributed`` exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*``
-before calling ``deepspeed.init_distributed`` with the strategy's process group backend.
+Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, though DeepSpeed runs ZeRO on CPU;
+this subclass lifts that one refusal, so ``--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy
+lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy`` exercises the real DeepSpeed code (partitioned
+parameters, its accumulation and loss division, sharded checkpoints, the consolidated export). A check, not
+a way to train: slow, tried in fp32 only, ``pin_memory`` switched off, NVMe offload not tried. It relies on
+Lightning's ``setup_environment`` being the only CUDA check, ``setup_distributed`` validating device indices
+against local ranks, and ``_init_deepspeed_distributed`` exporting the rank variables before
+``deepspeed.init_distributed`` (the constructor checks these exist; ``tests/test_zero3.py`` the behaviour).
 """
 
 from __future__ import annotations

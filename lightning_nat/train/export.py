@@ -1,4 +1,4 @@
-"""Export a trained module as a Hugging Face folder, consolidating sharded weights."""
+"""Export a trained module as a Hugging Face folder, consolidating sharded weights, and the callback that does it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
     """The model's complete weights on rank 0 (``None`` elsewhere). Collective: every rank must call it.
 
-    Under DeepSpeed ZeRO-3 the partitions are gathered (16-bit), under FSDP a full
+    Under DeepSpeed ZeRO-3 the partitions are gathered one module at a time, under FSDP a full
     state dict is assembled on CPU; otherwise the local weights are complete already.
     """
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
@@ -22,7 +22,7 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     prefix = "model."
     # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
     if isinstance(strategy, DeepSpeedStrategy) and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
-        sd = strategy.deepspeed_engine._zero3_consolidated_16bit_state_dict()
+        sd = _gathered_state_dict(module, trainer.global_rank)
     elif isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -54,7 +54,7 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         # Fold the adapters into the base weights so the export is a plain model. Under ZeRO-3 the live
         # model's parameters are empty partitions that cannot take the gathered weights: merge in a copy.
         if any(hasattr(p, "ds_id") for p in model.parameters()):
-            model = _unpartitioned_copy(model)
+            model = _unpartitioned_copy(model, getattr(module, "_hf_ds_config", None))
         model.load_state_dict(sd, strict=False)
         model = model.merge_and_unload()
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -107,7 +107,22 @@ def serving_generation_config(model: Any, tokenizer: Any) -> Any:
                             bos_token_id=getattr(base, "bos_token_id", None) or model.config.bos_token_id)
 
 
-def _unpartitioned_copy(peft_model: Any) -> Any:
+def _gathered_state_dict(module: Any, rank: int) -> dict[str, torch.Tensor] | None:
+    """ZeRO-3's partitioned weights in full on rank 0's CPU, gathered one module at a time (DeepSpeed's
+    public ``GatheredParameters``), so no device ever holds the whole model. A collective."""
+    import deepspeed
+
+    full: dict[str, torch.Tensor] = {}
+    for name, sub in module.named_modules():
+        own = list(sub.named_parameters(prefix=name, recurse=False))
+        with deepspeed.zero.GatheredParameters([p for _, p in own], modifier_rank=None):
+            if rank == 0:
+                full.update((k, p.detach().cpu().clone()) for k, p in own)
+    # Buffers are not partitioned; a partitioned parameter's own entry is an empty placeholder.
+    return {k: full.get(k, v) for k, v in module.state_dict().items()} if rank == 0 else None
+
+
+def _unpartitioned_copy(peft_model: Any, ds_config: Any) -> Any:
     """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3.
 
     transformers builds models under ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is alive
@@ -118,10 +133,33 @@ def _unpartitioned_copy(peft_model: Any) -> Any:
     from transformers.integrations import deepspeed as hf_deepspeed
 
     base = peft_model.get_base_model()
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
         plain = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
     finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+        if ds_config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(ds_config)
     return get_peft_model(plain, peft_model.peft_config[peft_model.active_adapter])
+
+
+class ExportHF(L.Callback):
+    """At the end of ``fit``, save a ``from_pretrained`` folder (consolidated from shards when needed).
+
+    Args:
+        dirpath: where to write it; default ``<log_dir>/hf`` (or ``<default_root_dir>/hf``).
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+        self.written: Path | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.interrupted:
+            return
+        out = self.dirpath or str(Path(trainer.log_dir or trainer.default_root_dir) / "hf")
+        dm = trainer.datamodule
+        # The chat template training rendered with (data.chat_template) is the one the exported model serves with.
+        self.written = export_hf(trainer, pl_module, out, prompt_spec=getattr(dm, "prompt_spec", None),
+                                 chat_template=getattr(getattr(dm, "hparams", None), "chat_template", None))
+        if self.written is not None:
+            print(f"exported Hugging Face model to {self.written}")

@@ -1,4 +1,4 @@
-"""``nat fit``: LightningCLI over NATModule and NATDataModule, with the DPO and KTO objectives (:mod:`.preference_training`).
+"""``nat fit``: LightningCLI over NATModule and NATDataModule (every objective: ``model.objective`` sft, dpo or kto).
 
 Every argument is a typed, documented ``__init__`` field, so ``nat fit --print_config``
 writes the complete record of a run and ``--config FILE.yaml`` replays it.
@@ -15,8 +15,8 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_nat.train.batching import accumulation_steps, device_count
-from lightning_nat.train.preference_training import PreferenceDataModule, PreferenceModule
+from lightning_nat.train.datamodule import NATDataModule, accumulation_steps, device_count
+from lightning_nat.train.model import NATModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 2,
@@ -38,14 +38,20 @@ class NATCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch.
 
     Lightning treats ``every_n_train_steps`` and per-epoch saving as exclusive triggers, so a run saving
-    every N steps would otherwise end an epoch without a checkpoint of it.
+    every N steps would otherwise end an epoch without a checkpoint of it. Written with the public
+    ``Trainer.save_checkpoint`` (a collective, as every rank runs this hook).
     """
+
+    _saved_step = -1
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self._saved_step = trainer.global_step  # any save at a step writes last.ckpt too (save_last)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
-                and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and self.dirpath and not trainer.fast_dev_run and self._saved_step != trainer.global_step:
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            trainer.save_checkpoint(self.last_model_path)
 
 
 class CheckpointError(ValueError):
@@ -98,7 +104,7 @@ class NATCLI(LightningCLI):
     """Fills in what follows from other settings: the tokenizer and the accumulation steps."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        from lightning_nat.train.export_callback import ExportHF
+        from lightning_nat.train.export import ExportHF
         from lightning_nat.train.perplexity import DevPerplexity
 
         # Always present, configured as checkpoint.* and export.* (not lost when a YAML lists callbacks).
@@ -152,8 +158,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
     try:
         with _HELD:  # the root's lock, taken once the config names the root, is released when the run ends
-            # NATModule/NATDataModule with the DPO and KTO objectives; `model.objective: sft` (the default) is NAT's SFT.
-            NATCLI(PreferenceModule, PreferenceDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
+            NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
                    save_config_kwargs={"overwrite": True}, parser_kwargs={"fit": {"default_env": False}})
     except (pickle.UnpicklingError, EOFError) as exc:
         # torch's own message advises weights_only=False, which would run code from a file of unknown origin.

@@ -1,17 +1,39 @@
-"""The LightningModule: a causal LM trained on assistant tokens only."""
+"""The LightningModule: a causal LM trained on assistant tokens, with a table from objective to loss.
+
+``sft`` is NAT's loss (NAT, NUT and w/o Neg differ only in their data): the summed cross-entropy of an
+optimizer step's target tokens divided by their number over the whole step (all micro-batches, all
+ranks), not a mean of per-micro-batch means. ``dpo`` and ``kto`` score a trajectory by the summed
+log-probability of the same target tokens (every assistant turn and the end-of-turn token closing it;
+prompts, observations and tool results contribute nothing), so each loss agrees with TRL's wherever
+the masks agree (tests/test_trl_agreement.py); their divisor is the step's rows (pairs).
+
+The reference log-probabilities of DPO/KTO are computed once, before the first step, by the model being
+trained (the starting checkpoint), one forward pass per sequence, sharded across ranks; they are kept
+with the data module's rows and in every checkpoint (a resumed run does not recompute them from trained
+weights). Under ZeRO-3 only one model is ever held. With LoRA, ``reference: adapter_disabled`` uses the
+base model (adapters switched off) as a live reference instead. KTO's reference point comes from each
+row's mismatched pair (:func:`~lightning_nat.train.tokenization.mismatched_pair`), averaged over the
+micro-batch and then over ranks (TRL's estimate).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from lightning_nat.train.datamodule import shard
 from lightning_nat.train.tokenization import IGNORE_INDEX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Causal LMs whose logits are exactly lm_head(last hidden state): their logits can be computed at target positions
+# only. Others (final soft-capping, logit scales) go through the model's own forward.
+TARGET_LOGITS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+Batch = dict[str, torch.Tensor]
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -26,22 +48,6 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL over target positions and the number of targets.
-
-    Only target rows of the logits are upcast to fp32, which keeps memory low on large vocabularies.
-
-    >>> logits = torch.zeros(1, 3, 4); labels = torch.tensor([[-100, 1, 2]])
-    >>> nll, n = target_nll(logits, labels); round(nll.item() / n.item(), 4) == round(math.log(4), 4)
-    True
-    """
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    picked = logits[:, :-1][mask].float()
-    nll = F.cross_entropy(picked, shift_labels[mask], reduction="sum")
-    return nll, mask.sum()
-
-
 def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
     """``(summed NLL, target tokens)`` of the whole dev set -> its token-weighted NLL and perplexity.
 
@@ -54,12 +60,58 @@ def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
     return {"nll": nll, "perplexity": math.exp(nll), "target_tokens": int(total[1])}
 
 
-class NATModule(L.LightningModule):
-    """Fine-tunes any ``AutoModelForCausalLM`` with the paper's recipe.
+# -- the objective table: a micro-batch -> (summed loss, metrics to log, rows or tokens it averages over) -------------
+Loss = tuple[torch.Tensor, dict[str, torch.Tensor], int]
 
-    The loss of an optimizer step is the summed cross-entropy over its target tokens
-    divided by the number of target tokens in the whole step (all micro-batches, all
-    ranks), not a mean of per-micro-batch means.
+
+def sft_loss(m: NATModule, batch: Batch) -> Loss:
+    """NAT's loss: the summed NLL of the target tokens (divided by the step's target tokens downstream)."""
+    nll, n = m.summed_nll(batch)
+    return nll, {"loss": nll.detach() / max(n, 1), "target_tokens": torch.tensor(float(n))}, n
+
+
+def dpo_loss(m: NATModule, batch: Batch) -> Loss:
+    """Sigmoid DPO per pair, ``-log sigmoid(beta * (chosen log-ratio - rejected log-ratio))``, summed."""
+    hp, ref = m.hparams, m.reference_of(batch)
+    rows = len(ref)
+    logps, seq = m(batch)
+    chosen, rejected = torch.zeros(2 * rows, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps).chunk(2)
+    margin = (chosen - ref[:, 0]) - (rejected - ref[:, 1])
+    losses = -F.logsigmoid(hp.beta * margin)
+    total = losses.sum()
+    if hp.sft_weight:  # TRL's loss_type=["sigmoid", "sft"]: the token-mean NLL of the micro-batch's chosen side
+        mine = seq < rows
+        total = total - hp.sft_weight * rows * logps[mine].sum() / mine.sum().clamp(min=1)
+    reward = hp.beta * margin.detach()
+    return total, {"loss": losses.detach().mean(), "rewards/margin": reward.mean(),
+                   "rewards/accuracy": (reward > 0).float().mean()}, rows
+
+
+def kto_loss(m: NATModule, batch: Batch) -> Loss:
+    """KTO per row (KTO paper, eq. 7): ``w_D (1 - sigmoid(beta (r - z0)))`` for desirable rows, ``w_U (1 - sigmoid(
+    beta (z0 - r)))`` for the others, summed; ``r`` is the row's log-ratio to the reference, ``z0`` the reference
+    point: the mean log-ratio of the mismatched pairs, clamped at 0, without gradient."""
+    hp, ref = m.hparams, m.reference_of(batch)
+    rows = len(ref)
+    with torch.no_grad():
+        kl = (m.sequence_logps(batch, rows, "kl_") - ref[:, 1]).mean().clamp(min=0)
+    trainer = _attached_trainer(m)
+    if trainer is not None and trainer.world_size > 1:
+        kl = trainer.strategy.reduce(kl, reduce_op="mean").clamp(min=0)
+    ratio = m.sequence_logps(batch, rows) - ref[:, 0]
+    losses = torch.where(batch["desirable"].bool(), hp.desirable_weight * (1 - torch.sigmoid(hp.beta * (ratio - kl))),
+                         hp.undesirable_weight * (1 - torch.sigmoid(hp.beta * (kl - ratio))))
+    return losses.sum(), {"loss": losses.detach().mean(), "kl": kl}, rows
+
+
+OBJECTIVES: dict[str, Callable[[NATModule, Batch], Loss]] = {"sft": sft_loss, "dpo": dpo_loss, "kto": kto_loss}
+
+
+class NATModule(L.LightningModule):
+    """Fine-tunes any ``AutoModelForCausalLM`` with the paper's recipe, or with DPO/KTO on the same masks.
+
+    Start DPO/KTO from the model you want to improve (``model_name_or_path``: e.g. the exported w/o-Neg SFT model,
+    the usual SFT-then-DPO recipe); it is also the reference.
 
     Args:
         model_name_or_path: local folder or Hub id of a causal LM.
@@ -75,18 +127,40 @@ class NATModule(L.LightningModule):
         betas: AdamW betas.
         warmup_ratio: share of optimizer steps spent in linear warm-up (the paper: 3%).
         min_lr_ratio: cosine floor as a share of the peak learning rate.
+        objective: ``sft`` (NAT's cross-entropy), ``dpo`` or ``kto``.
+        beta: DPO/KTO temperature of the log-ratios (TRL's default: 0.1).
+        sft_weight: DPO only: adds this times the token-mean NLL of the chosen trajectories of each micro-batch
+            (TRL's ``loss_type=["sigmoid", "sft"]`` with this weight); 0 for plain DPO.
+        desirable_weight: KTO weight of desirable (positive) rows.
+        undesirable_weight: KTO weight of undesirable (negative) rows.
+        reference: ``precomputed`` (one pass before training, stored with the rows and in checkpoints) or
+            ``adapter_disabled`` (with ``lora_r > 0``: the base model with adapters off, computed live).
+        target_logits: compute logits at target positions only, from the last hidden state (Llama, Mistral, Qwen);
+            the same loss without the logits of prompts and observations.
+        compile: ``torch.compile`` the transformer (the first steps pay for compiling).
     """
 
     def __init__(self, model_name_or_path: str, dtype: Literal["float32", "bfloat16", "float16"] = "float32",
                  attn_implementation: str | None = "sdpa", gradient_checkpointing: bool = False, lora_r: int = 0,
                  lora_alpha: int = 16, lora_dropout: float = 0.05, lora_target_modules: list[str] | None = None,
                  learning_rate: float = 5e-5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0):
+                 warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0, objective: Literal["sft", "dpo", "kto"] = "sft",
+                 beta: float = 0.1, sft_weight: float = 0.0, desirable_weight: float = 1.0,
+                 undesirable_weight: float = 1.0, reference: Literal["precomputed", "adapter_disabled"] = "precomputed",
+                 target_logits: bool = True, compile: bool = False):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+        if reference == "adapter_disabled" and lora_r <= 0:
+            raise ValueError("reference: adapter_disabled needs LoRA (lora_r > 0); use reference: precomputed")
         self.save_hyperparameters()
         self.model: Any = None
+        self.reference: torch.Tensor | None = None
         self._dev_sums: list[torch.Tensor] = []
         self._hf_ds_config: Any = None
+        self._decoder: Any = None  # with target_logits: the transformer and the LM head, called apart
+        self._head: Any = None
+        self._fused_ce: Any = False  # Liger's fused linear cross-entropy, decided at the first step
 
     # -- model -----------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -95,8 +169,7 @@ class NATModule(L.LightningModule):
         from transformers import AutoModelForCausalLM
 
         hp = self.hparams
-        stage = _deepspeed_stage(self)
-        if stage == 3:
+        if _deepspeed_stage(self) == 3:
             # Lets from_pretrained load real weights into ZeRO-3 partitioned parameters
             # (without it, loading under zero.Init leaves them empty).
             from transformers.integrations import HfDeepSpeedConfig
@@ -116,9 +189,123 @@ class NATModule(L.LightningModule):
                                                      target_modules=hp.lora_target_modules, task_type="CAUSAL_LM"))
         model.train()  # from_pretrained returns eval mode; dropout and friends follow Lightning's mode from here
         self.model = model
+        if hp.target_logits and model.config.model_type in TARGET_LOGITS_MODELS:
+            self._decoder, self._head = model.get_decoder(), model.get_output_embeddings()
+        if hp.compile:
+            (self._decoder or model).compile()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-probability of every target token of ``batch`` and the sequence each belongs to (its ``seq``).
+
+        ``prefix`` picks a second set of sequences in the batch (KTO's mismatched pairs: ``kl_``).
+        """
+        logits, targets, seq = self._target_logits(batch, prefix)
+        # 16-bit logits are upcast (target rows only, which keeps memory low on large vocabularies).
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return -F.cross_entropy(logits, targets, reduction="none"), seq
+
+    def _target_logits(self, batch: Batch, prefix: str, hidden_only: bool = False) -> tuple[torch.Tensor, ...]:
+        ids, labels, seq = batch[prefix + "input_ids"], batch[prefix + "labels"], batch[prefix + "seq"]
+        mask, positions = batch.get(prefix + "attention_mask"), batch.get(prefix + "position_ids")
+        if positions is not None and "flash" in str(self.hparams.attn_implementation):
+            # Flash attention's variable-length kernels read packed sequences from one row: the rows join end to end
+            # without their padding (TRL's padding-free layout); a sequence's first token is never a target.
+            real = seq >= 0
+            ids, labels, seq, positions = (t[real][None] for t in (ids, labels, seq, positions))
+        picked = labels[:, 1:] != IGNORE_INDEX
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+        if self._decoder is None:
+            logits = self.model(**kwargs).logits[:, :-1][picked]
+        else:  # the LM head at target positions only: no logits for prompts and observations
+            logits = self._decoder(**kwargs).last_hidden_state[:, :-1][picked]
+            logits = logits if hidden_only else self._head(logits)
+        return logits, labels[:, 1:][picked], seq[:, 1:][picked]
+
+    def sequence_logps(self, batch: Batch, n: int, prefix: str = "") -> torch.Tensor:
+        """Summed log-probability of the target tokens of each of the ``n`` sequences of ``batch``."""
+        logps, seq = self(batch, prefix)
+        return torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps)
+
+    def summed_nll(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """The summed NLL of ``batch``'s target tokens and their number (Liger's fused kernel where it applies)."""
+        if self._fused_ce is False:
+            self._fused_ce = _liger_loss(self)
+        if self._fused_ce is None:
+            logps, _ = self(batch)
+            return -logps.sum(), logps.numel()
+        hidden, targets, _ = self._target_logits(batch, "", hidden_only=True)
+        return self._fused_ce(self._head.weight, hidden, targets), targets.numel()
+
+    # -- the reference of DPO/KTO ------------------------------------------------------------------------------
+    def pair_logps(self, batch: Batch) -> torch.Tensor:
+        """(rows, 2) log-probs: DPO chosen and rejected; KTO the row and its mismatched pair."""
+        rows = batch["index"].numel()
+        if self.hparams.objective == "dpo":
+            return self.sequence_logps(batch, 2 * rows).view(2, rows).T
+        return torch.stack([self.sequence_logps(batch, rows), self.sequence_logps(batch, rows, "kl_")], dim=1)
+
+    def reference_of(self, batch: Batch) -> torch.Tensor:
+        if self.hparams.reference == "adapter_disabled":
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad(), self.model.disable_adapter():
+                    return self.pair_logps(batch).float()
+            finally:
+                self.train(was_training)
+        if "ref" not in batch:
+            raise RuntimeError("the batch has no reference log-probs: train DPO/KTO with NATDataModule, whose rows "
+                               "NATModule gives them before the first step")
+        return batch["ref"].to(self.device)
+
+    @torch.no_grad()
+    def compute_reference(self, dm: Any) -> torch.Tensor:
+        """One forward pass per sequence with the starting weights, in eval mode; rows sharded across ranks."""
+        trainer = self.trainer
+        lengths = dm.train_rows["length"][:]
+        mine = [i for i, _ in shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), trainer.world_size,
+                                    trainer.global_rank)]  # repeats are real rows, computed again
+        bs = dm.hparams.micro_batch_size
+        was_training = self.training
+        self.eval()
+        values, indices = [], []
+        try:
+            for batch in dm.loader([[(i, 1, 1.0) for i in mine[s:s + bs]] for s in range(0, len(mine), bs)]):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                values.append(self.pair_logps(batch).float())
+                indices.append(batch["index"])
+        finally:
+            self.train(was_training)
+        vals, idx = torch.cat(values), torch.cat(indices)
+        if trainer.world_size > 1:
+            vals = trainer.strategy.all_gather(vals).reshape(-1, 2)
+            idx = trainer.strategy.all_gather(idx).reshape(-1)
+        out = torch.full((len(lengths), 2), float("nan"))
+        out[idx.cpu()] = vals.cpu()
+        if not torch.isfinite(out).all():
+            raise FloatingPointError("the reference pass left non-finite log-probs; check the data and the model")
+        return out
+
+    def on_fit_start(self) -> None:
+        objective = self.hparams.objective
+        if objective == "sft":
+            return
+        dm = self.trainer.datamodule
+        if getattr(getattr(dm, "hparams", None), "objective", None) != objective:
+            raise ValueError(f"model.objective {objective} needs NATDataModule with the same objective "
+                             "(nat fit links them)")
+        if self.hparams.reference == "precomputed":
+            if self.reference is None or len(self.reference) != len(dm.train_rows):
+                self.reference = self.compute_reference(dm)
+            dm.reference = self.reference
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:
+            checkpoint["preference_reference"] = self.reference
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed run keeps the reference of the starting weights, not of the trained ones.
+        self.reference = checkpoint.get("preference_reference")
 
     # -- training --------------------------------------------------------------------------------------------
     def loss_scale(self) -> float:
@@ -135,32 +322,27 @@ class NATModule(L.LightningModule):
         acc = trainer.accumulate_grad_batches
         return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        nll, n = target_nll(logits, batch["labels"])
-        if not torch.isfinite(nll):
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        objective = self.hparams.objective
+        total, metrics, size = OBJECTIVES[objective](self, batch)
+        if not torch.isfinite(total):
             raise FloatingPointError(
-                f"non-finite loss ({nll.item()}) at global step {self.global_step}, batch {batch_idx}: lower the "
-                "learning rate, check the data, or train in bf16 rather than fp16")
-        step_targets = batch["step_targets"].to(nll.dtype)
-        loss = nll * self.loss_scale() / step_targets
-        n_f = n.clamp(min=1).to(nll.dtype)
-        self.log("train/loss", nll.detach() / n_f, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n))
-        self.log("train/target_tokens", n.to(torch.float32), on_step=True, on_epoch=False, reduce_fx="sum")
-        pad = (batch["attention_mask"] == 0).sum().float() / batch["attention_mask"].numel()
-        self.log("train/pad_fraction", pad, on_step=True, on_epoch=False)
-        return loss
+                f"non-finite loss ({total.item()}, objective {objective}) at global step {self.global_step}, batch "
+                f"{batch_idx}: lower the learning rate (or beta), check the data, or train in bf16 rather than fp16")
+        for name, value in metrics.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=False, batch_size=size)
+        return total * self.loss_scale() / batch["step_targets"].to(total.dtype)
 
-    def dev_sums(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def dev_sums(self, batch: Batch) -> torch.Tensor:
         """``(summed NLL, target tokens)`` of one dev batch: the one dev-perplexity computation."""
-        nll, n = target_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        return torch.stack([nll.detach().double(), n.double()])
+        logps, _ = self(batch)
+        return torch.stack([-logps.detach().double().sum(), torch.tensor(logps.numel(), dtype=torch.float64,
+                                                                          device=logps.device)])
 
     def dev_result(self, local: torch.Tensor) -> dict[str, float] | None:
         """This rank's dev sums, summed over ranks, as :func:`dev_metrics` (a collective: every rank calls it)."""
         trainer = self.trainer
-        total = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
-        return dev_metrics(total)
+        return dev_metrics(trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local)
 
     @torch.no_grad()
     def dev_perplexity(self, loader: Any) -> dict[str, float] | None:
@@ -179,7 +361,7 @@ class NATModule(L.LightningModule):
             self.train(was_training)
         return self.dev_result(local)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._dev_sums.append(self.dev_sums(batch))
 
     def on_validation_epoch_end(self) -> None:
@@ -187,15 +369,13 @@ class NATModule(L.LightningModule):
                                                                                        device=self.device)
         self._dev_sums = []
         values = self.dev_result(local)
-        if values is not None:
-            self.log("dev/nll", values["nll"], sync_dist=True)
-            self.log("dev/perplexity", values["perplexity"], prog_bar=True, sync_dist=True)
-            self.log("dev/target_tokens", float(values["target_tokens"]), sync_dist=True)
+        for name, value in (values or {}).items():  # the progress bar shows the perplexity
+            self.log(f"dev/{name}", float(value), prog_bar=name == "perplexity", sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if _deepspeed_offloads_optimizer(self):
+        if (_zero(self) or {}).get("offload_optimizer", {}).get("device") == "cpu":
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(params, lr=hp.learning_rate, betas=tuple(hp.betas),
@@ -209,23 +389,36 @@ class NATModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
-def _deepspeed_stage(module: L.LightningModule) -> int | None:
-    """The ZeRO stage when training under DeepSpeed, else None."""
+def _attached_trainer(module: L.LightningModule) -> Any:
+    """The trainer running ``module``, or None outside a run (tests, notebooks)."""
     try:
-        strategy = module.trainer.strategy
+        return module.trainer
     except RuntimeError:
         return None
+
+
+def _zero(module: L.LightningModule) -> dict[str, Any] | None:
+    """The ``zero_optimization`` config when training under DeepSpeed, else None."""
     from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
-    config = getattr(strategy, "config", None)
+    strategy = getattr(_attached_trainer(module), "strategy", None)
     # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
-    if not isinstance(strategy, DeepSpeedStrategy) or not isinstance(config, dict):
+    config = strategy.config if isinstance(strategy, DeepSpeedStrategy) else None
+    return config.get("zero_optimization", {}) if isinstance(config, dict) else None
+
+
+def _deepspeed_stage(module: L.LightningModule) -> int | None:
+    zero = _zero(module)
+    return None if zero is None else int(zero.get("stage", 0))
+
+
+def _liger_loss(module: NATModule) -> Any:
+    """Liger's fused linear cross-entropy (``pip install liger-kernel``) for the SFT loss on a CUDA device, when
+    installed and the LM head is called apart (``target_logits``) and whole (not under ZeRO-3); else None."""
+    if module._head is None or module.device.type != "cuda" or _deepspeed_stage(module) == 3:
         return None
-    return int(config.get("zero_optimization", {}).get("stage", 0))
-
-
-def _deepspeed_offloads_optimizer(module: L.LightningModule) -> bool:
-    if _deepspeed_stage(module) is None:
-        return False
-    zero = module.trainer.strategy.config.get("zero_optimization", {})
-    return zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")

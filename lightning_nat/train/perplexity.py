@@ -9,18 +9,11 @@ import lightning as L
 
 from lightning_nat.core.artifacts import PERPLEXITY_FILE, append_row, maybe_read_build, run_counts
 
-HISTORY_FILE = PERPLEXITY_FILE  # the name callers and YAMLs have used
-
 
 def run_info(trainer: L.Trainer) -> dict[str, Any]:
     """Variant and actual counts of the training set, from the built dataset's ``build.json`` when there is one."""
     folder = getattr(getattr(trainer.datamodule, "hparams", None), "dataset_dir", None)
     return run_counts(maybe_read_build(folder))
-
-
-def dev_perplexity(trainer: L.Trainer, module: L.LightningModule, loader: Any) -> dict[str, float] | None:
-    """Token-weighted dev NLL and perplexity over ``loader``, summed over ranks (``NATModule.dev_perplexity``)."""
-    return module.dev_perplexity(loader)
 
 
 class DevPerplexity(L.Callback):
@@ -34,7 +27,7 @@ class DevPerplexity(L.Callback):
         history_file: file name inside the run's log folder.
     """
 
-    def __init__(self, every_n_steps: int = 0, history_file: str = HISTORY_FILE):
+    def __init__(self, every_n_steps: int = 0, history_file: str = PERPLEXITY_FILE):
         self.every_n_steps = every_n_steps
         self.history_file = history_file
         self._last_step = -1
@@ -59,7 +52,7 @@ class DevPerplexity(L.Callback):
         loaders = dm.val_dataloader() if dm is not None else []
         if not loaders:
             return
-        values = dev_perplexity(trainer, pl_module, loaders)
+        values = pl_module.dev_perplexity(loaders)
         if values:
             pl_module.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, on_step=True, sync_dist=False)
             self._record(trainer, values, "steps")

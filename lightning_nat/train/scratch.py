@@ -61,12 +61,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: 
 
 def make_scratch_model(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int = 512, hidden_size: int = 64,
                        num_layers: int = 2, num_heads: int = 4, max_position_embeddings: int = 4096, seed: int = 0,
-                       chat_template: str | None = CHATML_TEMPLATE) -> Path:
+                       chat_template: str | None = CHATML_TEMPLATE, split_digits: bool = False) -> Path:
     """Train a tokenizer on ``texts``, build a random-init Llama for it, save both to ``out_dir``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = train_tokenizer(texts, vocab_size, chat_template)
+    tokenizer = train_tokenizer(texts, vocab_size, chat_template, split_digits)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,

@@ -16,6 +16,7 @@ the tool schemas and every other non-assistant turn are not.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -158,25 +159,77 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], max_length: 
 
 
 def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int,
-                   overlong: Literal["truncate", "drop"] = "truncate") -> dict[str, list]:
-    """``datasets.map`` function (batched): adds input_ids, labels, length, n_targets and flags.
+                   overlong: Literal["truncate", "drop"] = "truncate",
+                   sides: Sequence[str] = ("messages",)) -> dict[str, list]:
+    """``datasets.map`` function (batched): every objective's one tokenization.
 
-    A row that is too long is truncated (``truncated=True``) or marked for dropping
-    (``keep=False``); so is one whose truncation left no target.
+    Each side (``messages``; a DPO row also ``rejected``) goes through :func:`tokenize_conversation`
+    with the row's tools; a side other than ``messages`` gets its columns prefixed (``rejected_input_ids``).
+    ``length`` is the row's longest side; a row is ``truncated`` when a side is, and kept only when
+    every side kept a target (and, with ``overlong="drop"``, none was truncated).
     """
-    out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "n_targets": [], "truncated": [], "keep": []}
-    all_tools = batch.get("tools") or [None] * len(batch["id"])
-    for row_id, messages, tools in zip(batch["id"], batch["messages"], all_tools):
-        try:
-            enc = tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None)
-        except ConversationError as exc:
-            raise ConversationError(f"conversation {row_id!r}: {exc}") from None
-        n_targets = sum(lab != IGNORE_INDEX for lab in enc.labels)
-        keep = n_targets > 0 and not (enc.truncated and overlong == "drop")
-        out["input_ids"].append(enc.input_ids)
-        out["labels"].append(enc.labels)
-        out["length"].append(len(enc.input_ids))
-        out["n_targets"].append(n_targets)
-        out["truncated"].append(enc.truncated)
-        out["keep"].append(keep)
+    out: dict[str, list] = {"length": [], "truncated": [], "keep": []}
+    n = len(batch["id"])
+    all_tools = batch.get("tools") or [None] * n
+    for side in sides:
+        prefix = "" if side == "messages" else f"{side}_"
+        for col in ("input_ids", "labels", "n_targets"):
+            out[prefix + col] = []
+        for r, (row_id, messages, tools) in enumerate(zip(batch["id"], batch[side], all_tools)):
+            try:
+                enc = tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None)
+            except ConversationError as exc:
+                where = "" if side == "messages" else f" ({side} side)"
+                raise ConversationError(f"conversation {row_id!r}{where}: {exc}") from None
+            n_targets = sum(lab != IGNORE_INDEX for lab in enc.labels)
+            keep = n_targets > 0 and not (enc.truncated and overlong == "drop")
+            out[prefix + "input_ids"].append(enc.input_ids)
+            out[prefix + "labels"].append(enc.labels)
+            out[prefix + "n_targets"].append(n_targets)
+            if side == "messages":
+                out["length"].append(len(enc.input_ids))
+                out["truncated"].append(enc.truncated)
+                out["keep"].append(keep)
+            else:
+                out["length"][r] = max(out["length"][r], len(enc.input_ids))
+                out["truncated"][r] = out["truncated"][r] or enc.truncated
+                out["keep"][r] = out["keep"][r] and keep
     return out
+
+
+def first_target(labels: list[int]) -> int:
+    """Index of the first target token: where the prompt ends and the trajectory begins.
+
+    >>> first_target([-100, -100, 7, -100, 9])
+    2
+    """
+    return next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+
+
+def mismatched_pair(prompt_ids: list[int], prompt_labels: list[int], other_ids: list[int], other_labels: list[int],
+                    max_length: int) -> tuple[list[int], list[int]]:
+    """One row's prompt followed by another row's trajectory (KTO's mismatched pair), as ids and labels.
+
+    >>> mismatched_pair([1, 2, 3, 4], [-100, -100, 3, 4], [5, 6, 7], [-100, 6, 7], max_length=10)
+    ([1, 2, 6, 7], [-100, -100, 6, 7])
+    """
+    p, o = first_target(prompt_labels), first_target(other_labels)
+    ids = prompt_ids[:p] + other_ids[o:]
+    labels = [IGNORE_INDEX] * p + other_labels[o:]
+    return ids[:max_length], labels[:max_length]
+
+
+def mismatch_partners(n: int, seed: int) -> list[int]:
+    """A seeded derangement: row ``i`` borrows the trajectory of row ``partners[i] != i`` (KTO).
+
+    >>> p = mismatch_partners(5, seed=0); sorted(p) == list(range(5)) and all(i != j for i, j in enumerate(p))
+    True
+    """
+    if n < 2:
+        raise ValueError("KTO needs at least two rows to form mismatched pairs")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    partners = [0] * n
+    for k, i in enumerate(order):
+        partners[i] = order[(k + 1) % n]
+    return partners
