@@ -236,3 +236,20 @@ def test_a_tool_whose_result_blocks_in_str_times_out(tmp_path):
                           env={**os.environ})
     out = proc.stdout.splitlines()
     assert out[0] == "Error: wait timed out after 1 s" and int(out[1]) < 5, proc.stdout + proc.stderr
+
+
+PLAIN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_template_that_drops_tool_calls_is_refused_even_when_the_system_prompt_names_the_tool(tmp_path,
+                                                                                                scratch_model):
+    """Item 3: the check compares where each call was rendered, not whether its name appears somewhere."""
+    _write_jsonl(tmp_path / "fc.jsonl", [_fc_record(i, i % 2 == 0) for i in range(2)])
+    assert "get_weather" in SYSTEM  # the system prompt names the tool: a name search would pass
+    assert nat("build", "--format", "openai", "--trajectories", "fc.jsonl", "--out", "ds", cwd=tmp_path).returncode == 0
+    (tmp_path / "plain.jinja").write_text(PLAIN_TEMPLATE)
+    line = one_error_line(nat("inspect", "ds", "--tokenizer", scratch_model, "--chat-template", "plain.jinja",
+                              cwd=tmp_path))
+    assert "cannot render tool calls" in line
+    assert "message 2: the call to 'get_weather' is missing where the template rendered that message" in line

@@ -66,22 +66,49 @@ def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = 
         raise ConversationError(f"{_fix_hint(tokenizer)} ({type(exc).__name__}: {exc})") from None
 
 
+def _leaves(value: Any) -> list[str]:
+    """The text of every string and number inside call arguments (what a faithful render must show).
+
+    >>> _leaves({"city": "Oslo", "days": [1, 2], "exact": True})
+    ['city', 'Oslo', 'days', '1', '2', 'exact']
+    """
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in [str(k), *_leaves(v)]]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [str(value)] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else []
+
+
 def _check_calls_rendered(tokenizer: Any, full: str, messages: Sequence[dict], tools: list[dict] | None) -> None:
-    """Refuse a render that silently lost a call, a tool result or a tool schema (a template without tool support)."""
+    """Refuse a render that lost a call, its arguments, a tool result or a tool schema (a template without tool
+    support): each must appear where the template rendered its own message, not merely somewhere (a system prompt
+    that names the tool). Messages a template renders as one block (Hermes puts parallel tool results in one
+    user turn) are checked against that block."""
+    start, needed = 0, []
     for i, m in enumerate(messages):
         for call in template_message(m).get("tool_calls") or []:
-            if call["function"]["name"] not in full:
-                raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the call to "
-                                        f"{call['function']['name']!r} is missing from the rendered text)")
-        if m["role"] == "tool" and m["content"].strip() not in full:
-            raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the tool result is missing from the "
-                                    "rendered text)")
-        if m["role"] == "assistant" and m.get("tool_calls") and m["content"].strip() not in full:
-            raise ConversationError(f"{_fix_hint(tokenizer)} (message {i}: the text beside the calls is dropped)")
+            name = call["function"]["name"]
+            needed += [(name, i, f"the call to {name!r}")]
+            needed += [(x, i, f"the argument {x!r} of {name!r}") for x in _leaves(call["function"]["arguments"])]
+        if m["role"] == "tool":
+            needed.append((m["content"].strip(), i, "the tool result"))
+        elif m.get("tool_calls"):
+            needed.append((m["content"].strip(), i, "the text beside the calls"))
+        end = _render(tokenizer, messages[: i + 1], tools=tools)
+        if i + 1 < len(messages) and not full.startswith(end):
+            continue  # this message's block is not closed yet
+        segment, start = full[start:len(end)], len(end)
+        for text, j, what in needed:
+            if text not in segment:
+                raise ConversationError(f"{_fix_hint(tokenizer)} (message {j}: {what} is missing where the template "
+                                        "rendered that message)")
+        needed = []
     for t in tools or []:
-        if t["function"]["name"] not in full:
-            raise ConversationError(f"{_fix_hint(tokenizer)} (the schema of tool {t['function']['name']!r} is missing "
-                                    "from the rendered text)")
+        fn = t["function"]
+        for name in [fn["name"], *(fn.get("parameters") or {}).get("properties", {})]:
+            if name not in full:
+                raise ConversationError(f"{_fix_hint(tokenizer)} (the schema of tool {fn['name']!r} is not rendered: "
+                                        f"{name!r} is missing)")
 
 
 def assistant_spans(tokenizer: Any, messages: Sequence[dict],
