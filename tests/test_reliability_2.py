@@ -253,3 +253,73 @@ def test_a_template_that_drops_tool_calls_is_refused_even_when_the_system_prompt
                               cwd=tmp_path))
     assert "cannot render tool calls" in line
     assert "message 2: the call to 'get_weather' is missing where the template rendered that message" in line
+
+
+def _fit_yaml(tmp_path, model, data, **model_args):
+    import yaml
+
+    cfg = {"model": {"model_name_or_path": str(model), "learning_rate": 1e-3, **model_args},
+           "data": {"dataset_dir": str(data), "micro_batch_size": 2, "global_batch_size": 2, "max_length": 512},
+           "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(tmp_path / "run"),
+                       "enable_progress_bar": False}}
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_kto_build_is_not_trained_as_sft(tmp_path, scratch_model):
+    """Item 5: SFT on a KTO build would train the failures as successes (all under the positive prompt)."""
+    _write_jsonl(tmp_path / "t.jsonl", [_chat(f"q{i}?", i % 2 == 0) for i in range(6)])
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--variant", "kto", "--out", "kto",
+               cwd=tmp_path).returncode == 0
+    line = one_error_line(nat("fit", "--config", _fit_yaml(tmp_path, scratch_model, tmp_path / "kto"), cwd=tmp_path))
+    assert "this dataset is a KTO build" in line and "model.objective: kto" in line
+
+
+def test_fit_numbers_and_missing_paths_are_one_line(tmp_path, scratch_model):
+    """Items 12 and issue 32: --model.warmup_ratio 5 was accepted; fit before build said 'Directory ... not found'."""
+    _write_jsonl(tmp_path / "t.jsonl", [_chat(f"q{i}?", i % 2 == 0) for i in range(4)])
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path).returncode == 0
+    cfg = _fit_yaml(tmp_path, scratch_model, tmp_path / "ds")
+    assert "model.warmup_ratio 5.0: must be a finite number in [0, 1]" in one_error_line(
+        nat("fit", "--config", cfg, "--model.warmup_ratio", "5", cwd=tmp_path))
+    line = one_error_line(nat("fit", "--config", cfg, "--data.dataset_dir", "runs/data/nothing", cwd=tmp_path))
+    assert "data.dataset_dir runs/data/nothing: no such dataset folder; build it first with nat build" in line
+    (tmp_path / "runs").mkdir()
+    line = one_error_line(nat("fit", "--config", cfg, "--model.model_name_or_path", "runs/nothing", cwd=tmp_path))
+    assert "model.model_name_or_path runs/nothing: no such model folder" in line
+
+
+def test_build_overwrite_waits_for_a_fit_reading_the_rows(tmp_path):
+    """Item 14: a running nat fit holds a shared lock on its dataset; nat build --overwrite is refused meanwhile."""
+    import subprocess
+    import sys
+
+    _write_jsonl(tmp_path / "t.jsonl", [_chat(f"q{i}?", i % 2 == 0) for i in range(4)])
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lightning_nat.core.outputs import reading\n"
+                               "with reading('ds', 'nat fit'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_error_line(nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds",
+                                  "--overwrite", cwd=tmp_path))
+        assert "ds: in use by a `nat fit` reading it" in line
+    finally:
+        holder.kill()
+    assert nat("build", "--format", "openai", "--trajectories", "t.jsonl", "--out", "ds", cwd=tmp_path).returncode == 0
+
+
+def test_make_trainer_progress_bar_counts_what_it_runs(tiny_dataset, scratch_model):
+    """Issue 32: a step budget alone showed `Epoch 0/-2 ... 16/4` (max_epochs -1; optimizer steps against micro-batches)."""
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import NATModule
+    from lightning_nat.train.trainer import make_trainer
+
+    dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=2,
+                       global_batch_size=8, max_length=512)
+    trainer = make_trainer(dm, max_steps=3, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(NATModule(str(scratch_model), learning_rate=1e-3), dm)
+    bar = trainer.progress_bar_callback
+    assert trainer.global_step == 3 and trainer.max_epochs >= 1
+    assert bar.total_train_batches >= 3 * 4  # the epoch holds the 12 micro-batches run (was 3 optimizer steps)

@@ -358,6 +358,7 @@ class NATDataModule(L.LightningDataModule):
         self._loader_state: dict[str, int] | None = None
         # The prompt the conversations were rendered with; the export saves it beside the model.
         self.prompt_spec: Any = None
+        self.build_record: Any = None  # the build.json of the rows trained on, read once
         # DPO/KTO: each row's reference log-probs, (rows, 2); NATModule computes them before the first step.
         self.reference: torch.Tensor | None = None
 
@@ -378,9 +379,12 @@ class NATDataModule(L.LightningDataModule):
     def load_conversations(self) -> Any:
         import datasets
 
-        from lightning_nat.core.artifacts import read_spec
+        from lightning_nat.core.artifacts import check_dataset_folder, maybe_read_build, read_spec
 
         if self.hparams.dataset_dir:
+            check_dataset_folder(self.hparams.dataset_dir)
+            # Read once: the history rows describe the rows trained on, even if the folder is rebuilt meanwhile.
+            self.build_record = maybe_read_build(self.hparams.dataset_dir)
             self.prompt_spec = read_spec(self.hparams.dataset_dir)
             return datasets.load_from_disk(self.hparams.dataset_dir)
         from lightning_nat.core.prompts import PromptSpec
@@ -389,6 +393,9 @@ class NATDataModule(L.LightningDataModule):
         build = self.hparams.build
         res = build_dataset(build if isinstance(build, BuildSpec) else BuildSpec(**build), cache_dir=self.hparams.cache_dir)
         self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
+        from lightning_nat.core.artifacts import BuildRecord
+
+        self.build_record = BuildRecord(res.config, res.report, res.report.get("prompt"))
         return res.dataset
 
     def _tokenize(self, ds: Any, sides: tuple[str, ...] = ("messages",)) -> tuple[Any, int, int]:
@@ -417,6 +424,10 @@ class NATDataModule(L.LightningDataModule):
         objective, dpo_build = self.hparams.objective, "rejected" in train.column_names
         if objective == "sft" and dpo_build:
             raise ValueError("this dataset is a DPO build (it has a rejected side): train it with model.objective: dpo")
+        if objective == "sft" and self.build_record is not None and self.build_record.variant == "kto":
+            raise ValueError("this dataset is a KTO build (failures labelled undesirable, all under the positive "
+                             "prompt): SFT would train the failures as successes; train it with model.objective: kto "
+                             "(or build --variant nut / nat for SFT)")
         if objective == "dpo" and not dpo_build:
             raise ValueError("model.objective dpo needs a `nat build --variant dpo` dataset (rows with a rejected side)")
         if objective == "kto" and not set(train.unique("label")) <= {"positive", "negative"}:

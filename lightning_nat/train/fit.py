@@ -139,13 +139,20 @@ class NATCLI(LightningCLI):
             # Loggers follow trainer.default_root_dir unless a config names their folder.
             if getattr(logger, "init_args", None) is not None and logger.init_args.get("save_dir") == "runs" and root:
                 logger.init_args.save_dir = root
+        from lightning_nat.core.artifacts import check_dataset_folder, check_model_folder
+
+        check_model_folder(cfg.model.model_name_or_path, "model.model_name_or_path")
+        if cfg.data.dataset_dir:
+            check_dataset_folder(cfg.data.dataset_dir)
         if self.subcommand == "fit":
             cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
-            if root and _is_launching_process():
-                # Two runs into one root would interleave checkpoints and logs; held until cli_main returns.
-                from lightning_nat.core.outputs import output_lock
+            if _is_launching_process():
+                from lightning_nat.core.outputs import output_lock, reading
 
-                _HELD.enter_context(output_lock(root, "nat fit"))
+                if root:  # two runs into one root would interleave checkpoints and logs
+                    _HELD.enter_context(output_lock(root, "nat fit"))
+                if cfg.data.dataset_dir:  # `nat build --overwrite` may not replace the rows being trained on
+                    _HELD.enter_context(reading(cfg.data.dataset_dir, "nat fit"))
 
 
 def cli_main(argv: list[str] | None = None) -> int:

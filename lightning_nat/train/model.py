@@ -153,6 +153,12 @@ class NATModule(L.LightningModule):
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
         if reference == "adapter_disabled" and lora_r <= 0:
             raise ValueError("reference: adapter_disabled needs LoRA (lora_r > 0); use reference: precomputed")
+        for name, value, low, high in (("learning_rate", learning_rate, 0.0, math.inf),
+                                       ("warmup_ratio", warmup_ratio, 0.0, 1.0), ("min_lr_ratio", min_lr_ratio, 0.0, 1.0),
+                                       ("weight_decay", weight_decay, 0.0, math.inf), ("beta", beta, 0.0, math.inf)):
+            if not (math.isfinite(value) and low <= value <= high) or (name in ("learning_rate", "beta") and value == 0):
+                raise ValueError(f"model.{name} {value}: must be a finite number in "
+                                 f"{'(' if name in ('learning_rate', 'beta') else '['}{low:g}, {high:g}]")
         self.save_hyperparameters()
         self.model: Any = None
         self.reference: torch.Tensor | None = None

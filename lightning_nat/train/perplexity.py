@@ -7,13 +7,12 @@ from typing import Any
 
 import lightning as L
 
-from lightning_nat.core.artifacts import PERPLEXITY_FILE, append_row, maybe_read_build, run_counts
+from lightning_nat.core.artifacts import PERPLEXITY_FILE, append_row, run_counts
 
 
 def run_info(trainer: L.Trainer) -> dict[str, Any]:
-    """Variant and actual counts of the training set, from the built dataset's ``build.json`` when there is one."""
-    folder = getattr(getattr(trainer.datamodule, "hparams", None), "dataset_dir", None)
-    return run_counts(maybe_read_build(folder))
+    """Variant and actual counts of the training set the run read (its ``build.json`` when it was loaded)."""
+    return run_counts(getattr(trainer.datamodule, "build_record", None))
 
 
 class DevPerplexity(L.Callback):

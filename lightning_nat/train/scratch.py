@@ -101,23 +101,27 @@ class ScratchConfig:
     """The options of ``nat scratch``."""
 
     dataset: str = option(help="a `nat build --out` folder whose texts train the tokenizer")
-    out: str = option(help="output folder (a normal Hugging Face model folder)")
-    vocab_size: int = option(512, "BPE vocabulary size (default: 512)")
-    hidden_size: int = option(64, "model width (default: 64)")
-    layers: int = option(2, "transformer layers (default: 2)")
-    heads: int = option(4, "attention heads (default: 4)")
+    out: str = option(help="output folder (a normal Hugging Face model folder; a rerun replaces its own output)")
+    vocab_size: int = option(512, "BPE vocabulary size (default: 512)", min=64)
+    hidden_size: int = option(64, "model width (default: 64)", min=8)
+    layers: int = option(2, "transformer layers (default: 2)", min=1)
+    heads: int = option(4, "attention heads (default: 4)", min=1)
     template: Literal["chatml", "llama2"] = option(
         "chatml", "chat template: ChatML, or none so training falls back to Llama-2-chat [INST] (default: chatml)")
     seed: int = option(0, "weight init seed (default: 0)")
+    overwrite: bool = option(False, "replace --out even if it is a non-empty folder that is not an earlier "
+                                    "`nat scratch` output (its files are deleted)")
 
 
 def run_scratch(cfg: ScratchConfig) -> int:
     """``nat scratch``: train the tokenizer on the dataset's texts and save a random-init model beside it."""
     from lightning_nat.core.console import console
+    from lightning_nat.core.outputs import writing
 
     texts = conversation_texts(cfg.dataset)
-    out = make_scratch_model(cfg.out, texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                             num_layers=cfg.layers, num_heads=cfg.heads, seed=cfg.seed,
-                             chat_template=CHATML_TEMPLATE if cfg.template == "chatml" else None)
-    console.print(f"wrote a random-init scratch model and its tokenizer ({len(texts)} texts) to {out}")
+    with writing(cfg.out, "nat scratch", cfg.overwrite, inputs=[cfg.dataset]) as staged:
+        make_scratch_model(staged, texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                           num_layers=cfg.layers, num_heads=cfg.heads, seed=cfg.seed,
+                           chat_template=CHATML_TEMPLATE if cfg.template == "chatml" else None)
+    console.print(f"wrote a random-init scratch model and its tokenizer ({len(texts)} texts) to {cfg.out}")
     return 0

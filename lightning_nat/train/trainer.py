@@ -30,6 +30,14 @@ def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1,
         raise ValueError(f"accumulate_grad_batches={given} contradicts global_batch_size {hp.global_batch_size} / "
                          f"micro_batch_size {hp.micro_batch_size} on {devices} device(s) = {acc}; leave it out")
     trainer_kwargs.setdefault("use_distributed_sampler", False)
+    steps = trainer_kwargs.get("max_steps") or -1
+    if steps > 0 and trainer_kwargs.get("max_epochs") is None and hasattr(datamodule, "train_rows"):
+        # A step budget alone leaves Lightning's progress bar at "Epoch 0/-2 ... 16/4" (max_epochs -1, optimizer
+        # steps against micro-batches): give it the epochs the budget spans instead.
+        datamodule.setup("fit")
+        micro = -(-len(datamodule.train_rows) // hp.micro_batch_size)
+        per_epoch = -(-micro // (device_count(devices, accelerator) * num_nodes * acc))
+        trainer_kwargs["max_epochs"] = -(-steps // max(1, per_epoch))
     if trainer_kwargs.get("deterministic") is True:
         import torch
 
