@@ -150,7 +150,8 @@ def print_demo_table(result: dict[str, Any], seconds: float) -> None:
                      f"{ppl:.2f}" if ppl is not None else "-", str(v.get("cut_turns", "-"))])
     seeds = f"seeds {cfg['first_seed']}-{cfg['first_seed'] + cfg['seeds'] - 1}" if cfg["seeds"] > 1 else \
         f"seed {cfg['first_seed']}"
-    main = table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {seeds}, {cfg['steps']} steps "
+    budget = f"{cfg['steps']} steps" if cfg.get("steps") else f"{cfg['epochs']} epochs"
+    main = table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {seeds}, {budget} "
                  "each from one pretrained base; accuracy % as mean ± sd [95% CI] over seeds",
                  ["strategy", "pos.", "neg.", "accuracy %", "finished", "dev ppl", "cut turns"], rows)
     main.columns[0].no_wrap = True  # the strategy names are what users (and tests) look for

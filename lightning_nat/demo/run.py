@@ -32,9 +32,9 @@ BUDGET_MIN_MARGIN = 8
 SIZES = "sizes and rates (defaults: the full run; --quick shrinks them)"
 
 
-def _size(default: Any, help: str) -> Any:
+def _size(default: Any, help: str, **meta: Any) -> Any:
     """A size or rate of the demo: a flag whose default is the full run's, or ``--quick``'s under it."""
-    return option(default, help, group=SIZES, unset=True)
+    return option(default, help, group=SIZES, unset=True, **meta)
 
 
 @dataclass
@@ -68,7 +68,9 @@ class DemoConfig:
     pretrain_texts: int = _size(20000, "unlabelled passages the base is pretrained on")
     pretrain_steps: int = _size(1000, "pretraining steps of the base")
     base_seed: int = _size(1234, "seed of the base")
-    steps: int = _size(200, "optimizer steps per strategy (the same budget for each)")
+    epochs: int = _size(16, "fine-tuning epochs of every strategy over its own training set, as the paper (steps "
+                            "follow from each set's size)", min=1)
+    steps: int = _size(0, "optimizer steps per strategy, overriding --epochs (0: from --epochs)", min=0)
     batch_size: int = _size(8, "conversations per step")
     learning_rate: float = _size(2e-3, "peak learning rate")
     preference_learning_rate: float = _size(5e-5, "peak learning rate of DPO/KTO (from the w/o-Neg model)")
@@ -91,7 +93,7 @@ class DemoConfig:
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
         base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
-                    hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, steps=12, batch_size=8,
+                    hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1, batch_size=8,
                     max_turns=4)
         base.update(overrides, quick_sizes=True)
         return cls(**base)
@@ -120,7 +122,7 @@ class DemoConfig:
 
 GPU_PROFILE: dict[str, Any] = dict(train_problems=1000, test_problems=300, pos_num=200, neg_num=800, hidden_size=384,
                                    layers=8, heads=6, vocab_size=1000, pretrain_texts=40000, pretrain_steps=4000,
-                                   steps=1500, batch_size=16)
+                                   epochs=24, batch_size=16)
 
 
 def generation_budget(turn_lengths: list[int]) -> int:
@@ -159,7 +161,17 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, objective: str = "sft") -> Any:
+def strategy_steps(cfg: DemoConfig, rows: int) -> int:
+    """Optimizer steps of a strategy with ``rows`` training conversations: ``--steps``, else ``--epochs`` over them.
+
+    >>> strategy_steps(DemoConfig(epochs=16, batch_size=8), 100), strategy_steps(DemoConfig(steps=7), 100)
+    (200, 7)
+    """
+    return cfg.steps or -(-cfg.epochs * rows // cfg.batch_size)
+
+
+def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, steps: int,
+           objective: str = "sft") -> Any:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -174,9 +186,9 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
                        cache_dir=str(run_dir.parent.parent / "cache"))
     lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
     module = NATModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
-    every = max(1, cfg.steps // 8)
+    every = max(1, steps // 8)
     trainer = make_trainer(dm, accelerator="gpu" if cfg.profile == "gpu" else "cpu", deterministic=True,
-                           max_steps=cfg.steps, max_epochs=10_000, logger=CSVLogger(str(run_dir), name="", version=""),
+                           max_steps=steps, max_epochs=10_000, logger=CSVLogger(str(run_dir), name="", version=""),
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=every)
@@ -260,13 +272,15 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     for strategy in strategies:
         preference = strategy in PREFERENCE
         start = sft_dir if preference else base_dir
-        say(f"seed {seed}: training {strategy} for {cfg.steps} steps" + (" from the w/o-Neg model" if preference else
-                                                                          " from the pretrained base"))
+        record = read_build(datasets_dirs[strategy]).report
+        steps = strategy_steps(cfg, sum(record["stats"][k] for k in ("positives", "negatives")) if strategy != "dpo"
+                               else record["dpo"]["pairs"])
+        say(f"seed {seed}: training {strategy} for {steps} steps" + (" from the w/o-Neg model" if preference else
+                                                                      " from the pretrained base"))
         seed_everything(seed, cfg.threads)
-        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed,
+        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
                             objective=strategy if preference else "sft")
         _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
-        record = read_build(datasets_dirs[strategy]).report
         build = record["stats"]
         policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=budget)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
@@ -281,7 +295,8 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
         history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
         out[strategy] = {"accuracy": result.metrics["accuracy"], "finished": result.finished,
                          "parse_error_rate": result.parse_error_rate, "failed": result.failed,
-                         "positives": build["positives"], "negatives": build["negatives"], "cut_turns": cut,
+                         "positives": build["positives"], "negatives": build["negatives"], "steps": steps,
+                         "cut_turns": cut,
                          "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
