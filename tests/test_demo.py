@@ -1,4 +1,5 @@
 import json
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -60,8 +61,14 @@ def test_nat_demo_quick(tmp_path):
                            "dpo", "kto"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NAT (negative-aware)" in proc.stdout and "w/o Neg" in proc.stdout
+    assert "accuracy % of one seed" in " ".join(proc.stdout.split())  # one seed is not called "over seeds"
     result = json.loads((out / "results.json").read_text())
     table = result["table"]
+    assert all(v["accuracy_sd"] is None for v in table.values())  # no sd of one value
+    # The next command the demo suggests runs as printed.
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("nat solve --model"))
+    solved = subprocess.run([str(nat), *shlex.split(line.strip())[1:]], capture_output=True, text=True, timeout=600)
+    assert solved.returncode == 0 and "prediction:" in solved.stdout, solved.stderr[-2000:]
     assert set(table) == {"positive", "nut", "nat", "dpo", "kto"}
     assert "DPO (pairs, from w/o Neg)" in proc.stdout and "KTO (labels, from w/o Neg)" in proc.stdout
     assert table["positive"]["negatives"] == 0

@@ -129,6 +129,8 @@ def test_nat_demo_quick_twice_gives_identical_results(tmp_path):
         proc = nat("demo", "--quick", "--seeds", "2", "--out", "demo", cwd=tmp_path / name)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "NAT (negative-aware)" in proc.stdout
+        first = next(line for line in proc.stdout.splitlines() if "the base:" in line)
+        assert "(from the cache)" not in first and "cached in" in first  # a fresh run does not claim a cache
         outs.append((tmp_path / name / "demo" / "results.json").read_text())
         timings = json.loads((tmp_path / name / "demo" / "timings.json").read_text())
         assert timings["base_from_cache"] is False
@@ -142,10 +144,21 @@ def test_nat_demo_quick_twice_gives_identical_results(tmp_path):
         # Every wrong episode gets a type (a right answer reached by a wrong path is typed too).
         assert 1 - v["accuracy"] - 1e-6 <= sum(v["errors"].values()) <= 1 + 1e-6
     assert abs(sum(result["teacher_error_mix"].values()) - 1) < 0.02  # negatives only: all typed
+    # The paired differences of the report, seed by seed.
+    for key, (a, b) in {"nut-positive": ("nut", "positive"), "nat-nut": ("nat", "nut"),
+                        "nat-positive": ("nat", "positive")}.items():
+        pair = result["paired"][key]
+        assert pair["per_seed"] == [round(x - y, 4) for x, y in zip(result["table"][a]["per_seed"],
+                                                                    result["table"][b]["per_seed"])]
+        assert pair["ci95"][0] <= pair["mean"] <= pair["ci95"][1]
+    # Equal epochs: NUT and NAT take more steps than w/o Neg because they have more data.
+    steps = {s: v["steps"] for s, v in result["table"].items()}
+    assert steps["nut"] == steps["nat"] and all(n > m for n, m in zip(steps["nat"], steps["positive"]))
     # A third run in the same place reuses the cached base and still gives the same table.
     proc = nat("demo", "--quick", "--seeds", "2", "--out", "demo", cwd=tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "a" / "demo" / "timings.json").read_text())["base_from_cache"] is True
+    assert "(from the cache)" in next(line for line in proc.stdout.splitlines() if "the base:" in line)
     assert (tmp_path / "a" / "demo" / "results.json").read_text() == outs[0]
 
 
@@ -157,3 +170,13 @@ def test_gpu_profile_without_a_gpu_is_a_clear_error(tmp_path):
     proc = nat("demo", "--profile", "gpu", "--out", "demo", cwd=tmp_path)
     assert proc.returncode == 1 and "--profile gpu needs a CUDA device" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "demo").exists()  # refused before anything was written
+
+
+def test_the_progress_bar_counts_exactly_its_stages(tmp_path):
+    """The bar counted past its total (9/8 ... 12/8, its clock frozen once 'finished'): stages are counted, notes not."""
+    from lightning_nat.demo.run import DemoConfig, run_demo, stages
+
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), strategies=("positive", "nat"))
+    told: list[str] = []
+    run_demo(cfg, stage=told.append, note=lambda msg: None)
+    assert len(told) == stages(cfg) == 1 + 1 * (1 + 2 * 2)

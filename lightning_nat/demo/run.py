@@ -196,13 +196,16 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
     return module, dm
 
 
-def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
-    """Keep a trained model as a from_pretrained folder, with the export's generation config."""
+def _save_model(model: Any, tokenizer: Any, spec: Any, out: Path) -> None:
+    """Keep a trained model as a from_pretrained folder, with the export's generation config and its prompt."""
+    from lightning_nat.core.artifacts import write_spec
     from lightning_nat.train.export import serving_generation_config
 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     serving_generation_config(model, tokenizer).save_pretrained(out)
+    if spec is not None:
+        write_spec(spec, out)  # where `nat solve --model` finds the prompt the model was trained with
 
 
 def _base_dir(cfg: DemoConfig) -> Path:
@@ -280,7 +283,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
         seed_everything(seed, cfg.threads)
         module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
                             objective=strategy if preference else "sft")
-        _save_model(module.model, dm.tokenizer, root / "runs" / strategy / "model")
+        _save_model(module.model, dm.tokenizer, dm.prompt_spec, root / "runs" / strategy / "model")
         build = record["stats"]
         policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=budget)
         agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
@@ -340,10 +343,11 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
         rows = [r[s] for r in per_seed]
         accs = [r["accuracy"] for r in rows]
         table[s] = {"accuracy": round(statistics.fmean(accs), 4),
-                    "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                    "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
                     "accuracy_ci95": interval95(accs), "per_seed": accs,
                     "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
-                    "positives": rows[0]["positives"], "negatives": rows[0]["negatives"]}
+                    "positives": rows[0]["positives"], "negatives": rows[0]["negatives"],
+                    "steps": [r.get("steps") for r in rows]}
         if all("errors" in r for r in rows):
             table[s]["errors"] = {t: round(statistics.fmean(r["errors"][t] for r in rows), 4) for t in rows[0]["errors"]}
             table[s]["cut_turns"] = sum(r["cut_turns"] for r in rows)
@@ -351,6 +355,24 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
         if all(p is not None for p in ppl):
             table[s]["dev_perplexity"] = round(statistics.fmean(ppl), 4)
     return table
+
+
+# The paired comparisons of the report: (later, earlier) strategy, the difference taken seed by seed.
+PAIRS = (("nut", "positive"), ("nat", "nut"), ("nat", "positive"))
+
+
+def paired(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-seed accuracy differences of the report's pairs, with their mean and paired 95 % t interval.
+
+    >>> paired({"nut": {"per_seed": [0.3, 0.5]}, "positive": {"per_seed": [0.1, 0.2]}})["nut-positive"]["per_seed"]
+    [0.2, 0.3]
+    """
+    out = {}
+    for a, b in PAIRS:
+        if a in table and b in table:
+            d = [round(x - y, 4) for x, y in zip(table[a]["per_seed"], table[b]["per_seed"])]
+            out[f"{a}-{b}"] = {"per_seed": d, "mean": round(statistics.fmean(d), 4), "ci95": interval95(d)}
+    return out
 
 
 def teacher_mix(per_seed: list[dict[str, Any]]) -> dict[str, float]:
@@ -379,19 +401,77 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="lightning")
 
 
-def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+# The report's names and colours, the same in the table and in both plots.
+NAMES = {"positive": "w/o Neg", "nut": "NUT", "nat": "NAT", "dpo": "DPO", "kto": "KTO"}
+COLOURS = {"positive": "#7f7f7f", "nut": "#1f77b4", "nat": "#d62728", "dpo": "#2ca02c", "kto": "#9467bd"}
+
+
+def plot_report(result: dict[str, Any], out: Path) -> None:
+    """``accuracy.png`` (bars with 95 % intervals over seeds) and ``perplexity.png`` (dev perplexity by epoch, the
+    first seed), in the paper's names and one colour per strategy; both axes from 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lightning_nat.core.artifacts import PERPLEXITY_FILE, read_rows
+
+    cfg, table = result["config"], result["table"]
+    seeds = cfg["seeds"]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (s, v) in enumerate(table.items()):
+        lo, hi = v["accuracy_ci95"]
+        err = [[100 * (v["accuracy"] - lo)], [100 * (hi - v["accuracy"])]] if seeds > 1 else None
+        bars = ax.bar(i, 100 * v["accuracy"], yerr=err, capsize=5, color=COLOURS.get(s), label=NAMES.get(s, s))
+        ax.bar_label(bars, [f"{100 * v['accuracy']:.1f}"], padding=3, fontsize=8)
+    ax.set_xticks(range(len(table)), [NAMES.get(s, s) for s in table])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("held-out accuracy (%)")
+    what = f"mean and 95 % interval over seeds {cfg['first_seed']}-{cfg['first_seed'] + seeds - 1}" if seeds > 1 \
+        else f"seed {cfg['first_seed']}"
+    ax.set_title(f"Synthetic arithmetic agent, {cfg['test_problems']} held-out problems ({what})", fontsize=9)
+    fig.savefig(out / "accuracy.png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    first = out / f"seed{cfg['first_seed']}" / "runs"
+    for s, v in table.items():
+        rows, steps = read_rows(first / s / PERPLEXITY_FILE), v["steps"][0]
+        if rows and steps:
+            epochs = [r["step"] / steps * (cfg["epochs"] if not cfg["steps"] else steps * cfg["batch_size"] /
+                                           (v["positives"] + v["negatives"])) for r in rows]
+            ax.plot(epochs, [r["perplexity"] for r in rows], marker="o", markersize=3, color=COLOURS.get(s),
+                    label=f"{NAMES.get(s, s)} ({v['negatives']} negatives)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel("dev perplexity (held-out positives)")
+    ax.set_title(f"Dev perplexity of held-out positive trajectories (seed {cfg['first_seed']})", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(out / "perplexity.png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def stages(cfg: DemoConfig) -> int:
+    """The steps the progress bar counts: the base, then per seed the collection and each strategy's training and
+    evaluation (:func:`run_demo` calls ``stage`` exactly this many times).
+
+    >>> stages(DemoConfig(seeds=2))
+    15
+    """
+    return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))
+
+
+def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callable[[str], None] = print
+             ) -> dict[str, Any]:
     """The full demo over ``cfg.seeds`` seeds; writes results.json, timings.json and the plots into ``cfg.out``.
 
-    ``results.json`` holds only what the seeds determine (two runs give the same file); wall times, which the
-    machine decides, go to ``timings.json``.
+    ``stage`` is told each step of :func:`stages`, ``note`` every other progress line. ``results.json`` holds
+    only what the seeds determine (two runs give the same file); wall times go to ``timings.json``.
     """
     import time
 
     import torch
-
-    from lightning_nat.core.artifacts import NEG_NUM
-    from lightning_nat.demo.synthetic import ARITH_DECLARATION
-    from lightning_nat.report.plot import load_perplexity_runs, plot_perplexity, plot_sweep
 
     _quiet()
     if cfg.profile == "gpu" and not torch.cuda.is_available():
@@ -401,20 +481,22 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.base_seed, cfg.threads)
-    say(f"the base: {cfg.pretrain_steps} pretraining steps on {cfg.pretrain_texts} unlabelled passages (cached)")
-    base_dir, base = make_base(cfg.base_spec(), _base_dir(cfg), say=say,
-                               device="cuda" if cfg.profile == "gpu" else "cpu")
+    spec = cfg.base_spec()
+    cached = (_base_dir(cfg) / f"base-{spec.key()}" / "base.json").is_file()
+    stage(f"the base: {cfg.pretrain_steps} pretraining steps on {cfg.pretrain_texts} unlabelled passages"
+          + (" (from the cache)" if cached else f" (cached in {_base_dir(cfg)} for the next runs)"))
+    base_dir, base = make_base(spec, _base_dir(cfg), say=note, device="cuda" if cfg.profile == "gpu" else "cpu")
     timings["base_seconds"] = round(time.time() - started, 1)
     timings["base_from_cache"] = base.pop("from_cache")
     timings["base_pretraining_seconds"] = base.pop("seconds")
     per_seed = []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         t0 = time.time()
-        per_seed.append({"seed": seed, **run_seed(cfg, seed, say, base_dir)})
+        per_seed.append({"seed": seed, **run_seed(cfg, seed, stage, base_dir)})
         timings[f"seed{seed}_seconds"] = round(time.time() - t0, 1)
     table = aggregate(per_seed, cfg.strategies)
-    result = {"config": asdict(cfg), "base": base, "table": table, "teacher_error_mix": teacher_mix(per_seed),
-              "per_seed": per_seed}
+    result = {"config": asdict(cfg), "base": base, "table": table, "paired": paired(table),
+              "teacher_error_mix": teacher_mix(per_seed), "per_seed": per_seed}
     from lightning_nat.core.results import EvalReport, task_result
 
     # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
@@ -423,13 +505,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     by_strategy = {s: [trajs for r in seeds if r.meta["strategy"] == s for trajs in r.episodes.values()]
                    for s in cfg.strategies}
     EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
-    first = out / f"seed{cfg.first_seed}" / "runs"
-    runs = load_perplexity_runs([first / s for s in cfg.strategies])
-    plot_perplexity(runs, out / "perplexity.png", title=f"Dev perplexity of held-out positives (seed {cfg.first_seed})")
-    points = [{"strategy": s, NEG_NUM: float(v["negatives"]), "task": ARITH_DECLARATION["name"],
-               "metric": "accuracy",
-               "value": v["accuracy"]} for s, v in table.items()]
-    plot_sweep(points, out / "accuracy.png")
+    plot_report(result, out)
     timings["total_seconds"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     result["timings"] = timings
@@ -437,7 +513,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
 
 
 def run_demo_command(cfg: DemoConfig) -> int:
-    """``nat demo``: :func:`run_demo` with a progress bar, then the comparison table."""
+    """``nat demo``: :func:`run_demo` with a progress bar, then the comparison table and what to try next."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -445,20 +521,24 @@ def run_demo_command(cfg: DemoConfig) -> int:
     from lightning_nat.core.console import console, print_demo_table
 
     start = time.time()
-    stages = 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))  # the base, then per seed: collect, train + evaluate each
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
-        bar_id = bar.add_task("NAT demo", total=stages)
+        bar_id = bar.add_task("NAT demo", total=stages(cfg))
 
-        def say(msg: str) -> None:
-            if bar.tasks[0].description != "NAT demo":
+        def stage(msg: str) -> None:
+            if bar.tasks[0].description != "NAT demo":  # the previous stage is done
                 bar.advance(bar_id)
             bar.update(bar_id, description=msg)
             console.log(msg)
 
-        result = run_demo(cfg, say=say)
-        bar.update(bar_id, completed=stages, description="NAT demo: done")
+        result = run_demo(cfg, stage=stage, note=console.log)
+        bar.update(bar_id, completed=stages(cfg), description="NAT demo: done")
     print_demo_table(result, time.time() - start)
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {cfg.out}/perplexity.png and "
                   f"{cfg.out}/accuracy.png")
+    best = max(result["table"], key=lambda s: result["table"][s]["accuracy"])
+    model = f"{cfg.out}/seed{cfg.first_seed}/runs/{best}/model"
+    console.print(f"next, watch the {NAMES.get(best, best)} model solve one problem:\n  nat solve --model {model} "
+                  "--task arith 'Mia has 12 apples. Mia buys 5 more apples. How many apples does Mia have now?'",
+                  highlight=False, soft_wrap=True)
     return 0
