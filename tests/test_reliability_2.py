@@ -323,3 +323,14 @@ def test_make_trainer_progress_bar_counts_what_it_runs(tiny_dataset, scratch_mod
     bar = trainer.progress_bar_callback
     assert trainer.global_step == 3 and trainer.max_epochs >= 1
     assert bar.total_train_batches >= 3 * 4  # the epoch holds the 12 micro-batches run (was 3 optimizer steps)
+
+
+def test_runs_print_no_lightning_tips_or_deprecation_noise(tmp_path, scratch_model, tiny_dataset, shared_data):
+    """Issue 32: every run printed Lightning's litlogger tip and a `past_key_values` FutureWarning."""
+    fit = nat("fit", "--config", _fit_yaml(tmp_path, scratch_model, tiny_dataset), cwd=tmp_path)
+    ev = nat("eval", "--model", scratch_model, "--tasks", "gsm8k", "--data-dir", shared_data, "--limit", "2",
+             "--max-new-tokens", "4", "--max-turns", "1", "--out", "ev", cwd=tmp_path)
+    for proc in (fit, ev):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = proc.stdout + proc.stderr
+        assert "Tip:" not in out and "FutureWarning" not in out and "past_key_values" not in out, out[-2000:]

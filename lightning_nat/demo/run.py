@@ -391,6 +391,7 @@ def _quiet() -> None:
     import warnings
 
     import datasets
+    import lightning.pytorch  # noqa: F401 - its import resets its loggers' levels: import it before setting them
     import transformers
 
     datasets.disable_progress_bars()

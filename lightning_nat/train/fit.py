@@ -163,6 +163,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     # From the `nat` console script sys.argv already reads `nat fit ...`: let LightningCLI read it (the DDP
     # launcher re-runs that same command line in each child process).
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
+    from lightning_nat.train.trainer import quiet_tips
+
+    quiet_tips()
     try:
         with _HELD:  # the root's lock, taken once the config names the root, is released when the run ends
             NATCLI(NATModule, NATDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,

@@ -13,6 +13,23 @@ from typing import Any
 from lightning_nat.train.datamodule import accumulation_steps, device_count
 
 
+class _NoTips:
+    """A logging filter that drops Lightning's advertising tips (``💡 Tip: ... try installing litlogger``)."""
+
+    @staticmethod
+    def filter(record: Any) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_tips() -> None:
+    """Keep Lightning's tips out of every run's output (its other info lines stay)."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401 - its import sets its loggers up; the filter goes on after
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips)
+
+
 def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1, num_nodes: int = 1,
                  **trainer_kwargs: Any) -> Any:
     """A ``lightning.Trainer`` whose accumulation follows ``datamodule``'s global and micro batch sizes.
@@ -23,6 +40,7 @@ def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1,
     """
     import lightning as L
 
+    quiet_tips()
     hp = datamodule.hparams
     acc = accumulation_steps(hp.global_batch_size, hp.micro_batch_size, device_count(devices, accelerator), num_nodes)
     given = trainer_kwargs.pop("accumulate_grad_batches", acc)
