@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
 from lightning_nat.core.console import console
-from lightning_nat.core.options import option
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line
+from lightning_nat.core.options import flag_of, option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
 KILL_HOOK = "NAT_ITERATE_TEST_KILL"
@@ -52,19 +53,16 @@ class IterateConfig(AgentKindConfig):
     held_out: str | None = option(None, "held-out questions each round's model is evaluated on")
     held_out_num: int = option(0, "hold out the last N questions of --data instead", min=0)
     eval_limit: int | None = option(None, "evaluate on the first N held-out questions", min=1)
-    teacher: tuple[str, ...] = option((), "teacher trajectories (JSONL as nat collect writes) in round 0's data",
-                                      metavar="FILE")
+    teacher: tuple[str, ...] = option((), "teacher trajectories (JSONL as nat collect writes) in round 0's data")
     rounds: int = option(2, "rounds (default: 2); raise it to continue a finished run", min=1)
-    temperatures: tuple[float, ...] = option((0.2, 0.5, 0.7), "sampling temperatures of each collection, one pass "
-                                             "each (default: 0.2 0.5 0.7)", min=0)
+    temperatures: tuple[float, ...] = option((0.2, 0.5, 0.7), "collection temperatures, one pass each (default: "
+                                             "0.2 0.5 0.7)", min=0)
     samples: int = option(1, "episodes per question and temperature (default: 1)", min=1)
     batch_size: int = option(COLLECT_POOL_SIZE, f"episodes run together (default: {COLLECT_POOL_SIZE})", min=1)
-    variant: Literal["nat", "nut", "positive", "dpo", "kto"] = option(
-        "nat", "what each round trains on (nat build --variant; default: nat)")
+    variant: Literal["nat", "nut", "positive", "dpo", "kto"] = option("nat", "nat build --variant (default: nat)")
     include_earlier: bool = option(False, "add every earlier round's trajectories to a round's data")
     include_teacher: bool = option(False, "add the teacher's trajectories to every round's data, not only round 0's")
-    fit_from: Literal["current", "base"] = option(
-        "current", "fit each round from the current model or from --model (default: current)")
+    fit_from: Literal["current", "base"] = option("current", "fit from the current model or --model (default: current)")
     fit_config: str = option(help="nat fit YAML template; the round sets its model, dataset, root and export folder")
     allow_empty_class: bool = option(False, "go on when a round has no positive (or no negative the variant needs)")
     keep_unfinished: bool = option(False, "train on negatives that never called finish too (nat build drops them)")
@@ -99,31 +97,23 @@ def config_argv(path: str) -> list[str]:
     hints, known = typing.get_type_hints(IterateConfig), {f.name: f for f in fields(IterateConfig)}
     argv: list[str] = []
     for key, value in data.items():
-        f = known.get(str(key).replace("-", "_"))
-        if f is None:
+        if (f := known.get(str(key).replace("-", "_"))) is None:
             raise ValueError(f"{path}: unknown option {key!r} (nat iterate --help lists them)")
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if (hints[f.name] is bool) != isinstance(value, bool):
             raise ValueError(f"{path}: {key}: {value!r} is not {'true or false' if hints[f.name] is bool else 'a value'}")
-        if isinstance(value, bool):
-            argv += [flag] if value != f.default else []
-        elif value is not None:
-            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+        if value is not None and value is not f.default:  # a bool flag turns its default over
+            argv += [flag_of(f), *([] if isinstance(value, bool) else map(str, value if isinstance(value, list) else [value]))]
     return argv
 
 
 def main(argv: list[str] | None = None) -> int:
     """``nat iterate``: :func:`parse` then :func:`run_iterate`."""
-    from lightning_nat.core.imports import trust_task_imports
-
-    argv = list(argv or [])
-    if "--trust-task-imports" in argv:
-        trust_task_imports()
-    return run_iterate(parse(argv))
+    return run_iterate(parse(list(argv or [])))
 
 
 def parse(argv: list[str]) -> IterateConfig:
     """The options of ``--config FILE.yaml`` and of the flags, which win."""
+    from lightning_nat.core.imports import trust_task_imports
     from lightning_nat.core.options import add_options, from_namespace
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -135,6 +125,8 @@ def parse(argv: list[str]) -> IterateConfig:
     parser.add_argument("--trust-task-imports", action="store_true",
                         help="let a task file name installed modules as tools or metrics (as nat eval)")
     args = parser.parse_args([*(config_argv(given.config) if given.config else []), *rest])
+    if args.trust_task_imports:
+        trust_task_imports()
     return from_namespace(IterateConfig, args)
 
 
@@ -156,7 +148,8 @@ def run_iterate(cfg: IterateConfig) -> int:
         done: list[dict] = []
         for k, path in enumerate(rounds):
             done.append(json.loads(path.read_text()) if path.exists() else run_round(cfg, task, train, held, run, k))
-            write_summary(cfg, run, done)
+            atomic_write_text(run / "summary.json", json.dumps({"name": cfg.name, "task": cfg.task, "variant": cfg.variant,
+                                                                "rounds": done}, indent=1))
     print_summary(cfg, done)
     console.print(f"wrote {run}/summary.json")
     return 0
@@ -164,7 +157,6 @@ def run_iterate(cfg: IterateConfig) -> int:
 
 def check_record(cfg: IterateConfig, run: Path) -> None:
     """Refuse to continue a run started with other options; record them (``iterate.json``) on the first run."""
-    from lightning_nat.core.jsonl import atomic_write_text
     from lightning_nat.core.options import command_line
 
     path, mine = run / "iterate.json", json.loads(json.dumps(asdict(cfg)))
@@ -196,7 +188,6 @@ def questions(cfg: IterateConfig, task: Any) -> tuple[list[dict], list[dict]]:
 
 def run_round(cfg: IterateConfig, task: Any, train: list[dict], held: list[dict], run: Path, k: int) -> dict:
     """Round ``k``'s steps, each skipped when its output is complete; returns (and writes) ``round.json``."""
-    from lightning_nat.core.jsonl import atomic_write_text
     from lightning_nat.core.outputs import manifest
     from lightning_nat.data.build import BuildConfig, run_build
 
@@ -205,7 +196,8 @@ def run_round(cfg: IterateConfig, task: Any, train: list[dict], held: list[dict]
     start = current if cfg.fit_from == "current" else cfg.model
     trajectories, data, model = rd / "trajectories.jsonl", rd / "data", rd / "model"
     if manifest(data) is None:
-        collect_round(cfg, task, train, current, trajectories, k, shown(current, run))
+        with loading(cfg, current, k):
+            collect_round(cfg, task, train, current, trajectories, k, shown(current, run))
         inputs = [trajectories, *(run / f"round{j}" / "trajectories.jsonl" for j in range(k) if cfg.include_earlier),
                   *(cfg.teacher if k == 0 or cfg.include_teacher else ())]
         check_classes(cfg, k, trajectories, inputs)
@@ -216,7 +208,8 @@ def run_round(cfg: IterateConfig, task: Any, train: list[dict], held: list[dict]
     if not model.is_dir():
         fit_round(cfg, rd, start, k)
     if held and manifest(rd / "eval") is None:
-        eval_round(cfg, task, held, str(model.resolve()), rd / "eval", k)
+        with loading(cfg, str(model.resolve()), k):
+            eval_round(cfg, task, held, str(model.resolve()), rd / "eval", k)
     record = round_record(cfg, task, rd, k, shown(current, run), shown(start, run))
     atomic_write_text(rd / "round.json", json.dumps(record, indent=1))
     return record
@@ -224,8 +217,7 @@ def run_round(cfg: IterateConfig, task: Any, train: list[dict], held: list[dict]
 
 def shown(model: str, run: Path) -> str:
     """A model as the summary names it: a round's export relative to the run, else as given."""
-    path = Path(model)
-    return str(path.relative_to(run.resolve())) if path.is_absolute() and run.resolve() in path.parents else model
+    return str(Path(model).relative_to(run.resolve())) if run.resolve() in Path(model).parents else model
 
 
 def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str, out: Path, k: int, label: str) -> None:
@@ -234,7 +226,7 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
 
     import torch
 
-    from lightning_nat.agent.collect import DurableWriter, collect, key_of, recover
+    from lightning_nat.agent.collect import collect, key_of, recover
     from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.trajectory import write_jsonl
 
@@ -266,45 +258,37 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
         have = recover(out)[0]
         partial = [x for x in have if key_of(x) in keys(t, s, i)]
         if partial and cfg.policy == "hf":  # a killed block: collected again whole, from its seed, as it first ran
-            writer = DurableWriter(out.with_name(out.name + ".superseded"))
-            for x in partial:
-                writer.write(x.to_dict())
-            writer.close()
+            with open(out.with_name(out.name + ".superseded"), "a", encoding="utf-8") as fh:
+                fh.writelines(dumps_line(x.to_dict()) for x in partial)
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
         seed = zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode())
         random.seed(seed)
         torch.manual_seed(seed)
-        with served(cfg, model, k):
-            summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size,
-                              progress=tick)
+        summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size,
+                          progress=tick)
         attempted = summary.new_episodes + summary.failures
         check_error_rate(summary.failures, attempted, cfg.max_error_rate, f"round {k}: {summary.failures} of "
                          f"{attempted} episodes failed on policy errors", "run again to retry them")
-    del agent, policy
-    release()
 
 
 @contextmanager
-def served(cfg: IterateConfig, model: str, k: int) -> Iterator[None]:
-    """Turn an API's refusal of ``model`` (``--policy openai``: the user serves each round's model) into what to serve."""
-    from lightning_nat.agent.policies import PolicyConfigError
-
-    try:
-        yield
-    except PolicyConfigError as exc:
-        raise PolicyConfigError(f"round {k}: {exc}; serve {model} under that name at {cfg.base_url} (e.g. `vllm serve "
-                                f"{model}`) and run nat iterate again") from None
-
-
-def release() -> None:
-    """Free the model a step loaded before the next step (a fit in another process) needs the memory."""
+def loading(cfg: IterateConfig, model: str, k: int) -> Iterator[None]:
+    """A step that runs ``model``: an API's refusal of it says what to serve, and its memory is freed after it."""
     import gc
 
     import torch
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    from lightning_nat.agent.policies import PolicyConfigError
+
+    try:
+        yield
+    except PolicyConfigError as exc:  # --policy openai: the user serves each round's model
+        raise PolicyConfigError(f"round {k}: {exc}; serve {model} under that name at {cfg.base_url} (e.g. `vllm serve "
+                                f"{model}`) and run nat iterate again") from None
+    finally:  # the next step may be a fit, in another process, that needs the accelerator's memory
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def check_classes(cfg: IterateConfig, k: int, own: Path, inputs: list) -> None:
@@ -350,8 +334,6 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
 
     import yaml
 
-    from lightning_nat.core.jsonl import atomic_write_text
-
     config = (rd / "fit.yaml").resolve()
     fit = fit_config(cfg, yaml.safe_load(Path(cfg.fit_config).read_text(encoding="utf-8")) or {}, rd, start)
     atomic_write_text(config, f"# nat iterate {cfg.name}, round {k}: launched as\n#   nat fit --config "
@@ -377,13 +359,13 @@ def eval_round(cfg: IterateConfig, task: Any, held: list[dict], model: str, out:
     proto, _, _, mode = ecfg.resolved()
     policy = ecfg.make_policy(proto.temperature)
     console.print(f"round {k}: evaluating on {len(held)} held-out questions")
-    with served(cfg, model, k):
-        report = evaluate(policy, ecfg, plan=[(task, held, ecfg.task_tools([task], mode)[0])],
-                          meta={"round": k, "policy": cfg.policy, "max_turns": proto.max_turns})
+    report = evaluate(policy, ecfg, plan=[(task, held, ecfg.task_tools([task], mode)[0])],
+                      meta={"round": k, "policy": cfg.policy, "max_turns": proto.max_turns})
+    failed = round(report.results[task.name].failed * len(held))
+    check_error_rate(failed, len(held), cfg.max_error_rate, f"round {k}: {failed} of {len(held)} held-out episodes "
+                     "ended on policy errors", "run again to evaluate again")
     with writing(out, "nat eval") as staged:
         report.write(staged)
-    del policy
-    release()
 
 
 def round_record(cfg: IterateConfig, task: Any, rd: Path, k: int, collected_with: str, trained_from: str) -> dict:
@@ -408,14 +390,6 @@ def round_record(cfg: IterateConfig, task: Any, rd: Path, k: int, collected_with
         record.update(held_out_accuracy=round(sum(t.reward for t in episodes) / len(episodes), 4),
                       held_out_metrics=report.results[task.name].metrics)
     return record
-
-
-def write_summary(cfg: IterateConfig, run: Path, rounds: list[dict]) -> None:
-    """``summary.json``: the rounds' records, rewritten after every round."""
-    from lightning_nat.core.jsonl import atomic_write_text
-
-    atomic_write_text(run / "summary.json", json.dumps({"name": cfg.name, "task": cfg.task, "variant": cfg.variant,
-                                                        "rounds": rounds}, indent=1))
 
 
 def print_summary(cfg: IterateConfig, rounds: list[dict]) -> None:
