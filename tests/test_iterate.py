@@ -40,8 +40,8 @@ def copy_example(root):
 
 
 def base(tmp_path, **kw):
-    return IterateConfig(name="r", out=str(tmp_path / "runs"), task="arith", data=str(EXAMPLE / "train.jsonl"),
-                         model="m", fit_config=str(EXAMPLE / "fit-tiny.yaml"), **kw)
+    return IterateConfig(**{"name": "r", "out": str(tmp_path / "runs"), "task": "arith", "model": "m",
+                            "data": str(EXAMPLE / "train.jsonl"), "fit_config": str(EXAMPLE / "fit-tiny.yaml"), **kw})
 
 
 def test_config_file_and_flags(tmp_path):
@@ -188,3 +188,19 @@ def test_a_round_without_positives_stops(finished, tmp_path):
     run = root / "runs" / "iterate" / "tiny"
     assert len((run / "round0" / "trajectories.jsonl").read_text().splitlines()) == 12  # what was collected stays
     assert not (run / "round0" / "data").exists() and not (run / "summary.json").exists()
+
+
+def test_a_model_the_server_does_not_serve_says_what_to_serve(tmp_path, monkeypatch):
+    from fake_openai import FakeOpenAI
+
+    from lightning_nat.agent.iterate import run_iterate
+    from lightning_nat.agent.policies import PolicyConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    refusal = {"status": 404, "message": "The model `runs/start` does not exist."}
+    with FakeOpenAI(lambda messages: "", faults=[refusal] * 100) as server:
+        cfg = base(tmp_path, model="runs/start", policy="openai", base_url=server.base_url, max_retries=0,
+                   temperatures=(0.7,))
+        with pytest.raises(PolicyConfigError, match=rf"^round 0: .*does not exist.*; serve runs/start under that name at "
+                                                    rf"{server.base_url} \(e.g. `vllm serve runs/start`\)"):
+            run_iterate(cfg)

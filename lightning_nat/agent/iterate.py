@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
+from lightning_nat.agent.config import AgentKindConfig, check_error_rate
 from lightning_nat.core.console import console
 from lightning_nat.core.jsonl import atomic_write_text, dumps_line
 from lightning_nat.core.options import flag_of, option
@@ -42,23 +42,30 @@ OPERATIONAL = {"rounds", "base_url", "api_key_env", "concurrency", "max_retries"
 HELP = "collect -> build -> fit -> eval, round after round, on the model's own trajectories (resumable)"
 
 
+def as_in_collect(name: str) -> Any:
+    """``nat collect``'s option ``name``: the same default, help and bounds (one definition per option)."""
+    from lightning_nat.agent.collect_command import CollectConfig
+
+    f = next(f for f in fields(CollectConfig) if f.name == name)
+    return option(f.default, **f.metadata)
+
+
 @dataclass(kw_only=True)
 class IterateConfig(AgentKindConfig):
     """The options of ``nat iterate`` (``--model`` is the starting model); ``--config FILE.yaml`` holds the same."""
 
     name: str = option(help="the run's name: everything is written under OUT/NAME/")
     out: str = option("runs", "root of the runs (default: runs)")
-    task: str = option(help="task name or task YAML (instruction, tools, metric)")
-    data: str = option(help="training questions (JSON or JSONL with question and answer)")
+    task: str = as_in_collect("task")
+    data: str = as_in_collect("data")
     held_out: str | None = option(None, "held-out questions each round's model is evaluated on")
     held_out_num: int = option(0, "hold out the last N questions of --data instead", min=0)
     eval_limit: int | None = option(None, "evaluate on the first N held-out questions", min=1)
     teacher: tuple[str, ...] = option((), "teacher trajectories (JSONL as nat collect writes) in round 0's data")
     rounds: int = option(2, "rounds (default: 2); raise it to continue a finished run", min=1)
-    temperatures: tuple[float, ...] = option((0.2, 0.5, 0.7), "collection temperatures, one pass each (default: "
-                                             "0.2 0.5 0.7)", min=0)
-    samples: int = option(1, "episodes per question and temperature (default: 1)", min=1)
-    batch_size: int = option(COLLECT_POOL_SIZE, f"episodes run together (default: {COLLECT_POOL_SIZE})", min=1)
+    temperatures: tuple[float, ...] = as_in_collect("temperatures")
+    samples: int = as_in_collect("samples")
+    batch_size: int = as_in_collect("batch_size")
     variant: Literal["nat", "nut", "positive", "dpo", "kto"] = option("nat", "nat build --variant (default: nat)")
     include_earlier: bool = option(False, "add every earlier round's trajectories to a round's data")
     include_teacher: bool = option(False, "add the teacher's trajectories to every round's data, not only round 0's")
@@ -85,13 +92,21 @@ class IterateConfig(AgentKindConfig):
                                  batch_size=self.batch_size, prompt_from=model if served else None)
 
 
+def read_yaml(path: str) -> Any:
+    """A YAML file, or an error naming it."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
 def config_argv(path: str) -> list[str]:
     """The flags a ``--config`` YAML stands for (placed before the command line's, which win)."""
     import typing
 
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of nat iterate options (name: value)")
     hints, known = typing.get_type_hints(IterateConfig), {f.name: f for f in fields(IterateConfig)}
@@ -216,7 +231,11 @@ def run_round(cfg: IterateConfig, task: Any, train: list[dict], held: list[dict]
 
 
 def shown(model: str, run: Path) -> str:
-    """A model as the summary names it: a round's export relative to the run, else as given."""
+    """A model as the summary names it: a round's export relative to the run, else as given.
+
+    >>> shown("/data/runs/x/round0/model", Path("/data/runs/x")), shown("models/start", Path("/data/runs/x"))
+    ('round0/model', 'models/start')
+    """
     return str(Path(model).relative_to(run.resolve())) if run.resolve() in Path(model).parents else model
 
 
@@ -335,7 +354,7 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
     import yaml
 
     config = (rd / "fit.yaml").resolve()
-    fit = fit_config(cfg, yaml.safe_load(Path(cfg.fit_config).read_text(encoding="utf-8")) or {}, rd, start)
+    fit = fit_config(cfg, read_yaml(cfg.fit_config), rd, start)
     atomic_write_text(config, f"# nat iterate {cfg.name}, round {k}: launched as\n#   nat fit --config "
                               f"{shlex.quote(str(config))}\n# (with --ckpt_path last when resuming)\n"
                       + yaml.safe_dump(fit, sort_keys=False))
