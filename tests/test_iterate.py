@@ -27,7 +27,7 @@ ITERATE = ["iterate", "--config", "examples/iterate/tiny.yaml"]
 
 def nat(args, cwd, env=None, check=True):
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    done = subprocess.run([sys.executable, "-m", "lightning_nat.cli", *args], cwd=cwd, env=env, capture_output=True,
+    done = subprocess.run([str(Path(sys.executable).with_name("nat")), *args], cwd=cwd, env=env, capture_output=True,
                           text=True)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]

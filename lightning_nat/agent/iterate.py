@@ -353,6 +353,8 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
 
     import yaml
 
+    from lightning_nat.core.outputs import output_lock
+
     config = (rd / "fit.yaml").resolve()
     fit = fit_config(cfg, read_yaml(cfg.fit_config), rd, start)
     atomic_write_text(config, f"# nat iterate {cfg.name}, round {k}: launched as\n#   nat fit --config "
@@ -360,7 +362,8 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
                       + yaml.safe_dump(fit, sort_keys=False))
     root = Path(fit["trainer"]["default_root_dir"])
     last = Path((fit.get("checkpoint") or {}).get("dirpath") or root / "checkpoints") / "last.ckpt"
-    shutil.rmtree(root / "export", ignore_errors=True)  # a kill during the export leaves a part of it
+    with output_lock(root, "nat iterate"):  # refused while a fit still runs there (one a kill -9 left orphaned)
+        shutil.rmtree(root / "export", ignore_errors=True)  # a kill during the export leaves a part of it
     resume = ["--ckpt_path", "last"] if last.exists() else []
     console.print(f"round {k}: nat fit --config {config} {' '.join(resume)}")
     rc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "fit", "--config", str(config), *resume]).returncode
@@ -399,8 +402,8 @@ def round_record(cfg: IterateConfig, task: Any, rd: Path, k: int, collected_with
     labels = datasets.load_from_disk(str(rd / "data"))["train"]["label"]
     record = {"round": k, "collected_with": collected_with, "trained_from": trained_from, "episodes": len(trajs),
               "positives": pos, "negatives": len(trajs) - pos,
-              "no_positive_share": round(1 - len({t.question_id for t in trajs if t.reward}) / len(asked), 4),
-              "train_accuracy": round(pos / len(trajs), 4),
+              "no_positive_share": round(1 - len({t.question_id for t in trajs if t.reward}) / (len(asked) or 1), 4),
+              "train_accuracy": round(pos / (len(trajs) or 1), 4),
               "trained_on": {label: labels.count(label) for label in sorted(set(labels))},
               "held_out_accuracy": None, "held_out_metrics": None}
     if (rd / "eval").is_dir():
