@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 PASSTHROUGH: dict[str, tuple[str, str]] = {
     "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)",
             "lightning_nat.train.fit:cli_main"),
+    "iterate": ("collect -> build -> fit -> eval in rounds on the model's own trajectories (nat iterate --config FILE.yaml)",
+                "lightning_nat.agent.iterate:main"),
 }
 
 
