@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "data.trainer_formats:ExportConfig", "data.trainer_formats:run_export"),
     "push": ("publish a built dataset or an exported model on the Hugging Face Hub, with a card",
              "report.hub:PushConfig", "report.hub:run_push"),
+    "iterate": ("NAT on the model's own failures: collect -> build -> fit -> eval in resumable rounds",
+                "agent.iterate:IterateConfig", "agent.iterate:run_iterate"),
     "demo": ("the whole method offline on a CPU: pretrain a small base, collect, build, fine-tune w/o-neg, NUT and NAT "
              "(DPO and KTO on request), evaluate, compare",
              "demo.run:DemoConfig", "demo.run:run_demo_command"),
@@ -46,8 +48,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 PASSTHROUGH: dict[str, tuple[str, str]] = {
     "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)",
             "lightning_nat.train.fit:cli_main"),
-    "iterate": ("collect -> build -> fit -> eval in rounds on the model's own trajectories (nat iterate --config FILE.yaml)",
-                "lightning_nat.agent.iterate:main"),
 }
 
 
@@ -70,6 +70,8 @@ def command_parser(command: str, parser: argparse.ArgumentParser | None = None) 
     parser = parser or argparse.ArgumentParser(prog=f"nat {command}", description=help_text, allow_abbrev=False)
     cls = config_class(command)
     add_options(parser, cls)
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML of these options (name: value); flags given on "
+                                                              "the command line win")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     if {"task", "tasks"} & set(getattr(cls, "__dataclass_fields__", {})):
         parser.add_argument("--trust-task-imports", action="store_true",
@@ -114,6 +116,13 @@ def _dispatch(argv: list[str]) -> int:
     for name, (help_text, _module_func) in PASSTHROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen in COMMANDS and "--config" in argv[:-1]:  # the YAML's options go first, so the flags given win
+        from lightning_nat.core.options import config_argv
+
+        at = argv.index("--config")
+        path = argv[at + 1]
+        argv = [*argv[:argv.index(chosen) + 1], *config_argv(config_class(chosen), path, f"nat {chosen}"),
+                *[a for i, a in enumerate(argv[argv.index(chosen) + 1:], argv.index(chosen) + 1) if i not in (at, at + 1)]]
     for name, (help_text, _, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == chosen:  # only the chosen command's options (and modules) are loaded

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.agent.iterate import IterateConfig, check_record, config_argv, fit_config, parse, questions
+from lightning_nat.agent.iterate import IterateConfig, check_record, fit_config, questions
+from lightning_nat.cli import command_parser
+from lightning_nat.core.options import config_argv, from_namespace
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "iterate"
@@ -45,16 +47,18 @@ def base(tmp_path, **kw):
 
 
 def test_config_file_and_flags(tmp_path):
-    cfg = parse(["--config", str(EXAMPLE / "tiny.yaml"), "--rounds", "3", "--temperatures", "0.2", "0.7"])
+    argv = [*config_argv(IterateConfig, str(EXAMPLE / "tiny.yaml"), "nat iterate"), "--rounds", "3", "--temperatures",
+            "0.2", "0.7"]
+    cfg = from_namespace(IterateConfig, command_parser("iterate").parse_args(argv))
     assert (cfg.name, cfg.rounds, cfg.temperatures, cfg.samples, cfg.include_teacher, cfg.max_turns) == \
         ("tiny", 3, (0.2, 0.7), 2, True, 2)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nround: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown option 'round'"):
-        config_argv(str(bad))
+        config_argv(IterateConfig, str(bad), "nat iterate")
     bad.write_text("include_teacher: 'yes'\n")
     with pytest.raises(ValueError, match=r"include_teacher: 'yes' is not true or false"):
-        config_argv(str(bad))
+        config_argv(IterateConfig, str(bad), "nat iterate")
     with pytest.raises(ValueError, match="give one of them"):
         base(tmp_path, held_out="h.jsonl", held_out_num=2)
 

@@ -1,6 +1,7 @@
 """One definition per option: every command's flags are its config's fields, and a build's card command is exact."""
 
 import argparse
+import json
 import dataclasses
 import os
 import shlex
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_flag_is_a_config_field_and_every_field_a_flag(command):
     cls = config_class(command)
     parser = command_parser(command)
-    actions = [a for a in parser._actions if a.dest not in ("help", "debug", "trust_task_imports")]
+    actions = [a for a in parser._actions if a.dest not in ("help", "debug", "trust_task_imports", "config")]
     assert {a.dest for a in actions} == {f.name for f in cli_fields(cls)}, "a flag without a field or a field without one"
     internal = {f.name for f in dataclasses.fields(cls)} - {f.name for f in cli_fields(cls)}
     for name in internal:  # a field without a flag must say so
@@ -74,7 +75,7 @@ def test_demo_quick_keeps_given_sizes():
     cfg = from_namespace(config_class("demo"), parser.parse_args(["--quick", "--steps", "800", "--out", "d"]))
     assert cfg.steps == 800 and cfg.train_problems == 80 and cfg.out == "d"  # given, quick's, given
     full = from_namespace(config_class("demo"), parser.parse_args([]))
-    assert full.steps == 200 and full.train_problems == 400 and not full.quick_sizes  # the full run's
+    assert full.steps == 0 and full.epochs == 16 and full.train_problems == 400 and not full.quick_sizes  # the full run's
 
 
 def test_on_parse_error_flag_is_checked_against_the_protocol():
@@ -158,3 +159,20 @@ def test_fit_data_build_takes_every_build_option():
     assert isinstance(build, BuildSpec)
     assert (build.drop_unfinished, build.dedupe, build.pos_sampling, build.allow_empty_class, build.placement,
             build.thresholds) == (False, False, "random", True, "prefix", (0.2,))
+
+
+def test_every_command_takes_a_config_yaml_and_flags_win(tmp_path):
+    """`--config FILE.yaml` holds a command's options by field name; the flags given beside it win."""
+    (tmp_path / "t.jsonl").write_text('{"question": "q0?", "reward": true, "messages": [{"role": "user", "content": '
+                                      '"q0?"}, {"role": "assistant", "content": "Action: finish[a]"}]}\n')
+    (tmp_path / "build.yaml").write_text("format: openai\ntrajectories: [t.jsonl]\ntask: gsm8k\nvariant: positive\nseed: 7\n"
+                                         "dedupe: false\nout: ds\n")
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "build", "--config", "build.yaml", "--seed",
+                           "9"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "ds" / "build.json").read_text())["config"]
+    assert (config["name"], config["seed"], config["dedupe"]) == ("positive", 9, False)
+    (tmp_path / "bad.yaml").write_text("pos_numm: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "lightning_nat.cli", "build", "--config", "bad.yaml"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "bad.yaml: unknown option 'pos_numm' (`nat build --help` lists them)" in proc.stderr

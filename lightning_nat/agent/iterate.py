@@ -15,7 +15,6 @@ process SIGKILL after the N-th new episode of round ROUND.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -32,14 +31,13 @@ from typing import Any, Literal
 from lightning_nat.agent.config import AgentKindConfig, check_error_rate
 from lightning_nat.core.console import console
 from lightning_nat.core.jsonl import atomic_write_text, dumps_line
-from lightning_nat.core.options import flag_of, option
+from lightning_nat.core.options import option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
 KILL_HOOK = "NAT_ITERATE_TEST_KILL"
 # Options a re-run may change: where and how fast things run, and how many rounds.
 OPERATIONAL = {"rounds", "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "tensor_parallel_size",
                "gpu_memory_utilization", "batch_size", "max_error_rate"}
-HELP = "collect -> build -> fit -> eval, round after round, on the model's own trajectories (resumable)"
 
 
 def as_in_collect(name: str) -> Any:
@@ -100,49 +98,6 @@ def read_yaml(path: str) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-
-
-def config_argv(path: str) -> list[str]:
-    """The flags a ``--config`` YAML stands for (placed before the command line's, which win)."""
-    import typing
-
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of nat iterate options (name: value)")
-    hints, known = typing.get_type_hints(IterateConfig), {f.name: f for f in fields(IterateConfig)}
-    argv: list[str] = []
-    for key, value in data.items():
-        if (f := known.get(str(key).replace("-", "_"))) is None:
-            raise ValueError(f"{path}: unknown option {key!r} (nat iterate --help lists them)")
-        if (hints[f.name] is bool) != isinstance(value, bool):
-            raise ValueError(f"{path}: {key}: {value!r} is not {'true or false' if hints[f.name] is bool else 'a value'}")
-        if value is not None and value is not f.default:  # a bool flag turns its default over
-            argv += [flag_of(f), *([] if isinstance(value, bool) else map(str, value if isinstance(value, list) else [value]))]
-    return argv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``nat iterate``: :func:`parse` then :func:`run_iterate`."""
-    return run_iterate(parse(list(argv or [])))
-
-
-def parse(argv: list[str]) -> IterateConfig:
-    """The options of ``--config FILE.yaml`` and of the flags, which win."""
-    from lightning_nat.core.imports import trust_task_imports
-    from lightning_nat.core.options import add_options, from_namespace
-
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config")
-    given, rest = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(prog="nat iterate", description=HELP, allow_abbrev=False)
-    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML of these options (name: value); flags win")
-    add_options(parser, IterateConfig)
-    parser.add_argument("--trust-task-imports", action="store_true",
-                        help="let a task file name installed modules as tools or metrics (as nat eval)")
-    args = parser.parse_args([*(config_argv(given.config) if given.config else []), *rest])
-    if args.trust_task_imports:
-        trust_task_imports()
-    return from_namespace(IterateConfig, args)
 
 
 def run_iterate(cfg: IterateConfig) -> int:

@@ -265,3 +265,32 @@ def command_line(command: str, cfg: Any) -> str:
     "nat build --out 'my dir'"
     """
     return " ".join([command, *(shlex.quote(a) for a in to_argv(cfg))])
+
+
+def config_argv(cls: type, path: str, command: str) -> list[str]:
+    """The flags a ``--config FILE.yaml`` of ``cls``'s options stands for (the command line's own flags, placed after
+    them, win); every value then goes through the parser's own checks."""
+    from lightning_nat.core.imports import load_yaml
+
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of `{command}` options (name: value)")
+    hints, known = typing.get_type_hints(cls), {f.name: f for f in cli_fields(cls)}
+    argv: list[str] = []
+    for key, value in data.items():
+        if (f := known.get(str(key).replace("-", "_"))) is None:
+            raise ValueError(f"{path}: unknown option {key!r} (`{command} --help` lists them)")
+        if (hints[f.name] is bool) != isinstance(value, bool):
+            raise ValueError(f"{path}: {key}: {value!r} is not {'true or false' if hints[f.name] is bool else 'a value'}")
+        if value is None or (isinstance(value, bool) and value == _default(f)):
+            continue  # a bool's flag turns its default over; null keeps the default
+        if f.metadata.get("positional"):
+            argv += [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif not isinstance(value, bool):
+            values = value if isinstance(value, list) else [value]
+            argv += [x for v in values for x in (flag_of(f), str(v))] if f.metadata.get("append") else \
+                [flag_of(f), *map(str, values)]
+        else:
+            argv.append(flag_of(f))
+    return argv
+
