@@ -40,3 +40,17 @@ def test_make_trainer_takes_accumulation_from_the_data_module(tiny_dataset, scra
     assert dm.val_dataloader() is dm.val_dataloader()
     direct = module.dev_perplexity(dm.val_dataloader())
     assert direct["perplexity"] == pytest.approx(logged, rel=1e-5) and direct["target_tokens"] > 0
+
+
+def test_lightning_sets_the_epoch_of_the_step_sampler(tiny_dataset, scratch_model):
+    """Each epoch is reshuffled: Lightning reaches the sampler where it looks for set_epoch."""
+    from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.model import NATModule
+    from lightning_nat.train.trainer import make_trainer
+
+    dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=2,
+                       global_batch_size=4, max_length=2048)
+    trainer = make_trainer(dm, max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, limit_train_batches=2)
+    trainer.fit(NATModule(str(scratch_model), learning_rate=1e-4), dm)
+    assert trainer.train_dataloader.batch_sampler.epoch == 1

@@ -154,6 +154,11 @@ class StepBatchSampler:
             self.skip = 0
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> StepBatchSampler:
+        # Lightning sets the epoch of `loader.sampler` and `loader.batch_sampler.sampler`: this is both.
+        return self
+
     def schedule(self) -> list[tuple[list[int], int]]:
         batches = micro_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.order)
         return step_schedule(batches, self.n_targets, self.world_size, self.accumulation)[self.rank]
