@@ -163,15 +163,20 @@ def test_entry_points_register_tasks_and_tools(tmp_path, monkeypatch, clean_regi
     dist = tmp_path / "natplugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: natplugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[lightning_nat.tools]\nlookup = natplugin_demo:lookup\n\n"
+    (dist / "entry_points.txt").write_text("[lightning_nat.tools]\ncalculate = natplugin_demo:lookup\n"
+                                           "lookup = natplugin_demo:lookup\n\n"
                                            "[lightning_nat.tasks]\nplugged = natplugin_demo:TASK\n"
                                            "arith = lightning_nat.demo.synthetic:arith_task\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     tool_table._entry_points_loaded.clear()
     task_table._entry_points_loaded = False
     TASKS.pop("arith", None)
-    task = get_task("plugged")
+    # A plug-in tool named like a built-in is named in a warning and skipped; the plug-in's other tools still load.
+    with pytest.warns(UserWarning, match=r"entry point calculate = natplugin_demo:lookup: not registered: tool name "
+                                         r"'calculate' is built in"):
+        task = get_task("plugged")
     assert task.tools == ("lookup", "finish") and make_tools(task.tools)["lookup"]("a") == "1"
+    assert make_tools(("calculate",))["calculate"]("2+3") == "5"  # the built-in, untouched
     assert get_task("arith").tools == ("calculate", "finish")  # the demo's task, as setup.cfg declares it
 
 
