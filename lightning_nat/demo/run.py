@@ -43,6 +43,8 @@ class DemoConfig:
 
     out: str = option("runs/demo", "output folder (default: runs/demo)")
     quick_sizes: bool = option(False, "a one-minute smoke run with tiny sizes", flag="--quick")
+    overwrite: bool = option(False, "replace --out even if it is a non-empty folder that is not an earlier `nat demo` "
+                                    "output (its files are deleted)")
     profile: Literal["cpu", "gpu"] = option(
         "cpu", "cpu, or gpu: a bigger model, pretraining and budget on a CUDA device (default: cpu)")
     seeds: int = option(1, "seeds to average over (mean, sd and a 95 % interval)", min=1)
@@ -212,7 +214,7 @@ def _base_dir(cfg: DemoConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out).resolve().parent / "demo-base-cache"
 
 
-def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: Path) -> dict[str, Any]:
+def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: Path, out: Path) -> dict[str, Any]:
     """One seed: collect, build, fine-tune copies of the base for every strategy, evaluate. Metrics per strategy."""
     from transformers import AutoTokenizer
 
@@ -228,7 +230,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     from lightning_nat.demo.synthetic import ScriptedTeacher, arith_task, make_problems
 
     seed_everything(seed, cfg.threads)
-    root = Path(cfg.out) / f"seed{seed}"
+    root = out / f"seed{seed}"
     task = arith_task()
     problems = make_problems(cfg.train_problems + cfg.test_problems, seed, cfg.min_steps, cfg.max_steps)
     train, test = problems[: cfg.train_problems], problems[cfg.train_problems:]
@@ -463,12 +465,13 @@ def stages(cfg: DemoConfig) -> int:
     return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))
 
 
-def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callable[[str], None] = print
-             ) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callable[[str], None] = print,
+             folder: str | Path | None = None) -> dict[str, Any]:
     """The full demo over ``cfg.seeds`` seeds; writes results.json, timings.json and the plots into ``cfg.out``.
 
     ``stage`` is told each step of :func:`stages`, ``note`` every other progress line. ``results.json`` holds
-    only what the seeds determine (two runs give the same file); wall times go to ``timings.json``.
+    only what the seeds determine (two runs give the same file); wall times go to ``timings.json``. ``folder``:
+    where to write instead of ``cfg.out`` (the command's staging folder, swapped into place at the end).
     """
     import time
 
@@ -477,7 +480,7 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
     _quiet()
     if cfg.profile == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("--profile gpu needs a CUDA device, and torch sees none")
-    out = Path(cfg.out)
+    out = Path(folder or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.time()
@@ -493,7 +496,7 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
     per_seed = []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         t0 = time.time()
-        per_seed.append({"seed": seed, **run_seed(cfg, seed, stage, base_dir)})
+        per_seed.append({"seed": seed, **run_seed(cfg, seed, stage, base_dir, out)})
         timings[f"seed{seed}_seconds"] = round(time.time() - t0, 1)
     table = aggregate(per_seed, cfg.strategies)
     result = {"config": asdict(cfg), "base": base, "table": table, "paired": paired(table),
@@ -520,6 +523,7 @@ def run_demo_command(cfg: DemoConfig) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lightning_nat.core.console import console, print_demo_table
+    from lightning_nat.core.outputs import writing
 
     start = time.time()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -532,7 +536,8 @@ def run_demo_command(cfg: DemoConfig) -> int:
             bar.update(bar_id, description=msg)
             console.log(msg)
 
-        result = run_demo(cfg, stage=stage, note=console.log)
+        with writing(cfg.out, "nat demo", cfg.overwrite) as staged:  # a killed run leaves the previous one whole
+            result = run_demo(cfg, stage=stage, note=console.log, folder=staged)
         bar.update(bar_id, completed=stages(cfg), description="NAT demo: done")
     print_demo_table(result, time.time() - start)
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {cfg.out}/perplexity.png and "
