@@ -1,8 +1,4 @@
-"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs.
-
-:func:`evaluate` runs every task's episodes through the one scheduler (:func:`~lightning_nat.agent.react.run_pool`)
-into an :class:`~lightning_nat.core.results.EvalReport` of metrics and trajectories.
-"""
+"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs."""
 
 from __future__ import annotations
 
@@ -67,12 +63,8 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
 
 
 def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list[dict], dict[str, Callable]]]:
-    """Every requested task with its questions and tools, checked before the model loads or any episode runs.
-
-    A missing tool (``search`` without a backend), a tool without a schema (function calling), an
-    unreadable corpus or question file, or a task with no questions stops here, not after the
-    tasks before it have run.
-    """
+    """Every requested task with its questions and tools, checked (tools, schemas, corpus, questions) before the
+    model loads or any episode runs."""
     from lightning_nat.core.tasks import default_data_dir, get_task, load_questions_for
 
     tasks = [get_task(name) for name in cfg.task_names()]
@@ -110,8 +102,7 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
              plan: list | None = None, meta: dict[str, Any] | None = None) -> Any:
     """Every task's episodes through the scheduler's pool, as one :class:`~lightning_nat.core.results.EvalReport`.
 
-    ``plan``: what :func:`prepare` returned, if already called. ``progress`` is called with
-    (task, episodes done, episodes in all, episodes live) after every step.
+    ``plan``: what :func:`prepare` returned, if called; ``progress(task, done, total, live)`` after every step.
     """
     from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.results import EvalReport, task_result

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_nat.agent.config import MAX_NEW_TOKENS, MAX_TURNS, POOL_SIZE
 from lightning_nat.agent.react import ReActAgent
@@ -42,40 +42,12 @@ def _any_rank(device: torch.device) -> Any:
     return any_live
 
 
-class _RNGState:
-    """Saves and restores every RNG the training stream draws from."""
-
-    def __enter__(self) -> _RNGState:
-        self.py, self.torch = random.getstate(), torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        try:
-            import numpy as np
-
-            self.np = np.random.get_state()
-        except ImportError:
-            self.np = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        random.setstate(self.py)
-        torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        if self.np is not None:
-            import numpy as np
-
-            np.random.set_state(self.np)
-
-
 class ReActEval(L.Callback):
     """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
 
-    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit,
-    parse-error and failed rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
-    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks;
-    with sharded weights every rank steps the pool in lock-step (``synced_gpus`` and an
-    all-reduce of "any episode live?" per step), so ZeRO-3 does not hang; results are
-    gathered. Train mode and every RNG are restored afterwards.
+    Logs ``react/<task>/<metric>`` and the episode-end rates, appends a row to ``<log_dir>/react_eval.jsonl``
+    and writes the episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks; with
+    sharded weights the ranks step in lock-step (``synced_gpus``, and ``any_live``), so ZeRO-3 does not hang.
 
     Args:
         tasks: task names or task YAML paths.
@@ -127,7 +99,7 @@ class ReActEval(L.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         results: dict[str, dict[str, float]] = {}
         all_episodes = []
-        with _RNGState():
+        with isolate_rng():  # the training stream's random state is left as it was
             for name in self.tasks:
                 task = get_task(name)
                 records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
