@@ -35,12 +35,8 @@ DEFAULT_CALLBACKS = [
 
 
 class NATCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch.
-
-    Lightning treats ``every_n_train_steps`` and per-epoch saving as exclusive triggers, so a run saving
-    every N steps would otherwise end an epoch without a checkpoint of it. Written with the public
-    ``Trainer.save_checkpoint`` (a collective, as every rank runs this hook).
-    """
+    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch (Lightning's
+    ``every_n_train_steps`` excludes per-epoch saving, which would leave an epoch's end without a checkpoint)."""
 
     _saved_step = -1
 
@@ -59,10 +55,8 @@ class CheckpointError(ValueError):
 
 
 def check_checkpoint(path: str) -> None:
-    """Refuse a checkpoint that is missing, empty or not a ``torch.save`` archive, before any unpickling.
-
-    A directory is accepted as is (DeepSpeed writes checkpoints as folders).
-    """
+    """Refuse a checkpoint that is missing, empty or not a ``torch.save`` archive, before any unpickling (a
+    folder, DeepSpeed's kind, is accepted as is)."""
     if os.path.isdir(path):
         return
     if not os.path.exists(path):
@@ -176,12 +170,8 @@ def cli_main(argv: list[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Close this rank's process group before the interpreter exits.
-
-    Lightning leaves it open. A rank that finished first (rank 0 still exporting) then met the
-    group's threads in interpreter shutdown, and once in CI a gloo rank died there ("terminate
-    called without an active exception", SIGABRT) after its work was done, failing the launch.
-    """
+    """Close this rank's process group, which Lightning leaves open: a rank that finished first could otherwise
+    die in interpreter shutdown ("terminate called without an active exception") and fail the launch."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

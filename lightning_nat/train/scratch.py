@@ -1,9 +1,5 @@
-"""An offline scratch model: a tiny random-init Llama and a BPE tokenizer trained here.
-
-It is saved as an ordinary Hugging Face folder (config, weights, tokenizer, chat
-template), so tests, CPU runs and the demo go through the same ``from_pretrained``
-code as a real checkpoint. Nothing is downloaded.
-"""
+"""An offline scratch model: a tiny random-init Llama and a BPE tokenizer trained here, saved as an ordinary
+Hugging Face folder, so tests, CPU runs and the demo load it as a real checkpoint. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -33,12 +29,8 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE,
                     split_digits: bool = False):
-    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``.
-
-    With ``chat_template=None`` it ships none, and training falls back to Llama-2-chat. With
-    ``split_digits`` every digit is its own token, as in Llama's tokenizers, so a number is copied
-    digit by digit rather than as one of many arbitrary merged tokens.
-    """
+    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast`` (no chat template: training
+    falls back to Llama-2-chat; ``split_digits``: one token per digit, as Llama's, so numbers copy digit by digit)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
