@@ -1,10 +1,5 @@
-"""`nat inspect`: one built row as the model sees it, with the tokens that carry loss marked.
-
-The row is rendered and masked by :func:`lightning_nat.train.tokenization.tokenize_conversation`,
-the code path training uses, so what is shown is what is trained. On a terminal the
-trained tokens are highlighted; elsewhere (a pipe, a log) each trained run is wrapped in
-``⟦ ⟧`` so the mask survives plain text.
-"""
+"""`nat inspect`: one built row as the model sees it, rendered and masked by the code training uses
+(:func:`~lightning_nat.train.tokenization.tokenize_conversation`), trained tokens highlighted (or in ``⟦ ⟧``)."""
 
 from __future__ import annotations
 
