@@ -9,6 +9,9 @@ import sys
 from typing import Any
 
 from lightning_nat import __version__
+from lightning_nat.core.imports import trust_task_imports
+from lightning_nat.core.jsonl import RecordError
+from lightning_nat.core.options import add_options, from_namespace
 
 # name: (help, the config dataclass, the function that runs it), as "module:attribute" so that a command loads
 # only its own modules.
@@ -55,8 +58,6 @@ def config_class(command: str) -> type:
 
 def command_parser(command: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The parser of one sub-command: its config's flags and --debug."""
-    from lightning_nat.core.options import add_options
-
     help_text = COMMANDS[command][0]
     parser = parser or argparse.ArgumentParser(prog=f"nat {command}", description=help_text, allow_abbrev=False)
     cls = config_class(command)
@@ -75,8 +76,6 @@ def error_line(exc: BaseException, command: str | None = None) -> str:
     >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
     "[Errno 2] No such file or directory: 'q.jsonl'"
     """
-    from lightning_nat.core.jsonl import RecordError
-
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing key {exc}"
@@ -109,9 +108,6 @@ def _dispatch(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from lightning_nat.core.imports import trust_task_imports
-    from lightning_nat.core.options import from_namespace
-
     if getattr(args, "trust_task_imports", False):
         trust_task_imports()
     cfg = from_namespace(config_class(args.command), args)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
 from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core import jsonl
+from lightning_nat.core.console import console, print_collect_summary
 from lightning_nat.core.jsonl import RecordError
 from lightning_nat.core.options import option
 from lightning_nat.core.outputs import output_lock
@@ -235,9 +238,7 @@ class CollectConfig(AgentKindConfig):
 
 def run_collect(cfg: CollectConfig) -> int:
     """``nat collect``: every episode appended durably to ``cfg.out``; exit 1 when too many requests failed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from lightning_nat.core.console import console, print_collect_summary
     from lightning_nat.core.tasks import get_task, load_questions_for
 
     task = get_task(cfg.task)

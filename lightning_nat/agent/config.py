@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_nat.core.artifacts import read_spec
 from lightning_nat.core.options import option
 from lightning_nat.core.prompts import STYLES
 
@@ -193,8 +194,6 @@ class PolicyConfig(AgentConfig):
 
     def saved_prompt(self) -> tuple[Any, str]:
         """The saved prompt spec for the model under evaluation and the folder it was found in."""
-        from lightning_nat.core.artifacts import read_spec
-
         local = self.policy != "openai" and os.path.isdir(self.model)
         folder = self.prompt_from or (self.model if local else None)
         if self.prompt_from and read_spec(self.prompt_from) is None:

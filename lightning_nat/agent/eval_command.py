@@ -9,7 +9,11 @@ from typing import Any
 
 from lightning_nat.agent.config import POOL_SIZE, AgentKindConfig, PolicyConfig, check_error_rate
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
+from lightning_nat.core.console import console, episode_progress, print_episode, print_eval_table
 from lightning_nat.core.options import option
+from lightning_nat.core.outputs import check_out_folder, writing
+from lightning_nat.core.prompts import resolve_eval_spec
+from lightning_nat.core.results import EvalReport, task_result
 
 
 def _tasks_help() -> str:
@@ -104,9 +108,6 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
 
     ``plan``: what :func:`prepare` returned, if called; ``progress(task, done, total, live)`` after every step.
     """
-    from lightning_nat.core.prompts import resolve_eval_spec
-    from lightning_nat.core.results import EvalReport, task_result
-
     proto, saved, where, mode = cfg.resolved(cfg.runs)
     report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg, mode):
@@ -136,9 +137,6 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
 
 def run_eval(cfg: EvalCommandConfig) -> int:
     """``nat eval``: every task's episodes, written to ``cfg.out``; exit 1 when too many failed on policy errors."""
-    from lightning_nat.core.console import console, episode_progress, print_eval_table
-    from lightning_nat.core.outputs import check_out_folder, writing
-
     check_out_folder(cfg.out, "nat eval", cfg.overwrite)
     proto, _, _, mode = cfg.resolved(cfg.runs)
     tags = cfg.parsed_tags()
@@ -175,8 +173,6 @@ class SolveConfig(PolicyConfig):
 def run_solve(cfg: SolveConfig) -> int:
     """``nat solve``: one episode on ``cfg.question``, printed turn by turn."""
     from lightning_nat.agent.react import ReActAgent
-    from lightning_nat.core.console import print_episode
-    from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.tasks import get_task
 
     task = get_task(cfg.task)

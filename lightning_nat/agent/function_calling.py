@@ -17,9 +17,9 @@ from typing import Any
 
 from lightning_nat.agent.policies import END_OF_TURN
 from lightning_nat.agent.react import ReActAgent, _Episode
-from lightning_nat.core.safe_tool import MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
+from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
 from lightning_nat.core.secrets import mask
-from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, call_from_openai
 
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
@@ -85,8 +85,6 @@ def from_openai_reply(message: dict[str, Any], turn: int = 0) -> tuple[str, list
     ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}]})
     ('', [{'id': 'a', 'name': 'get_weather', 'arguments': {'city': 'Oslo'}}], [])
     """
-    from lightning_nat.core.trajectory import TrajectoryFormatError, call_from_openai
-
     calls, errors = [], []
     for k, raw in enumerate(message.get("tool_calls") or []):
         raw = {**raw, "id": raw.get("id") or f"call_{turn}_{k}"} if isinstance(raw, dict) else raw
@@ -204,7 +202,6 @@ def task_timeouts(tool_names: Sequence[str]) -> dict[str, float | None]:
     >>> task_timeouts(["calculate", "finish"])
     {'calculate': 10.0}
     """
-    from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S
     from lightning_nat.core.tools import find_tool
 
     return {name: spec.timeout if (spec := find_tool(name)) is not None else DEFAULT_TIMEOUT_S

@@ -7,6 +7,7 @@ reads back. Every command runs its episodes, ReAct or function-calling, through 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import deque
@@ -263,8 +264,6 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     if pool_size < 1:
         raise ValueError(f"pool size must be at least 1, got {pool_size}")
     if hasattr(agent.policy, "session") and any_live is None:
-        import asyncio
-
         return asyncio.run(_run_pool_async(agent, records, pool_size, on_episode, progress))
     waiting = deque(enumerate(records))
     live: list[tuple[int, _Episode]] = []
@@ -302,8 +301,6 @@ async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size:
                           on_episode: Callable[[Trajectory], None] | None, progress: Progress | None) -> list[Trajectory]:
     """The same pool for a policy that completes one request at a time (an API): each of ``pool_size`` places sends
     its episode's next request as soon as it needs it, nothing waits for a step."""
-    import asyncio
-
     waiting = deque(enumerate(records))
     out: list[Trajectory | None] = [None] * len(records)
     state = {"done": 0, "live": 0}

@@ -7,9 +7,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_nat.agent.config import MAX_NEW_TOKENS, MAX_TURNS, POOL_SIZE
+from lightning_nat.agent.policies import HFPolicy
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
 from lightning_nat.core.prompts import resolve_eval_spec
@@ -17,6 +19,7 @@ from lightning_nat.core.results import task_result
 from lightning_nat.core.tasks import get_task, load_questions_for
 from lightning_nat.core.tools import make_search, make_tools
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.train.perplexity import run_info
 
 # Questions per task at each evaluation: a sample, since it runs inside training (nat eval's --limit: all).
 LIMIT = 32
@@ -82,13 +85,9 @@ class ReActEval(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
-        from lightning_nat.agent.policies import HFPolicy
-
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-
         sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
         tokenizer = trainer.datamodule.tokenizer
         # Sharded weights: every rank generates in lock-step (synced_gpus), and steps the pool until no rank has a
@@ -123,8 +122,6 @@ class ReActEval(L.Callback):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if rank == 0:
             write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)
-            from lightning_nat.train.perplexity import run_info
-
             append_row(log_dir / REACT_EVAL_FILE, {"step": trainer.global_step, "epoch": trainer.current_epoch,
                                                    "results": results, **run_info(trainer)})
         return results

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
-from lightning_nat.core.prompts import PromptSpec
+from lightning_nat.core.prompts import PromptSpec, native_spec
 
 BUILD_FILE = "build.json"
 PREVIEW_FILE = "preview.jsonl"
@@ -130,7 +130,6 @@ def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
     if not cfg.get("task"):
         return None
     # Built before prompt specs were recorded: those builds were all in the native style.
-    from lightning_nat.core.prompts import native_spec
     from lightning_nat.core.tasks import get_task
 
     return native_spec(get_task(cfg["task"]), cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),

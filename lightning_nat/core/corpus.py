@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from lightning_nat.core import jsonl
+from lightning_nat.core.console import console
 from lightning_nat.core.options import check_numbers, option
+from lightning_nat.core.outputs import writing
 
 TEXT_SUFFIXES = (".txt", ".md")
 PASSAGES, INDEX, MANIFEST = "passages.jsonl", "index", "corpus.json"
@@ -168,10 +172,6 @@ class CorpusConfig:
 
 def run_corpus(cfg: CorpusConfig) -> int:
     """``nat corpus``: index the sources and say how to search them."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
 
     try:
         import bm25s  # noqa: F401 - checked before anything is read

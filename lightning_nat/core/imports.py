@@ -146,7 +146,7 @@ def load_yaml(path: str | Path) -> Any:
 
 def entry_points_of(group: str) -> list[tuple[str, Any, str]]:
     """``(name, loaded object, where)`` of every installed entry point of ``group``; a broken one is a located error."""
-    from importlib.metadata import entry_points
+    from importlib.metadata import entry_points  # imported when a name is not found: slow to import
 
     out = []
     for ep in entry_points(group=group):

@@ -57,14 +57,6 @@ class ReadReport:
         """Skipped records counted by problem."""
         return Counter(problem for _, _, problem in self.skipped)
 
-    def summary(self) -> str:
-        total = sum(self.read.values())
-        text = f"read {total} trajectories"
-        if self.skipped:
-            why = "; ".join(f"{n} x {p}" for p, n in self.reasons().most_common())
-            text += f", skipped {len(self.skipped)} bad records ({why})"
-        return text
-
 
 def check_loss_flag(turn: dict, i: int) -> None:
     """Refuse a reference-format ``loss`` flag that disagrees with training on assistant turns only (the two agree on

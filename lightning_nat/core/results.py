@@ -21,7 +21,8 @@ END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": 
              "failed": "failed", "no_answer": "no_answer"}
 # Function-calling episodes also count their calls and the calls that failed (unknown tool, bad arguments, a raise).
 _CALL_COUNTS = ("tool_calls", "tool_errors")
-_SHAPE = {"episodes", "runs", "per_run", "prompt", "parse_errors", "parse_error_rate", *END_RATES.values(), *_CALL_COUNTS}
+_RATES = (*END_RATES.values(), "parse_error_rate")
+_SHAPE = {"episodes", "runs", "per_run", "prompt", "parse_errors", *_RATES, *_CALL_COUNTS}
 
 
 @dataclass
@@ -51,10 +52,8 @@ class TaskResult:
         >>> TaskResult(episodes=2, metrics={"accuracy": 0.5}, finished=1.0).to_dict()["accuracy"]
         0.5
         """
-        out: dict[str, Any] = {**self.metrics, "episodes": self.episodes, "finished": self.finished,
-                               "turn_limit": self.turn_limit, "stopped_on_error": self.stopped_on_error,
-                               "failed": self.failed, "no_answer": self.no_answer,
-                               "parse_error_rate": self.parse_error_rate, "parse_errors": self.parse_errors}
+        out: dict[str, Any] = {**self.metrics, "episodes": self.episodes, **{k: getattr(self, k) for k in _RATES},
+                               "parse_errors": self.parse_errors}
         out.update({k: getattr(self, k) for k in _CALL_COUNTS if getattr(self, k) is not None})
         out.update({f"{k}_sd": v for k, v in self.sd.items()})
         if self.runs > 1:
@@ -80,7 +79,7 @@ class TaskResult:
                    per_run=list(d.get("per_run", [])), prompt=d.get("prompt"),
                    parse_errors=int(d.get("parse_errors", 0)),
                    **{k: float(d[k]) for k in _CALL_COUNTS if d.get(k) is not None},
-                   **{k: float(d.get(k, 0.0)) for k in (*END_RATES.values(), "parse_error_rate")})
+                   **{k: float(d.get(k, 0.0)) for k in _RATES})
 
 
 def run_figures(trajs: Sequence[Trajectory]) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.imports import DeclarationError, entry_points_of
+from lightning_nat.core.readers import load_questions
 from lightning_nat.core.task_spec import Task, load_builtin_tasks, load_task_file, task_from_dict
 
 TASK_GROUP = "lightning_nat.tasks"  # the entry point group: a public contract
@@ -103,8 +104,6 @@ def load_questions_for(task: Task, path: str | None = None, data_dir: str | None
     From ``path``, else ``data_dir/<task.local_file>`` (the layout of ``../shared/data``), else the
     task's own file, else, with ``hub=True``, the task's Hub dataset (needs network).
     """
-    from lightning_nat.core.readers import load_questions
-
     if path is None and data_dir is not None and task.local_file:
         path = str(Path(data_dir) / task.local_file)
     if path is None and task.data_file:

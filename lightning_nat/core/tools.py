@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -22,6 +24,8 @@ from typing import Any, Protocol
 
 import sympy
 
+from lightning_nat.core.imports import entry_points_of
+from lightning_nat.core.jsonl import RecordError, read_records
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, guard
 from lightning_nat.core.secrets import mask
 
@@ -264,8 +268,6 @@ class BM25Search:
             import bm25s
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
-        from lightning_nat.core.jsonl import RecordError, read_records
-
         path = Path(self.corpus_path)
         if path.is_dir():  # a `nat corpus` folder: passages and their saved index
             from lightning_nat.core.corpus import load_index, passage_text
@@ -316,8 +318,6 @@ class SerperSearch:
             raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
 
     def _request(self, query: str, num: int) -> dict:
-        import urllib.request
-
         self.prepare()
         req = urllib.request.Request(self.endpoint, data=json.dumps({"q": query, "num": num}).encode(),
                                      headers={"X-API-KEY": os.environ[self.api_key_env], "Content-Type": "application/json"})
@@ -461,14 +461,10 @@ def find_tool(name: str) -> ToolSpec | None:
     """A registered tool, loading the tool entry points if needed; ``None`` when unknown."""
     if name not in TOOLS and TOOL_GROUP not in _entry_points_loaded:
         _entry_points_loaded.add(TOOL_GROUP)
-        from lightning_nat.core.imports import entry_points_of
-
         for ep_name, fn, where in entry_points_of(TOOL_GROUP):
             try:
                 register_tool(ep_name, fn)
             except ValueError as exc:  # one bad plug-in is named and skipped; the others still load
-                import warnings
-
                 warnings.warn(f"{where}: not registered: {exc}", stacklevel=2)
     return TOOLS.get(name)
 

@@ -21,8 +21,10 @@ from typing import Any, Literal
 import datasets
 
 from lightning_nat.core.artifacts import PREVIEW_FILE, BuildRecord, write_build
+from lightning_nat.core.console import print_build_summary
 from lightning_nat.core.jsonl import dumps_line
 from lightning_nat.core.options import check_numbers, command_line, option
+from lightning_nat.core.outputs import writing
 from lightning_nat.core.prompts import (
     PRESETS,
     STYLES,
@@ -503,9 +505,6 @@ def summarize(ds: datasets.DatasetDict) -> dict[str, dict[str, Any]]:
 
 def run_build(cfg: BuildConfig) -> int:
     """``nat build``: build, write ``cfg.out`` whole (under its lock) and print the summary."""
-    from lightning_nat.core.console import print_build_summary
-    from lightning_nat.core.outputs import writing
-
     inputs = [*cfg.trajectories, *([cfg.questions] if cfg.questions else [])]
     with writing(cfg.out, "nat build", cfg.overwrite, inputs) as staged:
         result = build_dataset(cfg.spec(), cache_dir=cfg.cache_dir)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from lightning_nat.core.console import console, table
 from lightning_nat.core.options import option
 from lightning_nat.core.readers import ReadReport, read_trajectories_jsonl
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
@@ -280,8 +281,6 @@ def pair_trajectories(positives: Sequence[Trajectory], negatives: Sequence[Traje
     >>> len(pairs), pairs[0][0].id, counts["questions_positive_only"], counts["questions_negative_only"]
     (1, 'p1', 1, 1)
     """
-    if per_question is not None and per_question < 1:
-        raise ValueError(f"pairs_per_question must be at least 1, got {per_question}")
     pos_by_q: dict[str, list[Trajectory]] = {}
     neg_by_q: dict[str, list[Trajectory]] = {}
     for t in positives:
@@ -345,7 +344,6 @@ class CleanConfig:
 
 def run_clean(cfg: CleanConfig) -> int:
     """``nat clean``: the task's cleaning rules applied to ``cfg.trajectories``, the rest written to ``cfg.out``."""
-    from lightning_nat.core.console import console, table
     from lightning_nat.core.tasks import get_task
 
     if Path(cfg.out).resolve() == Path(cfg.trajectories).resolve():

@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.markup import escape
+
+from lightning_nat.core.artifacts import read_build
+from lightning_nat.core.console import console
 from lightning_nat.core.jsonl import dumps_line
 from lightning_nat.core.options import option
-from lightning_nat.core.prompts import PromptSpec, head_messages
+from lightning_nat.core.outputs import writing
+from lightning_nat.core.prompts import PromptSpec, head_messages, preset
 from lightning_nat.core.trajectory import as_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
 
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -246,8 +251,6 @@ def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLik
     """
     import datasets
 
-    from lightning_nat.core.artifacts import read_build
-    from lightning_nat.core.prompts import preset
 
     record = read_build(folder)
     if record.prompt is None:
@@ -313,10 +316,6 @@ class ExportConfig:
 
 def run_export(cfg: ExportConfig) -> int:
     """``nat export``: write the layout and print where TRL, LLaMA-Factory and axolotl find it."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
 
     with writing(cfg.out, "nat export", cfg.overwrite, inputs=[cfg.folder]) as staged:
         res = export_dataset(cfg.folder, cfg.to, staged, name=cfg.name, final=cfg.out)

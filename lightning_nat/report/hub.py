@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+from rich.markup import escape
+
 from lightning_nat.core.artifacts import PROMPT_FILE, RESULTS_FILE, read_build, read_spec
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
 from lightning_nat.core.results import EvalReport
 
@@ -24,8 +29,6 @@ def hub_token() -> str:
 
 
 def _front_matter(data: dict[str, Any]) -> str:
-    import yaml
-
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -92,8 +95,6 @@ def _prompt_line(prompt: dict[str, Any] | None) -> str:
 
 def model_card(folder: str | Path, repo_id: str) -> str:
     """A model card: base model, data, strategy, hyperparameters, and eval results when present."""
-    import yaml
-
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no config.json (is it an exported `hf/` folder?)")
@@ -158,8 +159,6 @@ def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry
          stage_dir: str | Path | None = None) -> dict[str, Any]:
     """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card; a dataset is staged first
     (:func:`stage_dataset`, into ``stage_dir`` when given, kept to inspect) and that folder uploaded."""
-    import tempfile
-
     folder = Path(folder)
     if kind == "dataset":
         with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
@@ -209,9 +208,6 @@ class PushConfig:
 
 def run_push(cfg: PushConfig) -> int:
     """``nat push``: upload (or with ``dry_run`` print) the folder and its card."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
 
     plan = push(cfg.kind, cfg.folder, cfg.repo, private=cfg.private, dry_run=cfg.dry_run, stage_dir=cfg.stage_dir)
     if cfg.dry_run:

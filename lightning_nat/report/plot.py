@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_nat.core.artifacts import NEG_NUM, PERPLEXITY_FILE, RESULTS_FILE, read_rows
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
+from lightning_nat.core.results import EvalReport, TaskResult
 
 
 def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
@@ -96,8 +98,6 @@ def plot_perplexity(runs: dict[str, list[dict[str, Any]]], out: str | Path, x: s
 def load_sweep(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Points ``{strategy, neg_num, task, metric, value}`` from ``nat eval`` results (their ``--tag variant=..
     --tag neg_num=..``) or ReActEval rows (whose build's count of negatives wins over a tag)."""
-    from lightning_nat.core.results import EvalReport, TaskResult
-
     points = []
     for f in _files(paths, RESULTS_FILE) if any(Path(p).is_dir() for p in paths) else [Path(p) for p in paths]:
         if f.suffix == ".jsonl":  # ReActEval rows: one task result per task and step
@@ -159,8 +159,6 @@ class PlotConfig:
 
 def run_plot(cfg: PlotConfig) -> int:
     """``nat plot``: draw the chosen figure into ``cfg.out``."""
-    from lightning_nat.core.console import console
-
     if cfg.kind == "perplexity":
         out = plot_perplexity(load_perplexity_runs(cfg.inputs), cfg.out, x=cfg.x)
     else:

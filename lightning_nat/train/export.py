@@ -8,13 +8,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+from lightning_nat.core.artifacts import write_spec
+from lightning_nat.train.tokenization import ensure_chat_template, eos_ids, load_chat_template
 
 
 def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
     """The model's complete weights on rank 0 (``None`` elsewhere), gathered from ZeRO-3 or FSDP shards; a
     collective: every rank must call it."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
     strategy = trainer.strategy
     prefix = "model."
     # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
@@ -40,7 +42,6 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         return None
     from transformers import AutoTokenizer
 
-    from lightning_nat.train.tokenization import ensure_chat_template, load_chat_template
 
     out = Path(out_dir)
     model = module.model
@@ -63,8 +64,6 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
     ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
-        from lightning_nat.core.artifacts import write_spec
-
         write_spec(prompt_spec, out)
     return out
 
@@ -77,7 +76,6 @@ def serving_generation_config(model: Any, tokenizer: Any) -> Any:
     """
     from transformers import GenerationConfig
 
-    from lightning_nat.train.tokenization import eos_ids
 
     base = getattr(model, "generation_config", None)
     eos = eos_ids(tokenizer.eos_token_id, getattr(base, "eos_token_id", None), model.config.eos_token_id)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
 from lightning_nat.train.datamodule import shard
 from lightning_nat.train.tokenization import IGNORE_INDEX
@@ -386,8 +387,6 @@ def _attached_trainer(module: L.LightningModule) -> Any:
 
 def _zero(module: L.LightningModule) -> dict[str, Any] | None:
     """The ``zero_optimization`` config when training under DeepSpeed, else None."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
-
     strategy = getattr(_attached_trainer(module), "strategy", None)
     # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
     config = strategy.config if isinstance(strategy, DeepSpeedStrategy) else None

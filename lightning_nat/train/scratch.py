@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
+from lightning_nat.core.outputs import writing
 
 # ChatML. The {% generation %} block marks what an assistant turn trains on (its text, <|im_end|> and
 # the newline after it, exactly our mask), so TRL's `assistant_only_loss=True` works with it too; it
@@ -107,9 +109,6 @@ class ScratchConfig:
 
 def run_scratch(cfg: ScratchConfig) -> int:
     """``nat scratch``: train the tokenizer on the dataset's texts and save a random-init model beside it."""
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
-
     texts = conversation_texts(cfg.dataset)
     with writing(cfg.out, "nat scratch", cfg.overwrite, inputs=[cfg.dataset]) as staged:
         make_scratch_model(staged, texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,

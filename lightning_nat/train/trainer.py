@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
+import torch
+
 from lightning_nat.train.datamodule import accumulation_steps, device_count
 
 
@@ -12,8 +15,6 @@ def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1,
                  **trainer_kwargs: Any) -> Any:
     """A ``lightning.Trainer`` whose accumulation follows ``datamodule``'s global and micro batch sizes; every other
     keyword goes to ``Trainer`` (an ``accumulate_grad_batches`` that contradicts the batch sizes is an error)."""
-    import lightning as L
-
     hp = datamodule.hparams
     acc = accumulation_steps(hp.global_batch_size, hp.micro_batch_size, device_count(devices, accelerator), num_nodes)
     given = trainer_kwargs.pop("accumulate_grad_batches", acc)
@@ -30,8 +31,6 @@ def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1,
         per_epoch = -(-micro // (device_count(devices, accelerator) * num_nodes * acc))
         trainer_kwargs["max_epochs"] = -(-steps // max(1, per_epoch))
     if trainer_kwargs.get("deterministic") is True:
-        import torch
-
         # Deterministic mode also fills every new tensor with NaN, a debugging aid for code that reads memory it
         # never wrote (none here); it cost about 5 % of a demo step. Results do not depend on it.
         torch.utils.deterministic.fill_uninitialized_memory = False
