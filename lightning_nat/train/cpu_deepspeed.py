@@ -37,8 +37,10 @@ def cpu_safe_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-    """:class:`DeepSpeedStrategy` (every argument of it) on ``accelerator="cpu"`` processes over ``gloo``: a check of
-    a DeepSpeed setup end to end before a GPU job, not a way to train."""
+    """:class:`DeepSpeedStrategy` (every argument of it) on ``accelerator="cpu"`` processes over ``gloo``.
+
+    A check of a DeepSpeed setup end to end before a GPU job, not a way to train.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("process_group_backend", "gloo")

@@ -42,8 +42,10 @@ DEFAULT_CALLBACKS = [
 
 
 class NATCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch (Lightning's
-    ``every_n_train_steps`` excludes per-epoch saving, which would leave an epoch's end without a checkpoint)."""
+    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch.
+
+    Lightning's ``every_n_train_steps`` excludes per-epoch saving, which would leave an epoch without a checkpoint.
+    """
 
     _saved_step = -1
 
