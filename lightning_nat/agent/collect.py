@@ -238,7 +238,6 @@ class CollectConfig(AgentKindConfig):
 
 def run_collect(cfg: CollectConfig) -> int:
     """``nat collect``: every episode appended durably to ``cfg.out``; exit 1 when too many requests failed."""
-
     from lightning_nat.core.tasks import get_task, load_questions_for
 
     task = get_task(cfg.task)

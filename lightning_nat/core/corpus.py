@@ -172,7 +172,6 @@ class CorpusConfig:
 
 def run_corpus(cfg: CorpusConfig) -> int:
     """``nat corpus``: index the sources and say how to search them."""
-
     try:
         import bm25s  # noqa: F401 - checked before anything is read
     except ImportError:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import sympy
 
+from lightning_nat.core.corpus import load_index, passage_text
 from lightning_nat.core.imports import entry_points_of
 from lightning_nat.core.jsonl import RecordError, read_records
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, guard
@@ -270,8 +271,6 @@ class BM25Search:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
         path = Path(self.corpus_path)
         if path.is_dir():  # a `nat corpus` folder: passages and their saved index
-            from lightning_nat.core.corpus import load_index, passage_text
-
             passages, self._retriever = load_index(path)
             self._docs = [passage_text(p) for p in passages]
             self._parts = [(str(p.get("title") or "").strip(), str(p["text"]).strip()) for p in passages]

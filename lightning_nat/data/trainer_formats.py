@@ -251,7 +251,6 @@ def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLik
     """
     import datasets
 
-
     record = read_build(folder)
     if record.prompt is None:
         raise ExportError(f"{folder}: its build.json records no prompt (built by an older version); rebuild it")
@@ -316,7 +315,6 @@ class ExportConfig:
 
 def run_export(cfg: ExportConfig) -> int:
     """``nat export``: write the layout and print where TRL, LLaMA-Factory and axolotl find it."""
-
     with writing(cfg.out, "nat export", cfg.overwrite, inputs=[cfg.folder]) as staged:
         res = export_dataset(cfg.folder, cfg.to, staged, name=cfg.name, final=cfg.out)
     counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())

@@ -208,7 +208,6 @@ class PushConfig:
 
 def run_push(cfg: PushConfig) -> int:
     """``nat push``: upload (or with ``dry_run`` print) the folder and its card."""
-
     plan = push(cfg.kind, cfg.folder, cfg.repo, private=cfg.private, dry_run=cfg.dry_run, stage_dir=cfg.stage_dir)
     if cfg.dry_run:
         console.print(f"would upload to {cfg.repo} ({cfg.kind}, {'private' if cfg.private else 'public'}):")

@@ -74,7 +74,6 @@ def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = N
 
 def print_inspected(res: InspectedRow, plain: bool) -> None:
     """Print the header (label, marker, counts) and the rendered text with its trained tokens marked."""
-
     console.print(f"row {res.row_id}  label: {res.label}  marker: {res.marker!r}", markup=False, soft_wrap=True)
     console.print(f"tokens: {res.tokens}  trained tokens: {res.trained}  tool calls: {res.calls}", markup=False, soft_wrap=True)
     text = Text()

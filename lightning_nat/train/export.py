@@ -42,7 +42,6 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         return None
     from transformers import AutoTokenizer
 
-
     out = Path(out_dir)
     model = module.model
     if module.hparams.lora_r > 0:
@@ -75,7 +74,6 @@ def serving_generation_config(model: Any, tokenizer: Any) -> Any:
     whatever a request asks; the end-of-turn token training closed turns with comes first among the eos ids.
     """
     from transformers import GenerationConfig
-
 
     base = getattr(model, "generation_config", None)
     eos = eos_ids(tokenizer.eos_token_id, getattr(base, "eos_token_id", None), model.config.eos_token_id)
