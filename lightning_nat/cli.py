@@ -1,8 +1,5 @@
-"""The ``nat`` command: a table of sub-commands, each one config dataclass and the library function that runs it.
-
-Every flag, its help and its default come from the config's fields (:mod:`lightning_nat.core.options`);
-``fit`` hands its arguments to ``LightningCLI`` so that the YAML configs stay the record of a run.
-"""
+"""The ``nat`` command: a table of sub-commands, each one config dataclass (its fields are the flags, see
+:mod:`lightning_nat.core.options`) and the library function that runs it; ``fit`` is ``LightningCLI``'s."""
 
 from __future__ import annotations
 
@@ -12,6 +9,9 @@ import sys
 from typing import Any
 
 from lightning_nat import __version__
+from lightning_nat.core.imports import trust_task_imports
+from lightning_nat.core.jsonl import RecordError
+from lightning_nat.core.options import add_options, from_namespace
 
 # name: (help, the config dataclass, the function that runs it), as "module:attribute" so that a command loads
 # only its own modules.
@@ -25,9 +25,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "solve": ("run one episode on a question and print it turn by turn", "agent.eval_command:SolveConfig",
               "agent.eval_command:run_solve"),
     "collect": ("run a teacher LLM on training questions and keep every labelled trajectory (resumable)",
-                "agent.collect_command:CollectConfig", "agent.collect_command:run_collect"),
-    "clean": ("apply the paper's cleaning rules to collected trajectories", "agent.collect_command:CleanConfig",
-              "agent.collect_command:run_clean"),
+                "agent.collect:CollectConfig", "agent.collect:run_collect"),
+    "clean": ("apply the paper's cleaning rules to collected trajectories", "data.select:CleanConfig",
+              "data.select:run_clean"),
     "plot": ("draw dev perplexity curves or accuracy against the number of negatives", "report.plot:PlotConfig",
              "report.plot:run_plot"),
     "corpus": ("index text files or a JSONL of passages with BM25 for the offline search tool",
@@ -44,11 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "(DPO and KTO on request), evaluate, compare",
              "demo.run:DemoConfig", "demo.run:run_demo_command"),
 }
-# Sub-commands that parse their own arguments (LightningCLI and friends).
-PASSTHROUGH: dict[str, tuple[str, str]] = {
-    "fit": ("fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)",
-            "lightning_nat.train.fit:cli_main"),
-}
+# `nat fit` parses its own arguments (LightningCLI, whose YAML configs are the record of a run).
+FIT_HELP = "fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)"
 
 
 def load(ref: str) -> Any:
@@ -58,14 +55,11 @@ def load(ref: str) -> Any:
 
 
 def config_class(command: str) -> type:
-    """The config dataclass of a sub-command."""
     return load(COMMANDS[command][1])
 
 
 def command_parser(command: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The parser of one sub-command: its config's flags and --debug."""
-    from lightning_nat.core.options import add_options
-
     help_text = COMMANDS[command][0]
     parser = parser or argparse.ArgumentParser(prog=f"nat {command}", description=help_text, allow_abbrev=False)
     cls = config_class(command)
@@ -86,26 +80,21 @@ def error_line(exc: BaseException, command: str | None = None) -> str:
     >>> error_line(FileNotFoundError(2, "No such file or directory", "q.jsonl"))
     "[Errno 2] No such file or directory: 'q.jsonl'"
     """
-    from lightning_nat.core.jsonl import RecordError
-
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing key {exc}"
     elif not isinstance(exc, (OSError, ValueError, RuntimeError)):
         text = f"{type(exc).__name__}: {text}"
-    # Only commands that have the option get the hint (nat collect has no --on-error).
-    if isinstance(exc, RecordError) and command in ON_ERROR_COMMANDS and "--on-error" not in text:
+    if isinstance(exc, RecordError) and command == "build" and "--on-error" not in text:  # the one with the option
         text += " (--on-error skip skips and counts such records)"
     return text
 
 
-ON_ERROR_COMMANDS = {"build"}
-
-
 def _dispatch(argv: list[str]) -> int:
-    if argv and argv[0] in PASSTHROUGH:
-        module, func = PASSTHROUGH[argv[0]][1].rsplit(":", 1)
-        return getattr(importlib.import_module(module), func)(argv[1:]) or 0
+    if argv and argv[0] == "fit":
+        from lightning_nat.train.fit import cli_main
+
+        return cli_main(argv[1:])
     # allow_abbrev=False: `nat demo --seed 0` must not be read as `--seeds 0`.
     parser = argparse.ArgumentParser(prog="nat", allow_abbrev=False,
                                      description="Negative-Aware Training (NAT) of LLM agents: build training sets "
@@ -113,8 +102,7 @@ def _dispatch(argv: list[str]) -> int:
     parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, _module_func) in PASSTHROUGH.items():
-        sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
+    sub.add_parser("fit", help=FIT_HELP, add_help=False, allow_abbrev=False)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in COMMANDS and "--config" in argv[:-1]:  # the YAML's options go first, so the flags given win
         from lightning_nat.core.options import config_argv
@@ -131,9 +119,6 @@ def _dispatch(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from lightning_nat.core.imports import trust_task_imports
-    from lightning_nat.core.options import from_namespace
-
     if getattr(args, "trust_task_imports", False):
         trust_task_imports()
     cfg = from_namespace(config_class(args.command), args)
@@ -144,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every error ends as one located line and exit code 1 (the traceback with --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    if argv and argv[0] == "--debug" or (argv and argv[0] in PASSTHROUGH):
+    if argv and argv[0] in ("--debug", "fit"):
         argv = [a for a in argv if a != "--debug"]  # LightningCLI does not know the flag
     command = next((a for a in argv if not a.startswith("-")), None)
     try:

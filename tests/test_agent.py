@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.agent.react import ReActAgent, parse_step, summarize
+from lightning_nat.agent.react import ReActAgent, parse_step
 from lightning_nat.builders import build_dataset
 from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.results import run_figures
 from lightning_nat.core.tasks import TASKS, load_questions_for
 from lightning_nat.core.tools import make_tools
 
@@ -77,9 +78,9 @@ def test_batched_episodes_and_trajectories(tmp_path):
     assert (b.reward, b.score, b.prediction) == (False, 0.0, "41")
     assert (c.meta["end"], c.prediction, c.reward) == ("turn_limit", None, False)
     assert d.reward and d.meta["parse_errors"] == 1 and "Invalid action" in d.messages[1]["content"]
-    assert agent.stats.finished == 3 and agent.stats.turn_limit == 1 and agent.stats.parse_errors == 4
-    summary = summarize(trajs)
+    summary = run_figures(trajs)
     assert summary["accuracy"] == 0.5 and summary["finished"] == 0.75 and summary["turn_limit"] == 0.25
+    assert summary["parse_errors"] == 4
     # Evaluation output feeds back into `nat build`.
     from lightning_nat.core.trajectory import write_jsonl
 

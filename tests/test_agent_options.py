@@ -3,7 +3,7 @@
 import dataclasses
 import inspect
 
-from lightning_nat.agent.collect_command import CollectConfig
+from lightning_nat.agent.collect import CollectConfig
 from lightning_nat.agent.eval_command import EvalCommandConfig, SolveConfig
 from lightning_nat.agent.react_eval import ReActEval
 from lightning_nat.core.options import cli_fields

@@ -84,7 +84,7 @@ def test_nat_demo_quick(tmp_path):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     # Every trained model is kept, and reloaded it scores what the demo reported.
     from lightning_nat.agent.policies import HFPolicy
-    from lightning_nat.agent.react import summarize
+    from lightning_nat.core.results import run_figures as summarize
 
     test = [json.loads(line) for line in (out / "seed0" / "test.jsonl").read_text().splitlines()]
     for strategy in ("positive", "nut", "nat"):

@@ -98,7 +98,7 @@ def test_text_turns_become_structured_calls_and_errors_are_counted(family):
     assert h8.meta["parse_errors"] == 1 and h8.meta["tool_errors"] == 1 and h8.reward
     result = task_result([trajs]).to_dict()
     assert result["accuracy"] == 7 / 8 and result["parse_errors"] == 1 and result["tool_errors"] == 2
-    assert result["tool_calls"] == 8 and agent.stats.parse_errors == 1
+    assert result["tool_calls"] == 8
     # What the episode wrote is a valid trajectory that reads back with its calls.
     from lightning_nat.core.trajectory import Trajectory
 

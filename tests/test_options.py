@@ -1,8 +1,8 @@
 """One definition per option: every command's flags are its config's fields, and a build's card command is exact."""
 
 import argparse
-import json
 import dataclasses
+import json
 import os
 import shlex
 import subprocess

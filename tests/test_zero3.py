@@ -125,7 +125,8 @@ def test_zero3_export_equals_gathered_weights_and_reloads(runs):
 @pytest.mark.timeout(900)
 def test_callbacks_under_zero3_equal_single_process_evaluation(runs, shared_data, tiny_dataset):
     from lightning_nat.agent.policies import HFPolicy
-    from lightning_nat.agent.react import ReActAgent, summarize
+    from lightning_nat.agent.react import ReActAgent
+    from lightning_nat.core.results import run_figures as summarize
     from lightning_nat.core.tasks import get_task, load_questions_for
     from lightning_nat.core.tools import make_tools
     from lightning_nat.train.datamodule import NATDataModule

@@ -1,10 +1,8 @@
 """`nat collect`: a teacher LLM acts on training questions; every trajectory is labelled and kept durably.
 
-Each (question, temperature, sample) key is one episode. A finished episode is appended
-to the output JSONL and flushed to disk at once, so a run killed at any point (even
-``kill -9``) loses at most the episodes in flight; started again, it skips the keys
-already written. A question whose requests still fail after the retries is written to
-``<out>.failed.jsonl`` (never as a negative) and tried again by the next run.
+Each (question, temperature, sample) key is one episode, appended and fsynced as it ends: a killed run loses
+at most the episodes in flight, and a rerun skips the keys written. An episode whose requests failed goes
+to ``<out>.failed.jsonl`` (never as a negative) and is tried again by the next run.
 """
 
 from __future__ import annotations
@@ -12,14 +10,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_nat.agent.config import COLLECT_POOL_SIZE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from lightning_nat.agent.config import COLLECT_POOL_SIZE, AgentKindConfig, check_error_rate
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core import jsonl
+from lightning_nat.core.console import console, print_collect_summary
 from lightning_nat.core.jsonl import RecordError
+from lightning_nat.core.options import option
+from lightning_nat.core.outputs import output_lock
 from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError
 
 Key = tuple[str, float, int]
@@ -33,11 +37,8 @@ def key_of(traj: Trajectory) -> Key:
 def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
     """Trajectories already collected, and how many bytes of a torn last line were set aside.
 
-    Records are written whole, newline last, so only the final line can be torn by a
-    crash. Every complete line is checked first, so a file that is not a collection (a
-    user's JSONL given as ``--out`` by mistake) is refused before anything in it changes.
-    A last line that is a complete record missing only its newline is kept; a torn one is
-    moved to ``<out>.torn`` (nothing is thrown away) and its episode is collected again.
+    Only the last line can be torn by a crash: a complete record missing its newline is kept, a torn one moved
+    to ``<out>.torn``. Every line is checked first, so a file that is not a collection is refused untouched.
     """
     path = Path(path)
     if not path.exists():
@@ -89,11 +90,8 @@ def _collected_record(raw: bytes, path: Path, lineno: int) -> Trajectory:
 
 
 class DurableWriter:
-    """Appends one JSON line per record, flushed and fsynced before returning.
-
-    With ``lazy=True`` the file is only created by the first record (a failure log that
-    stays absent when nothing failed).
-    """
+    """Appends one JSON line per record, flushed and fsynced before returning (``lazy``: the file is created by
+    the first record)."""
 
     def __init__(self, path: str | os.PathLike, lazy: bool = False):
         self.path = Path(path)
@@ -131,10 +129,7 @@ def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
 
 
 def compact_failures(path: Path, collected: set[Key]) -> int:
-    """Rewrite the failure log to what is still missing (removing it when nothing is); returns that count.
-
-    The log is replaced atomically, so a crash here leaves the old log, which the next run compacts.
-    """
+    """Rewrite the failure log (atomically) to what is still missing, removing it when nothing is; returns that count."""
     if not path.exists():
         return 0
     entries = jsonl.read_jsonl(path)
@@ -166,14 +161,8 @@ def collect(agent: ReActAgent, records: Sequence[dict], out: str | os.PathLike,
             temperatures: Sequence[float] = (0.2, 0.5, 0.7), samples: int = 1, teacher: str = "",
             batch_size: int = COLLECT_POOL_SIZE, price_per_million: tuple[float, float] | None = None,
             progress: Callable[[int, int], None] | None = None) -> CollectSummary:
-    """Run the teacher on every missing (question, temperature, sample) key; see the module doc.
-
-    ``agent``: the task's ReAct or function-calling agent (:mod:`lightning_nat.agent.function_calling`); its
-    policy's ``temperature`` is set for each pass (every policy has one). A temperature given twice
-    would pay for the same episodes twice: refused.
-    """
-    from lightning_nat.core.outputs import output_lock
-
+    """Run the teacher ``agent`` (ReAct or function-calling; its policy's ``temperature`` is set for each pass) on
+    every missing (question, temperature, sample) key; see the module doc."""
     repeated = sorted({t for t in temperatures if list(temperatures).count(t) > 1})
     if repeated:
         raise ValueError(f"temperatures {' '.join(f'{t:g}' for t in temperatures)}: {', '.join(f'{t:g}' for t in repeated)}"
@@ -181,52 +170,43 @@ def collect(agent: ReActAgent, records: Sequence[dict], out: str | os.PathLike,
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     out = Path(out)
-    with output_lock(out, "nat collect"):
-        return _collect(agent, records, out, temperatures, samples, teacher, batch_size, price_per_million, progress)
-
-
-def _collect(agent: ReActAgent, records: Sequence[dict], out: Path, temperatures: Sequence[float], samples: int,
-             teacher: str, batch_size: int, price_per_million: tuple[float, float] | None,
-             progress: Callable[[int, int], None] | None) -> CollectSummary:
     task, policy = agent.task, agent.policy
     failed_path = out.with_name(out.name + ".failed.jsonl")
-    existing, torn = recover(out)
-    done = {key_of(t) for t in existing}
-    summary = CollectSummary(resumed=len(existing), torn_bytes=torn)
     plan = [(float(t), s) for t in temperatures for s in range(samples)]
     total = len(records) * len(plan)
-    finished = len([k for k in done if (k[1], k[2]) in set(plan)])
-    writer, failed_writer = DurableWriter(out), DurableWriter(failed_path, lazy=True)
     new: list[Trajectory] = []
-    try:
-        for temperature, sample in plan:
-            pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
-            if not pending:
-                continue
-            policy.temperature = temperature
+    with output_lock(out, "nat collect"):
+        existing, torn = recover(out)
+        done = {key_of(t) for t in existing}
+        summary = CollectSummary(resumed=len(existing), torn_bytes=torn)
+        finished = len([k for k in done if (k[1], k[2]) in set(plan)])
+        writer, failed_writer = DurableWriter(out), DurableWriter(failed_path, lazy=True)
+        with closing(writer), closing(failed_writer):
+            for temperature, sample in plan:
+                pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
+                if not pending:
+                    continue
+                policy.temperature = temperature
 
-            def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
-                nonlocal finished
-                traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
-                traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
-                if traj.meta.get("end") == "failed":
-                    failed_writer.write({"question_id": traj.question_id, "temperature": temperature,
-                                         "sample": sample, "teacher": teacher, "turns": len(traj.messages)})
-                    summary.failures += 1
-                else:
-                    writer.write(traj.to_dict())
-                    new.append(traj)
-                    finished += 1
-                if progress:
-                    progress(finished + summary.failures, total)
+                def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
+                    nonlocal finished
+                    traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
+                    traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
+                    if traj.meta.get("end") == "failed":
+                        failed_writer.write({"question_id": traj.question_id, "temperature": temperature,
+                                             "sample": sample, "teacher": teacher, "turns": len(traj.messages)})
+                        summary.failures += 1
+                    else:
+                        writer.write(traj.to_dict())
+                        new.append(traj)
+                        finished += 1
+                    if progress:
+                        progress(finished + summary.failures, total)
 
-            agent.run(pending, batch_size=batch_size, on_episode=keep)
-    finally:
-        writer.close()
-        failed_writer.close()
-    everything = existing + new
-    # Keys collected on a retry leave the failure log; it disappears when nothing is missing.
-    compact_failures(failed_path, {key_of(t) for t in everything})
+                agent.run(pending, batch_size=batch_size, on_episode=keep)
+        everything = existing + new
+        # Keys collected on a retry leave the failure log; it disappears when nothing is missing.
+        compact_failures(failed_path, {key_of(t) for t in everything})
     summary.new_episodes = len(new)
     summary.positives = sum(t.reward for t in everything)
     summary.negatives = len(everything) - summary.positives
@@ -239,3 +219,43 @@ def _collect(agent: ReActAgent, records: Sequence[dict], out: Path, temperatures
         summary.cost_usd = (summary.usage.get("prompt_tokens", 0) * p_in
                             + summary.usage.get("completion_tokens", 0) * p_out) / 1e6
     return summary
+
+
+@dataclass(kw_only=True)
+class CollectConfig(AgentKindConfig):
+    """The options of ``nat collect``: the teacher (agent options) and what it answers."""
+
+    task: str = option(help="task name or task YAML (instruction, tools, metric)")
+    data: str = option(help="question file (JSON or JSONL with question and answer)")
+    temperatures: tuple[float, ...] = option(
+        (0.2, 0.5, 0.7), "sampling temperatures, one pass each (default: 0.2 0.5 0.7, as the paper)", min=0)
+    samples: int = option(1, "episodes per question and temperature (default: 1)", min=1)
+    batch_size: int = option(COLLECT_POOL_SIZE, f"episodes run together (default: {COLLECT_POOL_SIZE})", min=1)
+    price_prompt: float | None = option(None, "USD per million prompt tokens, to report the cost", min=0)
+    price_completion: float | None = option(None, "USD per million completion tokens", min=0)
+    out: str = option(help="output JSONL (appended to; a rerun resumes)")
+
+
+def run_collect(cfg: CollectConfig) -> int:
+    """``nat collect``: every episode appended durably to ``cfg.out``; exit 1 when too many requests failed."""
+    from lightning_nat.core.tasks import get_task, load_questions_for
+
+    task = get_task(cfg.task)
+    records = load_questions_for(task, path=cfg.data, limit=cfg.limit)
+    tools = cfg.task_tools([task])[0]  # a bad corpus or a missing key stops here, before the teacher is paid
+    policy = cfg.make_policy(temperature=cfg.temperatures[0])
+    agent = cfg.make_agent(task, policy, tools, max_turns=cfg.turns())
+    prices = (cfg.price_prompt or 0.0, cfg.price_completion or 0.0) if cfg.price_prompt or cfg.price_completion \
+        else None
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        bar_id = bar.add_task("collecting", total=None)
+        summary = collect(agent, records, cfg.out, list(cfg.temperatures), cfg.samples, teacher=cfg.model,
+                          batch_size=cfg.batch_size, price_per_million=prices,
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+    print_collect_summary(summary, cfg.out)
+    attempted = summary.new_episodes + summary.failures
+    check_error_rate(summary.failures, attempted, cfg.max_error_rate,
+                     f"{cfg.out}: {summary.failures} of {attempted} episodes failed on API errors",
+                     f"they are listed in {cfg.out}.failed.jsonl and a rerun retries them")
+    return 0

@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_nat.core.artifacts import read_spec
 from lightning_nat.core.options import option
+from lightning_nat.core.prompts import STYLES
 
 MAX_TURNS = 6  # model turns per episode; the reference code allows 7 (--protocol reference)
 MAX_NEW_TOKENS = 256  # tokens per model turn
@@ -61,16 +63,6 @@ def apply_protocol(name: str, max_turns: int | None = None, temperature: float |
                              f" {have}); drop one of them")
         out[key] = have if value is None else value
     return Protocol(**out)
-
-
-def _prompt_styles() -> list[str]:
-    from lightning_nat.core.prompts import STYLES
-
-    return list(STYLES)
-
-
-MAX_ERROR_RATE_HELP = ("exit with an error when more than this share of episodes failed on policy (API) errors; "
-                       f"everything is still written (default: {MAX_ERROR_RATE:g})")
 
 
 @dataclass(kw_only=True)
@@ -158,7 +150,9 @@ class AgentKindConfig(AgentConfig):
         None, "hf and vllm policies, function-calling: how generated calls are written (default: detected from the "
               "chat template)")
     limit: int | None = option(None, "first N questions (of each task)", min=1)
-    max_error_rate: float = option(MAX_ERROR_RATE, MAX_ERROR_RATE_HELP, min=0, max=1, metavar="SHARE")
+    max_error_rate: float = option(
+        MAX_ERROR_RATE, "exit with an error when more than this share of episodes failed on policy (API) errors; "
+                        f"everything is still written (default: {MAX_ERROR_RATE:g})", min=0, max=1, metavar="SHARE")
 
     def make_policy(self, temperature: float, family: str | None = None) -> Any:
         return super().make_policy(temperature, family or self.tool_parser)
@@ -191,7 +185,7 @@ class PolicyConfig(AgentConfig):
               "protocol's, observe; stop under --protocol reference)")
     prompt_style: str | None = option(
         None, "prompt style; read from the model folder's nat_prompt.json when it has one (an option that contradicts "
-              "it is an error), else reference for the paper's tasks", choices=_prompt_styles)
+              "it is an error), else reference for the paper's tasks", choices=list(STYLES))
     prompt_preset: str | None = option(
         None, "the builder preset the model was trained with (nat, nat-2, nat-ab, ...), when the model folder does not say")
     prompt_from: str | None = option(
@@ -200,8 +194,6 @@ class PolicyConfig(AgentConfig):
 
     def saved_prompt(self) -> tuple[Any, str]:
         """The saved prompt spec for the model under evaluation and the folder it was found in."""
-        from lightning_nat.core.artifacts import read_spec
-
         local = self.policy != "openai" and os.path.isdir(self.model)
         folder = self.prompt_from or (self.model if local else None)
         if self.prompt_from and read_spec(self.prompt_from) is None:

@@ -1,8 +1,4 @@
-"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs.
-
-:func:`evaluate` runs every task's episodes through the one scheduler (:func:`~lightning_nat.agent.react.run_pool`)
-into an :class:`~lightning_nat.core.results.EvalReport` of metrics and trajectories.
-"""
+"""``nat eval`` and ``nat solve``: their options (the agent's, plus what to run on) and their runs."""
 
 from __future__ import annotations
 
@@ -13,7 +9,11 @@ from typing import Any
 
 from lightning_nat.agent.config import POOL_SIZE, AgentKindConfig, PolicyConfig, check_error_rate
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
+from lightning_nat.core.console import console, episode_progress, print_episode, print_eval_table
 from lightning_nat.core.options import option
+from lightning_nat.core.outputs import check_out_folder, writing
+from lightning_nat.core.prompts import resolve_eval_spec
+from lightning_nat.core.results import EvalReport, task_result
 
 
 def _tasks_help() -> str:
@@ -67,12 +67,8 @@ class EvalCommandConfig(PolicyConfig, AgentKindConfig):
 
 
 def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list[dict], dict[str, Callable]]]:
-    """Every requested task with its questions and tools, checked before the model loads or any episode runs.
-
-    A missing tool (``search`` without a backend), a tool without a schema (function calling), an
-    unreadable corpus or question file, or a task with no questions stops here, not after the
-    tasks before it have run.
-    """
+    """Every requested task with its questions and tools, checked (tools, schemas, corpus, questions) before the
+    model loads or any episode runs."""
     from lightning_nat.core.tasks import default_data_dir, get_task, load_questions_for
 
     tasks = [get_task(name) for name in cfg.task_names()]
@@ -110,12 +106,8 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
              plan: list | None = None, meta: dict[str, Any] | None = None) -> Any:
     """Every task's episodes through the scheduler's pool, as one :class:`~lightning_nat.core.results.EvalReport`.
 
-    ``plan``: what :func:`prepare` returned, if already called. ``progress`` is called with
-    (task, episodes done, episodes in all, episodes live) after every step.
+    ``plan``: what :func:`prepare` returned, if called; ``progress(task, done, total, live)`` after every step.
     """
-    from lightning_nat.core.prompts import resolve_eval_spec
-    from lightning_nat.core.results import EvalReport, task_result
-
     proto, saved, where, mode = cfg.resolved(cfg.runs)
     report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg, mode):
@@ -145,9 +137,6 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
 
 def run_eval(cfg: EvalCommandConfig) -> int:
     """``nat eval``: every task's episodes, written to ``cfg.out``; exit 1 when too many failed on policy errors."""
-    from lightning_nat.core.console import console, episode_progress, print_eval_table
-    from lightning_nat.core.outputs import check_out_folder, writing
-
     check_out_folder(cfg.out, "nat eval", cfg.overwrite)
     proto, _, _, mode = cfg.resolved(cfg.runs)
     tags = cfg.parsed_tags()
@@ -184,8 +173,6 @@ class SolveConfig(PolicyConfig):
 def run_solve(cfg: SolveConfig) -> int:
     """``nat solve``: one episode on ``cfg.question``, printed turn by turn."""
     from lightning_nat.agent.react import ReActAgent
-    from lightning_nat.core.console import print_episode
-    from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.tasks import get_task
 
     task = get_task(cfg.task)

@@ -1,17 +1,10 @@
 """Function-calling episodes: the task's tools offered as JSON schemas, the model's calls run and answered.
 
-:class:`FunctionCallingAgent` is driven by the same scheduler as the ReAct agent
-(:func:`lightning_nat.agent.react.run_pool`), so ``nat eval`` and ``nat collect`` run it in the same
-pool. Its episode is a list of chat messages: the model's turns carry structured ``tool_calls``,
-each answered by a ``tool`` message (:func:`step`); the turn with no call is the final answer.
-The prompt head (instruction, NAT marker, question) is the task's, as for ReAct; the tools are
-the task's own Python functions, offered as JSON schemas (transformers' ``get_json_schema``).
-
-A policy's reply is an API message (``{"content", "tool_calls"}``, the OpenAI policy) or text
-written by the model (the local policies), read by :func:`parse_turn` for the chat template's
-family. Model-written text is untrusted: an unknown tool, arguments that are not a JSON object,
-an id used twice, or a tool that raises or hangs become a message saying so, counted in
-:class:`StepCounts`, never an exception out of the loop.
+:class:`FunctionCallingAgent` runs in the same pool as the ReAct agent (:func:`~lightning_nat.agent.react.run_pool`).
+Its model turns carry structured ``tool_calls``, each answered by a ``tool`` message; the turn with no call is the
+answer. A reply is an API message (the OpenAI policy) or model text read by :func:`parse_turn`. Model-written text
+is untrusted: an unknown tool, bad arguments, a reused id, a tool that raises or hangs become a message saying so,
+counted in :class:`StepCounts`, never an exception.
 """
 
 from __future__ import annotations
@@ -24,9 +17,9 @@ from typing import Any
 
 from lightning_nat.agent.policies import END_OF_TURN
 from lightning_nat.agent.react import ReActAgent, _Episode
-from lightning_nat.core.safe_tool import MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
+from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
 from lightning_nat.core.secrets import mask
-from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, call_from_openai
 
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
@@ -92,8 +85,6 @@ def from_openai_reply(message: dict[str, Any], turn: int = 0) -> tuple[str, list
     ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}]})
     ('', [{'id': 'a', 'name': 'get_weather', 'arguments': {'city': 'Oslo'}}], [])
     """
-    from lightning_nat.core.trajectory import TrajectoryFormatError, call_from_openai
-
     calls, errors = [], []
     for k, raw in enumerate(message.get("tool_calls") or []):
         raw = {**raw, "id": raw.get("id") or f"call_{turn}_{k}"} if isinstance(raw, dict) else raw
@@ -110,11 +101,8 @@ def _as_text(value: Any) -> str:
 
 def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], counts: StepCounts,
               errors: Sequence[str] = (), timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
-    """Run canonical calls against plain functions; one ``tool`` message per call, errors said in its content.
-
-    ``timeouts``: seconds per call by tool name (default: none); the result is made text inside the
-    timed call. Results, errors included, are cut at 2,000 characters and the API keys the package
-    knows of are masked in them, as ReAct observations.
+    """Run canonical calls against plain functions: one ``tool`` message per call, errors said in its content,
+    each call under its ``timeouts`` entry, results cut and masked as ReAct observations.
 
     >>> def add(a: int, b: int) -> int:
     ...     '''Add.
@@ -159,11 +147,9 @@ def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], co
 
 def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any]], errors: list[str],
          functions: Sequence[Callable], counts: StepCounts, timeouts: dict[str, float | None] | None = None) -> bool:
-    """Append the model's turn and the tools' answers to ``messages``; True when the episode is over.
+    """Append the model's turn and the tools' answers to ``messages``; True when it is the final answer (no call).
 
-    A turn with no call (and no unparseable one) is the final answer. A call whose id an earlier
-    call of the episode already has is a parse error, not run (its answer could not be told apart).
-    A turn whose every call was unusable gets a tool-less user note, so the model can try again.
+    A call reusing an earlier id is a parse error, not run; a turn whose every call was unusable gets a user note.
     """
     used = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     kept = []
@@ -216,7 +202,6 @@ def task_timeouts(tool_names: Sequence[str]) -> dict[str, float | None]:
     >>> task_timeouts(["calculate", "finish"])
     {'calculate': 10.0}
     """
-    from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S
     from lightning_nat.core.tools import find_tool
 
     return {name: spec.timeout if (spec := find_tool(name)) is not None else DEFAULT_TIMEOUT_S
@@ -245,24 +230,18 @@ class _FCEpisode(_Episode):
 
 @dataclass
 class FunctionCallingAgent(ReActAgent):
-    """A task's function-calling episodes with a policy, run by :func:`~lightning_nat.agent.react.run_pool`.
+    """A task's function-calling episodes with a policy; the policy is given the tools' schemas (``use_tools``).
 
-    Args (besides :class:`~lightning_nat.agent.react.ReActAgent`'s ``task``, ``policy``, ``max_turns``,
-    ``on_parse_error``, ``prompt_spec``; ``tools`` is unused):
+    Args (besides :class:`~lightning_nat.agent.react.ReActAgent`'s; ``tools`` is unused):
         functions: the tools as plain Python functions (default: the task's, :func:`task_functions`).
-        family: the template family that reads a text reply (``hermes`` or ``llama31``; default: the
-            policy's, else hermes).
+        family: the template family that reads a text reply (``hermes`` or ``llama31``; default: the policy's).
         timeouts: seconds per call by tool name (default: the task's ``tool_timeout``, 10 s for built-ins).
-
-    The policy is given the tools' schemas (``policy.use_tools(schemas)``): a policy that cannot
-    send them is refused here, before any episode runs.
     """
 
     functions: Sequence[Callable[..., Any]] | None = None
     family: str | None = None
     timeouts: dict[str, float | None] | None = None
     schemas: list[dict[str, Any]] = field(default_factory=list)
-    calls: StepCounts = field(default_factory=StepCounts)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -283,7 +262,7 @@ class FunctionCallingAgent(ReActAgent):
     def new_episode(self, record: dict) -> _FCEpisode:
         return _FCEpisode(dict(record))
 
-    def _advance(self, ep: _Episode, reply: Any) -> None:
+    def apply(self, ep: _Episode, reply: Any) -> None:
         assert isinstance(ep, _FCEpisode)
         if reply is None:
             ep.done, ep.end = True, "failed"
@@ -296,18 +275,15 @@ class FunctionCallingAgent(ReActAgent):
         over = step(ep.messages, content, calls, errors, self.functions or (), ep.counts, self.timeouts)
         new_errors = ep.counts.parse_errors - before
         ep.parse_errors += new_errors
-        self.stats.parse_errors += new_errors
         if new_errors and self.on_parse_error == "stop":
             ep.done, ep.end = True, "parse_error"
         elif over:
             ep.prediction = content
             ep.done, ep.end = True, "finished" if content.strip() else "no_answer"
 
-    def _trajectory(self, ep: _Episode) -> Trajectory:
+    def trajectory(self, ep: _Episode) -> Trajectory:
         assert isinstance(ep, _FCEpisode)
-        traj = super()._trajectory(ep)
-        for key in ("calls", "parse_errors", "tool_errors"):
-            setattr(self.calls, key, getattr(self.calls, key) + getattr(ep.counts, key))
+        traj = super().trajectory(ep)
         meta = {**traj.meta, "agent": "function-calling", "calls": ep.counts.calls,
                 "tool_errors": ep.counts.tool_errors}
         return replace(traj, tools=self.schemas, meta=meta)

@@ -1,9 +1,8 @@
 """Policies, the LLMs behind the agent: a local model (transformers or in-process vLLM) or an OpenAI-compatible API.
 
-A policy continues a batch of chat prompts (``generate(prompts) -> completions``). A ReAct turn
-ends at ``Observation:``. A function-calling agent first calls ``use_tools(schemas)``: the tools
-are then offered to the model with every prompt, and a turn ends at the chat template's end of
-turn (the agent reads the calls out of the text, :func:`lightning_nat.agent.function_calling.parse_turn`).
+A policy continues a batch of chat prompts (``generate(prompts) -> completions``); a ReAct turn ends at
+``Observation:``. After ``use_tools(schemas)`` (a function-calling agent) the tools go with every prompt and
+a turn ends at the chat template's end of turn.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from typing import Any
 
 from lightning_nat.core.prompts import STOP
 from lightning_nat.core.secrets import mask, watch
+from lightning_nat.core.trajectory import as_openai
+from lightning_nat.train.tokenization import _render, ensure_chat_template, eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ class LocalPolicy:
 
     def __init__(self, tokenizer: Any, temperature: float = 0.0, max_new_tokens: int = 256,
                  family: str | None = None):
-        from lightning_nat.train.tokenization import ensure_chat_template
-
         self.tokenizer = ensure_chat_template(tokenizer)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -91,8 +90,6 @@ class LocalPolicy:
 
     def render(self, messages: list[dict[str, Any]]) -> str:
         """The generation prompt of a conversation, rendered as training rendered it."""
-        from lightning_nat.train.tokenization import _render
-
         return _render(self.tokenizer, messages, generation_prompt=True, tools=self.tools)
 
     def complete(self, prompts: list[list[int]]) -> list[list[int]]:
@@ -111,15 +108,6 @@ class LocalPolicy:
         self.usage["completion_tokens"] += sum(map(len, rows))
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [t.split(self.stop, 1)[0] for t in texts]
-
-
-def _ids(value: Any) -> list[int]:
-    """A generation config's ``eos_token_id`` (None, one id or a list) as a list.
-
-    >>> _ids(None), _ids(2), _ids([2, 7])
-    ([], [2], [2, 7])
-    """
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 class HFPolicy(LocalPolicy):
@@ -146,7 +134,7 @@ class HFPolicy(LocalPolicy):
             model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
         super().__init__(tokenizer, temperature, max_new_tokens, family)
         self.model, self.synced_gpus = model, synced_gpus
-        self.model_eos = _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        self.model_eos = eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
 
     def complete(self, prompts: list[list[int]]) -> list[list[int]]:
         import torch
@@ -176,8 +164,7 @@ class HFPolicy(LocalPolicy):
 class VLLMPolicy(LocalPolicy):
     """The same turns from an in-process vLLM engine (``pip install 'lightning_nat[vllm]'``), prefix caching on.
 
-    The prompts are rendered and tokenized here, as for :class:`HFPolicy`, and handed to vLLM as
-    token ids, so both policies see the same ids; greedy turns are the same up to the kernels' numerics.
+    Prompts are rendered and tokenized here and handed to vLLM as ids, so both policies see the same ids.
 
     Args:
         model: a model folder or Hub id.
@@ -201,7 +188,7 @@ class VLLMPolicy(LocalPolicy):
 
         super().__init__(tokenizer or AutoTokenizer.from_pretrained(str(model)), temperature, max_new_tokens, family)
         with contextlib.suppress(OSError):  # a model folder without generation_config.json
-            self.model_eos = _ids(GenerationConfig.from_pretrained(str(model)).eos_token_id)
+            self.model_eos = eos_ids(GenerationConfig.from_pretrained(str(model)).eos_token_id)
         if gpu_memory_utilization is not None:
             engine_args["gpu_memory_utilization"] = gpu_memory_utilization
         if dtype == "auto":  # the checkpoint's own, as HFPolicy loads it (vLLM's "auto" runs a float32 one in 16 bits)
@@ -217,27 +204,6 @@ class VLLMPolicy(LocalPolicy):
                                 stop_token_ids=self.stop_ids())
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
-
-
-def api_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """An episode's messages in the OpenAI wire form: calls with JSON-text arguments, ``content: null`` beside them.
-
-    >>> api_messages([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f",
-    ...     "arguments": {"x": 1}}]}, {"role": "tool", "content": "2", "tool_call_id": "c"}])[0]["tool_calls"]
-    [{'id': 'c', 'type': 'function', 'function': {'name': 'f', 'arguments': '{"x": 1}'}}]
-    """
-    from lightning_nat.core.trajectory import call_to_openai
-
-    out = []
-    for m in messages:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = [call_to_openai(c) for c in m["tool_calls"]]
-            msg["content"] = m["content"] or None
-        if m.get("tool_call_id") is not None:
-            msg["tool_call_id"] = m["tool_call_id"]
-        out.append(msg)
-    return out
 
 
 def _tool_reply(message: Any) -> dict[str, Any]:
@@ -295,12 +261,9 @@ def server_message(exc: Any) -> str:
 class OpenAIPolicy:
     """Any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp, ``transformers serve``), asynchronous and bounded.
 
-    Requests run concurrently up to ``concurrency``. Retries are the ``openai`` client's own:
-    408, 409, 429, 5xx, timeouts and connection errors, exponential backoff with jitter, and a
-    server's ``Retry-After`` (or ``retry-after-ms``) honoured. Any other 4xx is not retried: the
-    request fails at once with the server's message; 401/403/404, or a refusal before any request
-    ever succeeded (a wrong ``--model`` is a 400 on many servers), stop the run with that message.
-    The key is read from the environment variable ``api_key_env`` and never logged.
+    Retries are the ``openai`` client's own (408, 409, 429, 5xx, timeouts, with backoff and ``Retry-After``).
+    Another 4xx fails the request at once with the server's message; 401/403/404, or refusals before any
+    request succeeded (a wrong ``--model`` is a 400 on many servers), stop the run. The key is never logged.
 
     Args:
         model: model name on the server.
@@ -383,36 +346,16 @@ class OpenAIPolicy:
         """The messages to send and the extra fields: with tools, the wire form and ``tools``; else the ReAct stop."""
         if self.tools is None:
             return messages, {"stop": [STOP]}
-        return api_messages(messages), {"tools": self.tools}
-
-    async def agenerate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | BaseException]:
-        client = self._client()
-        sem = asyncio.Semaphore(self.concurrency)
-        try:
-            return await asyncio.gather(*[self._one(client, sem, list(p)) for p in prompts], return_exceptions=True)
-        finally:
-            await client.close()
+        return [as_openai(m) for m in messages], {"tools": self.tools}
 
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]:
-        """Completions in order.
+        """Completions in order: ``None`` for a request that failed (the episode fails), ``""`` for an answer that
+        is no completion (a malformed step); :class:`PolicyConfigError` when no request can get past the server."""
+        async def run() -> list[str | None]:
+            async with self.session(first_wave=len(prompts)) as complete:
+                return await asyncio.gather(*[complete(p) for p in prompts])
 
-        A request that still fails after the retries, or that the server rejected, gives
-        ``None`` (the episode is recorded as failed); an answer that is not a valid
-        completion (garbage body, no choices) gives ``""``, which the agent handles as a
-        malformed step. Raises :class:`PolicyConfigError` with the server's message when
-        the server refuses in a way no request can get past.
-        """
-        results = asyncio.run(self.agenerate(prompts))
-        rejected = [r for r in results if isinstance(r, RequestRejected)]
-        for r in rejected:
-            if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(rejected) == len(results)):
-                raise self._config_error(r)
-        shown: set[str] = set()
-        return [self._settle(r, shown) for r in results]
-
-    def _config_error(self, r: RequestRejected) -> PolicyConfigError:
-        return PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
-                                 f"(check --model, --base-url and {self.api_key_env})")
+        return asyncio.run(run())
 
     def _settle(self, r: Any, shown: set[str]) -> str | None:
         """One request's outcome as a completion: the text, ``None`` for a failed request, ``""`` for garbage."""
@@ -437,11 +380,8 @@ class OpenAIPolicy:
 
     @contextlib.asynccontextmanager
     async def session(self, first_wave: int = 1) -> AsyncIterator[Callable[[list[dict[str, str]]], Awaitable[str | None]]]:
-        """``complete(messages)`` for the engine's pool: one request, at most ``concurrency`` in flight.
-
-        Outcomes are those of :meth:`generate`; the run stops (:class:`PolicyConfigError`) on
-        401/403/404, or when the first ``first_wave`` requests were all refused with none answered.
-        """
+        """``complete(messages)`` for the engine's pool: one request, at most ``concurrency`` in flight, outcomes as
+        :meth:`generate`'s (401/403/404, or the first ``first_wave`` requests all refused: a config error)."""
         client = self._client()
         sem = asyncio.Semaphore(self.concurrency)
         shown: set[str] = set()
@@ -450,12 +390,13 @@ class OpenAIPolicy:
         async def complete(messages: list[dict[str, str]]) -> str | None:
             try:
                 result: Any = await self._one(client, sem, list(messages))
-            except Exception as exc:  # settled below, as generate() settles a batch's results
+            except Exception as exc:  # settled below
                 result = exc
             if isinstance(result, RequestRejected):
                 refused.append(result)
                 if result.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
-                    raise self._config_error(result)
+                    raise PolicyConfigError(f"the API refused the request with HTTP {result.status}: {result.message} "
+                                            f"(check --model, --base-url and {self.api_key_env})")
             return self._settle(result, shown)
 
         try:

@@ -1,19 +1,13 @@
 """The ReAct agent's rules (parse a step, run its tool, score the episode) and the one episode scheduler.
 
-The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers
-``Observation: ...`` until ``finish[answer]`` or the turn limit. Every episode becomes a
-:class:`Trajectory`, so evaluation output feeds straight back into ``nat build``.
-
-``nat eval``, ``nat collect``, ``nat solve``, the ``ReActEval`` callback and the demo run their
-episodes, ReAct or function-calling, through :func:`run_pool`: up to ``pool_size`` episodes
-live, each step asks the policy to continue all of them at once (one batched ``generate``), and
-a finished episode's place goes to the next question at once. A policy that serves one request
-at a time (the OpenAI-compatible one, which has a ``session``) gets the same pool without
-steps: each place's next request is sent as soon as its episode needs it.
+The model writes ``Thought: ...`` and ``Action: tool[args]``; the environment answers ``Observation: ...``
+until ``finish[answer]`` or the turn limit. Every episode becomes a :class:`Trajectory`, which ``nat build``
+reads back. Every command runs its episodes, ReAct or function-calling, through :func:`run_pool`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import deque
@@ -31,11 +25,8 @@ _TOOL_CALL = re.compile(r"\b([A-Za-z_][A-Za-z_0-9]*)\s*\[")
 
 
 class Policy(Protocol):
-    """Anything that continues a batch of chat prompts (stopping at ``Observation:``).
-
-    ``None`` in place of a completion means the request failed for good (after retries):
-    that episode ends as ``failed``, which is neither a positive nor a negative.
-    """
+    """Anything that continues a batch of chat prompts (stopping at ``Observation:``); ``None`` for a request that
+    failed for good ends that episode as ``failed``, neither a positive nor a negative."""
 
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]: ...
 
@@ -51,11 +42,8 @@ class Step:
 
 
 def parse_step(text: str, tools: Sequence[str]) -> Step:
-    """Parse a model turn into thought and action, robustly.
-
-    Accepts a missing ``Thought:`` line, extra text after the action, nested or
-    unbalanced brackets; an unknown tool or no action at all is an error step.
-    Whatever the model wrote after ``Observation:`` is cut off.
+    """Parse a model turn into thought and action, robustly (no ``Thought:``, text after the action, unbalanced
+    brackets are accepted; what follows ``Observation:`` is cut); an unknown tool or no action is an error step.
 
     >>> s = parse_step("Thought: add them.\\nAction: calculate[(2 + 3) * [4]]\\nthanks!", ["calculate", "finish"])
     >>> s.tool, s.argument, s.text
@@ -88,27 +76,6 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
     if tool not in known:
         return Step(kept, tool=tool, argument=argument, error=f"unknown tool '{tool}' (available: {', '.join(known)})")
     return Step(kept, tool=tool, argument=argument.strip())
-
-
-def final_answer(text: str) -> str | None:
-    """The answer of a chain-of-thought turn: its final-answer line (``Final answer:``, ``####``, ...), if any.
-
-    >>> final_answer("3 + 4 = 7.\\nFinal answer: 7 apples"), final_answer("no idea")
-    ('7 apples', None)
-    """
-    return cot_answer(text)
-
-
-@dataclass
-class EpisodeStats:
-    """How episodes ended, for the evaluation table."""
-
-    finished: int = 0
-    turn_limit: int = 0
-    parse_errors: int = 0
-    episodes_with_parse_error: int = 0
-    stopped_on_error: int = 0
-    failed: int = 0
 
 
 @dataclass
@@ -145,7 +112,6 @@ class ReActAgent:
     on_parse_error: Literal["observe", "stop"] = "observe"
     mode: Literal["react", "cot"] = "react"
     prompt_spec: PromptSpec | None = None
-    stats: EpisodeStats = field(default_factory=EpisodeStats)
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -182,43 +148,34 @@ class ReActAgent:
 
     def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
         """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""
-        self._advance(ep, text)
+        self.apply(ep, text)
         ep.turns += 1
         if not ep.done and ep.turns >= limit:
             ep.done = True
-
-    def trajectory(self, ep: _Episode) -> Trajectory:
-        """The ended episode as a scored trajectory (and counted in :attr:`stats`)."""
-        return self._trajectory(ep)
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None,
             progress: Callable[[int, int], None] | None = None,
             any_live: Callable[[bool], bool] | None = None) -> list[Trajectory]:
-        """Episodes for ``records`` (``{"id", "question", "answer", ...}``), in input order.
-
-        ``batch_size`` is the pool: that many episodes are live at once, a finished one is
-        replaced by the next question at once (:func:`run_pool`).
-        ``on_episode`` is called with each trajectory as soon as its episode ends.
-        """
+        """Episodes for ``records`` (``{"id", "question", "answer", ...}``) in input order, ``batch_size`` live at once
+        (:func:`run_pool`); ``on_episode`` gets each trajectory as soon as its episode ends."""
         return run_pool(self, records, pool_size=batch_size, on_episode=on_episode, progress=progress,
                         any_live=any_live)
 
-    def _advance(self, ep: _Episode, text: str | None) -> None:
+    def apply(self, ep: _Episode, text: str | None) -> None:
         if text is None:
             ep.done, ep.end = True, "failed"
             return
         if self.mode == "cot":
             content = text.split(STOP, 1)[0].strip()
             ep.messages.append({"role": "assistant", "content": content})
-            ep.prediction = final_answer(content)
+            ep.prediction = cot_answer(content)
             ep.done, ep.end = True, "finished" if ep.prediction is not None else "no_answer"
             return
         step = parse_step(text, [*self.tools, "finish"])
         ep.messages.append({"role": "assistant", "content": step.text or text.strip()})
         if step.error:
             ep.parse_errors += 1
-            self.stats.parse_errors += 1
             if self.on_parse_error == "stop":
                 ep.done, ep.end = True, "parse_error"
                 return
@@ -236,17 +193,8 @@ class ReActAgent:
             observation = f"Error: {type(exc).__name__}"
         ep.messages.append({"role": "user", "content": f"{STOP} {observation}"})
 
-    def _trajectory(self, ep: _Episode) -> Trajectory:
-        if ep.end == "finished":
-            self.stats.finished += 1
-        elif ep.end == "failed":
-            self.stats.failed += 1
-        elif ep.end == "parse_error":
-            self.stats.stopped_on_error += 1
-        else:
-            self.stats.turn_limit += 1
-        if ep.parse_errors:
-            self.stats.episodes_with_parse_error += 1
+    def trajectory(self, ep: _Episode) -> Trajectory:
+        """The ended episode as a scored trajectory."""
         reward, score, values = checked_score(self.task, ep.prediction, ep.record)
         messages = ep.messages or [{"role": "assistant", "content": ""}]
         qid = str(ep.record.get("id", ""))
@@ -262,10 +210,8 @@ class ScoringError(ValueError):
 
 
 def checked_score(task: Task, prediction: str | None, record: dict) -> tuple[bool, float, dict[str, float]]:
-    """``task.score``, its failures and values that are not scores made errors that name the task and question.
-
-    A metric's values must be finite numbers, its reward and score in [0, 1]: a NaN or 5.0 would
-    otherwise reach ``results.json`` as a figure.
+    """``task.score``, with its failures and values that are not scores (non-finite, a reward or score outside
+    [0, 1]) made errors naming the task and question.
 
     >>> from dataclasses import replace
     >>> from lightning_nat.core.tasks import TASKS
@@ -294,13 +240,6 @@ def _jsonable(x: object) -> object:
     return x if isinstance(x, (str, int, float, bool, type(None))) else str(x)
 
 
-def summarize(trajs: Sequence[Trajectory]) -> dict[str, float]:
-    """Mean metrics and episode-end rates over a task's trajectories (one run's flat figures)."""
-    from lightning_nat.core.results import run_figures
-
-    return run_figures(trajs)
-
-
 # (episodes done, episodes live) after each step; the CLI's progress bar listens.
 Progress = Callable[[int, int], None]
 
@@ -325,8 +264,6 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     if pool_size < 1:
         raise ValueError(f"pool size must be at least 1, got {pool_size}")
     if hasattr(agent.policy, "session") and any_live is None:
-        import asyncio
-
         return asyncio.run(_run_pool_async(agent, records, pool_size, on_episode, progress))
     waiting = deque(enumerate(records))
     live: list[tuple[int, _Episode]] = []
@@ -362,14 +299,8 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
 
 async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size: int,
                           on_episode: Callable[[Trajectory], None] | None, progress: Progress | None) -> list[Trajectory]:
-    """The same pool for a policy that completes one request at a time (an API): nothing waits for a step.
-
-    Each of ``pool_size`` places holds one live episode whose next request is in flight
-    (the policy bounds how many at once); when an episode ends, its place takes the next
-    question at once.
-    """
-    import asyncio
-
+    """The same pool for a policy that completes one request at a time (an API): each of ``pool_size`` places sends
+    its episode's next request as soon as it needs it, nothing waits for a step."""
     waiting = deque(enumerate(records))
     out: list[Trajectory | None] = [None] * len(records)
     state = {"done": 0, "live": 0}

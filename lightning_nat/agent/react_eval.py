@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_nat.agent.config import MAX_NEW_TOKENS, MAX_TURNS, POOL_SIZE
+from lightning_nat.agent.policies import HFPolicy
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
 from lightning_nat.core.prompts import resolve_eval_spec
@@ -17,6 +19,7 @@ from lightning_nat.core.results import task_result
 from lightning_nat.core.tasks import get_task, load_questions_for
 from lightning_nat.core.tools import make_search, make_tools
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.train.perplexity import run_info
 
 # Questions per task at each evaluation: a sample, since it runs inside training (nat eval's --limit: all).
 LIMIT = 32
@@ -42,40 +45,12 @@ def _any_rank(device: torch.device) -> Any:
     return any_live
 
 
-class _RNGState:
-    """Saves and restores every RNG the training stream draws from."""
-
-    def __enter__(self) -> _RNGState:
-        self.py, self.torch = random.getstate(), torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        try:
-            import numpy as np
-
-            self.np = np.random.get_state()
-        except ImportError:
-            self.np = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        random.setstate(self.py)
-        torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        if self.np is not None:
-            import numpy as np
-
-            np.random.set_state(self.np)
-
-
 class ReActEval(L.Callback):
     """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
 
-    Logs ``react/<task>/<metric>`` (accuracy, or EM/F1) and the finish, turn-limit,
-    parse-error and failed rates, appends a row to ``<log_dir>/react_eval.jsonl`` and writes the
-    episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks;
-    with sharded weights every rank steps the pool in lock-step (``synced_gpus`` and an
-    all-reduce of "any episode live?" per step), so ZeRO-3 does not hang; results are
-    gathered. Train mode and every RNG are restored afterwards.
+    Logs ``react/<task>/<metric>`` and the episode-end rates, appends a row to ``<log_dir>/react_eval.jsonl``
+    and writes the episodes to ``<log_dir>/react_eval/step<N>.jsonl``. Questions are split across ranks; with
+    sharded weights the ranks step in lock-step (``synced_gpus``, and ``any_live``), so ZeRO-3 does not hang.
 
     Args:
         tasks: task names or task YAML paths.
@@ -110,13 +85,9 @@ class ReActEval(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
-        from lightning_nat.agent.policies import HFPolicy
-
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-
         sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
         tokenizer = trainer.datamodule.tokenizer
         # Sharded weights: every rank generates in lock-step (synced_gpus), and steps the pool until no rank has a
@@ -127,7 +98,7 @@ class ReActEval(L.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         results: dict[str, dict[str, float]] = {}
         all_episodes = []
-        with _RNGState():
+        with isolate_rng():  # the training stream's random state is left as it was
             for name in self.tasks:
                 task = get_task(name)
                 records = load_questions_for(task, data_dir=self.data_dir, limit=self.limit)
@@ -151,8 +122,6 @@ class ReActEval(L.Callback):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if rank == 0:
             write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)
-            from lightning_nat.train.perplexity import run_info
-
             append_row(log_dir / REACT_EVAL_FILE, {"step": trainer.global_step, "epoch": trainer.current_epoch,
                                                    "results": results, **run_info(trainer)})
         return results

@@ -1,15 +1,8 @@
 """Search results re-ranked as the paper's reference code did it.
 
-The reference asks Serper for 10 organic results, keeps the 5 whose snippets are
-most similar to the query under a sentence-transformers bi-encoder
-(``sentence-transformers/all-mpnet-base-v2``, cosine similarity), then orders those
-by the relevance logit of a DPR reader (``facebook/dpr-reader-multiset-base``, fed
-question, title and snippet) and keeps 3, written `` #1: ... #2: ... #3: ...``.
-
-The models are arguments, so the ranking logic runs with any encoder that has
-``encode(list[str]) -> array`` and any ``DPRReader`` with its tokenizer (the tests
-build tiny random-init ones). :func:`load_reference_reranker` loads the paper's two
-models (``pip install lightning_nat[rerank]``).
+The reference keeps the 5 of 10 Serper results most cosine-similar to the query under a bi-encoder
+(``all-mpnet-base-v2``), then the 3 a DPR reader (``dpr-reader-multiset-base``) scores highest. The models are
+arguments (the tests build tiny ones); :func:`load_reference_reranker` loads the paper's (the ``rerank`` extra).
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """The files stages hand each other: their names, and the typed readers and writers of each.
 
-A stage that needs another stage's output asks this module, never a string key of its own:
-
-- ``build.json`` (``nat build --out``): :class:`BuildRecord`, :func:`read_build`, :func:`write_build`.
-- ``nat_prompt.json`` (beside an exported model): :func:`write_spec`; :func:`read_spec` reads it, or the
-  prompt a ``build.json`` recorded.
-- ``perplexity.jsonl`` and ``react_eval.jsonl`` (in a ``nat fit`` log folder): :func:`append_row`,
-  :func:`read_rows`; every row carries :func:`run_counts` of the training set.
-- ``results.json`` and its episode log ``trajectories.jsonl`` (``nat eval --out``): written and read
-  only by :class:`lightning_nat.core.results.EvalReport` (``EvalReport.write`` / ``EvalReport.read``); the
-  names live here so that no one else spells them.
-
-Only the standard library, :mod:`lightning_nat.core.jsonl` and the prompt spec's dataclass are imported: every
-stage may import this.
+A stage that needs another stage's output asks this module, never a string key of its own: ``build.json``
+(:class:`BuildRecord`), ``nat_prompt.json`` (:func:`read_spec`), the run histories ``perplexity.jsonl`` and
+``react_eval.jsonl`` (:func:`append_row`, :func:`read_rows`); ``results.json`` and ``trajectories.jsonl`` are
+read and written by :class:`lightning_nat.core.results.EvalReport` alone. Every stage may import this.
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
-from lightning_nat.core.prompts import PromptSpec
+from lightning_nat.core.prompts import PromptSpec, native_spec
 
 BUILD_FILE = "build.json"
 PREVIEW_FILE = "preview.jsonl"
@@ -35,8 +26,7 @@ PERPLEXITY_FILE = "perplexity.jsonl"
 REACT_EVAL_FILE = "react_eval.jsonl"
 REACT_EVAL_EPISODES_DIR = "react_eval"
 
-# The one spelling of "how many negatives" in every file above (the build option, `nat eval --tag`, the rows
-# of a run's history). Rows written before it was settled say "negatives"/"positives": read as these.
+# The one spelling of "how many negatives" in every file above; older history rows say "negatives"/"positives".
 NEG_NUM = "neg_num"
 POS_NUM = "pos_num"
 _OLD_COUNT_KEYS = {"negatives": NEG_NUM, "positives": POS_NUM}
@@ -140,7 +130,6 @@ def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
     if not cfg.get("task"):
         return None
     # Built before prompt specs were recorded: those builds were all in the native style.
-    from lightning_nat.core.prompts import native_spec
     from lightning_nat.core.tasks import get_task
 
     return native_spec(get_task(cfg["task"]), cfg.get("name", "nat"), markers=cfg.get("markers", "correct"),

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 # Piped output has no terminal width: without one, rich squeezes tables into 80 columns and cuts their headers.
@@ -31,10 +33,7 @@ def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> 
 def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, Any], out: str | None,
                         from_cache: bool) -> None:
     """What ``nat build`` made: rows per split and label, sizes, what was skipped or filtered."""
-    rows = []
-    for split, s in summary.items():
-        for label, n in s["labels"].items():
-            rows.append([split, label, n])
+    rows = [[split, label, n] for split, s in summary.items() for label, n in s["labels"].items()]
     console.print(table("Conversations", ["split", "label", "count"], rows))
     size_rows = [[split, s["rows"], s["turns"].get("min", 0), s["turns"].get("mean", 0.0), s["turns"].get("max", 0),
                   s["chars"].get("mean", 0.0)] for split, s in summary.items()]
@@ -89,18 +88,14 @@ def print_eval_table(results: dict[str, dict[str, float]]) -> None:
             return "-"
         return f"{100 * r[m]:.1f}" + (f" ± {100 * r[m + '_sd']:.1f}" if f"{m}_sd" in r else "")
 
-    rows = []
-    for task, r in results.items():
-        rows.append([task, int(r.get("episodes", 0)), *[cell(r, m) for m in metric_names],
-                     *[cell(r, k) for k in ("finished", "turn_limit", "parse_error_rate", "failed")]])
+    rows = [[task, int(r.get("episodes", 0)), *[cell(r, m) for m in metric_names],
+             *[cell(r, k) for k in ("finished", "turn_limit", "parse_error_rate", "failed")]] for task, r in results.items()]
     console.print(table("Evaluation (%)", ["task", "episodes", *metric_names, "finished", "turn limit",
                                            "with parse errors", "failed (API errors)"], rows))
 
 
 def print_episode(traj: Any) -> None:
     """An episode turn by turn: the model's thoughts and actions, the environment's observations."""
-    from rich.markup import escape
-
     console.print(f"[bold]{escape(traj.question)}[/bold]")
     for m in traj.messages:
         style = "cyan" if m["role"] == "assistant" else "yellow"
@@ -190,8 +185,6 @@ def rate_line(done: int, live: int, seconds: float) -> str:
 @contextmanager
 def episode_progress() -> Iterator[Callable[[str, int, int, int], None]]:
     """A progress bar per task showing episodes done of all, episodes live, and episodes per second."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[engine]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         ids: dict[str, Any] = {}

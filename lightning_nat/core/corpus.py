@@ -1,10 +1,5 @@
-"""`nat corpus`: turn text files or a JSONL of passages into the BM25 index the search tool reads.
-
-The output folder holds ``passages.jsonl`` (``{"title", "text"}`` per line), ``index/`` (a saved
-``bm25s`` index over those passages, in that order) and ``corpus.json`` (sources and counts).
-``nat eval --search-corpus FOLDER`` loads the index instead of building one each run; a plain
-JSONL of passages still works there too.
-"""
+"""`nat corpus`: text files or a JSONL of passages -> ``passages.jsonl``, a saved ``bm25s`` index and
+``corpus.json``, which ``--search-corpus FOLDER`` loads instead of indexing each run."""
 
 from __future__ import annotations
 
@@ -15,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from lightning_nat.core import jsonl
+from lightning_nat.core.console import console
 from lightning_nat.core.options import check_numbers, option
+from lightning_nat.core.outputs import writing
 
 TEXT_SUFFIXES = (".txt", ".md")
 PASSAGES, INDEX, MANIFEST = "passages.jsonl", "index", "corpus.json"
@@ -112,14 +111,7 @@ def dedupe(passages: Iterable[dict[str, str]]) -> list[dict[str, str]]:
     >>> dedupe([{"title": "a", "text": "x"}, {"title": "a", "text": "x"}, {"title": "b", "text": "x"}])
     [{'title': 'a', 'text': 'x'}, {'title': 'b', 'text': 'x'}]
     """
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for p in passages:
-        key = (p["title"], p["text"])
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+    return list({(p["title"], p["text"]): p for p in passages}.values())
 
 
 def build_corpus(sources: Sequence[str | os.PathLike], out: str | os.PathLike, fields: Sequence[str] = ("text",),
@@ -180,11 +172,6 @@ class CorpusConfig:
 
 def run_corpus(cfg: CorpusConfig) -> int:
     """``nat corpus``: index the sources and say how to search them."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
-
     try:
         import bm25s  # noqa: F401 - checked before anything is read
     except ImportError:

@@ -1,15 +1,9 @@
 """Import paths in task declarations (``package.module:attr`` or ``file.py:attr``), and reading them safely.
 
-A declaration names its own code (a tool, a metric, an answer extractor) by an
-import path. A file path is resolved against the declaration's folder, so a task
-folder can hold its tools beside its YAML without being an installed package.
-
-A task file is code, as in lm-evaluation-harness: it decides what runs on the model's
-text. So a declaration may name its own files, modules of the user's project and this
-package, but not a module installed in the standard library or site-packages
-(``os:system`` as a "tool" would run the model's action as a shell command), unless the
-user says they trust the file: ``--trust-task-imports`` or ``NAT_TRUST_TASK_IMPORTS=1``.
-Installed packages that mean to provide tasks or tools register entry points instead.
+A file path is resolved against the declaration's folder. A task file is code (as in lm-evaluation-harness),
+so it may name its own files, the user's project and this package, but not an installed module
+(``os:system`` as a tool would run the model's action as a shell command) unless the user trusts it:
+``--trust-task-imports`` or ``NAT_TRUST_TASK_IMPORTS=1``. Installed packages register entry points instead.
 """
 
 from __future__ import annotations
@@ -152,7 +146,7 @@ def load_yaml(path: str | Path) -> Any:
 
 def entry_points_of(group: str) -> list[tuple[str, Any, str]]:
     """``(name, loaded object, where)`` of every installed entry point of ``group``; a broken one is a located error."""
-    from importlib.metadata import entry_points
+    from importlib.metadata import entry_points  # imported when a name is not found: slow to import
 
     out = []
     for ep in entry_points(group=group):

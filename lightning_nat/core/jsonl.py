@@ -1,11 +1,8 @@
 """The one JSONL reader and writer of the package.
 
-Lines end at ``"\\n"`` only. ``str.splitlines`` also splits on U+2028, U+2029, U+0085 and
-friends, which ``json.dumps(..., ensure_ascii=False)`` leaves raw inside strings, so a
-record holding one of them was cut in two on reading. A UTF-8 byte-order mark is
-accepted, a ``\\r`` before the ``\\n`` is dropped, and every bad line (undecodable bytes
-included) comes back as a located :class:`RecordError` in place of its record, so a
-caller can stop on it or skip it.
+Lines end at ``"\\n"`` only (``str.splitlines`` would also split inside strings at U+2028 and friends, which
+``json.dumps(..., ensure_ascii=False)`` leaves raw). A BOM and a ``\\r`` before the ``\\n`` are accepted; a bad
+line comes back as a located :class:`RecordError` in place of its record, for the caller to stop on or skip.
 """
 
 from __future__ import annotations
@@ -84,9 +81,7 @@ def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     >>> list(split_lines(BOM + b'{"a": 1}\\r\\n\\n{"b": "\\xe2\\x80\\xa8"}'))
     [(1, b'{"a": 1}\\r'), (3, b'{"b": "\\xe2\\x80\\xa8"}')]
     """
-    if data.startswith(BOM):
-        data = data[len(BOM):]
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    for lineno, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
         if raw.strip():
             yield lineno, raw
 
@@ -115,9 +110,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
 
 def read_text(path: str | os.PathLike) -> str:
     """A whole UTF-8 text file without its BOM; undecodable bytes are a located :class:`RecordError`."""
-    data = Path(path).read_bytes()
-    if data.startswith(BOM):
-        data = data[len(BOM):]
+    data = Path(path).read_bytes().removeprefix(BOM)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

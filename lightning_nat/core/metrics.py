@@ -21,9 +21,7 @@ def parse_number(text: object) -> float | None:
     >>> parse_number("50%"), parse_number("-7.0"), parse_number("no number") is None
     (50.0, -7.0, True)
     """
-    if text is None:
-        return None
-    if isinstance(text, bool):
+    if text is None or isinstance(text, bool):
         return None
     if isinstance(text, (int, float)):
         return float(text)

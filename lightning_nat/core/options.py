@@ -1,22 +1,12 @@
 """Command options from config dataclasses: one field is one flag, its help, its default and its check.
 
-A command's config is a dataclass whose fields carry ``metadata={"help": ...}`` (the
-convention ``HfArgumentParser`` reads too). :func:`add_options` turns the fields into
-argparse arguments, :func:`from_namespace` turns parsed arguments back into the config, and
-:func:`to_argv` writes a config as the command line that parses back to it, so a flag, the
-library parameter and a recorded command line can no longer drift apart.
-
-Metadata keys besides ``help`` (a string, or a function returning one, for help built from a
-registry): ``flag`` (a spelling other than ``--field-name``; a ``True``-default bool with its
-``--no-...``/``--keep-...`` flag stores ``False``), ``choices`` (a list, or a function
-returning one), ``positional``, ``metavar``, ``parse`` (an argparse ``type`` function that
-checks the value), ``append`` (a repeatable flag collecting a list), ``group`` (a help
-section title), ``unset`` (the flag defaults to "not given", so the config class's
-``from_options`` can tell a given value from its default, e.g. ``nat demo --quick``'s sizes)
-``always`` (written by :func:`to_argv` even at its default, for a readable record),
-``internal`` (a library-only field with no flag), and ``min``/``max`` (inclusive bounds of a
-number, checked by the parser and by :func:`check_numbers`, which a config calls in its
-``__post_init__`` so that the library refuses what the command line refuses).
+A field made by :func:`option` carries ``help`` (text, or a function giving it) and optional metadata:
+``flag`` (another spelling; a ``True``-default bool's ``--no-...`` flag stores False), ``choices`` (a list or
+a function giving one), ``positional``, ``metavar``, ``append`` (a repeatable flag), ``group`` (a help
+section), ``unset`` (defaults to "not given", for a class's ``from_options``), ``always`` (written by
+:func:`to_argv` even at its default), ``internal`` (no flag) and ``min``/``max`` (checked by the parser and by
+:func:`check_numbers`, which a config's ``__post_init__`` calls). :func:`add_options`, :func:`from_namespace`
+and :func:`to_argv` convert between a config, argparse and a command line, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -94,14 +84,13 @@ def _bounded(parse: Any, f: dataclasses.Field) -> Any:
     return checked
 
 
-def _unwrap(hint: Any) -> tuple[Any, bool]:
-    """``(the type without None, whether None was allowed)``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+def _unwrap(hint: Any) -> Any:
+    """The type without ``| None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return hint, False
+            return args[0]
+    return hint
 
 
 def _resolve(value: Any) -> Any:
@@ -146,7 +135,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         target = parser
         if meta.get("group"):
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        hint, _ = _unwrap(hints[f.name])
+        hint = _unwrap(hints[f.name])
         default = _default(f)
         # argparse formats help with %: a literal % in a help text (e.g. "95 %") must not break --help.
         kw: dict[str, Any] = {"help": _resolve(meta.get("help", "")).replace("%", "%%")}
@@ -164,7 +153,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             if typing.get_origin(item) is Literal:
                 kw["choices"] = list(typing.get_args(item))
                 item = type(kw["choices"][0])
-            kw["type"] = meta.get("parse", item)
+            kw["type"] = item
             if "min" in meta or "max" in meta:
                 kw["type"] = _bounded(kw["type"], f)
             if "choices" in meta:
@@ -197,7 +186,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
         value = getattr(args, f.name)
         if value is None and f.metadata.get("unset"):
             continue
-        if isinstance(value, list) and typing.get_origin(_unwrap(hints[f.name])[0]) is tuple:
+        if isinstance(value, list) and typing.get_origin(_unwrap(hints[f.name])) is tuple:
             value = tuple(value)
         kw[f.name] = value
     return getattr(cls, "from_options", cls)(**kw, **extra)

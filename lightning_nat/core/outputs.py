@@ -1,15 +1,11 @@
 """Outputs that never clobber: advisory locks naming their holder, folders refused or replaced whole.
 
-:func:`writing` is the one way a command writes an output folder. It writes into a temporary
-sibling and swaps it into place at the end, so a run that fails midway (a full disk, a kill)
-leaves the previous output as it was. The folder is signed: a hidden :data:`MANIFEST` names the
-command and lists every file it wrote, which a user's file cannot carry by accident. ``--out``
-refuses a non-empty folder that is not an earlier output of the same command, and an earlier
-output that now holds files the command did not write, unless ``--overwrite`` is given (which
-deletes them, and says so). While it writes, a command holds an advisory lock (``filelock``)
-beside its output; a second command on the same output stops at once with a message naming the
-holder. A reader of an output (``nat fit`` reading a built dataset) holds a shared lock on it
-(:func:`reading`), so the output is not replaced under it.
+:func:`writing` is the one way a command writes an output folder: into a temporary sibling swapped into
+place at the end (a failed run leaves the previous output as it was), signed with a hidden :data:`MANIFEST`
+of the command and its files. ``--out`` refuses a non-empty folder that is not an earlier output of the same
+command, or one that now holds files the command did not write, unless ``--overwrite``. A writer holds an
+exclusive ``flock`` beside the output (a second one stops at once, naming the holder); a reader holds a
+shared one (:func:`reading`), so the output is not replaced under it.
 """
 
 from __future__ import annotations
@@ -132,16 +128,34 @@ def writing(out: str | os.PathLike, command: str, overwrite: bool = False,
             inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
     """Check ``out``, lock it, yield a staging folder to write into, then sign it and swap it into place.
 
-    On any failure the staging folder is deleted and ``out`` is left as it was.
+    On any failure the staging folder is deleted and ``out`` is left as it was; the previous output is
+    removed only after the swap.
     """
     check_out_folder(out, command, overwrite, inputs)
     with output_lock(out, command):
         check_out_folder(out, command, overwrite)  # again under the lock: another run may have finished into it
-        with staged_folder(out) as staged:
+        out = Path(out)
+        staged, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
+        if staged.exists():
+            shutil.rmtree(staged)
+        staged.mkdir()
+        try:
             yield staged
             files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
             (staged / MANIFEST).write_text(json.dumps({"signature": SIGNATURE, "command": command, "files": files},
                                                       indent=1), encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(staged, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -152,43 +166,3 @@ def reading(folder: str | os.PathLike, command: str) -> Iterator[None]:
             raise OutputError(f"{folder}: being written by another command; {command} waits for nothing, run it again "
                               "when that one has finished")
         yield
-
-
-def staging_folder(out: str | os.PathLike) -> Path:
-    """A fresh temporary sibling of ``out`` to write the new output into."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def replace_folder(staged: Path, out: str | os.PathLike) -> Path:
-    """Swap a finished staging folder into place; the previous output is removed only after the swap."""
-    out = Path(out)
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(staged, out)
-    except OSError:
-        if old.exists():
-            os.replace(old, out)
-        raise
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-@contextmanager
-def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging folder; on success it replaces ``out``, on failure it is deleted and ``out`` is untouched."""
-    tmp = staging_folder(out)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, out)

@@ -1,19 +1,10 @@
 """Prompt styles rendered from data: how a task's question is put to the model under one training preset.
 
-Every string lives in ``prompts.yaml`` beside this module; this module renders a
-:class:`~lightning_nat.core.task_spec.Task` it is given and names no task. A
-:class:`PromptSpec` says where the instruction goes (a system turn, or the first user turn
-followed by an assistant acknowledgement) and holds one question template per class of
-trajectory, lowest class first, the positive (highest) class last. Training renders each
-trajectory under its class's template; inference always uses the last one.
-
-Two styles:
-
-- ``reference``: the paper's reference code (Reason-Wang/NAT) verbatim, per task family
-  (the task's ``reference_prompts:``), with the acknowledgement turn, NAT-2's four F1
-  classes and the Table 4 ablations; the default for tasks that name a family;
-- ``native``: this package's own wording (the task's instruction as a system turn, a
-  marker sentence beside the bare question).
+Every string lives in ``prompts.yaml``; this module renders a :class:`~lightning_nat.core.task_spec.Task` it
+is given and names no task. Two styles: ``reference``, the paper's reference code (Reason-Wang/NAT) verbatim
+per task family (its acknowledgement turn, NAT-2's four F1 classes, the Table 4 ablations), the default for
+tasks that name a family; ``native``, this package's wording (a system instruction, a marker beside the
+bare question).
 """
 
 from __future__ import annotations
@@ -64,11 +55,9 @@ LLAMA2_CHAT_TEMPLATE = (
 class PromptSpec:
     """How one task's questions are put to the model under one training preset.
 
-    ``templates`` hold ``{question}``, lowest class first; the last is the positive
-    (inference) one. A trajectory's class: positives (``reward``) are the last class;
-    a negative is binned by ``score``: with ``zero_class`` a score of 0 is class 0 and
-    ``thresholds`` split the rest, and with ``top_at_one`` a score of 1 counts as
-    positive (the reference's NAT-2 gives ``[Correct]`` for F1 = 1 without exact match).
+    ``templates`` hold ``{question}``, one per class, lowest first; the last (positive) one prompts at inference.
+    The instruction is a system turn, or (``instruction_role="user"``) a user turn and an acknowledgement.
+    A negative's class comes from its ``score`` (:func:`negative_class`).
     """
 
     style: str
@@ -115,7 +104,8 @@ def fill(template: str, question: str) -> str:
 
 
 def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
-    """The 0-based class (index into ``spec.templates``) of a trajectory.
+    """The 0-based class (index into ``spec.templates``) of a trajectory: positives the last; a negative binned
+    by ``score`` (``zero_class``: 0 is class 0, ``thresholds`` split the rest; ``top_at_one``: 1 is positive).
 
     >>> s = PromptSpec("reference", "t", "nat-2", ("a", "b", "c", "d"), thresholds=(0.4,), zero_class=True,
     ...                top_at_one=True)
@@ -224,8 +214,7 @@ def make_spec(task: Task | None, preset_name: str = "nat", style: str | None = N
               instruction: str | None = None) -> PromptSpec:
     """The prompt spec of a build: ``style`` (default: :func:`default_style`) and a builder preset.
 
-    Marker vocabulary, placement and thresholds only shape the native style; the
-    reference style takes them from the preset, as the reference code did.
+    Markers, placement and thresholds shape the native style only; the reference style takes the preset's.
     """
     style = style or default_style(task)
     if style == "reference":

@@ -1,13 +1,12 @@
 """Readers from the trajectory formats found in the wild to :class:`Trajectory`.
 
-Each format has a pure function on one record (``from_*_record``) and
-:func:`read_trajectories` applies one to a whole file, naming the file and the
-record of every problem. With ``on_error="skip"`` bad records are skipped and
-counted in a :class:`ReadReport` instead; nothing is dropped silently.
+A pure function per format reads one record (``from_*_record``); :func:`read_trajectories` applies one to a
+file, naming the file and record of every problem, or (``on_error="skip"``) counting it in a :class:`ReadReport`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -58,42 +57,10 @@ class ReadReport:
         """Skipped records counted by problem."""
         return Counter(problem for _, _, problem in self.skipped)
 
-    def summary(self) -> str:
-        total = sum(self.read.values())
-        text = f"read {total} trajectories"
-        if self.skipped:
-            why = "; ".join(f"{n} x {p}" for p, n in self.reasons().most_common())
-            text += f", skipped {len(self.skipped)} bad records ({why})"
-        return text
-
-
-def _to_bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1):
-        return bool(value)
-    raise TrajectoryFormatError(f"{what} must be true or false, got {value!r}")
-
-
-def _to_score(value: Any) -> float | None:
-    """A score in [0, 1] (accuracy or F1); NaN, infinities and anything else are refused.
-
-    >>> _to_score(1), _to_score(None)
-    (1.0, None)
-    >>> _to_score(float("nan"))
-    Traceback (most recent call last):
-    ...
-    lightning_nat.core.trajectory.TrajectoryFormatError: score must be a number in [0, 1], got nan
-    """
-    return check_score(value)
-
 
 def check_loss_flag(turn: dict, i: int) -> None:
-    """Refuse a reference-format ``loss`` flag that disagrees with training on assistant turns only.
-
-    The reference trains where ``loss`` is true; this package trains on assistant turns.
-    The two agree on the released files; a file where they differ would silently train
-    on other text, so it is an error.
+    """Refuse a reference-format ``loss`` flag that disagrees with training on assistant turns only (the two agree on
+    the released files; a file where they differ would silently train on other text).
 
     >>> check_loss_flag({"role": "assistant", "content": "x", "loss": True}, 0)
     >>> check_loss_flag({"role": "user", "content": "Observation: x", "loss": True}, 3)  # doctest: +ELLIPSIS
@@ -143,11 +110,11 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
             raise TrajectoryFormatError(f"message {i}: expected an object with role and content")
         check_loss_flag(turn, i)
         messages.append({"role": turn["role"], "content": turn["content"]})
-    reward = _to_bool(info["reward"], "info.reward")
+    reward = bool(info["reward"])  # check_fields took only true/false or 0/1
     if "f1" in info:
-        score = _to_score(info["f1"])
+        score = check_score(info["f1"])
     elif "acc" in info:
-        score = _to_score(info["acc"])
+        score = check_score(info["acc"])
     else:
         score = float(reward)
     meta = {k: v for k, v in record.items() if k not in ("id", "conversations", "info")}
@@ -165,13 +132,10 @@ def _words(text: str) -> str:
 
 
 def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict], dict]:
-    """Separate leading system turns and the question turn from the agent's turns.
+    """Separate leading system turns and the question turn (the first user turn) from the agent's turns.
 
-    The question turn is the first user turn: without a ``question`` field its text is the question;
-    with one, it is the turn that asks it (the marked prompt replaces it, so the question is never
-    asked twice). A question turn that holds more than the question (a few-shot prefix, a template)
-    is replaced all the same, and its text kept in ``meta["question_turn"]`` (the build counts it);
-    a first user turn that does not contain the question is an error.
+    Without a ``question`` field that turn's text is the question; with one, the turn must ask it and is replaced
+    by the marked prompt, its text kept in ``meta["question_turn"]`` when it holds more (a few-shot prefix).
 
     >>> q, rest, meta = _split_question([{"role": "user", "content": "Is it  raining?"},
     ...                                  {"role": "assistant", "content": "No."}], "Is it raining?")
@@ -204,11 +168,8 @@ def _split_question(messages: list[dict], question: Any) -> tuple[str, list[dict
 
 
 def _from_export(nat: dict[str, Any], messages: list[dict]) -> tuple[str, list[dict], dict]:
-    """The question, turns and recorded system prompt of a ``nat export`` record (its round-trip block).
-
-    The first ``prompt_turns`` messages are the prompt the build made (rebuilt, never kept twice);
-    ``tail`` holds the turns after the last assistant turn, which the layouts leave out.
-    """
+    """The question, turns and recorded system prompt of a ``nat export`` record: its first ``prompt_turns``
+    messages are the build's prompt (rebuilt), ``tail`` the turns after the last assistant turn."""
     n, question = nat.get("prompt_turns"), nat.get("question")
     if not isinstance(n, int) or not 0 <= n <= len(messages) or not isinstance(question, str):
         raise TrajectoryFormatError("a 'nat' block needs question (text) and prompt_turns (a count of messages)")
@@ -242,18 +203,15 @@ def _from_chat_record(record: Any, messages: list[dict], task: str, traj_id: str
     qid = question_key(question) if qid is None else str(qid)
     return Trajectory(
         id=tid, task=str(record.get("task") or task), question=question, messages=turns,
-        reward=_to_bool(record["reward"], "reward"), score=_to_score(record.get("score")),
+        reward=bool(record["reward"]), score=check_score(record.get("score")),
         prediction=None if pred is None else str(pred), answer=record.get("answer", record.get("gt")),
         question_id=qid, meta=meta, tools=tools_from_any(record.get("tools")),
     )
 
 
 def final_answer(turns: list[dict]) -> str | None:
-    """The answer of a trajectory recorded without a prediction, from its last assistant turn.
-
-    A function-calling trajectory answers with its last assistant turn when that turn makes no call
-    (the paper's "never finished" is about ReAct's ``finish[...]``); a ReAct or chain-of-thought one
-    with its ``finish[...]`` or final-answer line.
+    """The answer of a trajectory recorded without a prediction: its last assistant turn when it calls no tool
+    (function calling), else that turn's ``finish[...]`` or final-answer line.
 
     >>> final_answer([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f", "arguments": {}}]},
     ...               {"role": "tool", "content": "3", "tool_call_id": "c"}, {"role": "assistant", "content": "It is 3."}])
@@ -275,16 +233,11 @@ def question_key(question: str) -> str:
     >>> question_key("What is  2+3?") == question_key(" What is 2+3?\t")
     True
     """
-    import hashlib
-
     return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
 
 
 def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
     """An OpenAI-messages record: ``{"messages": [...], "reward": bool, "score"?: float, ...}``.
-
-    Leading system turns are kept in ``meta["source_system"]`` (our instruction replaces
-    them); without a ``question`` field the first user turn is the question.
 
     >>> t = from_openai_record({"messages": [{"role": "system", "content": "You are an agent."},
     ...     {"role": "user", "content": "What is 2+3?"},
@@ -310,10 +263,7 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
 
 
 def openai_message(message: Any, index: int) -> dict[str, Any]:
-    """One OpenAI chat message as a trajectory message, tool calls and results kept as data.
-
-    ``content: null`` (an assistant turn that only calls tools) becomes ``""``; the calls'
-    JSON-text arguments become objects; a ``tool`` turn keeps its ``tool_call_id``.
+    """One OpenAI chat message as a trajectory message (``content: null`` beside calls becomes ``""``).
 
     >>> openai_message({"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
     ...     "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}]}, 2)
@@ -412,11 +362,8 @@ def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]
 
 
 def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
-    """Questions by id from a JSON list or JSONL of ``{"id", "question", "answer"}``.
-
-    Records without an ``id`` (GSM8K) are keyed by their 0-based position. ``fields``
-    maps our field names to the file's (``{"question": "prompt"}``) for other layouts.
-    """
+    """Questions by id (else by 0-based position) from a JSON list or JSONL of ``{"id", "question", "answer"}``;
+    ``fields`` maps our field names to the file's (``{"question": "prompt"}``)."""
     path = Path(path)
     records = _load_json_or_jsonl(path)
     out: dict[str, dict] = {}
@@ -435,11 +382,8 @@ def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None
 
 
 def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
-    """Records of a JSON list or a JSONL file, each with a location for error messages.
-
-    A bad JSONL line (malformed, undecodable) comes back as a located :class:`RecordError`
-    in place of its record, so a caller can skip that line alone. A byte-order mark is accepted.
-    """
+    """``(where, position, record)`` of a JSON list or a JSONL file; a bad JSONL line is a located
+    :class:`RecordError` in place of its record, so a caller can skip that line alone."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
@@ -471,11 +415,8 @@ def read_trajectories(
     on_error: OnError = "raise",
     report: ReadReport | None = None,
 ) -> list[Trajectory]:
-    """Read one trajectory file of ``format`` (``nat``, ``openai``, ``sharegpt``, or ``jsonl``: ours).
-
-    ``nat`` needs ``questions`` (see :func:`load_questions`). Errors name the file and
-    the record; with ``on_error="skip"`` they are counted in ``report`` instead.
-    """
+    """Read one trajectory file of ``format`` (``nat`` needs ``questions``, ``openai``, ``sharegpt``, or ``jsonl``:
+    ours); errors name the file and the record, or (``on_error="skip"``) are counted in ``report``."""
     if format not in FORMATS and format != "jsonl":
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
     if on_error not in ("raise", "skip"):

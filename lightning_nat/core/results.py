@@ -1,14 +1,10 @@
-"""The evaluation report: what the engine's episodes come to, and the one reader and writer of ``results.json``.
-
-``nat eval`` writes an :class:`EvalReport` with :meth:`EvalReport.write`; ``nat plot`` and
-``nat push`` (the model card) read it back with :meth:`EvalReport.read`; ``ReActEval`` logs
-one :class:`TaskResult` per task; the demo and the benchmark build theirs from the same
-:func:`task_result`.
-"""
+"""The evaluation report: what episodes come to (:func:`task_result`), and the one reader and writer of
+``results.json`` (:class:`EvalReport`), which ``nat eval`` writes and ``nat plot`` and ``nat push`` read."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,25 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
+from lightning_nat.core.jsonl import atomic_write_text
 from lightning_nat.core.readers import read_trajectories_jsonl
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
 END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": "stopped_on_error",
              "failed": "failed", "no_answer": "no_answer"}
-_SHAPE = {"episodes", "runs", "per_run", "prompt", "parse_errors", "parse_error_rate", *END_RATES.values()}
 # Function-calling episodes also count their calls and the calls that failed (unknown tool, bad arguments, a raise).
 _CALL_COUNTS = ("tool_calls", "tool_errors")
-_SHAPE |= set(_CALL_COUNTS)
+_RATES = (*END_RATES.values(), "parse_error_rate")
+_SHAPE = {"episodes", "runs", "per_run", "prompt", "parse_errors", *_RATES, *_CALL_COUNTS}
 
 
 @dataclass
 class TaskResult:
-    """One task's figures: mean metrics, how episodes ended, over ``runs`` runs.
-
-    ``metrics`` holds the task's own metrics (accuracy, or em and f1, ...), ``sd`` their sample
-    standard deviations over runs (and the rates'), ``per_run`` each run's flat figures.
-    """
+    """One task's figures over ``runs`` runs: its own ``metrics`` (accuracy, or em and f1, ...), how episodes
+    ended, the sample sds over runs (``sd``) and each run's flat figures (``per_run``)."""
 
     episodes: int
     metrics: dict[str, float] = field(default_factory=dict)
@@ -49,7 +43,6 @@ class TaskResult:
     sd: dict[str, float] = field(default_factory=dict)
     per_run: list[dict[str, Any]] = field(default_factory=list)
     prompt: dict[str, Any] | None = None
-    # Function-calling runs only (None for ReAct): tool calls made, and those answered with an error.
     tool_calls: float | None = None
     tool_errors: float | None = None
 
@@ -59,10 +52,8 @@ class TaskResult:
         >>> TaskResult(episodes=2, metrics={"accuracy": 0.5}, finished=1.0).to_dict()["accuracy"]
         0.5
         """
-        out: dict[str, Any] = {**self.metrics, "episodes": self.episodes, "finished": self.finished,
-                               "turn_limit": self.turn_limit, "stopped_on_error": self.stopped_on_error,
-                               "failed": self.failed, "no_answer": self.no_answer,
-                               "parse_error_rate": self.parse_error_rate, "parse_errors": self.parse_errors}
+        out: dict[str, Any] = {**self.metrics, "episodes": self.episodes, **{k: getattr(self, k) for k in _RATES},
+                               "parse_errors": self.parse_errors}
         out.update({k: getattr(self, k) for k in _CALL_COUNTS if getattr(self, k) is not None})
         out.update({f"{k}_sd": v for k, v in self.sd.items()})
         if self.runs > 1:
@@ -88,7 +79,7 @@ class TaskResult:
                    per_run=list(d.get("per_run", [])), prompt=d.get("prompt"),
                    parse_errors=int(d.get("parse_errors", 0)),
                    **{k: float(d[k]) for k in _CALL_COUNTS if d.get(k) is not None},
-                   **{k: float(d.get(k, 0.0)) for k in (*END_RATES.values(), "parse_error_rate")})
+                   **{k: float(d.get(k, 0.0)) for k in _RATES})
 
 
 def run_figures(trajs: Sequence[Trajectory]) -> dict[str, float]:
@@ -119,8 +110,6 @@ def run_figures(trajs: Sequence[Trajectory]) -> dict[str, float]:
 
 def task_result(runs: Sequence[Sequence[Trajectory]], prompt: dict[str, Any] | None = None) -> TaskResult:
     """A task's result from its runs' episodes: the mean over runs, with sample sds when there are several."""
-    import statistics
-
     figures = [run_figures(r) for r in runs]
     flat: dict[str, Any] = dict(figures[0])
     if len(figures) > 1:
@@ -149,8 +138,6 @@ class EvalReport:
 
     def write(self, out_dir: str | Path) -> Path:
         """``results.json`` and ``trajectories.jsonl`` into ``out_dir`` (the only writer of ``results.json``)."""
-        from lightning_nat.core.jsonl import atomic_write_text
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).

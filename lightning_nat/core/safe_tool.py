@@ -1,15 +1,8 @@
 """The contract of a custom tool: argument string in, observation string out, never raising.
 
-What the model writes inside ``tool[...]`` is untrusted input, and a user's tool may
-be slow or buggy. :func:`guard` wraps a plain function so that the agent loop always
-gets a short string back: exceptions become ``Error: ...`` observations, a call that
-runs past its timeout is answered ``Error: ... timed out``, anything that is not a
-string is converted with ``str``, long outputs are cut, and the API keys the package
-knows of are masked (a tool's error message may echo a request URL or header).
-
-A Python thread cannot be killed: a timed-out call is abandoned (its daemon thread
-finishes or dies with the process), so a tool that may block forever should use its
-own timeouts (sockets, subprocesses) as well.
+:func:`guard` wraps a plain function so that the agent always gets a short string back: exceptions become
+``Error: ...`` observations, a call past its timeout is abandoned (a thread cannot be killed: a tool that may
+block forever should use its own timeouts too), results are made text, cut, and known secrets masked.
 """
 
 from __future__ import annotations
@@ -26,8 +19,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_OBSERVATION_CHARS = 2000
 
 
-def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAULT_TIMEOUT_S,
-          max_chars: int = MAX_OBSERVATION_CHARS) -> Callable[[str], str]:
+def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> Callable[[str], str]:
     """``fn`` under the tool contract (see the module doc).
 
     >>> safe = guard(lambda s: 1 / int(s), "inverse")
@@ -39,22 +31,18 @@ def guard(fn: Callable[[str], object], name: str, timeout: float | None = DEFAUL
         if not isinstance(argument, str):
             argument = "" if argument is None else str(argument)
         try:  # the result is made text inside the timed call: a __str__ that blocks is cut off too
-            text = call_with_timeout(lambda: _text(fn(argument)), timeout, name)
+            text = call_with_timeout(lambda: "" if (value := fn(argument)) is None else str(value), timeout, name)
         except ToolTimeout as exc:
             return f"Error: {exc}"
         except BaseException as exc:  # noqa: BLE001 - every failure of the tool becomes an observation
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return _cut(mask(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), max_chars)
-        return _cut(mask(text), max_chars)
+            return _cut(mask(f"Error: {type(exc).__name__}: {exc}".rstrip(": ")), MAX_OBSERVATION_CHARS)
+        return _cut(mask(text), MAX_OBSERVATION_CHARS)
 
     call.__name__ = name
     call.__doc__ = fn.__doc__
     return call
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
 
 
 class ToolTimeout(TimeoutError):

@@ -1,12 +1,8 @@
 """The one secret mask: the values of known secrets never reach a file, a log line or an error message.
 
-A server may echo the API key into a reply, a tool's error may quote a request header: the
-text is the model's or the tool's, so it is masked where it is written, not where it came
-from. Every writer of the package (JSONL lines, JSON records, built rows, observations,
-error lines) passes text through :func:`mask`. A secret is the value of an environment
-variable that a command names as one (``--api-key-env``, ``SERPER_API_KEY``, ``HF_TOKEN``)
-or whose name says it is one (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``), when it
-is at least :data:`MIN_LENGTH` characters long (shorter values would mask ordinary words).
+Text is masked where it is written (every writer of the package calls :func:`mask`), whatever echoed it. A
+secret is the value (at least :data:`MIN_LENGTH` characters) of an environment variable a command names as
+one (``--api-key-env``, ``SERPER_API_KEY``, ``HF_TOKEN``) or whose name says so (``*KEY*``, ``*TOKEN*``, ...).
 """
 
 from __future__ import annotations

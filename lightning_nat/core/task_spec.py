@@ -127,7 +127,6 @@ class Task:
         return values[self.reward_key] == 1.0, values[self.score_key], values
 
 
-
 def adapt_metric(fn: Callable[..., Any], where: str) -> Callable[[str | None, object], dict[str, float]]:
     """A user metric as a task metric: ``(reward, score)``, a bool, or ``{"reward", "score", ...}`` in;
     ``{"accuracy": reward, "score": score, ...}`` out. Without a gold answer (``nat solve``) the
@@ -210,14 +209,15 @@ def _metric(decl: dict, source: str, base: Path | None) -> tuple[Callable, str, 
                            "or an import path 'module:function' returning (reward, score)")
 
 
-def _extractor(ref: Any, source: str, field: str, base: Path | None) -> Callable[[Any], Any] | None:
-    if ref is None or (isinstance(ref, str) and ref in EXTRACTORS):
-        return EXTRACTORS[ref or "none"]
+def _named(ref: Any, table: dict[str, Any], source: str, field: str, base: Path | None) -> Any:
+    """A built-in of ``table`` by name, or a callable by import path; None when not given."""
+    if ref is None or (isinstance(ref, str) and ref in table):
+        return table.get(ref)
     if isinstance(ref, str) and is_import_path(ref):
         fn = resolve_import(ref, source, field, base)
         if callable(fn):
             return fn
-    raise DeclarationError(source, field, f"expected one of {', '.join(EXTRACTORS)} or an import path, got {ref!r}")
+    raise DeclarationError(source, field, f"expected one of {', '.join(table)} or an import path, got {ref!r}")
 
 
 def _instruction(decl: dict, tools: tuple[str, ...], source: str, base: Path | None) -> tuple[str, str, bool]:
@@ -254,13 +254,6 @@ def _mapping(decl: dict, key: str, source: str, allowed: set[str]) -> dict:
     return value
 
 
-def _from_template(question: str, answer: str) -> Callable[[dict], dict]:
-    def convert(rec: dict) -> dict:
-        return {"question": question.format_map(rec), "answer": answer.format_map(rec)}
-
-    return convert
-
-
 def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Task:
     """A :class:`Task` from a declaration (see the module doc)."""
     if not isinstance(decl, dict):
@@ -276,8 +269,8 @@ def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | No
     instruction, cot, from_data = _instruction(decl, tools, source, base)
     metric, reward_key, score_key = _metric(decl, source, base)
     answer = _mapping(decl, "answer", source, {"gold", "prediction"})
-    gold_fn = _extractor(answer.get("gold"), source, "answer.gold", base)
-    pred_fn = _extractor(answer.get("prediction"), source, "answer.prediction", base)
+    gold_fn = _named(answer.get("gold"), EXTRACTORS, source, "answer.gold", base)
+    pred_fn = _named(answer.get("prediction"), EXTRACTORS, source, "answer.prediction", base)
     data = _mapping(decl, "data", source, {"file", "local", "fields"})
     fields = data.get("fields") or {}
     if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()) \
@@ -296,32 +289,18 @@ def task_from_dict(decl: dict, source: str = "<dict>", base_dir: str | Path | No
     if gold_fn is not None:
         extra["gold"] = lambda rec, f=gold_fn: f(rec["answer"])
     if "question" in hub or "answer" in hub:
-        extra["from_hub"] = _from_template(str(hub.get("question", "{question}")), str(hub.get("answer", "{answer}")))
-    extra_ref = decl.get("extra_metric")
-    if extra_ref is not None:
-        if extra_ref in EXTRA_METRICS:
-            extra["extra_metric"] = EXTRA_METRICS[extra_ref]
-        elif isinstance(extra_ref, str) and is_import_path(extra_ref):
-            extra["extra_metric"] = resolve_import(extra_ref, source, "extra_metric", base)
-        else:
-            raise DeclarationError(source, "extra_metric", f"unknown metric {extra_ref!r}; expected one of "
-                                   f"{', '.join(EXTRA_METRICS)} or an import path")
-    prompt_style = decl.get("prompt_style")
-    if prompt_style is not None and prompt_style not in STYLES:
-        raise DeclarationError(source, "prompt_style", f"unknown style {prompt_style!r}; expected one of "
-                               f"{', '.join(STYLES)}")
-    family = decl.get("reference_prompts")
-    if family is not None and family not in FAMILIES:
-        raise DeclarationError(source, "reference_prompts", f"unknown family {family!r}; expected one of "
-                               f"{', '.join(FAMILIES)}")
-    if family is not None:
-        extra["reference_prompts"] = family
+        q, a = str(hub.get("question", "{question}")), str(hub.get("answer", "{answer}"))
+        extra["from_hub"] = lambda rec: {"question": q.format_map(rec), "answer": a.format_map(rec)}
+    for key, what, allowed in (("prompt_style", "style", STYLES), ("reference_prompts", "family", FAMILIES)):
+        if decl.get(key) is not None and decl[key] not in allowed:
+            raise DeclarationError(source, key, f"unknown {what} {decl[key]!r}; expected one of {', '.join(allowed)}")
     return Task(name=name, tools=tools, instruction=instruction, cot_instruction=cot, metric=metric,
                 local_file=str(data.get("local") or ""), reward_key=reward_key, score_key=score_key,
                 hub_id=hub.get("id"), hub_config=hub.get("config"), hub_split=str(hub.get("split", "test")),
-                instruction_from_data=from_data, prompt_style=None if prompt_style is None else str(prompt_style),
-                data_file=data_file, fields=tuple(sorted(fields.items())), extract_prediction=pred_fn,
-                source=source, **extra)
+                instruction_from_data=from_data, prompt_style=decl.get("prompt_style"),
+                reference_prompts=decl.get("reference_prompts"), data_file=data_file,
+                fields=tuple(sorted(fields.items())), extract_prediction=pred_fn, source=source,
+                extra_metric=_named(decl.get("extra_metric"), EXTRA_METRICS, source, "extra_metric", base), **extra)
 
 
 def load_task_file(path: str | Path) -> Task:

@@ -1,12 +1,9 @@
 """The one table of tasks: built-in declarations, Python registrations, YAML files and entry points.
 
-A task is one declaration (:mod:`lightning_nat.core.task_spec`), looked up by name; code
-elsewhere asks this table instead of branching on task names. Python users call
-:func:`register_task`; installed packages register through the entry point group
-``lightning_nat.tasks`` (an entry point loading a :class:`~lightning_nat.core.task_spec.Task`,
-a declaration dict, a YAML path, a list of those, or a zero-argument callable returning any
-of them), loaded the first time a name is not found. Everywhere a task name is taken, a path
-to a task YAML works too (:func:`get_task`).
+Code asks this table instead of branching on task names. Python users call :func:`register_task`; installed
+packages use the entry point group ``lightning_nat.tasks`` (a Task, a declaration dict, a YAML path, a list of
+those, or a callable returning any of them), loaded the first time a name is not found. Wherever a task
+name is taken, a task YAML path works too (:func:`get_task`).
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.imports import DeclarationError, entry_points_of
+from lightning_nat.core.readers import load_questions
 from lightning_nat.core.task_spec import Task, load_builtin_tasks, load_task_file, task_from_dict
 
 TASK_GROUP = "lightning_nat.tasks"  # the entry point group: a public contract
@@ -28,11 +26,9 @@ _entry_points_loaded = False
 def register_task(task: Task | dict | str | Path, replace: bool = False) -> Task:
     """Register a Task, a declaration dict or a task YAML path; returns the Task.
 
-    Loading the same declaration again is a no-op; another task under a taken name
-    needs ``replace=True``.
+    The same declaration again is a no-op; another task under a taken name needs ``replace=True``.
     """
     if isinstance(task, dict):
-        # The same declaration registered twice is one task; another one under its name is a clash.
         digest = hashlib.sha256(repr(sorted(task.items())).encode()).hexdigest()[:12]
         task = task_from_dict(task, source=f"register_task({task.get('name', '?')!r}, declaration {digest})")
     elif isinstance(task, (str, Path)):
@@ -108,8 +104,6 @@ def load_questions_for(task: Task, path: str | None = None, data_dir: str | None
     From ``path``, else ``data_dir/<task.local_file>`` (the layout of ``../shared/data``), else the
     task's own file, else, with ``hub=True``, the task's Hub dataset (needs network).
     """
-    from lightning_nat.core.readers import load_questions
-
     if path is None and data_dir is not None and task.local_file:
         path = str(Path(data_dir) / task.local_file)
     if path is None and task.data_file:

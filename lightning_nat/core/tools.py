@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -22,6 +24,9 @@ from typing import Any, Protocol
 
 import sympy
 
+from lightning_nat.core.corpus import load_index, passage_text
+from lightning_nat.core.imports import entry_points_of
+from lightning_nat.core.jsonl import RecordError, read_records
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, guard
 from lightning_nat.core.secrets import mask
 
@@ -252,69 +257,50 @@ class BM25Search:
     """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``, or a ``nat corpus`` folder."""
 
     corpus_path: str
-    rerank_model: str | None = None
     _docs: list[str] = field(default_factory=list, repr=False)
     _parts: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _retriever: Any = field(default=None, repr=False)
-    _reranker: Any = field(default=None, repr=False)
 
-    def _load(self) -> None:
+    def prepare(self) -> None:
+        """Read and index the corpus now (a bad corpus then stops a run before its first episode)."""
+        if self._retriever is not None:
+            return
         try:
             import bm25s
         except ImportError as exc:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
-        from lightning_nat.core.jsonl import RecordError, read_records
-
         path = Path(self.corpus_path)
         if path.is_dir():  # a `nat corpus` folder: passages and their saved index
-            from lightning_nat.core.corpus import load_index, passage_text
-
             passages, self._retriever = load_index(path)
             self._docs = [passage_text(p) for p in passages]
             self._parts = [(str(p.get("title") or "").strip(), str(p["text"]).strip()) for p in passages]
-        else:
-            for lineno, rec in read_records(path):
-                if isinstance(rec, RecordError):
-                    raise rec
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise RecordError("expected a JSON object with a 'text' string", path, f"line {lineno}")
-                self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-                self._parts.append((str(rec.get("title", "")), rec["text"]))
-            if not self._docs:
-                raise ValueError(f"{path}: empty search corpus")
-            self._retriever = bm25s.BM25()
-            self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
-        if self.rerank_model:
-            from sentence_transformers import CrossEncoder
+            return
+        for lineno, rec in read_records(path):
+            if isinstance(rec, RecordError):
+                raise rec
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise RecordError("expected a JSON object with a 'text' string", path, f"line {lineno}")
+            self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
+            self._parts.append((str(rec.get("title", "")), rec["text"]))
+        if not self._docs:
+            raise ValueError(f"{path}: empty search corpus")
+        self._retriever = bm25s.BM25()
+        self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
 
-            self._reranker = CrossEncoder(self.rerank_model)
-
-    def prepare(self) -> None:
-        """Read and index the corpus now (a bad corpus then stops a run before its first episode)."""
-        if self._retriever is None:
-            self._load()
-
-    def search(self, query: str, k: int) -> list[str]:
+    def _top(self, query: str, n: int) -> list[int]:
         import bm25s
 
         self.prepare()
-        pool = min(len(self._docs), k * 4 if self._reranker else k)
-        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=pool, show_progress=False)
-        hits = [self._docs[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
-        if self._reranker is not None and hits:
-            ranked = self._reranker.predict([(query, h) for h in hits])
-            hits = [h for _, h in sorted(zip(ranked, hits), key=lambda p: -p[0])]
-        return hits[:k]
+        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=min(n, len(self._docs)),
+                                               show_progress=False)
+        return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
+
+    def search(self, query: str, k: int) -> list[str]:
+        return [self._docs[i] for i in self._top(query, k)]
 
     def hits(self, query: str, n: int) -> list[tuple[str, str]]:
         """The ``n`` best BM25 ``(title, text)`` pairs, for re-ranking."""
-        import bm25s
-
-        if self._retriever is None:
-            self._load()
-        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=min(n, len(self._docs)),
-                                               show_progress=False)
-        return [self._parts[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
+        return [self._parts[i] for i in self._top(query, n)]
 
 
 @dataclass
@@ -331,13 +317,9 @@ class SerperSearch:
             raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
 
     def _request(self, query: str, num: int) -> dict:
-        import urllib.request
-
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise RuntimeError(f"set {self.api_key_env} to use the serper search backend")
+        self.prepare()
         req = urllib.request.Request(self.endpoint, data=json.dumps({"q": query, "num": num}).encode(),
-                                     headers={"X-API-KEY": key, "Content-Type": "application/json"})
+                                     headers={"X-API-KEY": os.environ[self.api_key_env], "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (fixed https endpoint)
             return json.loads(resp.read().decode())
 
@@ -386,11 +368,7 @@ def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, 
 
 
 def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = None) -> dict[str, Callable[[str], str]]:
-    """The callable tools a task's agent gets (``finish`` is handled by the agent loop).
-
-    Tools registered with :func:`register_tool` (or declared by a task) come guarded: exceptions and
-    timeouts become ``Error: ...`` observations.
-    """
+    """The callable tools a task's agent gets (``finish`` is the agent loop's); registered ones come guarded."""
     available: dict[str, Callable[[str], str]] = {"calculate": calculate}
     for name in names:
         if name not in available and name != "search" and (spec := find_tool(name)) is not None:
@@ -460,9 +438,8 @@ def register_tool(name: str, function: Callable[[str], Any], help: str | None = 
                   timeout: float | None = DEFAULT_TIMEOUT_S, replace: bool = False) -> ToolSpec:
     """Register ``function`` as the tool ``name[...]``, under the tool contract (:mod:`lightning_nat.core.safe_tool`).
 
-    Names are lower case (the agent reads tool names case-insensitively); the built-in
-    ``calculate``, ``search`` and ``finish`` cannot be replaced. Registering the same
-    function again is a no-op; another function under a taken name needs ``replace=True``.
+    Names are lower case and not a built-in's; the same function again is a no-op, another one under a taken
+    name needs ``replace=True``.
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"tool name {name!r}: use lower-case letters, digits and underscores")
@@ -483,14 +460,10 @@ def find_tool(name: str) -> ToolSpec | None:
     """A registered tool, loading the tool entry points if needed; ``None`` when unknown."""
     if name not in TOOLS and TOOL_GROUP not in _entry_points_loaded:
         _entry_points_loaded.add(TOOL_GROUP)
-        from lightning_nat.core.imports import entry_points_of
-
         for ep_name, fn, where in entry_points_of(TOOL_GROUP):
             try:
                 register_tool(ep_name, fn)
             except ValueError as exc:  # one bad plug-in is named and skipped; the others still load
-                import warnings
-
                 warnings.warn(f"{where}: not registered: {exc}", stacklevel=2)
     return TOOLS.get(name)
 

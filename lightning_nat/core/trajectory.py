@@ -1,23 +1,11 @@
 """The canonical trajectory record: its JSONL form, its checks, its message forms and the answer it gave.
 
-A :class:`Trajectory` holds one agent episode on one question: the agent's turns
-(``assistant``) and the environment's answers (``user``, ``Observation: ...``, or
-``tool`` turns answering an assistant's function calls), the label the task metric
-gave it, and where it came from. The task instruction and the question are *not*
-part of ``messages``: reformatting adds them, so one trajectory can be rendered under
-any prompt variant.
-
-Function calls are data: an assistant turn may hold ``tool_calls``, a list of canonical
-calls ``{"id", "name", "arguments": {...}}`` (arguments a JSON object, never a string); a
-``tool`` turn holds the result and the ``tool_call_id`` it answers; the record's ``tools``
-is the OpenAI-style schema list. Pure functions below move one message (or one tools
-list) between that form and the OpenAI wire form, ShareGPT as LLaMA-Factory writes it
-(``function_call``/``observation`` turns, no call ids) and the built dataset's row (where
-Arrow needs one schema: arguments and the tools list are JSON text there).
-
-The answer of a ReAct turn is its ``finish[answer]``; a chain-of-thought solution ends with
-a final-answer line (``A: 18``, ``#### 18``, ``Final answer: 18``, ``The answer is 18``).
-Model-written text is untrusted: nothing here evaluates it, and an answer is at most one line.
+A :class:`Trajectory` is one agent episode on one question: the agent's turns (``assistant``) and the
+environment's answers (``user`` observations, or ``tool`` turns answering ``tool_calls``), labelled by the
+task metric. The instruction and the question are not part of ``messages``: a build adds them, so one
+trajectory renders under any prompt. A call is data, ``{"id", "name", "arguments": {...}}``; pure
+functions below move a message between that form, OpenAI's, ShareGPT's and the built row's (where Arrow
+needs one schema: arguments and tools are JSON text). Model-written text is untrusted: nothing here runs it.
 """
 
 from __future__ import annotations
@@ -46,12 +34,8 @@ class TrajectoryFormatError(RecordError):
 
 @dataclass
 class Trajectory:
-    """One labelled agent episode.
-
-    ``reward`` is the binary label (success); ``score`` a graded one when the task
-    has it (F1 on HotpotQA), used by fine-grained NAT. ``prediction`` is ``None``
-    when the agent never finished.
-    """
+    """One labelled agent episode: ``reward`` the binary label, ``score`` a graded one (F1 on HotpotQA) for
+    fine-grained NAT, ``prediction`` None when the agent never finished."""
 
     id: str
     task: str
@@ -98,21 +82,13 @@ class Trajectory:
         check_fields(record)
         if not isinstance(record["messages"], list) or not all(isinstance(m, dict) for m in record["messages"]):
             raise TrajectoryFormatError("messages must be a list of objects")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(record) - known
+        unknown = set(record) - set(cls.__dataclass_fields__)
         if unknown:
             raise TrajectoryFormatError(f"unknown field(s) {', '.join(sorted(unknown))}")
-        data = dict(record)
-        data.setdefault("task", "")
-        data.setdefault("question_id", None)
-        data["messages"] = [dict(m) for m in data["messages"]]
-        data["tools"] = data.get("tools")
-        data["meta"] = dict(data.get("meta") or {})
-        data["score"] = check_score(data.get("score"))
-        traj = cls(**data)
-        if traj.question_id is None:
-            traj.question_id = traj.id
-        return traj
+        qid = record.get("question_id")
+        return cls(**{**record, "task": record.get("task", ""), "messages": [dict(m) for m in record["messages"]],
+                      "meta": dict(record.get("meta") or {}), "score": check_score(record.get("score")),
+                      "question_id": record["id"] if qid is None else qid})
 
 
 def check_score(value: Any) -> float | None:
@@ -221,10 +197,7 @@ def has_tool_calls(messages: Iterable[dict]) -> bool:
 
 
 def validate_messages(messages: Any) -> None:
-    """Check a turn list: non-empty, known roles, string contents, an assistant turn.
-
-    An assistant turn may carry ``tool_calls`` (canonical calls, see :func:`validate_call`);
-    a ``tool`` turn answers one of them by ``tool_call_id``.
+    """Check a turn list: non-empty, known roles, string contents, an assistant turn, every call answered once.
 
     >>> validate_messages([{"role": "assistant", "content": "Thought: ok"}])
     >>> validate_messages([{"role": "robot", "content": "hi"}])  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -286,6 +259,13 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -
 
 # -- message forms --------------------------------------------------------------------------------------
 
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrajectoryFormatError(f"{where} not valid JSON ({exc.msg})") from None
+
+
 def parse_arguments(arguments: Any, where: str) -> dict[str, Any]:
     """Call arguments as a JSON object, from an object or from JSON text (the OpenAI wire form).
 
@@ -297,10 +277,7 @@ def parse_arguments(arguments: Any, where: str) -> dict[str, Any]:
     lightning_nat.core.trajectory.TrajectoryFormatError: message 2: tool call arguments are not valid JSON (...)
     """
     if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise TrajectoryFormatError(f"{where}: tool call arguments are not valid JSON ({exc.msg})") from None
+        arguments = _loads(arguments, f"{where}: tool call arguments are") if arguments.strip() else {}
     if not isinstance(arguments, dict):
         raise TrajectoryFormatError(f"{where}: tool call arguments must be a JSON object, got {type(arguments).__name__}")
     return arguments
@@ -323,18 +300,6 @@ def call_from_openai(call: Any, where: str) -> dict[str, Any]:
     if not isinstance(call.get("id"), str) or not call["id"]:
         raise TrajectoryFormatError(f"{where}: tool call {name!r} has no id")
     return {"id": call["id"], "name": name, "arguments": parse_arguments(fn.get("arguments", {}), where)}
-
-
-def call_to_openai(call: dict[str, Any], arguments_as_text: bool = True) -> dict[str, Any]:
-    """A canonical call in the OpenAI form; ``arguments_as_text=False`` keeps the object (chat templates want it).
-
-    >>> call_to_openai({"id": "c1", "name": "convert", "arguments": {"v": 5}})
-    {'id': 'c1', 'type': 'function', 'function': {'name': 'convert', 'arguments': '{"v": 5}'}}
-    """
-    args = call["arguments"]
-    return {"id": call["id"], "type": "function",
-            "function": {"name": call["name"], "arguments": json.dumps(args, ensure_ascii=False) if arguments_as_text
-                         else args}}
 
 
 def tool_from_any(tool: Any, where: str) -> dict[str, Any]:
@@ -361,10 +326,7 @@ def tools_from_any(tools: Any, where: str = "tools") -> list[dict[str, Any]] | N
     if tools is None or tools == "" or tools == []:
         return None
     if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as exc:
-            raise TrajectoryFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+        tools = _loads(tools, f"{where}:")
     if not isinstance(tools, list):
         raise TrajectoryFormatError(f"{where}: must be a list of function schemas")
     return [tool_from_any(t, f"{where}[{i}]") for i, t in enumerate(tools)]
@@ -379,10 +341,7 @@ def calls_from_sharegpt(value: Any, where: str, turn: int) -> list[dict[str, Any
     [{'id': 'call_2_0', 'name': 'convert', 'arguments': {'v': 5}}]
     """
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise TrajectoryFormatError(f"{where}: function_call is not valid JSON ({exc.msg})") from None
+        value = _loads(value, f"{where}: function_call is")
     items = value if isinstance(value, list) else [value]
     if not items:
         raise TrajectoryFormatError(f"{where}: function_call holds no call")
@@ -441,16 +400,26 @@ def tools_of_row(row: dict[str, Any]) -> list[dict[str, Any]] | None:
     return json.loads(text) if text else None
 
 
-def template_message(m: dict[str, Any]) -> dict[str, Any]:
-    """A message as ``transformers`` chat templates take it: OpenAI-form calls with arguments as objects.
+def as_openai(m: dict[str, Any], wire: bool = True) -> dict[str, Any]:
+    """A trajectory or built-row message in OpenAI's form; ``wire=False`` keeps arguments as objects (chat templates).
 
-    >>> template_message({"role": "tool", "content": "8", "tool_call_id": "c", "train": False})
+    On the wire, arguments are JSON text and an assistant turn that only calls tools has ``content: null``.
+
+    >>> as_openai({"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "f", "arguments": "{}"}],
+    ...            "train": True})
+    {'role': 'assistant', 'content': None, 'tool_calls': [{'id': 'c', 'type': 'function', 'function': {'name': 'f', \
+'arguments': '{}'}}]}
+    >>> as_openai({"role": "tool", "content": "8", "tool_call_id": "c", "train": False}, wire=False)
     {'role': 'tool', 'content': '8', 'tool_call_id': 'c'}
     """
     m = message_from_row(m) if isinstance((m.get("tool_calls") or [{}])[0].get("arguments"), str) else m
     out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
     if m.get("tool_calls"):
-        out["tool_calls"] = [call_to_openai(c, arguments_as_text=False) for c in m["tool_calls"]]
+        out["tool_calls"] = [{"id": c["id"], "type": "function", "function": {
+            "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False) if wire else c["arguments"]}}
+            for c in m["tool_calls"]]
+        if wire:
+            out["content"] = m["content"] or None
     if m.get("tool_call_id") is not None:
         out["tool_call_id"] = m["tool_call_id"]
     return out

@@ -1,22 +1,11 @@
 """`nat build`: labelled trajectories -> the conversations one variant trains on, as a ``datasets`` folder.
 
-This is the method of the paper. Every training conversation is
-
-    the task instruction (tools, action format): a system turn (native style), or the
-        first user turn and an assistant acknowledgement (the reference's style)
-    user:   the question, in the template of the class of solution that follows
-    ...:    the trajectory's own turns
-
-and only the assistant turns carry ``train=True``. The strings live in ``core/prompts.yaml``
-(:mod:`lightning_nat.core.prompts`). The variants (presets) differ in which trajectories they
-keep (:mod:`lightning_nat.data.select`) and which class each gets: ``positive`` (w/o Neg)
-positives only; ``nut`` every trajectory under the positive prompt; ``nat`` negatives under the
-negative one; ``nat-k`` negatives binned by ``score``; ``dpo``/``kto`` the NUT/NAT selection as
-preference pairs or labelled rows under the positive prompt. :class:`BuildSpec` is the one
-build config: the CLI's options, the builder's parameters, ``nat fit``'s ``data.build`` and the
-rebuild command a dataset card shows. ``datasets`` 4+ no longer loads builder scripts by path,
-so :class:`NATBuilder` is an importable class; :func:`build_dataset` runs it in one call, cached
-by every parameter and the input files' contents.
+This is the paper's method. A training conversation is the prompt spec's head turns (instruction, and the
+question in the template of its trajectory's class, :mod:`lightning_nat.core.prompts`), then the
+trajectory's own turns; only assistant turns carry ``train=True``. The variants (presets) differ in which
+trajectories they keep (:mod:`lightning_nat.data.select`) and which class each gets. :class:`BuildSpec` is the
+one build config (the CLI's options, ``nat fit``'s ``data.build``, a card's rebuild command);
+:func:`build_dataset` runs the importable :class:`NATBuilder`, cached by every parameter and input's contents.
 """
 
 from __future__ import annotations
@@ -25,14 +14,17 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
 
 from lightning_nat.core.artifacts import PREVIEW_FILE, BuildRecord, write_build
-from lightning_nat.core.options import command_line, option
+from lightning_nat.core.console import print_build_summary
+from lightning_nat.core.jsonl import dumps_line
+from lightning_nat.core.options import check_numbers, command_line, option
+from lightning_nat.core.outputs import writing
 from lightning_nat.core.prompts import (
     PRESETS,
     STYLES,
@@ -80,8 +72,6 @@ PAIR_FEATURES = datasets.Features({
 PREFERENCE = ("dpo", "kto")
 # The preset whose prompt preference rows take: every trajectory under the plain positive prompt, as w/o Neg and NUT.
 PLAIN_PROMPT = "nut"
-# Fields of BuildConfig that say where and how to write, not what is built: no part of a rebuild command.
-OUTPUT_FIELDS = ("cache_dir", "out", "overwrite")
 
 
 def _variant_help() -> str:
@@ -145,8 +135,6 @@ class BuildSpec:
         metavar="N", min=1)
 
     def __post_init__(self) -> None:
-        from lightning_nat.core.options import check_numbers
-
         check_numbers(self)
         if isinstance(self.trajectories, (str, os.PathLike)):
             self.trajectories = (str(self.trajectories),)
@@ -249,10 +237,7 @@ def to_conversation(traj: Trajectory, spec: PromptSpec, cls: int, label: str) ->
 
 
 def instruction_of(traj: Trajectory, task: Task | None) -> str | None:
-    """The instruction a trajectory trains under when not its task's: its own leading system turn(s).
-
-    None when the task supplies it; a trajectory of no task, or of a task declared
-    ``instruction: from_data``, keeps the system prompt it was recorded with.
+    """The instruction a trajectory trains under when not its task's (None): its own leading system turn(s).
 
     >>> t = Trajectory("r0", "", "2+3?", [{"role": "assistant", "content": "Action: finish[5]"}], True,
     ...                meta={"source_system": "You are a calculator agent."})
@@ -298,11 +283,8 @@ def unpaired_row(conv: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class NATConfig(datasets.BuilderConfig):
-    """The builder's config: one :class:`BuildSpec` (absolute paths) and digests of what it reads.
-
-    ``input_sha256`` covers every input file and ``task_sha256`` the task's instruction and tools, so
-    an edited file or task declaration rebuilds instead of hitting the cache.
-    """
+    """The builder's config: one :class:`BuildSpec` (absolute paths) and digests of the inputs and the task, which
+    ``datasets`` keys its cache on (an edited file or task declaration rebuilds)."""
 
     spec: BuildSpec | None = None
     input_sha256: str = ""
@@ -433,7 +415,6 @@ class BuildResult:
     config: dict[str, Any]
     from_cache: bool = False
     cache_dir: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 REPORT_NAME = "nat_build_report.json"  # the build's report, cached beside its Arrow files
@@ -441,12 +422,9 @@ REPORT_NAME = "nat_build_report.json"  # the build's report, cached beside its A
 
 def build_dataset(trajectories: Sequence[str | os.PathLike] | BuildSpec, config: str = "nat", *,
                   cache_dir: str | None = None, **params: Any) -> BuildResult:
-    """Build (or load from cache) one variant in one call.
+    """Build (or load from cache) variant ``config``; ``params`` are :class:`BuildSpec` fields, or give a BuildSpec.
 
-    ``config`` names a preset (``positive``, ``nut``, ``nat``, ``nat-2``, ...); ``params`` are
-    :class:`BuildSpec` fields (``questions``, ``format``, ``task``, ``pos_num``, ``neg_num``,
-    ``seed``, ...). A :class:`BuildSpec` may be given instead of the files. The cache keys on
-    every parameter and on the input files' (and task declaration's) contents.
+    The cache keys on every parameter and on the contents of the input files and the task declaration.
     """
     from lightning_nat.core.tasks import get_task
 
@@ -481,13 +459,11 @@ def build_dataset(trajectories: Sequence[str | os.PathLike] | BuildSpec, config:
     record = {"name": spec.variant, **asdict(spec), "input_sha256": builder.config.input_sha256,
               "task_sha256": task_sha256}
     return BuildResult(dataset=builder.as_dataset(), report=report, config=record, from_cache=from_cache,
-                       cache_dir=builder.cache_dir, notes=list(report["stats"].get("notes", [])))
+                       cache_dir=builder.cache_dir)
 
 
 def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: int = 5) -> Path:
     """Write a built dataset where ``datasets.load_from_disk`` opens it, with a preview and the build record."""
-    from lightning_nat.core.jsonl import dumps_line
-
     out = Path(out)
     result.dataset.save_to_disk(str(out))
     shown: dict[str, int] = {}
@@ -529,9 +505,6 @@ def summarize(ds: datasets.DatasetDict) -> dict[str, dict[str, Any]]:
 
 def run_build(cfg: BuildConfig) -> int:
     """``nat build``: build, write ``cfg.out`` whole (under its lock) and print the summary."""
-    from lightning_nat.core.console import print_build_summary
-    from lightning_nat.core.outputs import writing
-
     inputs = [*cfg.trajectories, *([cfg.questions] if cfg.questions else [])]
     with writing(cfg.out, "nat build", cfg.overwrite, inputs) as staged:
         result = build_dataset(cfg.spec(), cache_dir=cfg.cache_dir)

@@ -1,11 +1,7 @@
 """Which trajectories a training set keeps: the quality rules, the paper's sampling, and preference pairs.
 
-One set of quality rules serves ``nat clean`` and ``nat build``'s filters. A negative is dropped
-when it never finished (``drop_unfinished``) or when it scores below ``min_score``; the paper drops
-HotpotQA negatives with F1 = 0, which is ``min_score=ZERO_SCORE_FLOOR``. Positives are never
-dropped by these two rules (a positive finished with the right answer). ``dedupe`` drops repeats
-of an identical trajectory. :func:`select` samples as the paper did; :func:`pair_trajectories`
-makes DPO's (chosen, rejected) pairs of one question. Every removal is counted, never silent.
+One set of rules serves ``nat clean`` (here) and ``nat build``: drop negatives that never finished or score below
+``min_score`` (the paper's F1 = 0 rule is ``ZERO_SCORE_FLOOR``), and repeats. Every removal is counted.
 """
 
 from __future__ import annotations
@@ -14,14 +10,16 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lightning_nat.core.trajectory import Trajectory
+from lightning_nat.core.console import console, table
+from lightning_nat.core.options import option
+from lightning_nat.core.readers import ReadReport, read_trajectories_jsonl
+from lightning_nat.core.trajectory import Trajectory, write_jsonl
 
 if TYPE_CHECKING:
-    from lightning_nat.core.readers import ReadReport
     from lightning_nat.core.task_spec import Task
 
 # "F1 = 0" as a floor: any score below it counts as zero. The one threshold of both commands.
@@ -171,17 +169,13 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
            drop_unfinished: bool = True, min_score: float | None = None, dedupe: bool = True, dev_num: int = 0,
            stats: BuildStats | None = None, neg_population: Sequence[Trajectory | None] | None = None,
            allow_empty_class: bool = False) -> tuple[list[Trajectory], list[Trajectory], list[Trajectory]]:
-    """Filter and sample as in the paper: ``(positives, negatives, dev positives)``.
+    """Filter and sample as in the paper: ``(positives, negatives, dev positives)``; ``None`` counts mean all.
 
-    Positives are the first ``pos_num`` unique by question (``random``: a seeded random
-    sample of them; ``reference``: the first ``pos_num`` records, repeats included, as the
-    reference code took them); negatives a seeded sample of ``neg_num`` after filtering,
-    or, given ``neg_population`` (every record of the negatives files in file order,
-    ``None`` for unreadable ones), ``random.Random(seed).sample`` over that population,
-    filtered afterwards: the reference code's choice. ``dev_num`` further positives, on
-    questions with no training positive, are held out for dev perplexity. ``None`` means all.
-    A filter that removes every positive or every negative is an :class:`EmptyClassError`
-    unless ``allow_empty_class``.
+    Positives: the first ``pos_num`` unique by question (``random``: a seeded sample; ``reference``: the first
+    records, repeats included). Negatives: a seeded sample after filtering, or, given ``neg_population`` (every
+    record of the negatives files, ``None`` where unreadable), the reference code's sample of it, filtered after.
+    ``dev_num`` positives on questions without a training positive are held out. A filter that empties a class
+    is an :class:`EmptyClassError` unless ``allow_empty_class``.
     """
     if variant not in KEEPS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(KEEPS)}")
@@ -204,8 +198,7 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
         if len(unique) < len(pos_all):
             # Kept out of the training set by design ("first unique by question"), but never silently.
             stats.filtered["positive on a question that already has one"] += len(pos_all) - len(unique)
-    for note in conflicting_ids(trajs):
-        stats.notes.append(note)
+    stats.notes += conflicting_ids(trajs)
     if pos_sampling == "random":
         unique = rng.sample(unique, len(unique))
     elif pos_sampling not in ("first", "reference"):
@@ -247,12 +240,8 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
 
 def reference_population(trajs: Sequence[Trajectory], read: ReadReport, files: Sequence[str]
                          ) -> list[Trajectory | None]:
-    """Every record of the negatives files in file order (``None`` for a record that could not be read).
-
-    The reference code sampled ``random.sample(all_negatives, n)`` after ``random.seed(42)``
-    over its whole negatives file; sampling the same positions reproduces its choice.
-    The negatives must therefore sit in files of their own.
-    """
+    """Every record of the negatives files (of their own) in file order, ``None`` where unreadable: the reference
+    code's ``random.sample`` over these positions is reproduced by sampling the same ones."""
     out: list[Trajectory | None] = []
     for path in files:
         key = str(Path(path))
@@ -282,12 +271,9 @@ def question_of(traj: Trajectory) -> str:
 
 def pair_trajectories(positives: Sequence[Trajectory], negatives: Sequence[Trajectory], per_question: int | None,
                       seed: int) -> tuple[list[tuple[Trajectory, Trajectory]], dict[str, int]]:
-    """Seeded (chosen, rejected) pairs within each question, at most ``per_question`` per question.
+    """Seeded (chosen, rejected) pairs within each question, at most ``per_question`` (a seeded sample) per question.
 
-    Every (positive, negative) combination of a question is a candidate; when there are
-    more than ``per_question`` a seeded sample is kept. Questions with only one side
-    make no pair, and a positive and a negative with the same turns (one text labelled both
-    ways) make none either: both are counted.
+    Questions with one side only, and a positive and a negative with the same turns, make no pair (counted).
 
     >>> mk = lambda i, q, r: Trajectory(i, "", q, [{"role": "assistant", "content": i}], r, question_id=q)
     >>> pairs, counts = pair_trajectories([mk("p1", "a", True), mk("p2", "b", True)],
@@ -295,8 +281,6 @@ def pair_trajectories(positives: Sequence[Trajectory], negatives: Sequence[Traje
     >>> len(pairs), pairs[0][0].id, counts["questions_positive_only"], counts["questions_negative_only"]
     (1, 'p1', 1, 1)
     """
-    if per_question is not None and per_question < 1:
-        raise ValueError(f"pairs_per_question must be at least 1, got {per_question}")
     pos_by_q: dict[str, list[Trajectory]] = {}
     neg_by_q: dict[str, list[Trajectory]] = {}
     for t in positives:
@@ -344,3 +328,35 @@ def kto_balance(n_desirable: int, n_undesirable: int) -> dict[str, Any]:
            if n_desirable and n_undesirable else None)
     return {"desirable": n_desirable, "undesirable": n_undesirable,
             "desirable_share": round(n_desirable / total, 4) if total else 0.0, "desirable_weight_range": rng}
+
+
+@dataclass(kw_only=True)
+class CleanConfig:
+    """The options of ``nat clean``."""
+
+    trajectories: str = option(help="canonical trajectory JSONL (what nat collect writes)", positional=True)
+    task: str = option(help="task name or task YAML, which picks the rules (tasks graded by F1 also drop F1 = 0 "
+                            "negatives)")
+    drop_unfinished: bool = option(True, "keep trajectories that never called finish", flag="--keep-unfinished")
+    min_score: float | None = option(None, "drop negatives scoring below this (overrides the task's rule)")
+    out: str = option(help="cleaned JSONL")
+
+
+def run_clean(cfg: CleanConfig) -> int:
+    """``nat clean``: the task's cleaning rules applied to ``cfg.trajectories``, the rest written to ``cfg.out``."""
+    from lightning_nat.core.tasks import get_task
+
+    if Path(cfg.out).resolve() == Path(cfg.trajectories).resolve():
+        raise ValueError(f"--out {cfg.out}: is the input file; write the cleaned trajectories elsewhere")
+    if Path(cfg.out).is_dir():
+        raise ValueError(f"--out {cfg.out}: is a folder; give a file name")
+    rules = replace(paper_rules(get_task(cfg.task)), drop_unfinished=cfg.drop_unfinished)
+    if cfg.min_score is not None:
+        rules = replace(rules, min_score=cfg.min_score)
+    trajs = read_trajectories_jsonl(cfg.trajectories)
+    kept, removed = clean(trajs, rules)
+    write_jsonl(cfg.out, kept)
+    rows = [["read", len(trajs)], *[[f"removed: {rule}", n] for rule, n in removed.items()], ["kept", len(kept)]]
+    console.print(table("Cleaning", ["", "trajectories"], rows))
+    console.print(f"wrote {cfg.out}")
+    return 0

@@ -1,21 +1,9 @@
 """`nat export`: built conversations in the layouts other trainers read (TRL, LLaMA-Factory, axolotl).
 
-One pure function per layout turns one built row into one JSON record; :func:`export_dataset`
-writes a split per JSONL file, a LLaMA-Factory ``dataset_info.json`` beside them, and returns
-the axolotl config snippet. The layout follows the build's variant:
-
-- SFT builds (w/o Neg, NUT, NAT, NAT-k): ``openai`` (messages with per-turn ``weight``: TRL's
-  SFTTrainer, axolotl, LLaMA-Factory, OpenAI fine-tuning), ``sharegpt``, ``alpaca``;
-- DPO builds: ``openai`` is TRL's preference layout (``prompt`` / ``chosen`` / ``rejected``);
-  LLaMA-Factory's ranking layout takes one final response, not a multi-turn trajectory: refused;
-- KTO builds: ``openai`` is TRL's unpaired-preference layout (``prompt`` / ``completion`` /
-  ``label``), ``sharegpt`` and ``alpaca`` carry LLaMA-Factory's ``kto_tag``.
-
-Every conversation ends on an assistant turn (LLaMA-Factory drops one that does not). Each record
-also carries what ``nat build`` needs to rebuild the same rows from it (``id``, ``question_id``,
-``task``, ``label``, ``reward``, ``score``, and a ``nat`` block: the raw question, how many prompt
-turns the build put before the trajectory, the recorded system prompt of a task-less build, and the
-turns after the last assistant turn): ``nat build --format openai`` of an export is the round trip.
+One pure function per (objective, layout) turns a built row into a record (:data:`CONVERTERS`): SFT builds as
+``openai`` (per-turn ``weight``), ``sharegpt`` or ``alpaca``; DPO and KTO builds as TRL's preference layouts,
+KTO also with LLaMA-Factory's ``kto_tag``. Every conversation ends on an assistant turn, and a record carries
+what ``nat build --format openai`` needs to rebuild the same row (the ``nat`` block): the round trip.
 """
 
 from __future__ import annotations
@@ -27,12 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.markup import escape
+
+from lightning_nat.core.artifacts import read_build
+from lightning_nat.core.console import console
 from lightning_nat.core.jsonl import dumps_line
 from lightning_nat.core.options import option
-from lightning_nat.core.prompts import PromptSpec, head_messages
-from lightning_nat.core.trajectory import call_to_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
+from lightning_nat.core.outputs import writing
+from lightning_nat.core.prompts import PromptSpec, head_messages, preset
+from lightning_nat.core.trajectory import as_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
 
-LAYOUTS = ("openai", "sharegpt", "alpaca")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 ROUND_TRIP = ("id", "question_id", "task", "label", "reward", "score")
 
@@ -93,19 +85,14 @@ def trim_to_last_assistant(messages: list[dict]) -> tuple[list[dict], list[dict]
 
 
 def _wire(messages: list[dict], weights: bool) -> list[dict]:
-    """Row messages in the OpenAI wire form: calls with JSON-text arguments (no text beside them is null)."""
+    """Row messages in the OpenAI wire form, with a ``weight`` on assistant turns when ``weights``."""
     out = []
     for m in messages:
-        w: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            w["content"] = m["content"] or None
-            w["tool_calls"] = [call_to_openai(c) for c in message_from_row(m)["tool_calls"]]
-        if m.get("tool_call_id") is not None:
-            w["tool_call_id"] = m["tool_call_id"]
+        if m.get("train") and m["role"] != "assistant":
+            raise ExportError(f"a {m['role']} turn is flagged for training; only assistant turns can be")
+        w = as_openai(m)
         if weights and m["role"] == "assistant":
             w["weight"] = int(bool(m.get("train", True)))
-        elif m.get("train") and m["role"] != "assistant":
-            raise ExportError(f"a {m['role']} turn is flagged for training; only assistant turns can be")
         out.append(w)
     return out
 
@@ -153,10 +140,7 @@ def to_unpaired(row: dict, head: Head) -> dict:
 
 
 def to_sharegpt(row: dict, head: Head) -> dict:
-    """ShareGPT as LLaMA-Factory and axolotl read it: ``conversations`` of ``from``/``value``, system first.
-
-    Observations stay ``human`` turns, as the agent saw them in training and at inference.
-    """
+    """ShareGPT as LLaMA-Factory and axolotl read it (``from``/``value``; ReAct observations stay ``human`` turns)."""
     messages, tail = trim_to_last_assistant(row["messages"])
     _check_trained_turns(messages, "sharegpt")
     convs: list[dict[str, str]] = []
@@ -261,15 +245,11 @@ def axolotl_snippet(layout: str, train_file: str) -> str | None:
 
 def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLike, name: str | None = None,
                    final: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write every split of a ``nat build`` folder in ``layout`` into the folder ``out``; returns what was written.
+    """Write every split of a ``nat build`` folder in ``layout`` into ``out``; returns what was written.
 
-    ``final`` is where ``out`` ends up (a staging folder is swapped into place), for the axolotl snippet's path.
-    A row the layout cannot express stops the export with the split and row id.
+    ``final`` is where ``out`` ends up (for the axolotl snippet's path); a row the layout cannot express stops it.
     """
     import datasets
-
-    from lightning_nat.core.artifacts import read_build
-    from lightning_nat.core.prompts import preset
 
     record = read_build(folder)
     if record.prompt is None:
@@ -335,11 +315,6 @@ class ExportConfig:
 
 def run_export(cfg: ExportConfig) -> int:
     """``nat export``: write the layout and print where TRL, LLaMA-Factory and axolotl find it."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
-
     with writing(cfg.out, "nat export", cfg.overwrite, inputs=[cfg.folder]) as staged:
         res = export_dataset(cfg.folder, cfg.to, staged, name=cfg.name, final=cfg.out)
     counts = ", ".join(f"{split}: {n}" for split, n in res["counts"].items())

@@ -544,7 +544,9 @@ def run_demo_command(cfg: DemoConfig) -> int:
                   f"{cfg.out}/accuracy.png")
     best = max(result["table"], key=lambda s: result["table"][s]["accuracy"])
     model = f"{cfg.out}/seed{cfg.first_seed}/runs/{best}/model"
+    from lightning_nat.demo.synthetic import arith_task
+
     console.print(f"next, watch the {NAMES.get(best, best)} model solve one problem:\n  nat solve --model {model} "
-                  "--task arith 'Mia has 12 apples. Mia buys 5 more apples. How many apples does Mia have now?'",
+                  f"--task {arith_task().name} 'Mia has 12 apples. Mia buys 5 more apples. How many apples does Mia have now?'",
                   highlight=False, soft_wrap=True)
     return 0

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+from rich.markup import escape
+
 from lightning_nat.core.artifacts import PROMPT_FILE, RESULTS_FILE, read_build, read_spec
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
 from lightning_nat.core.results import EvalReport
 
@@ -24,8 +29,6 @@ def hub_token() -> str:
 
 
 def _front_matter(data: dict[str, Any]) -> str:
-    import yaml
-
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -42,16 +45,18 @@ def data_files_config(splits: list[str]) -> list[dict[str, Any]]:
 def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = None) -> str:
     """A dataset card from ``build.json``: variant, sources, counts and the exact ``nat build`` command.
 
-    With ``splits``, its front matter also maps each split to ``data/<split>-*.parquet``, so that
-    ``load_dataset`` reads the pushed layout with the split names we wrote (``dev`` stays ``dev``).
+    With ``splits``, its front matter maps each split to ``data/<split>-*.parquet``, so ``load_dataset`` keeps
+    the split names we wrote (``dev`` stays ``dev``).
     """
+    from lightning_nat.data.build import BuildConfig, build_command
+
     record = read_build(folder)
     cfg, report, stats = record.config, record.report, record.stats
     meta = {"license": "other", "task_categories": ["text-generation"], "language": ["en"],
             "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
     if splits:
         meta["configs"] = data_files_config(splits)
-    command = build_command(cfg)
+    command = build_command(BuildConfig.from_record(cfg))
     sources = "\n".join(f"- `{Path(p).name}`" for p in cfg.get("trajectories", []))
     return _front_matter(meta) + f"""
 # {repo_id.split('/')[-1]}
@@ -88,22 +93,8 @@ def _prompt_line(prompt: dict[str, Any] | None) -> str:
             f"successful ones and inference under `{templates[-1]}`; `nat eval` reads it from `nat_prompt.json`")
 
 
-def build_command(cfg: dict[str, Any] | Any) -> str:
-    """The ``nat build`` command line that rebuilds a build: a ``build.json`` ``config`` record or a ``BuildConfig``.
-
-    Derived from :class:`~lightning_nat.data.build.BuildConfig`, so it names every option that differs from its
-    default and parses back to the same config; inputs are named by file name.
-    """
-    from lightning_nat.data.build import BuildConfig
-    from lightning_nat.data.build import build_command as command
-
-    return command(cfg if isinstance(cfg, BuildConfig) else BuildConfig.from_record(cfg))
-
-
 def model_card(folder: str | Path, repo_id: str) -> str:
     """A model card: base model, data, strategy, hyperparameters, and eval results when present."""
-    import yaml
-
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no config.json (is it an exported `hf/` folder?)")
@@ -147,12 +138,8 @@ Fine-tuned from `{base}` as a ReAct agent with Negative-Aware Training (arXiv 24
 
 
 def stage_dataset(folder: str | Path, repo_id: str, out: str | Path) -> list[str]:
-    """Write into ``out`` exactly what a dataset push uploads; returns the files, relative to ``out``.
-
-    One Parquet file per split under ``data/`` and the card as ``README.md`` (whose ``configs``
-    names the splits): what ``load_dataset(repo_id)`` needs, and nothing else (no Arrow cache,
-    no ``state.json``: a Hub folder mixing those fails to load).
-    """
+    """Write into ``out`` exactly what a dataset push uploads (a Parquet file per split and the card, nothing a
+    Hub folder fails to load with, such as Arrow caches); returns the files, relative to ``out``."""
     import datasets
 
     out = Path(out)
@@ -170,13 +157,8 @@ def stage_dataset(folder: str | Path, repo_id: str, out: str | Path) -> list[str
 
 def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
          stage_dir: str | Path | None = None) -> dict[str, Any]:
-    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card.
-
-    A dataset is staged first (:func:`stage_dataset`, into ``stage_dir`` when given, which a dry
-    run then leaves in place to inspect or load) and that exact folder is what gets uploaded.
-    """
-    import tempfile
-
+    """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card; a dataset is staged first
+    (:func:`stage_dataset`, into ``stage_dir`` when given, kept to inspect) and that folder uploaded."""
     folder = Path(folder)
     if kind == "dataset":
         with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
@@ -226,10 +208,6 @@ class PushConfig:
 
 def run_push(cfg: PushConfig) -> int:
     """``nat push``: upload (or with ``dry_run`` print) the folder and its card."""
-    from rich.markup import escape
-
-    from lightning_nat.core.console import console
-
     plan = push(cfg.kind, cfg.folder, cfg.repo, private=cfg.private, dry_run=cfg.dry_run, stage_dir=cfg.stage_dir)
     if cfg.dry_run:
         console.print(f"would upload to {cfg.repo} ({cfg.kind}, {'private' if cfg.private else 'public'}):")

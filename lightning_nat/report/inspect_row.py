@@ -1,10 +1,5 @@
-"""`nat inspect`: one built row as the model sees it, with the tokens that carry loss marked.
-
-The row is rendered and masked by :func:`lightning_nat.train.tokenization.tokenize_conversation`,
-the code path training uses, so what is shown is what is trained. On a terminal the
-trained tokens are highlighted; elsewhere (a pipe, a log) each trained run is wrapped in
-``⟦ ⟧`` so the mask survives plain text.
-"""
+"""`nat inspect`: one built row as the model sees it, rendered and masked by the code training uses
+(:func:`~lightning_nat.train.tokenization.tokenize_conversation`), trained tokens highlighted (or in ``⟦ ⟧``)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rich.text import Text
+
+from lightning_nat.core.artifacts import read_spec
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
 from lightning_nat.core.prompts import PromptSpec
+from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_conversation
 
 OPEN, CLOSE = "⟦", "⟧"
 
@@ -53,8 +53,6 @@ def row_marker(spec: PromptSpec | None, messages: list[dict]) -> str | None:
 
 def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = None) -> InspectedRow:
     """Render one built row with the training mask: pieces of text, each trained or not."""
-    from lightning_nat.train.tokenization import IGNORE_INDEX, tokenize_conversation
-
     tools = json.loads(row["tools"]) if row.get("tools") else None
     enc = tokenize_conversation(tokenizer, row["messages"], tools=tools)
     pieces: list[tuple[str, bool]] = []
@@ -76,10 +74,6 @@ def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = N
 
 def print_inspected(res: InspectedRow, plain: bool) -> None:
     """Print the header (label, marker, counts) and the rendered text with its trained tokens marked."""
-    from rich.text import Text
-
-    from lightning_nat.core.console import console
-
     console.print(f"row {res.row_id}  label: {res.label}  marker: {res.marker!r}", markup=False, soft_wrap=True)
     console.print(f"tokens: {res.tokens}  trained tokens: {res.trained}  tool calls: {res.calls}", markup=False, soft_wrap=True)
     text = Text()
@@ -109,10 +103,6 @@ def run_inspect(cfg: InspectConfig) -> int:
     """``nat inspect``: render one row with its trained tokens marked."""
     import datasets
     from transformers import AutoTokenizer
-
-    from lightning_nat.core.artifacts import read_spec
-    from lightning_nat.core.console import console
-    from lightning_nat.train.tokenization import ensure_chat_template, load_chat_template
 
     ds = datasets.load_from_disk(cfg.dataset)
     if cfg.split not in ds:

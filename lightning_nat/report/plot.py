@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_nat.core.artifacts import NEG_NUM, PERPLEXITY_FILE, RESULTS_FILE, read_rows
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
+from lightning_nat.core.results import EvalReport, TaskResult
 
 
 def _files(paths: Sequence[str | Path], name: str) -> list[Path]:
@@ -39,24 +41,34 @@ def load_perplexity_runs(paths: Sequence[str | Path]) -> dict[str, list[dict[str
     return runs
 
 
-def _save(fig: Any, out: str | Path) -> Path:
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.4, 4.2))
+
+
+def _save(fig: Any, ax: Any, title: str, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     out = Path(out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ValueError(f"{out}: choose a .png, .pdf or .svg file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150, bbox_inches="tight")
+    plt.close(fig)
     return out
 
 
 def plot_perplexity(runs: dict[str, list[dict[str, Any]]], out: str | Path, x: str = "step",
                     title: str = "Dev perplexity of held-out positive trajectories") -> Path:
     """One line per run; runs trained on positives only are dashed horizontal references."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _figure()
     if x == "negatives":
         # One point per run: its last perplexity against its number of negatives (the paper's Figure 5).
         by_variant: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -80,23 +92,12 @@ def plot_perplexity(runs: dict[str, list[dict[str, Any]]], out: str | Path, x: s
                 ax.plot(xs, ys, marker="o", markersize=3, label=name)
         ax.set_xlabel("training step")
     ax.set_ylabel("perplexity (assistant tokens)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = _save(fig, out)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, title, out)
 
 
 def load_sweep(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Points ``{strategy, neg_num, task, metric, value}`` from ``nat eval`` results or ReActEval rows.
-
-    ``react_eval.jsonl`` rows carry the strategy and the number of negatives actually trained on (from
-    the built dataset's ``build.json``); that count wins over a tag. A ``nat eval`` result knows only
-    what ``--tag variant=nat --tag neg_num=500`` recorded.
-    """
-    from lightning_nat.core.results import EvalReport, TaskResult
-
+    """Points ``{strategy, neg_num, task, metric, value}`` from ``nat eval`` results (their ``--tag variant=..
+    --tag neg_num=..``) or ReActEval rows (whose build's count of negatives wins over a tag)."""
     points = []
     for f in _files(paths, RESULTS_FILE) if any(Path(p).is_dir() for p in paths) else [Path(p) for p in paths]:
         if f.suffix == ".jsonl":  # ReActEval rows: one task result per task and step
@@ -121,11 +122,6 @@ def load_sweep(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def plot_sweep(points: list[dict[str, Any]], out: str | Path, metric: str | None = None) -> Path:
     """Accuracy (or EM/F1) against the number of negatives, one line per strategy and task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if metric is None:
         metric = "accuracy" if any(p["metric"] == "accuracy" for p in points) else "em"
     lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -136,18 +132,14 @@ def plot_sweep(points: list[dict[str, Any]], out: str | Path, metric: str | None
             lines[label].append((p[NEG_NUM], p["value"]))
     if not lines:
         raise ValueError(f"no {metric} values to plot")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _figure()
     for label, pts in sorted(lines.items()):
         pts.sort()
         ax.plot([q[0] for q in pts], [100 * q[1] for q in pts], marker="o", label=label)
     ax.set_xlabel("number of negative trajectories")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric} against the number of negatives" + (f": {next(iter(tasks))}" if len(tasks) == 1 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = _save(fig, out)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, f"{metric} against the number of negatives" + (f": {next(iter(tasks))}" if len(tasks) == 1
+                                                                          else ""), out)
 
 
 @dataclass(kw_only=True)
@@ -167,8 +159,6 @@ class PlotConfig:
 
 def run_plot(cfg: PlotConfig) -> int:
     """``nat plot``: draw the chosen figure into ``cfg.out``."""
-    from lightning_nat.core.console import console
-
     if cfg.kind == "perplexity":
         out = plot_perplexity(load_perplexity_runs(cfg.inputs), cfg.out, x=cfg.x)
     else:

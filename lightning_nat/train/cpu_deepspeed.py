@@ -1,13 +1,9 @@
 """DeepSpeed (ZeRO-3 included) on CPU processes over ``gloo``: a check of a DeepSpeed setup before paying for GPUs.
 
-Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, though DeepSpeed runs ZeRO on CPU;
-this subclass lifts that one refusal, so ``--trainer.accelerator cpu --trainer.devices 2 --trainer.strategy
-lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy`` exercises the real DeepSpeed code (partitioned
-parameters, its accumulation and loss division, sharded checkpoints, the consolidated export). A check, not
-a way to train: slow, tried in fp32 only, ``pin_memory`` switched off, NVMe offload not tried. It relies on
-Lightning's ``setup_environment`` being the only CUDA check, ``setup_distributed`` validating device indices
-against local ranks, and ``_init_deepspeed_distributed`` exporting the rank variables before
-``deepspeed.init_distributed`` (the constructor checks these exist; ``tests/test_zero3.py`` the behaviour).
+Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA, though DeepSpeed runs ZeRO on CPU; this
+subclass lifts that one refusal, so ``--trainer.strategy lightning_nat.train.cpu_deepspeed.CPUDeepSpeedStrategy``
+exercises the real DeepSpeed code (fp32 only, no ``pin_memory``). It relies on the Lightning internals named in
+``_RELIES_ON`` (checked at construction; ``tests/test_zero3.py`` checks the behaviour).
 """
 
 from __future__ import annotations
@@ -24,10 +20,7 @@ _RELIES_ON = ("setup_environment", "setup_distributed", "_init_deepspeed_distrib
 
 
 def cpu_safe_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a DeepSpeed config with the GPU-only memory options turned off.
-
-    ``pin_memory`` pins host memory for GPU transfers and needs CUDA; offload to ``cpu`` is
-    kept (on a CPU run the "offloaded" tensors simply stay where they are).
+    """A copy of a DeepSpeed config with ``pin_memory`` (CUDA only) off; offload to ``cpu`` is kept.
 
     >>> cfg = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True}}}
     >>> cpu_safe_config(cfg)["zero_optimization"]["offload_param"]
@@ -44,12 +37,9 @@ def cpu_safe_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-    """:class:`DeepSpeedStrategy` on ``accelerator="cpu"`` processes, over ``gloo``.
+    """:class:`DeepSpeedStrategy` (every argument of it) on ``accelerator="cpu"`` processes over ``gloo``.
 
-    Takes every ``DeepSpeedStrategy`` argument (``config`` a JSON path or dict, ``stage``, ...).
-    Use it to check that a DeepSpeed setup (ZeRO-3 partitioning, checkpoint folders, the
-    consolidated export, callbacks that run collectives) works end to end on two CPU
-    processes before a GPU job; it is not meant for real training.
+    A check of a DeepSpeed setup end to end before a GPU job, not a way to train.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):

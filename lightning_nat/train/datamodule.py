@@ -1,11 +1,8 @@
 """The LightningDataModule of every objective: built dataset -> tokenized rows -> per-step micro-batches.
 
-Every rank computes the same global schedule from ``(seed, epoch)``: micro-batches of similar
-length (``length_grouped``) or not (``random``), grouped into optimizer steps of
-``world_size x accumulation`` micro-batches. Because the whole step is known in advance, each
-micro-batch carries the number of target tokens (SFT) or rows (DPO, KTO) in its *step* across all
-ranks, which the loss divides by. With ``packing`` a micro-batch's conversations share rows
-(:func:`rows`), which changes the layout of a forward pass and nothing in the loss.
+Every rank computes the same global schedule from ``(seed, epoch)``, so each micro-batch carries the number of
+target tokens (SFT) or rows (DPO, KTO) in its whole optimizer step over all ranks, which the loss divides by.
+``packing`` changes the layout of a forward pass (:func:`rows`), nothing in the loss.
 """
 
 from __future__ import annotations
@@ -18,11 +15,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import datasets
 import lightning as L
 import torch
+from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_nat.data.build import BuildSpec
+from lightning_nat.core.artifacts import BuildRecord, check_dataset_folder, maybe_read_build, read_spec
+from lightning_nat.core.prompts import PromptSpec
+from lightning_nat.data.build import BuildSpec, build_dataset
 from lightning_nat.train.tokenization import (
     IGNORE_INDEX,
     ensure_chat_template,
@@ -43,8 +44,6 @@ EXTRA_COLUMNS = {"sft": [], "dpo": ["rejected_input_ids", "rejected_labels"], "k
 # -- batch arithmetic --------------------------------------------------------------------------------------------
 def accumulation_steps(global_batch_size: int, micro_batch_size: int, devices: int = 1, num_nodes: int = 1) -> int:
     """Micro-batches per optimizer step per device: ``global / (micro x devices x nodes)``, which must divide.
-
-    ``nat fit``, the data module, :func:`make_trainer`, the benchmarks and the demo all ask this; nothing else divides.
 
     >>> accumulation_steps(64, 2, devices=4), accumulation_steps(64, 4, devices=8, num_nodes=2)
     (8, 1)
@@ -84,11 +83,8 @@ def device_count(devices: Any, accelerator: Any = None) -> int:
 
 
 def shard(items: Sequence[T], world: int, rank: int) -> list[tuple[T, bool]]:
-    """This rank's share, ``items[rank::world]`` after repeating the first items up to a multiple of ``world``.
-
-    Every rank gets as many items, so every rank makes the same number of forward passes (ZeRO-3's
-    sharded parameters need it; ``DistributedSampler`` pads the same way). Each item comes with
-    whether it is its first occurrence: training keeps the repeats, evaluation weighs them zero.
+    """This rank's share, ``items[rank::world]`` after repeating the first items up to a multiple of ``world``, each
+    with whether it is its first occurrence: every rank makes the same number of passes (ZeRO-3 needs it).
 
     >>> shard([1, 2, 3], 2, 0), shard([1, 2, 3], 2, 1)
     ([(1, True), (3, True)], [(2, True), (1, False)])
@@ -122,10 +118,8 @@ def micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 
 def step_schedule(batches: list[list[int]], n_targets: Sequence[int], world_size: int,
                   accumulation: int) -> list[list[tuple[list[int], int]]]:
-    """Per rank, ``(indices, step_targets)`` of each micro-batch: the step's target count over all ranks.
-
-    Rank ``r`` takes micro-batches ``r, r + world, ...`` (:func:`shard`); its ``accumulation`` consecutive
-    ones, with the other ranks' at the same places, make one optimizer step.
+    """Per rank (:func:`shard`), ``(indices, step_targets)`` of each micro-batch: the step's target count over all
+    ranks, a step being ``accumulation`` consecutive micro-batches of every rank.
 
     >>> step_schedule([[0], [1], [2]], [1, 2, 4], world_size=2, accumulation=1)
     [[([0], 3), ([2], 5)], [([1], 3), ([0], 5)]]
@@ -204,10 +198,8 @@ class ResumableLoader(DataLoader):
 
 # -- collation ---------------------------------------------------------------------------------------------------
 def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
-    """First-fit decreasing: sequence indices per row, no row longer than the longest sequence.
-
-    Rows no wider than an unpacked batch keep the attention cost of one (sdpa and eager build a dense
-    mask over a row), while a short sequence fills the padding beside a long one.
+    """First-fit decreasing: sequence indices per row, no row longer than the longest sequence (so a row costs the
+    attention of an unpacked one, while short sequences fill the padding beside a long one).
 
     >>> pack_rows([5, 2, 3, 4, 1])
     [[0], [3, 4], [2, 1]]
@@ -229,11 +221,9 @@ def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
 def rows(seqs: list[tuple[list[int], list[int]]], pad_id: int, packing: bool = False) -> dict[str, torch.Tensor]:
     """Sequences as one forward pass: ``input_ids``, ``labels``, ``seq`` (each token's sequence, -1 for pads).
 
-    Unpacked: a row per sequence, right-padded to the longest, with an ``attention_mask``. Packed: the
-    rows of :func:`pack_rows`, with ``position_ids`` restarting at each sequence and no attention mask, from
-    which transformers keeps attention within each sequence (a block-causal mask for ``sdpa``/``eager``,
-    variable-length kernels for flash attention); the padding at a row's end is a sequence of its own. A
-    sequence's first token is never a target: the previous position belongs to another sequence.
+    Unpacked: a right-padded row per sequence, with an ``attention_mask``. Packed: the rows of :func:`pack_rows`
+    with ``position_ids`` restarting at each sequence, from which transformers keeps attention within it; a
+    sequence's first token is never a target (the position before belongs to another sequence).
 
     >>> b = rows([([5, 6, 7], [-100, 6, 7]), ([8, 9], [8, 9])], pad_id=0)
     >>> b["input_ids"].tolist(), b["labels"].tolist(), b["attention_mask"].tolist(), b["seq"].tolist()
@@ -288,11 +278,8 @@ def collate(items: list[dict[str, Any]], pad_id: int, objective: Objective = "sf
 
 
 class _Rows(Dataset):
-    """Tokenized rows (read once into lists), fetched by ``(index, step_targets, weight)``.
-
-    A preference row also gets its reference log-probs, looked up when fetched: Lightning builds the
-    training loader (to count the steps) before the reference pass.
-    """
+    """Tokenized rows (read once into lists), fetched by ``(index, step_targets, weight)``; a preference row's
+    reference log-probs are looked up when fetched (the loader exists before the reference pass)."""
 
     def __init__(self, ds: Any, columns: list[str], dm: NATDataModule | None = None):
         self.columns, self.dm = {c: ds[c][:] for c in columns}, dm
@@ -382,32 +369,20 @@ class NATDataModule(L.LightningDataModule):
         return self._tokenizer
 
     def load_conversations(self) -> Any:
-        import datasets
-
-        from lightning_nat.core.artifacts import check_dataset_folder, maybe_read_build, read_spec
-
         if self.hparams.dataset_dir:
             check_dataset_folder(self.hparams.dataset_dir)
             # Read once: the history rows describe the rows trained on, even if the folder is rebuilt meanwhile.
             self.build_record = maybe_read_build(self.hparams.dataset_dir)
             self.prompt_spec = read_spec(self.hparams.dataset_dir)
             return datasets.load_from_disk(self.hparams.dataset_dir)
-        from lightning_nat.core.prompts import PromptSpec
-        from lightning_nat.data.build import build_dataset
-
         build = self.hparams.build
         res = build_dataset(build if isinstance(build, BuildSpec) else BuildSpec(**build), cache_dir=self.hparams.cache_dir)
         self.prompt_spec = PromptSpec.from_dict(res.report["prompt"]) if "prompt" in res.report else None
-        from lightning_nat.core.artifacts import BuildRecord
-
         self.build_record = BuildRecord(res.config, res.report, res.report.get("prompt"))
         return res.dataset
 
     def _tokenize(self, ds: Any, sides: tuple[str, ...] = ("messages",)) -> tuple[Any, int, int]:
         """Tokenized rows that kept a target, how many were truncated and how many dropped (every objective)."""
-        import datasets
-        from datasets.fingerprint import Hasher
-
         hp = self.hparams
         fp = Hasher.hash((ds._fingerprint, tokenizer_fingerprint(self.tokenizer), hp.max_length, hp.overlong, sides,
                           "v2"))
@@ -454,10 +429,6 @@ class NATDataModule(L.LightningDataModule):
         self.train_rows = rows_
         self.stats = {"train_rows": len(rows_), "truncated": truncated, "dropped": dropped,
                       "target_tokens": int(sum(rows_["n_targets"])), "tokens": int(sum(rows_["length"]))}
-        if hp.objective != "sft":
-            self.stats["rows"] = len(rows_)
-        if hp.objective == "kto":
-            self.stats["desirable"] = sum(lab == "positive" for lab in rows_["label"][:])
         if "dev" in ds:  # held-out positives: dev perplexity, whatever the objective
             self.dev_rows, _, _ = self._tokenize(ds["dev"])
             self._dev_loader = None

@@ -8,16 +8,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+from lightning_nat.core.artifacts import write_spec
+from lightning_nat.train.tokenization import ensure_chat_template, eos_ids, load_chat_template
 
 
 def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
-    """The model's complete weights on rank 0 (``None`` elsewhere). Collective: every rank must call it.
-
-    Under DeepSpeed ZeRO-3 the partitions are gathered one module at a time, under FSDP a full
-    state dict is assembled on CPU; otherwise the local weights are complete already.
-    """
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
+    """The model's complete weights on rank 0 (``None`` elsewhere), gathered from ZeRO-3 or FSDP shards; a
+    collective: every rank must call it."""
     strategy = trainer.strategy
     prefix = "model."
     # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
@@ -36,17 +35,12 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
 
 def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, prompt_spec: Any = None,
               chat_template: str | None = None) -> Path | None:
-    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer).
-
-    With ``prompt_spec`` (the prompt the training conversations were rendered with) it is
-    saved as ``nat_prompt.json``, where ``nat eval``/``nat solve`` find it.
-    """
+    """Write ``out_dir`` that ``AutoModelForCausalLM.from_pretrained`` loads (weights, config, tokenizer), with
+    the training prompt ``prompt_spec`` as ``nat_prompt.json``, where ``nat eval`` finds it."""
     sd = full_state_dict(trainer, module)
     if sd is None:
         return None
     from transformers import AutoTokenizer
-
-    from lightning_nat.train.tokenization import ensure_chat_template, load_chat_template
 
     out = Path(out_dir)
     model = module.model
@@ -69,34 +63,15 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
     ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
-        from lightning_nat.core.artifacts import write_spec
-
         write_spec(prompt_spec, out)
-    return out
-
-
-def eos_ids(*sources: Any) -> list[int]:
-    """Every end-of-sequence id named by the sources (ints, lists, or ``None``), in order, once.
-
-    >>> eos_ids(5, [2, 5], None, 7)
-    [5, 2, 7]
-    """
-    out: list[int] = []
-    for src in sources:
-        for i in src if isinstance(src, (list, tuple)) else [src]:
-            if i is not None and int(i) not in out:
-                out.append(int(i))
     return out
 
 
 def serving_generation_config(model: Any, tokenizer: Any) -> Any:
     """The ``generation_config.json`` of an export: sample when a request asks for it, stop where training did.
 
-    ``do_sample: true`` matters to servers that start from the model's generation config
-    (``transformers serve``): without it they decode greedily whatever temperature a
-    request sends. No temperature, top-p or top-k is written, so the request decides.
-    The end-of-turn token the chat template closes assistant turns with (the tokenizer's
-    eos, e.g. ``<|im_end|>``) comes first, then the model's own eos ids.
+    ``do_sample: true`` (and no temperature, top-p or top-k), or servers that start from it decode greedily
+    whatever a request asks; the end-of-turn token training closed turns with comes first among the eos ids.
     """
     from transformers import GenerationConfig
 
@@ -123,11 +98,8 @@ def _gathered_state_dict(module: Any, rank: int) -> dict[str, torch.Tensor] | No
 
 
 def _unpartitioned_copy(peft_model: Any, ds_config: Any) -> Any:
-    """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3.
-
-    transformers builds models under ``deepspeed.zero.Init`` while an ``HfDeepSpeedConfig`` is alive
-    (the module holds one during ZeRO-3 training), so that switch is turned off for the build.
-    """
+    """A fresh CPU model with ``peft_model``'s architecture and adapters, built outside ZeRO-3 (the live
+    ``HfDeepSpeedConfig``, which would make transformers build under ``zero.Init``, is unset meanwhile)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from transformers.integrations import deepspeed as hf_deepspeed

@@ -9,14 +9,21 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import sys
 import zipfile
 from typing import Any
 
+import torch.distributed as dist
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_nat.core.artifacts import check_dataset_folder, check_model_folder
+from lightning_nat.core.outputs import output_lock, reading
 from lightning_nat.train.datamodule import NATDataModule, accumulation_steps, device_count
+from lightning_nat.train.export import ExportHF
 from lightning_nat.train.model import NATModule
+from lightning_nat.train.perplexity import DevPerplexity
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 2,
@@ -37,9 +44,7 @@ DEFAULT_CALLBACKS = [
 class NATCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also refreshes ``last.ckpt`` at the end of every training epoch.
 
-    Lightning treats ``every_n_train_steps`` and per-epoch saving as exclusive triggers, so a run saving
-    every N steps would otherwise end an epoch without a checkpoint of it. Written with the public
-    ``Trainer.save_checkpoint`` (a collective, as every rank runs this hook).
+    Lightning's ``every_n_train_steps`` excludes per-epoch saving, which would leave an epoch without a checkpoint.
     """
 
     _saved_step = -1
@@ -59,10 +64,8 @@ class CheckpointError(ValueError):
 
 
 def check_checkpoint(path: str) -> None:
-    """Refuse a checkpoint that is missing, empty or not a ``torch.save`` archive, before any unpickling.
-
-    A directory is accepted as is (DeepSpeed writes checkpoints as folders).
-    """
+    """Refuse a checkpoint that is missing, empty or not a ``torch.save`` archive, before any unpickling (a
+    folder, DeepSpeed's kind, is accepted as is)."""
     if os.path.isdir(path):
         return
     if not os.path.exists(path):
@@ -104,9 +107,6 @@ class NATCLI(LightningCLI):
     """Fills in what follows from other settings: the tokenizer and the accumulation steps."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        from lightning_nat.train.export import ExportHF
-        from lightning_nat.train.perplexity import DevPerplexity
-
         # Always present, configured as checkpoint.* and export.* (not lost when a YAML lists callbacks).
         parser.add_lightning_class_args(NATCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
@@ -125,8 +125,6 @@ class NATCLI(LightningCLI):
             cfg.data.global_batch_size, cfg.data.micro_batch_size, device_count(cfg.trainer.devices, cfg.trainer.accelerator),
             int(cfg.trainer.num_nodes or 1))
         if cfg.trainer.enable_progress_bar is not False:
-            from jsonargparse import Namespace
-
             callbacks = list(cfg.trainer.callbacks or [])
             if not any("ProgressBar" in str(getattr(cb, "class_path", "")) for cb in callbacks):
                 callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace()))
@@ -139,16 +137,12 @@ class NATCLI(LightningCLI):
             # Loggers follow trainer.default_root_dir unless a config names their folder.
             if getattr(logger, "init_args", None) is not None and logger.init_args.get("save_dir") == "runs" and root:
                 logger.init_args.save_dir = root
-        from lightning_nat.core.artifacts import check_dataset_folder, check_model_folder
-
-        check_model_folder(cfg.model.model_name_or_path, "model.model_name_or_path")
-        if cfg.data.dataset_dir:
-            check_dataset_folder(cfg.data.dataset_dir)
-        if self.subcommand == "fit":
+        if self.subcommand == "fit":  # a parse-only CLI (run=False) checks the config, not the folders
+            check_model_folder(cfg.model.model_name_or_path, "model.model_name_or_path")
+            if cfg.data.dataset_dir:
+                check_dataset_folder(cfg.data.dataset_dir)
             cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.checkpoint.dirpath)
             if _is_launching_process():
-                from lightning_nat.core.outputs import output_lock, reading
-
                 if root:  # two runs into one root would interleave checkpoints and logs
                     _HELD.enter_context(output_lock(root, "nat fit"))
                 if cfg.data.dataset_dir:  # `nat build --overwrite` may not replace the rows being trained on
@@ -157,8 +151,6 @@ class NATCLI(LightningCLI):
 
 def cli_main(argv: list[str] | None = None) -> int:
     """Entry of ``nat fit``: ``argv`` are LightningCLI arguments (``--config``, ``--trainer.*``, ...)."""
-    import sys
-
     argv = list(argv or [])
     # From the `nat` console script sys.argv already reads `nat fit ...`: let LightningCLI read it (the DDP
     # launcher re-runs that same command line in each child process).
@@ -179,13 +171,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Close this rank's process group before the interpreter exits.
-
-    Lightning leaves it open. A rank that finished first (rank 0 still exporting) then met the
-    group's threads in interpreter shutdown, and once in CI a gloo rank died there ("terminate
-    called without an active exception", SIGABRT) after its work was done, failing the launch.
-    """
-    import torch.distributed as dist
-
+    """Close this rank's process group, which Lightning leaves open: a rank that finished first could otherwise
+    die in interpreter shutdown ("terminate called without an active exception") and fail the launch."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

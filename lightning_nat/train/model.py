@@ -1,30 +1,24 @@
 """The LightningModule: a causal LM trained on assistant tokens, with a table from objective to loss.
 
-``sft`` is NAT's loss (NAT, NUT and w/o Neg differ only in their data): the summed cross-entropy of an
-optimizer step's target tokens divided by their number over the whole step (all micro-batches, all
-ranks), not a mean of per-micro-batch means. ``dpo`` and ``kto`` score a trajectory by the summed
-log-probability of the same target tokens (every assistant turn and the end-of-turn token closing it;
-prompts, observations and tool results contribute nothing), so each loss agrees with TRL's wherever
-the masks agree (tests/test_trl_agreement.py); their divisor is the step's rows (pairs).
-
-The reference log-probabilities of DPO/KTO are computed once, before the first step, by the model being
-trained (the starting checkpoint), one forward pass per sequence, sharded across ranks; they are kept
-with the data module's rows and in every checkpoint (a resumed run does not recompute them from trained
-weights). Under ZeRO-3 only one model is ever held. With LoRA, ``reference: adapter_disabled`` uses the
-base model (adapters switched off) as a live reference instead. KTO's reference point comes from each
-row's mismatched pair (:func:`~lightning_nat.train.tokenization.mismatched_pair`), averaged over the
-micro-batch and then over ranks (TRL's estimate).
+``sft`` is NAT's loss (NAT, NUT and w/o Neg differ only in their data): the summed cross-entropy of a step's
+target tokens divided by their number over the whole step (all micro-batches and ranks). ``dpo`` and ``kto``
+score a trajectory by the summed log-probability of the same targets, so each agrees with TRL's where the
+masks agree (tests/test_trl_agreement.py), divided by the step's rows. Their reference log-probs are computed
+once before the first step by the starting weights (kept in checkpoints: a resumed run does not recompute
+them), or live with LoRA's adapters off (``reference: adapter_disabled``); one model is ever held.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
 from lightning_nat.train.datamodule import shard
 from lightning_nat.train.tokenization import IGNORE_INDEX
@@ -252,13 +246,8 @@ class NATModule(L.LightningModule):
 
     def reference_of(self, batch: Batch) -> torch.Tensor:
         if self.hparams.reference == "adapter_disabled":
-            was_training = self.training
-            self.eval()
-            try:
-                with torch.no_grad(), self.model.disable_adapter():
-                    return self.pair_logps(batch).float()
-            finally:
-                self.train(was_training)
+            with _eval_mode(self), torch.no_grad(), self.model.disable_adapter():
+                return self.pair_logps(batch).float()
         if "ref" not in batch:
             raise RuntimeError("the batch has no reference log-probs: train DPO/KTO with NATDataModule, whose rows "
                                "NATModule gives them before the first step")
@@ -272,16 +261,12 @@ class NATModule(L.LightningModule):
         mine = [i for i, _ in shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), trainer.world_size,
                                     trainer.global_rank)]  # repeats are real rows, computed again
         bs = dm.hparams.micro_batch_size
-        was_training = self.training
-        self.eval()
         values, indices = [], []
-        try:
+        with _eval_mode(self):
             for batch in dm.loader([[(i, 1, 1.0) for i in mine[s:s + bs]] for s in range(0, len(mine), bs)]):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 values.append(self.pair_logps(batch).float())
                 indices.append(batch["index"])
-        finally:
-            self.train(was_training)
         vals, idx = torch.cat(values), torch.cat(indices)
         if trainer.world_size > 1:
             vals = trainer.strategy.all_gather(vals).reshape(-1, 2)
@@ -315,15 +300,9 @@ class NATModule(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------------------------
     def loss_scale(self) -> float:
-        """Factor that undoes the averaging done downstream of ``training_step``.
-
-        Lightning divides the returned loss by ``accumulate_grad_batches`` (its closure result),
-        data-parallel reduction averages the gradients over the ranks (DDP's all-reduce, ZeRO's
-        reduce-scatter), and under DeepSpeed ``DeepSpeedEngine.backward`` divides the loss once
-        more by its ``gradient_accumulation_steps`` (``scale_wrt_gas=True``), which Lightning sets
-        to ``accumulate_grad_batches``. Proven against a single process on 2 ZeRO-3 CPU processes
-        (tests/test_zero3.py, gradients equal to 1e-5).
-        """
+        """Factor that undoes the averaging downstream of ``training_step``: Lightning's division by
+        ``accumulate_grad_batches``, the gradient mean over ranks, and under DeepSpeed ``backward``'s division by
+        its ``gradient_accumulation_steps`` once more (tests/test_zero3.py checks the gradients to 1e-5)."""
         trainer = self.trainer
         acc = trainer.accumulate_grad_batches
         return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
@@ -352,19 +331,11 @@ class NATModule(L.LightningModule):
 
     @torch.no_grad()
     def dev_perplexity(self, loader: Any) -> dict[str, float] | None:
-        """Dev NLL and perplexity over ``loader`` outside a validation loop (every N steps, see DevPerplexity).
-
-        Every rank runs the same number of forward passes (the dev loader pads shards with
-        zero-weight rows), which ZeRO-3's sharded parameters require.
-        """
-        was_training = self.training
-        self.eval()
+        """Dev NLL and perplexity over ``loader`` outside a validation loop (every N steps, see DevPerplexity)."""
         local = torch.zeros(2, dtype=torch.float64, device=self.device)
-        try:
+        with _eval_mode(self):
             for batch in loader:
                 local += self.dev_sums(self.transfer_batch_to_device(batch, self.device, 0))
-        finally:
-            self.train(was_training)
         return self.dev_result(local)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -395,6 +366,17 @@ class NATModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
+@contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 def _attached_trainer(module: L.LightningModule) -> Any:
     """The trainer running ``module``, or None outside a run (tests, notebooks)."""
     try:
@@ -405,8 +387,6 @@ def _attached_trainer(module: L.LightningModule) -> Any:
 
 def _zero(module: L.LightningModule) -> dict[str, Any] | None:
     """The ``zero_optimization`` config when training under DeepSpeed, else None."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
-
     strategy = getattr(_attached_trainer(module), "strategy", None)
     # isinstance, not the class name: CPUDeepSpeedStrategy (the CPU check) is a DeepSpeedStrategy too.
     config = strategy.config if isinstance(strategy, DeepSpeedStrategy) else None

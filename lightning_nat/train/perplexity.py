@@ -31,11 +31,9 @@ class DevPerplexity(L.Callback):
         self.history_file = history_file
         self._last_step = -1
 
-    def _path(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / self.history_file
-
     def _record(self, trainer: L.Trainer, values: dict[str, float], source: str) -> None:
-        path = self._path(trainer)  # trainer.log_dir is a collective under DDP: every rank asks
+        # trainer.log_dir is a collective under DDP: every rank asks
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.history_file
         if trainer.global_rank != 0:
             return
         append_row(path, {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,

@@ -1,9 +1,5 @@
-"""An offline scratch model: a tiny random-init Llama and a BPE tokenizer trained here.
-
-It is saved as an ordinary Hugging Face folder (config, weights, tokenizer, chat
-template), so tests, CPU runs and the demo go through the same ``from_pretrained``
-code as a real checkpoint. Nothing is downloaded.
-"""
+"""An offline scratch model: a tiny random-init Llama and a BPE tokenizer trained here, saved as an ordinary
+Hugging Face folder, so tests, CPU runs and the demo load it as a real checkpoint. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -13,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lightning_nat.core.console import console
 from lightning_nat.core.options import option
+from lightning_nat.core.outputs import writing
 
 # ChatML. The {% generation %} block marks what an assistant turn trains on (its text, <|im_end|> and
 # the newline after it, exactly our mask), so TRL's `assistant_only_loss=True` works with it too; it
@@ -33,12 +31,8 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE,
                     split_digits: bool = False):
-    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``.
-
-    With ``chat_template=None`` it ships none, and training falls back to Llama-2-chat. With
-    ``split_digits`` every digit is its own token, as in Llama's tokenizers, so a number is copied
-    digit by digit rather than as one of many arbitrary merged tokens.
-    """
+    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast`` (no chat template: training
+    falls back to Llama-2-chat; ``split_digits``: one token per digit, as Llama's, so numbers copy digit by digit)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -115,9 +109,6 @@ class ScratchConfig:
 
 def run_scratch(cfg: ScratchConfig) -> int:
     """``nat scratch``: train the tokenizer on the dataset's texts and save a random-init model beside it."""
-    from lightning_nat.core.console import console
-    from lightning_nat.core.outputs import writing
-
     texts = conversation_texts(cfg.dataset)
     with writing(cfg.out, "nat scratch", cfg.overwrite, inputs=[cfg.dataset]) as staged:
         make_scratch_model(staged, texts, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,

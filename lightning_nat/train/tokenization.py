@@ -1,16 +1,9 @@
 """Chat-template rendering with an assistant-only loss mask.
 
-The mask is computed on the tokenization of the *whole* rendered conversation:
-each assistant turn's character span is found by rendering prefixes of the
-conversation (verified to be string prefixes of the full render), and a token
-is a target when its character offsets overlap such a span. Turns are never
-tokenized in isolation, so BPE merges across turn boundaries cannot shift the
-mask.
-
-Function-calling conversations render the same way, through the template's own
-``tools=`` and ``tool_calls`` support (as ``transformers`` passes them): the calls
-are part of the assistant turn they belong to, so they are trained; tool results,
-the tool schemas and every other non-assistant turn are not.
+The mask is computed on the tokenization of the whole rendered conversation: each assistant turn's character
+span is found by rendering prefixes (checked to be prefixes of the full render), and a token is a target when
+its offsets overlap a span, so BPE merges across turn boundaries cannot shift it. Tool calls render through
+the template's own ``tools=``/``tool_calls`` support and are trained with their turn; tool results are not.
 """
 
 from __future__ import annotations
@@ -19,10 +12,11 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning_nat.core.prompts import LLAMA2_CHAT_TEMPLATE
-from lightning_nat.core.trajectory import has_tool_calls, template_message
+from lightning_nat.core.trajectory import as_openai, has_tool_calls
 
 IGNORE_INDEX = -100
 
@@ -41,10 +35,22 @@ def ensure_chat_template(tokenizer: Any) -> Any:
 def load_chat_template(tokenizer: Any, path: str | None) -> Any:
     """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``); None keeps its own."""
     if path:
-        from pathlib import Path
-
         tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
     return tokenizer
+
+
+def eos_ids(*sources: Any) -> list[int]:
+    """Every end-of-sequence id named by the sources (ints, lists, or ``None``), in order, once.
+
+    >>> eos_ids(5, [2, 5], None, 7)
+    [5, 2, 7]
+    """
+    out: list[int] = []
+    for src in sources:
+        for i in src if isinstance(src, (list, tuple)) else [src]:
+            if i is not None and int(i) not in out:
+                out.append(int(i))
+    return out
 
 
 def _fix_hint(tokenizer: Any) -> str:
@@ -56,7 +62,7 @@ def _fix_hint(tokenizer: Any) -> str:
 
 def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False,
             tools: list[dict] | None = None) -> str:
-    msgs = [template_message(m) for m in messages]
+    msgs = [as_openai(m, wire=False) for m in messages]
     kwargs: dict[str, Any] = {"tools": tools} if tools else {}
     if not (tools or has_tool_calls(messages)):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
@@ -86,7 +92,7 @@ def _check_calls_rendered(tokenizer: Any, full: str, messages: Sequence[dict], t
     user turn) are checked against that block."""
     start, needed = 0, []
     for i, m in enumerate(messages):
-        for call in template_message(m).get("tool_calls") or []:
+        for call in as_openai(m, wire=False).get("tool_calls") or []:
             name = call["function"]["name"]
             needed += [(name, i, f"the call to {name!r}")]
             needed += [(x, i, f"the argument {x!r} of {name!r}") for x in _leaves(call["function"]["arguments"])]
@@ -115,11 +121,8 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict],
                     tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The full render and the character spans of every trained (assistant) turn.
 
-    A span runs from where the assistant's text starts to where the render of the
-    conversation up to and including that turn ends, so it covers the end-of-turn
-    marker the template appends (``</s>``, ``<|im_end|>``) and, in a function-calling
-    turn, the calls the template writes. ``tools`` (OpenAI-style schemas) are passed to
-    the template on every render.
+    A span runs from the turn's text to the end of the render up to that turn, so it covers the end-of-turn
+    marker the template appends (``<|im_end|>``) and the calls it writes.
     """
     full = _render(tokenizer, messages, tools=tools)
     if tools or has_tool_calls(messages):
@@ -155,10 +158,7 @@ class TokenizedConversation:
 
 def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], max_length: int | None = None,
                           tools: list[dict] | None = None) -> TokenizedConversation:
-    """Token ids and labels (``-100`` outside assistant turns) of one conversation.
-
-    Raises :class:`ConversationError` if no token is a target.
-    """
+    """Token ids and labels (``-100`` outside assistant turns) of one conversation; none a target is an error."""
     full, spans = assistant_spans(tokenizer, messages, tools)
     if not spans:
         raise ConversationError("the conversation has no assistant turn to train on")
@@ -190,10 +190,9 @@ def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int,
                    sides: Sequence[str] = ("messages",)) -> dict[str, list]:
     """``datasets.map`` function (batched): every objective's one tokenization.
 
-    Each side (``messages``; a DPO row also ``rejected``) goes through :func:`tokenize_conversation`
-    with the row's tools; a side other than ``messages`` gets its columns prefixed (``rejected_input_ids``).
-    ``length`` is the row's longest side; a row is ``truncated`` when a side is, and kept only when
-    every side kept a target (and, with ``overlong="drop"``, none was truncated).
+    Each side (``messages``, a DPO row's ``rejected`` too, its columns prefixed ``rejected_``) is tokenized with
+    the row's tools; ``length`` is the longest side's, and a row is kept when every side kept a target (and,
+    with ``overlong="drop"``, none was truncated).
     """
     out: dict[str, list] = {"length": [], "truncated": [], "keep": []}
     n = len(batch["id"])

@@ -1,14 +1,12 @@
-"""``make_trainer``: a Lightning ``Trainer`` set up for the NAT data modules, usable outside ``nat fit``.
-
-The data modules lay whole optimizer steps out across ranks themselves, so the trainer must not add a
-distributed sampler, and its gradient accumulation must be the one the global batch size implies.
-``nat fit`` gets both from its own config (``train.NATCLI``); a script, notebook, test or benchmark
-gets them here.
-"""
+"""``make_trainer``: a Lightning ``Trainer`` set up for the NAT data modules outside ``nat fit`` (no distributed
+sampler, the accumulation the global batch size implies), for scripts, notebooks, tests and benchmarks."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import lightning as L
+import torch
 
 from lightning_nat.train.datamodule import accumulation_steps, device_count
 
@@ -32,14 +30,8 @@ def quiet_tips() -> None:
 
 def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1, num_nodes: int = 1,
                  **trainer_kwargs: Any) -> Any:
-    """A ``lightning.Trainer`` whose accumulation follows ``datamodule``'s global and micro batch sizes.
-
-    ``datamodule`` is a :class:`~lightning_nat.train.datamodule.NATDataModule` (or anything with
-    ``hparams.global_batch_size`` and ``hparams.micro_batch_size``); every other keyword goes to
-    ``Trainer``. An ``accumulate_grad_batches`` that contradicts the batch sizes is an error.
-    """
-    import lightning as L
-
+    """A ``lightning.Trainer`` whose accumulation follows ``datamodule``'s global and micro batch sizes; every other
+    keyword goes to ``Trainer`` (an ``accumulate_grad_batches`` that contradicts the batch sizes is an error)."""
     quiet_tips()
     hp = datamodule.hparams
     acc = accumulation_steps(hp.global_batch_size, hp.micro_batch_size, device_count(devices, accelerator), num_nodes)
@@ -57,8 +49,6 @@ def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1,
         per_epoch = -(-micro // (device_count(devices, accelerator) * num_nodes * acc))
         trainer_kwargs["max_epochs"] = -(-steps // max(1, per_epoch))
     if trainer_kwargs.get("deterministic") is True:
-        import torch
-
         # Deterministic mode also fills every new tensor with NaN, a debugging aid for code that reads memory it
         # never wrote (none here); it cost about 5 % of a demo step. Results do not depend on it.
         torch.utils.deterministic.fill_uninitialized_memory = False
