@@ -276,3 +276,49 @@ def test_block_runs_as_written(chain, tmp_path):
                               text=True, timeout=900)
         assert done.returncode == 0, (f"{b.name} failed (exit {done.returncode}):\n{b.text}\n--- output ---\n"
                                       f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+
+
+# ------------------------------------------------------------------- what a newcomer hit (issue 32, item 5)
+
+
+def test_the_deepspeed_extra_holds_what_transformers_deepspeed_integration_requires():
+    """`pip install -e '.[deepspeed]'` then `python bench/zero3_check.py` stopped on a missing accelerate."""
+    import configparser
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    from transformers.dependency_versions_table import deps
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    needed = Requirement(deps["accelerate"])  # what transformers checks when DeepSpeed is used
+    floor = max(Version(s.version) for s in needed.specifier if s.operator == ">=")
+    for extra in ("deepspeed", "dev"):
+        reqs = [Requirement(line.split(";")[0]) for line in cfg["options.extras_require"][extra].split("\n") if line]
+        ours = next((r for r in reqs if r.name == "accelerate"), None)
+        assert ours is not None, f"the {extra} extra lacks accelerate"
+        assert min(Version(s.version) for s in ours.specifier if s.operator == ">=") >= floor, (extra, str(ours))
+
+
+def _nat(args: list[str], cwd: Path, pythonpath: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, str(ROOT)])), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "lightning_nat.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_corpus_without_the_search_extra_says_how_to_install_it_from_a_clone(tmp_path):
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "bm25s.py").write_text("raise ImportError('bm25s is not installed here')\n")
+    (tmp_path / "notes.txt").write_text("One passage of text.\n")
+    done = _nat(["corpus", "notes.txt", "--out", "c"], tmp_path, pythonpath=str(tmp_path / "block"))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "pip install -e '.[search]'" in done.stderr and not (tmp_path / "c").exists()
+
+
+def test_the_same_corpus_command_twice_replaces_its_own_output(tmp_path):
+    pytest.importorskip("bm25s")
+    (tmp_path / "notes.txt").write_text("One passage of text.\n\nAnother passage.\n")
+    for _ in range(2):
+        done = _nat(["corpus", "notes.txt", "--out", "c"], tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c" / "passages.jsonl").read_text().count("\n") == 2
