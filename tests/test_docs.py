@@ -31,7 +31,7 @@ DIRECTIVE = re.compile(r"^# (needs|after|run by): *(.+)$")
 # Set-up commands: the suite runs in its own environment, so they are recognised, not re-run.
 SETUP = re.compile(r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .+)$")
 SUITE = "python -m pytest"  # the tests' own command: what runs this file
-# With NAT_DOCS_QUICK set, `nat demo` runs as `nat demo --quick` (the full demo takes about ten minutes).
+# With NAT_DOCS_QUICK set, `nat demo` runs as `nat demo --quick` (the full demo takes many minutes).
 QUICK_DEMO = ('nat() { if [ "${1-}" = demo ] && [ -n "${NAT_DOCS_QUICK-}" ]; then command nat "$@" --quick; '
               'else command nat "$@"; fi; }\n')
 README_SETUP = [
