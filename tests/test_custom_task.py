@@ -1,4 +1,4 @@
-"""Bring your own agent: the README's commands on examples/custom_task, task-less builds, other commands."""
+"""Bring your own agent: docs/own-agent.md's commands on examples/custom_task, task-less builds, other commands."""
 
 import json
 import os
@@ -24,9 +24,9 @@ def _nat(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def _readme_block(section: str, index: int = 0) -> list[str]:
-    """The ``nat`` lines of the index-th bash block of a README section, as written."""
-    text = (ROOT / "README.md").read_text()
+def _doc_block(section: str, index: int = 0) -> list[str]:
+    """The ``nat`` lines of the index-th bash block of a section of docs/own-agent.md, as written."""
+    text = (ROOT / "docs/own-agent.md").read_text(encoding="utf-8")
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
     return [line for line in blocks[index].splitlines() if line.startswith("nat ")]
@@ -41,7 +41,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_readme_commands_run_the_custom_task_end_to_end(workdir):
-    commands = _readme_block("Your own agent")
+    commands = _doc_block("The example: unit conversion")
     assert [shlex.split(c)[1] for c in commands] == ["build", "scratch", "fit", "eval"]
     for command in commands:
         proc = _nat(shlex.split(command)[1:], workdir)
@@ -110,7 +110,7 @@ def test_taskless_build_keeps_each_trajectorys_own_system_prompt(workdir):
     source = workdir / "examples/custom_task/trajectories.jsonl"
     system = json.loads(source.read_text().splitlines()[0])["messages"][0]["content"]
     proc = _nat(["build", "--format", "openai", "--trajectories", str(source), "--variant", "nat", "--out", "own"],
-                workdir)  # the README's task-less command
+                workdir)  # docs/own-agent.md's task-less command
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cli_rows = datasets.load_from_disk(str(workdir / "own"))["train"]
     for variant, negative_marker in (("nat", "Please solve it incorrectly."), ("nut", "Please solve it correctly."),

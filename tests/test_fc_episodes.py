@@ -212,9 +212,9 @@ def test_nat_eval_function_calling_through_the_openai_policy(tmp_path):
     assert len(rows) == 8 and sum(len(m["tool_calls"] or []) for r in rows for m in r["messages"]) == 8
 
 
-def _readme_block(section: str, index: int) -> list[str]:
-    """The ``nat`` lines of the index-th bash block of a README section, as written."""
-    text = (ROOT / "README.md").read_text()
+def _doc_block(section: str, index: int) -> list[str]:
+    """The ``nat`` lines of the index-th bash block of a section of docs/own-agent.md, as written."""
+    text = (ROOT / "docs/own-agent.md").read_text(encoding="utf-8")
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
     return [line for line in blocks[index].splitlines() if line.startswith("nat ")]
@@ -227,10 +227,10 @@ def test_example_templates_are_the_tested_families():
 
 @pytest.mark.slow
 def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_path):
-    """The README's commands as written: build, scratch, fit and nat eval with the Hermes and the Llama-3.1
+    """docs/own-agent.md's commands as written: build, scratch, fit and nat eval with the Hermes and the Llama-3.1
     templates through the local policy, then the same task through the OpenAI policy (scripted server)."""
     shutil.copytree(EXAMPLE, tmp_path / "examples" / "custom_task")
-    commands = _readme_block("Function-calling agents", -1)
+    commands = _doc_block("Function calling", -1)
     assert [shlex.split(c)[1] for c in commands] == ["build", "scratch", "fit", "eval", "fit", "eval"]
     for command in commands:
         proc = _nat(shlex.split(command)[1:], tmp_path)
@@ -247,7 +247,7 @@ def test_readme_function_calling_example_trains_and_evaluates_each_family(tmp_pa
         assert report["agent"] == "function-calling" and report["tool_parser"] == family
         result = report["results"]["units-fc"]
         assert result["episodes"] == 4 and "tool_calls" in result and "tool_errors" in result
-        if family == "hermes":  # it learnt to open a call (README: unclosed blocks, each a counted parse error)
+        if family == "hermes":  # it learnt to open a call (docs: unclosed blocks, each a counted parse error)
             assert result["parse_errors"] + result["tool_calls"] > 0
         for line in (tmp_path / f"runs/units-fc/{out}/trajectories.jsonl").read_text().splitlines():
             episode = json.loads(line)

@@ -3,6 +3,8 @@ that resumes to the uninterrupted result, a round without positives, and a re-ru
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,14 +19,16 @@ from lightning_nat.core.options import config_argv, from_namespace
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "iterate"
-# docs/iterate.md's runnable block, from the repository root.
-PREPARE = [
-    ["build", "--format", "jsonl", "--trajectories", "examples/iterate/teacher.jsonl", "--task", "arith", "--variant",
-     "nat", "--out", "runs/iterate-scratch-data"],
-    ["scratch", "--dataset", "runs/iterate-scratch-data", "--out", "runs/iterate-scratch", "--vocab-size", "300",
-     "--hidden-size", "32", "--layers", "1", "--heads", "2"],
-]
-ITERATE = ["iterate", "--config", "examples/iterate/tiny.yaml"]
+
+
+def doc_commands() -> list[list[str]]:
+    """docs/iterate.md's runnable block (its `# run by:` names this file), from the repository root, as written."""
+    text = (REPO / "docs/iterate.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n# run by: tests/test_iterate.py[^\n]*\n(.*?)```", text, re.S).group(1)
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("nat ")]
+
+
+*PREPARE, ITERATE = doc_commands()
 
 
 def nat(args, cwd, env=None, check=True):

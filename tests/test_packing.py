@@ -121,7 +121,7 @@ def test_flash_attention_layout_is_one_row_without_padding_and_the_same_log_prob
 
 
 def test_packed_function_calling_build_keeps_its_trained_tokens(scratch_model, tmp_path):
-    """The README's function-calling build, tokenized by the data module (Hermes tool template): every conversation
+    """docs/own-agent.md's function-calling build, tokenized by the data module (Hermes tool template): every conversation
     trains the same tokens packed as unpacked, tool calls included (no label lost or shifted at a boundary)."""
     from lightning_nat.builders import build_dataset, save_build
 
