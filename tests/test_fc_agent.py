@@ -82,3 +82,15 @@ def test_a_call_id_used_twice_is_a_parse_error_not_a_crash():
     assert messages[-1] == {"role": "user", "content": "Error: tool call 0 repeats the id 'same' of an earlier call"}
     assert (counts.calls, counts.parse_errors) == (1, 2)
     Trajectory("e", "", "q", messages, reward=False)  # the episode is still a valid trajectory
+
+
+def test_builtin_calculator_schema_is_its_help_line_and_args_only():
+    # transformers' get_json_schema copies the whole docstring: notes or a doctest there would be offered to the model.
+    from lightning_nat.core.tools import calculate, tool_help
+
+    (schema,) = schemas_of([calculate])
+    fn = schema["function"]
+    assert fn["description"] == "Evaluates an arithmetic expression such as (12 + 7) * 3 / 4 and returns the number."
+    assert tool_help("calculate").lower().endswith(fn["description"].lower())
+    assert fn["parameters"]["properties"] == {
+        "expression": {"type": "string", "description": "the arithmetic to evaluate, e.g. '(12 + 7) * 3 / 4'"}}

@@ -47,7 +47,8 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from units import convert
 
-    from lightning_nat.agent.fc_episode import calculate, schemas_of
+    from lightning_nat.agent.function_calling import schemas_of
+    from lightning_nat.core.tools import calculate
 
     TOOLS = schemas_of([convert, calculate])
     source = (HERE / "trajectories.jsonl").read_text().splitlines()

@@ -196,20 +196,16 @@ def format_number(x: sympy.Expr) -> str:
     return f"-{text}" if scaled < 0 else text
 
 
+# The docstring is the tool's one description for both agents: its first line is the ReAct help line, and with the
+# Args section it is the JSON schema a function-calling agent is offered (transformers' get_json_schema copies all
+# of it, so nothing else goes there). The text is parsed with ast, only numbers, + - * / // % **, parentheses, pi/e
+# and a few named functions are accepted, and the tree is evaluated with SymPy numbers under size limits: nothing
+# the model writes is executed, every call returns quickly, and a failure is an "Error: ..." observation.
 def calculate(expression: str) -> str:
     """Evaluates an arithmetic expression such as (12 + 7) * 3 / 4 and returns the number.
 
-    One description for both agents: its first line is the ReAct help line, and with the ``Args``
-    section it is the JSON schema a function-calling agent is offered. The text is parsed with
-    :mod:`ast` and only numbers, ``+ - * / // % **``, parentheses, ``pi``/``e`` and a few named
-    functions are accepted; the tree is evaluated with SymPy numbers under size limits, so nothing
-    the model writes is executed and every call returns quickly; a failure is an ``Error: ...``.
-
     Args:
         expression: the arithmetic to evaluate, e.g. '(12 + 7) * 3 / 4'
-
-    >>> calculate("(12 + 7) * 3 / 4"), calculate("2**10"), calculate("__import__('os')")
-    ('14.25', '1024', 'Error: unsupported syntax: Call')
     """
     if not isinstance(expression, str) or not expression.strip():
         return "Error: empty expression"
