@@ -42,7 +42,7 @@ OPERATIONAL = {"rounds", "base_url", "api_key_env", "concurrency", "max_retries"
 
 def as_in_collect(name: str) -> Any:
     """``nat collect``'s option ``name``: the same default, help and bounds (one definition per option)."""
-    from lightning_nat.agent.collect_command import CollectConfig
+    from lightning_nat.agent.collect import CollectConfig
 
     f = next(f for f in fields(CollectConfig) if f.name == name)
     return option(f.default, **f.metadata)

@@ -79,7 +79,7 @@ class DemoConfig:
     beta: float = _size(0.1, "DPO/KTO beta")
     max_turns: int = _size(6, "agent turns per episode")
     max_new_tokens: int = _size(0, "tokens per turn (0: the longest teacher turn plus a margin)")
-    threads: int = _size(1, "torch threads (fixed, for identical results)")
+    threads: int = _size(2, "torch threads: the same count gives the same results (the report used 2)")
     notes: list[str] = option([], internal=True)
 
     def __post_init__(self) -> None:
