@@ -334,3 +334,30 @@ def test_runs_print_no_lightning_tips_or_deprecation_noise(tmp_path, scratch_mod
         assert proc.returncode == 0, proc.stderr[-2000:]
         out = proc.stdout + proc.stderr
         assert "Tip:" not in out and "FutureWarning" not in out and "past_key_values" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("command", [["solve", "1 + 1"], ["eval", "--tasks", "gsm8k", "--limit", "1", "--out", "ev"]])
+def test_the_agent_commands_name_a_missing_or_wrong_model_folder(tmp_path, command, shared_data):
+    """The check nat fit makes, made where eval and solve load a model (not transformers' repo-id message)."""
+    (tmp_path / "empty").mkdir()
+    command = [*command, "--data-dir", str(shared_data)] if command[0] == "eval" else command
+    extra = ["--task", "arith"] if command[0] == "solve" else []
+    line = one_error_line(nat(*command[:1], "--model", "./nothere", *extra, *command[1:], cwd=tmp_path))
+    assert line.startswith("error: --model ./nothere: no such model folder"), line
+    line = one_error_line(nat(*command[:1], "--model", "empty", *extra, *command[1:], cwd=tmp_path))
+    assert line.startswith("error: --model empty: not a model folder (no config.json)"), line
+    assert not (tmp_path / "ev").exists()
+
+
+def test_fit_without_deepspeed_names_the_extra(tmp_path):
+    """A DeepSpeed config without the package is one line naming the extra (it was jsonargparse's union error)."""
+    from test_reliability import REPO
+
+    (tmp_path / "fake" / "deepspeed").mkdir(parents=True)
+    (tmp_path / "fake" / "deepspeed" / "__init__.py").write_text("raise ImportError('No module named deepspeed')\n")
+    env = {"PYTHONPATH": os.pathsep.join(map(str, [tmp_path / "fake", REPO, REPO / "tests"]))}
+    for args in (["--config", REPO / "launch/configs/gsm8k-13b-5k-nat.yaml"],
+                 ["--config", REPO / "launch/configs/tiny-cpu.yaml", "--trainer.strategy=deepspeed_stage_3"]):
+        line = one_error_line(nat("fit", *args, cwd=tmp_path, env=env))
+        assert line == ("error: this run's trainer.strategy is DeepSpeed, which is not installed: pip install "
+                        "'lightning_nat[deepspeed]' (from a clone: pip install -e '.[deepspeed]')"), line

@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+from lightning_nat.core.artifacts import check_model_folder
 from lightning_nat.core.prompts import STOP
 from lightning_nat.core.secrets import mask, watch
 from lightning_nat.core.trajectory import as_openai
@@ -129,6 +130,7 @@ class HFPolicy(LocalPolicy):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, os.PathLike)):
+            check_model_folder(str(model))
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
@@ -183,9 +185,11 @@ class VLLMPolicy(LocalPolicy):
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise RuntimeError("--policy vllm needs `pip install 'lightning_nat[vllm]'` (vLLM)") from exc
+            raise RuntimeError("--policy vllm needs vLLM: pip install 'lightning_nat[vllm]' (from a clone: "
+                               "pip install -e '.[vllm]')") from exc
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+        check_model_folder(str(model))
         super().__init__(tokenizer or AutoTokenizer.from_pretrained(str(model)), temperature, max_new_tokens, family)
         with contextlib.suppress(OSError):  # a model folder without generation_config.json
             self.model_eos = eos_ids(GenerationConfig.from_pretrained(str(model)).eos_token_id)

@@ -83,7 +83,8 @@ def load_reference_reranker(device: str | None = None) -> Reranker:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise RuntimeError("re-ranking needs `pip install lightning_nat[rerank]` (sentence-transformers)") from exc
+        raise RuntimeError("re-ranking needs sentence-transformers: pip install 'lightning_nat[rerank]' (from a clone: "
+                           "pip install -e '.[rerank]')") from exc
     from transformers import DPRReader, DPRReaderTokenizer
 
     encoder = SentenceTransformer(BI_ENCODER, device=device)
