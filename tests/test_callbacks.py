@@ -83,3 +83,19 @@ def test_react_eval_under_ddp_two_processes(scratch_model, tiny_dataset, shared_
     assert sorted(e["question_id"] for e in episodes) == ["0", "1", "2", "3", "4"]
     history = [json.loads(line) for line in next(tmp_path.glob("**/perplexity.jsonl")).read_text().splitlines()]
     assert any(r["source"] == "steps" and r["step"] == 2 for r in history)
+
+
+def test_dev_perplexity_measures_the_final_weights_of_a_run_cut_by_max_steps(scratch_model, tiny_dataset, tmp_path):
+    # 3 steps of a 5-step epoch: no validation ran and 3 is no multiple of every_n_steps=2.
+    dm = NATDataModule(dataset_dir=str(tiny_dataset), tokenizer=str(scratch_model), micro_batch_size=4,
+                       global_batch_size=8, max_length=4096)
+    trainer = make_trainer(dm, max_steps=3, logger=CSVLogger(str(tmp_path), name="run"), enable_progress_bar=False,
+                           enable_model_summary=False, callbacks=[DevPerplexity(every_n_steps=2)],
+                           log_every_n_steps=1, default_root_dir=str(tmp_path))
+    trainer.fit(NATModule(str(scratch_model), learning_rate=5e-3), dm)
+    history = [json.loads(line) for line in (Path(trainer.log_dir) / "perplexity.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["step"]) for r in history] == [("steps", 2), ("end", 3)]
+    assert history[-1]["perplexity"] > 1
+    metrics = list(csv.DictReader(open(Path(trainer.log_dir) / "metrics.csv")))
+    last = [r for r in metrics if r.get("dev/perplexity")][-1]
+    assert last["step"] == "3" and abs(float(last["dev/perplexity"]) - history[-1]["perplexity"]) < 1e-4

@@ -34,6 +34,7 @@ class DevPerplexity(L.Callback):
     def _record(self, trainer: L.Trainer, values: dict[str, float], source: str) -> None:
         # trainer.log_dir is a collective under DDP: every rank asks
         path = Path(trainer.log_dir or trainer.default_root_dir) / self.history_file
+        self._last_step = trainer.global_step
         if trainer.global_rank != 0:
             return
         append_row(path, {"step": trainer.global_step, "epoch": trainer.current_epoch, "source": source, **values,
@@ -45,14 +46,26 @@ class DevPerplexity(L.Callback):
         if not self.every_n_steps or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step
-        dm = trainer.datamodule
-        loaders = dm.val_dataloader() if dm is not None else []
-        if not loaders:
-            return
-        values = pl_module.dev_perplexity(loaders)
+        values = self._measure(trainer, pl_module)
         if values:
             pl_module.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, on_step=True, sync_dist=False)
             self._record(trainer, values, "steps")
+
+    @staticmethod
+    def _measure(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        dm = trainer.datamodule
+        loaders = dm.val_dataloader() if dm is not None else []
+        return pl_module.dev_perplexity(loaders) if loaders else {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run that stops (max_steps) between validations would end with no figure for its final weights.
+        if trainer.global_step == self._last_step or trainer.global_step == 0:
+            return
+        values = self._measure(trainer, pl_module)
+        if values:
+            for logger in trainer.loggers:  # self.log is not allowed in on_train_end
+                logger.log_metrics({f"dev/{k}": float(v) for k, v in values.items()}, step=trainer.global_step)
+            self._record(trainer, values, "end")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
