@@ -219,25 +219,6 @@ def test_unknown_task_names_are_one_clear_line(tmp_path):
     assert line == "error: no such task file: ../../x"
 
 
-def test_a_tool_whose_result_blocks_in_str_times_out(tmp_path):
-    """Item 15: the result's __str__ runs inside the timed call."""
-    (tmp_path / "slow.py").write_text(
-        "import time\n\nclass Slow:\n    def __str__(self):\n        time.sleep(30)\n        return 'late'\n\n"
-        "def wait(text):\n    '''Waits.'''\n    return Slow()\n")
-    (tmp_path / "task.yaml").write_text("instruction: Use wait.\ntools: [slow.py:wait]\ntool_timeout: 1\nmetric: exact\n"
-                                        "prompt_style: native\n")
-    code = ("from lightning_nat.core.tasks import get_task\nfrom lightning_nat.core.tools import make_tools\n"
-            "import time\nt = time.time()\nprint(make_tools(get_task('task.yaml').tools)['wait']('x'))\n"
-            "print(round(time.time() - t))\n")
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**os.environ})
-    out = proc.stdout.splitlines()
-    assert out[0] == "Error: wait timed out after 1 s" and int(out[1]) < 5, proc.stdout + proc.stderr
-
-
 PLAIN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
