@@ -176,7 +176,10 @@ def test_the_progress_bar_counts_exactly_its_stages(tmp_path):
     """The bar counted past its total (9/8 ... 12/8, its clock frozen once 'finished'): stages are counted, notes not."""
     from lightning_nat.demo.run import DemoConfig, run_demo, stages
 
-    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), strategies=("positive", "nat"))
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), strategies=("positive", "nat"), iterate=1)
     told: list[str] = []
-    run_demo(cfg, stage=told.append, note=lambda msg: None)
-    assert len(told) == stages(cfg) == 1 + 1 * (1 + 2 * 2)
+    result = run_demo(cfg, stage=told.append, note=lambda msg: None)
+    # the base; the collection, 2 strategies x (train, evaluate); 2 --iterate arms x 1 round x (collect, fit, evaluate)
+    assert len(told) == stages(cfg) == 1 + 1 * (1 + 2 * 2 + 2 * 1 * 3)
+    assert [m.split(": ")[1] for m in told[-6:]] == ["NAT rounds round 1/1"] * 3 + ["rejection sampling round 1/1"] * 3
+    assert set(result["iterate"]["arms"]) == {"nat", "rs"}

@@ -80,6 +80,17 @@ class DemoConfig:
     max_turns: int = _size(6, "agent turns per episode")
     max_new_tokens: int = _size(0, "tokens per turn (0: the longest teacher turn plus a margin)")
     threads: int = _size(2, "torch threads: the same count gives the same results (the report used 2)")
+    # `--iterate K`: the loop of `nat iterate` on each seed's own w/o-Neg model (lightning_nat/demo/iterate.py).
+    iterate: int = option(0, "then K rounds of collect -> build -> fit -> eval on the model's own trajectories, from "
+                             "each seed's w/o-Neg model, for NAT and for rejection sampling (0: none)", min=0,
+                          metavar="K")
+    iterate_epochs: int = _size(2, "fine-tuning epochs of every --iterate round over that round's training set (the "
+                                   "paper's 2), at the strategies' --learning-rate", min=1)
+    iterate_problems: int = _size(0, "training problems each --iterate round collects on: the first N of the seed's "
+                                     "(0: all of them)", min=0)
+    iterate_temperatures: tuple[float, ...] | None = _size(
+        None, "sampling temperatures of each --iterate round's collection (None: the teacher's --temperatures; 0 is "
+              "greedy)", min=0)
     notes: list[str] = option([], internal=True)
 
     def __post_init__(self) -> None:
@@ -90,13 +101,15 @@ class DemoConfig:
             raise ValueError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
         if self.profile not in ("cpu", "gpu"):
             raise ValueError(f"--profile must be cpu or gpu, got {self.profile!r}")
+        if self.iterate and "positive" not in self.strategies:
+            raise ValueError("--iterate starts from each seed's w/o-Neg model: keep 'positive' in --strategies")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
         base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
                     hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1, batch_size=8,
-                    max_turns=4)
+                    max_turns=4, iterate_epochs=1, iterate_problems=4, iterate_temperatures=(0.7,))
         base.update(overrides, quick_sizes=True)
         return cls(**base)
 
@@ -163,13 +176,18 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def strategy_steps(cfg: DemoConfig, rows: int) -> int:
-    """Optimizer steps of a strategy with ``rows`` training conversations: ``--steps``, else ``--epochs`` over them.
+def strategy_steps(cfg: DemoConfig, rows: int, epochs: int | None = None) -> int:
+    """Optimizer steps of a strategy with ``rows`` training conversations: ``--steps``, else ``--epochs`` over them;
+    given ``epochs`` (an ``--iterate`` round's), that many epochs over them.
 
     >>> strategy_steps(DemoConfig(epochs=16, batch_size=8), 100), strategy_steps(DemoConfig(steps=7), 100)
     (200, 7)
+    >>> strategy_steps(DemoConfig(steps=7, batch_size=8), 100, epochs=2)
+    25
     """
-    return cfg.steps or -(-cfg.epochs * rows // cfg.batch_size)
+    if epochs is None and cfg.steps:
+        return cfg.steps
+    return -(-(cfg.epochs if epochs is None else epochs) * rows // cfg.batch_size)
 
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, steps: int,
@@ -219,11 +237,9 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     from transformers import AutoTokenizer
 
     from lightning_nat.agent.collect import collect
-    from lightning_nat.agent.policies import HFPolicy
     from lightning_nat.agent.react import ReActAgent
     from lightning_nat.core.artifacts import PERPLEXITY_FILE, read_build, read_rows
     from lightning_nat.core.readers import read_trajectories_jsonl
-    from lightning_nat.core.results import task_result
     from lightning_nat.core.tools import make_tools
     from lightning_nat.data.build import build_dataset, save_build
     from lightning_nat.demo.errors import classify_episode, error_mix
@@ -287,29 +303,52 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
                             objective=strategy if preference else "sft")
         _save_model(module.model, dm.tokenizer, dm.prompt_spec, root / "runs" / strategy / "model")
         build = record["stats"]
-        policy = HFPolicy(module.model, dm.tokenizer, temperature=0.0, max_new_tokens=budget)
-        agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
         say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
-        trajs = agent.run([p.record() for p in test], batch_size=len(test))
-        result = task_result([trajs])
-        # A generated turn that used the whole budget may have been cut: counted, so a cut cannot hide.
-        cut = sum(len(dm.tokenizer(m["content"], add_special_tokens=False)["input_ids"]) >= budget
-                  for t in trajs for m in t.messages if m["role"] == "assistant")
-        errors = error_mix([classify_episode(by_id[p.id].start, by_id[p.id].steps, t.messages)
-                            for p, t in zip(test, trajs)])
+        figures = evaluate_model(cfg, (module.model, dm.tokenizer), test, budget, root / "runs" / strategy / "eval",
+                                 {"strategy": strategy, "seed": seed})
+        cut, errors = figures.pop("cut_turns"), figures.pop("errors")
         history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
-        out[strategy] = {"accuracy": result.metrics["accuracy"], "finished": result.finished,
-                         "parse_error_rate": result.parse_error_rate, "failed": result.failed,
-                         "positives": build["positives"], "negatives": build["negatives"], "steps": steps,
+        out[strategy] = {**figures, "positives": build["positives"], "negatives": build["negatives"], "steps": steps,
                          "cut_turns": cut,
                          "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
-        from lightning_nat.core.results import EvalReport
+    if cfg.iterate:
+        from lightning_nat.demo.iterate import iterate_seed
 
-        EvalReport(results={task.name: result}, episodes={task.name: trajs}, usage=dict(policy.usage),
-                   meta={"strategy": strategy, "seed": seed}).write(root / "runs" / strategy / "eval")
+        out["iterate"] = iterate_seed(cfg, seed, say, train, test, budget, root, out["positive"])
     return out
+
+
+def evaluate_model(cfg: DemoConfig, model: str | Path | tuple[Any, Any], test: list[Any], budget: int, folder: Path,
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    """A model's greedy episodes on the held-out ``test`` problems, written to ``folder`` as an ``EvalReport``.
+
+    ``model``: a saved folder, or a loaded (model, tokenizer). Returns accuracy, finished, parse-error and failure
+    rates, the turns that reached the ``budget`` and the first-mistake mix.
+    """
+    from lightning_nat.agent.policies import HFPolicy
+    from lightning_nat.agent.react import ReActAgent
+    from lightning_nat.core.results import EvalReport, task_result
+    from lightning_nat.core.tools import make_tools
+    from lightning_nat.demo.errors import classify_episode, error_mix
+    from lightning_nat.demo.synthetic import arith_task
+
+    task = arith_task()
+    weights, tokenizer = (model, None) if isinstance(model, (str, Path)) else model
+    policy = HFPolicy(weights, tokenizer, temperature=0.0, max_new_tokens=budget,
+                      device="cuda" if cfg.profile == "gpu" else "cpu")
+    agent = ReActAgent(task, policy, make_tools(task.tools), max_turns=cfg.max_turns)
+    trajs = agent.run([p.record() for p in test], batch_size=len(test))
+    result = task_result([trajs])
+    # A generated turn that used the whole budget may have been cut: counted, so a cut cannot hide.
+    cut = sum(len(policy.tokenizer(m["content"], add_special_tokens=False)["input_ids"]) >= budget
+              for t in trajs for m in t.messages if m["role"] == "assistant")
+    errors = error_mix([classify_episode(p.start, p.steps, t.messages) for p, t in zip(test, trajs)])
+    EvalReport(results={task.name: result}, episodes={task.name: trajs}, usage=dict(policy.usage),
+               meta=meta).write(folder)
+    return {"accuracy": result.metrics["accuracy"], "finished": result.finished,
+            "parse_error_rate": result.parse_error_rate, "failed": result.failed, "cut_turns": cut, "errors": errors}
 
 
 # Two-sided 95 % Student t quantiles by degrees of freedom (1-30); beyond 30 the normal 1.96 is used.
@@ -333,6 +372,17 @@ def interval95(values: list[float]) -> tuple[float, float]:
     return round(mean - half, 4), round(mean + half, 4)
 
 
+def spread(accs: list[float]) -> dict[str, Any]:
+    """The mean accuracy over seeds, its sd (none of one value) and 95 % interval, and the per-seed values.
+
+    >>> spread([0.2, 0.4])
+    {'accuracy': 0.3, 'accuracy_sd': 0.1414, 'accuracy_ci95': (-0.9706, 1.5706), 'per_seed': [0.2, 0.4]}
+    """
+    return {"accuracy": round(statistics.fmean(accs), 4),
+            "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
+            "accuracy_ci95": interval95(accs), "per_seed": accs}
+
+
 def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Mean, standard deviation and 95 % interval over seeds for each strategy.
 
@@ -344,10 +394,7 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
     for s in strategies:
         rows = [r[s] for r in per_seed]
         accs = [r["accuracy"] for r in rows]
-        table[s] = {"accuracy": round(statistics.fmean(accs), 4),
-                    "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
-                    "accuracy_ci95": interval95(accs), "per_seed": accs,
-                    "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
+        table[s] = {**spread(accs), "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
                     "positives": rows[0]["positives"], "negatives": rows[0]["negatives"],
                     "steps": [r.get("steps") for r in rows]}
         if all("errors" in r for r in rows):
@@ -363,14 +410,14 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
 PAIRS = (("nut", "positive"), ("nat", "nut"), ("nat", "positive"))
 
 
-def paired(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per-seed accuracy differences of the report's pairs, with their mean and paired 95 % t interval.
+def paired(table: dict[str, dict[str, Any]], pairs: tuple[tuple[str, str], ...] = PAIRS) -> dict[str, dict[str, Any]]:
+    """Per-seed accuracy differences of ``pairs`` (the report's), with their mean and paired 95 % t interval.
 
     >>> paired({"nut": {"per_seed": [0.3, 0.5]}, "positive": {"per_seed": [0.1, 0.2]}})["nut-positive"]["per_seed"]
     [0.2, 0.3]
     """
     out = {}
-    for a, b in PAIRS:
+    for a, b in pairs:
         if a in table and b in table:
             d = [round(x - y, 4) for x, y in zip(table[a]["per_seed"], table[b]["per_seed"])]
             out[f"{a}-{b}"] = {"per_seed": d, "mean": round(statistics.fmean(d), 4), "ci95": interval95(d)}
@@ -456,13 +503,16 @@ def plot_report(result: dict[str, Any], out: Path) -> None:
 
 
 def stages(cfg: DemoConfig) -> int:
-    """The steps the progress bar counts: the base, then per seed the collection and each strategy's training and
-    evaluation (:func:`run_demo` calls ``stage`` exactly this many times).
+    """The steps the progress bar counts: the base, then per seed the collection, each strategy's training and
+    evaluation, and each ``--iterate`` round's collection, training and evaluation for each arm (:func:`run_demo`
+    calls ``stage`` exactly this many times).
 
-    >>> stages(DemoConfig(seeds=2))
-    15
+    >>> stages(DemoConfig(seeds=2)), stages(DemoConfig(seeds=2, iterate=3))
+    (15, 51)
     """
-    return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies))
+    from lightning_nat.demo.iterate import ARMS
+
+    return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies) + 3 * len(ARMS) * cfg.iterate)
 
 
 def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callable[[str], None] = print,
@@ -499,8 +549,15 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
         per_seed.append({"seed": seed, **run_seed(cfg, seed, stage, base_dir, out)})
         timings[f"seed{seed}_seconds"] = round(time.time() - t0, 1)
     table = aggregate(per_seed, cfg.strategies)
-    result = {"config": asdict(cfg), "base": base, "table": table, "paired": paired(table),
+    config = asdict(cfg)
+    if not cfg.iterate:  # without --iterate, results.json stays as it was before the option existed
+        config = {k: v for k, v in config.items() if not k.startswith("iterate")}
+    result = {"config": config, "base": base, "table": table, "paired": paired(table),
               "teacher_error_mix": teacher_mix(per_seed), "per_seed": per_seed}
+    if cfg.iterate:
+        from lightning_nat.demo.iterate import iterate_table
+
+        result["iterate"] = iterate_table(per_seed)
     from lightning_nat.core.results import EvalReport, task_result
 
     # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
@@ -510,6 +567,10 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
                    for s in cfg.strategies}
     EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
     plot_report(result, out)
+    if cfg.iterate:
+        from lightning_nat.demo.iterate import plot_iterate
+
+        plot_iterate(result, out)
     timings["total_seconds"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     result["timings"] = timings
@@ -540,8 +601,13 @@ def run_demo_command(cfg: DemoConfig) -> int:
             result = run_demo(cfg, stage=stage, note=console.log, folder=staged)
         bar.update(bar_id, completed=stages(cfg), description="NAT demo: done")
     print_demo_table(result, time.time() - start)
-    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {cfg.out}/perplexity.png and "
-                  f"{cfg.out}/accuracy.png")
+    plots = f"{cfg.out}/perplexity.png and {cfg.out}/accuracy.png"
+    if cfg.iterate:
+        from lightning_nat.demo.iterate import print_iterate
+
+        print_iterate(result)
+        plots = f"{cfg.out}/perplexity.png, {cfg.out}/accuracy.png and {cfg.out}/iterate.png"
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {plots}")
     best = max(result["table"], key=lambda s: result["table"][s]["accuracy"])
     model = f"{cfg.out}/seed{cfg.first_seed}/runs/{best}/model"
     from lightning_nat.demo.synthetic import arith_task
