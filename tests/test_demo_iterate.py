@@ -1,5 +1,6 @@
 """`nat demo --iterate K`: rounds of collect -> build -> fit -> eval from each seed's w/o-Neg model, two arms."""
 
+import dataclasses
 import json
 import os
 import shlex
@@ -69,6 +70,13 @@ def test_a_round_fits_on_its_trajectories_the_same_way_twice_or_says_why_not(tmp
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])  # same seed, same model
     base = load_file(start / "model.safetensors")
     assert any(not (base[k] == weights[0][k]).all() for k in base)  # and it did train
+    # --iterate-learning-rate is the rate a round trains at (AdamW moves a weight by about the rate per step).
+    slow = fit_round(dataclasses.replace(cfg, iterate_learning_rate=1e-9), "nat", start,
+                     _teacher_round(tmp_path, "slow"), seed=7)
+    moved = load_file(tmp_path / "iterate" / "slow" / "round1" / "model" / "model.safetensors")
+    assert slow["steps"] == record["steps"]
+    assert max((moved[k] - base[k]).abs().max().item() for k in base) < 1e-6
+    assert max((weights[0][k] - base[k]).abs().max().item() for k in base) > 1e-4
     # Rejection sampling trains on positives only.
     rs = fit_round(cfg, "positive", start, _teacher_round(tmp_path, "rs"), seed=7)
     assert rs["trained_on"]["negatives"] == 0 and rs["trained_on"]["positives"] > 0
@@ -105,7 +113,8 @@ def test_nat_demo_iterate_quick_runs_and_twice_gives_identical_results(tmp_path)
     assert outs[0] == outs[1]  # same seeds, same results
     result = json.loads(outs[0])
     assert {k: v for k, v in result["config"].items() if k.startswith("iterate")} == {
-        "iterate": 2, "iterate_epochs": 1, "iterate_problems": 4, "iterate_temperatures": [0.7]}  # --quick's
+        "iterate": 2, "iterate_epochs": 1, "iterate_learning_rate": 0.0, "iterate_problems": 4,
+        "iterate_temperatures": [0.7]}  # --quick's
     block, positive = result["iterate"], result["table"]["positive"]
     for arm, variant in (("nat", "nat"), ("rs", "positive")):
         rounds = block["arms"][arm]["rounds"]

@@ -86,7 +86,9 @@ class DemoConfig:
                              "each seed's w/o-Neg model, for NAT and for rejection sampling (0: none)", min=0,
                           metavar="K")
     iterate_epochs: int = _size(2, "fine-tuning epochs of every --iterate round over that round's training set (the "
-                                   "paper's 2), at the strategies' --learning-rate", min=1)
+                                   "paper's 2)", min=1)
+    iterate_learning_rate: float = _size(0.0, "peak learning rate of every --iterate round, which fine-tunes a "
+                                              "trained model (0: the strategies' --learning-rate)", min=0)
     iterate_problems: int = _size(0, "training problems each --iterate round collects on: the first N of the seed's "
                                      "(0: all of them)", min=0)
     iterate_temperatures: tuple[float, ...] | None = _size(
@@ -192,7 +194,7 @@ def strategy_steps(cfg: DemoConfig, rows: int, epochs: int | None = None) -> int
 
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, steps: int,
-           objective: str = "sft") -> Any:
+           objective: str = "sft", lr: float = 0.0) -> Any:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -205,7 +207,7 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
                        global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
                        cache_dir=str(run_dir.parent.parent / "cache"))
-    lr = cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate
+    lr = lr or (cfg.learning_rate if objective == "sft" else cfg.preference_learning_rate)
     module = NATModule(str(model_dir), learning_rate=lr, warmup_ratio=0.03, objective=objective, beta=cfg.beta)
     every = max(1, steps // 8)
     trainer = make_trainer(dm, accelerator="gpu" if cfg.profile == "gpu" else "cpu", deterministic=True,
@@ -600,7 +602,7 @@ def fit_round(cfg: DemoConfig, variant: str, start: Path, rd: Path, seed: int,
     steps = strategy_steps(cfg, stats["positives"] + stats["negatives"], epochs=cfg.iterate_epochs)
     training(steps)
     seed_everything(seed, cfg.threads)
-    module, dm = _train(cfg, start, data, rd, seed, steps)
+    module, dm = _train(cfg, start, data, rd, seed, steps, lr=cfg.iterate_learning_rate)
     _save_model(module.model, dm.tokenizer, dm.prompt_spec, rd / "model")
     return {"trained_on": {"positives": stats["positives"], "negatives": stats["negatives"]}, "steps": steps,
             "skipped": None}
