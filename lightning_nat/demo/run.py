@@ -317,7 +317,6 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
     if cfg.iterate:
-
         out["iterate"] = iterate_seed(cfg, seed, say, train, test, budget, root, out["positive"])
     return out
 
@@ -504,7 +503,6 @@ def plot_report(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-
 # --- `nat demo --iterate K`: the loop of `nat iterate` on the synthetic task, from each seed's w/o-Neg model ---
 # Two arms, each K rounds of collect -> build -> fit -> eval on its own model's trajectories: `nat` builds a NAT set
 # (positives and negatives), `rs` (rejection sampling, the standard self-improvement baseline) keeps the positives
@@ -611,7 +609,6 @@ def fit_round(cfg: DemoConfig, variant: str, start: Path, rd: Path, seed: int,
 def iterate_table(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """The ``iterate`` block of ``results.json``: per arm and round the accuracy over seeds (mean, sd, 95 %
     interval, per seed) and each seed's collection; per round the paired difference NAT - RS."""
-
     arms: dict[str, Any] = {}
     for arm in ARMS:
         rounds = []
