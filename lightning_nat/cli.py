@@ -11,7 +11,7 @@ from typing import Any
 from lightning_nat import __version__
 from lightning_nat.core.imports import trust_task_imports
 from lightning_nat.core.jsonl import RecordError
-from lightning_nat.core.options import add_options, from_namespace
+from lightning_nat.core.options import add_options, config_argv, from_namespace
 
 # name: (help, the config dataclass, the function that runs it), as "module:attribute" so that a command loads
 # only its own modules.
@@ -44,8 +44,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "(DPO and KTO on request), evaluate, compare",
              "demo.run:DemoConfig", "demo.run:run_demo_command"),
 }
-# `nat fit` parses its own arguments (LightningCLI, whose YAML configs are the record of a run).
-FIT_HELP = "fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)"
 
 
 def load(ref: str) -> Any:
@@ -102,15 +100,15 @@ def _dispatch(argv: list[str]) -> int:
     parser.add_argument("--version", action="version", version=f"lightning_nat {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("fit", help=FIT_HELP, add_help=False, allow_abbrev=False)
+    # `nat fit` parses its own arguments (LightningCLI, whose YAML configs are the record of a run).
+    sub.add_parser("fit", help="fine-tune a model with LightningCLI (nat fit --help; nat fit --config FILE.yaml)",
+                   add_help=False, allow_abbrev=False)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in COMMANDS and "--config" in argv[:-1]:  # the YAML's options go first, so the flags given win
-        from lightning_nat.core.options import config_argv
-
         at = argv.index("--config")
-        path = argv[at + 1]
-        argv = [*argv[:argv.index(chosen) + 1], *config_argv(config_class(chosen), path, f"nat {chosen}"),
-                *[a for i, a in enumerate(argv[argv.index(chosen) + 1:], argv.index(chosen) + 1) if i not in (at, at + 1)]]
+        path, argv = argv[at + 1], argv[:at] + argv[at + 2:]
+        after = argv.index(chosen) + 1
+        argv[after:after] = config_argv(config_class(chosen), path, f"nat {chosen}")
     for name, (help_text, _, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == chosen:  # only the chosen command's options (and modules) are loaded

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nat.core.options import parse
+from lightning_nat.cli import command_parser
+from lightning_nat.core.options import from_namespace
 from lightning_nat.data.build import BuildConfig
 from lightning_nat.train.datamodule import NATDataModule
 from lightning_nat.train.fit import NATCLI, TRAINER_DEFAULTS
@@ -93,7 +94,7 @@ def test_config_parses_and_header_commands_are_valid(path):
     # The `nat build` line in the header takes only flags that `nat build` knows.
     build_line = next(line for line in header.splitlines() if "nat build" in line)
     argv = shlex.split(re.sub(r"^.*?nat build", "", build_line))
-    args = parse(BuildConfig, argv)
+    args = from_namespace(BuildConfig, command_parser("build").parse_args(argv))
     assert args.out and args.task
 
 

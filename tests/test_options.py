@@ -13,10 +13,15 @@ import datasets
 import pytest
 
 from lightning_nat.cli import COMMANDS, command_parser, config_class
-from lightning_nat.core.options import cli_fields, flag_of, from_namespace, parse
-from lightning_nat.data.build import BuildConfig, build_command
+from lightning_nat.core.options import cli_fields, command_line, flag_of, from_namespace
+from lightning_nat.data.build import BuildConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv: list[str]) -> BuildConfig:
+    """The config ``nat build ARGV`` runs with."""
+    return from_namespace(BuildConfig, command_parser("build").parse_args(argv))
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -63,11 +68,11 @@ def test_build_command_parses_back_to_the_same_config():
     changed = {f.name for f in dataclasses.fields(BuildConfig) if getattr(cfg, f.name) != getattr(
         BuildConfig(trajectories=("x",), out="y"), f.name)}
     assert changed == {f.name for f in dataclasses.fields(BuildConfig)}  # the test itself covers every field
-    line = build_command(cfg)
+    line = command_line("nat build", cfg)
     assert shlex.split(line)[:2] == ["nat", "build"]
-    assert parse(BuildConfig, shlex.split(line)[2:]) == cfg
+    assert parse(shlex.split(line)[2:]) == cfg
     minimal = BuildConfig(trajectories=("a.json",), out="DIR")
-    assert parse(BuildConfig, shlex.split(build_command(minimal))[2:]) == minimal
+    assert parse(shlex.split(command_line("nat build", minimal))[2:]) == minimal
 
 
 def test_demo_quick_keeps_given_sizes():
@@ -114,8 +119,8 @@ def test_card_command_rebuilds_the_same_dataset(strategyqa_files, tmp_path):
     card = dataset_card(tmp_path / "first", "me/x")
     line = next(ln for ln in card.splitlines() if ln.startswith("nat build"))
     # Exact: the card's line is the command given, less where it was written.
-    given = parse(BuildConfig, argv[1:])
-    assert parse(BuildConfig, shlex.split(line)[2:]) == dataclasses.replace(given, cache_dir=None, out="DIR")
+    given = parse(argv[1:])
+    assert parse(shlex.split(line)[2:]) == dataclasses.replace(given, cache_dir=None, out="DIR")
     again = shlex.split(line.replace("--out DIR", f"--out {tmp_path / 'second'}"))[1:]
     second = _nat([*again, "--cache-dir", str(tmp_path / "cache2")], inputs)
     assert second.returncode == 0, second.stderr
@@ -127,7 +132,7 @@ def test_card_command_rebuilds_the_same_dataset(strategyqa_files, tmp_path):
 
 def test_unknown_build_flag_is_an_error():
     with pytest.raises(SystemExit):
-        parse(BuildConfig, ["--trajectories", "a", "--out", "o", "--pos_num", "3"])
+        parse(["--trajectories", "a", "--out", "o", "--pos_num", "3"])
     assert isinstance(command_parser("build"), argparse.ArgumentParser)
 
 

@@ -175,7 +175,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         target.add_argument(flag_of(f), dest=f.name, **kw)
 
 
-def from_namespace(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+def from_namespace(cls: type[T], args: argparse.Namespace) -> T:
     """The config of the parsed ``args`` (lists become tuples where the field is a tuple).
 
     ``unset`` fields not given are left out, and a class with a ``from_options`` constructor is made by it.
@@ -189,27 +189,23 @@ def from_namespace(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
         if isinstance(value, list) and typing.get_origin(_unwrap(hints[f.name])) is tuple:
             value = tuple(value)
         kw[f.name] = value
-    return getattr(cls, "from_options", cls)(**kw, **extra)
+    return getattr(cls, "from_options", cls)(**kw)
 
 
-def parse(cls: type[T], argv: Sequence[str], prog: str = "nat") -> T:
-    """Parse ``argv`` into a ``cls`` config, as the command line would.
-
-    >>> from dataclasses import dataclass
-    >>> @dataclass
-    ... class C:
-    ...     out: str = option(help="folder")
-    ...     seed: int = option(42, "seed")
-    >>> parse(C, ["--out", "x", "--seed", "7"])
-    C(out='x', seed=7)
-    """
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
-    add_options(parser, cls)
-    return from_namespace(cls, parser.parse_args(list(argv)))
+def _flags(f: dataclasses.Field, value: Any) -> list[str]:
+    """The arguments that set field ``f`` to ``value`` (a bool's flag turns its default over)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if f.metadata.get("positional"):
+        return [str(v) for v in values]
+    if isinstance(value, bool):
+        return [flag_of(f)]
+    if f.metadata.get("append"):
+        return [x for v in values for x in (flag_of(f), str(v))]
+    return [flag_of(f), *map(str, values)]
 
 
 def to_argv(cfg: Any) -> list[str]:
-    """The arguments that :func:`parse` reads back into ``cfg``: positionals, required fields, changed defaults.
+    """The arguments that parse back into ``cfg``: positionals, required fields, changed defaults.
 
     >>> from dataclasses import dataclass
     >>> @dataclass
@@ -219,8 +215,6 @@ def to_argv(cfg: Any) -> list[str]:
     ...     dedupe: bool = option(True, "dedupe", flag="--no-dedupe")
     >>> to_argv(C(files=("a b.json", "c.json"), dedupe=False))
     ['--files', 'a b.json', 'c.json', '--no-dedupe']
-    >>> parse(C, to_argv(C(files=("x",), seed=3))) == C(files=("x",), seed=3)
-    True
     """
     out: list[str] = []
     for f in cli_fields(type(cfg)):
@@ -230,16 +224,7 @@ def to_argv(cfg: Any) -> list[str]:
         if value is None:
             raise ValueError(f"{type(cfg).__name__}.{f.name}: None cannot be written as an option (its default is "
                              f"{default!r})")
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if f.metadata.get("positional"):
-            out += [str(v) for v in values]
-        elif isinstance(value, bool):
-            out.append(flag_of(f))
-        elif f.metadata.get("append"):
-            for v in values:
-                out += [flag_of(f), str(v)]
-        else:
-            out += [flag_of(f), *(str(v) for v in values)]
+        out += _flags(f, value)
     return out
 
 
@@ -271,15 +256,6 @@ def config_argv(cls: type, path: str, command: str) -> list[str]:
             raise ValueError(f"{path}: unknown option {key!r} (`{command} --help` lists them)")
         if (hints[f.name] is bool) != isinstance(value, bool):
             raise ValueError(f"{path}: {key}: {value!r} is not {'true or false' if hints[f.name] is bool else 'a value'}")
-        if value is None or (isinstance(value, bool) and value == _default(f)):
-            continue  # a bool's flag turns its default over; null keeps the default
-        if f.metadata.get("positional"):
-            argv += [str(v) for v in (value if isinstance(value, list) else [value])]
-        elif not isinstance(value, bool):
-            values = value if isinstance(value, list) else [value]
-            argv += [x for v in values for x in (flag_of(f), str(v))] if f.metadata.get("append") else \
-                [flag_of(f), *map(str, values)]
-        else:
-            argv.append(flag_of(f))
+        if value is not None and not (isinstance(value, bool) and value == _default(f)):
+            argv += _flags(f, value)  # null keeps the default
     return argv
-

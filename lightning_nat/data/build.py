@@ -23,7 +23,7 @@ import datasets
 from lightning_nat.core.artifacts import PREVIEW_FILE, BuildRecord, write_build
 from lightning_nat.core.console import print_build_summary
 from lightning_nat.core.jsonl import dumps_line
-from lightning_nat.core.options import check_numbers, command_line, option
+from lightning_nat.core.options import check_numbers, option
 from lightning_nat.core.outputs import writing
 from lightning_nat.core.prompts import (
     PRESETS,
@@ -176,15 +176,6 @@ class BuildConfig(BuildSpec):
         if config.get("placement") == p["placement"]:
             kw["placement"] = None
         return cls(**kw, out=out)
-
-
-def build_command(cfg: BuildConfig) -> str:
-    """The ``nat build`` command line that parses back to ``cfg``.
-
-    >>> build_command(BuildConfig(trajectories=("p.json", "n.json"), neg_num=5, dedupe=False, out="DIR"))
-    'nat build --format nat --trajectories p.json n.json --variant nat --neg-num 5 --seed 42 --no-dedupe --out DIR'
-    """
-    return command_line("nat build", cfg)
 
 
 # ---------------------------------------------------------------- one trajectory -> one row

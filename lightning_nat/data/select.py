@@ -70,17 +70,17 @@ def trajectory_key(traj: Trajectory) -> tuple:
             json.dumps(traj.tools, sort_keys=True))
 
 
-def apply_rules(trajs: Iterable[Trajectory], rules: CleanRules, removed: Counter | None = None) -> list[Trajectory]:
-    """The trajectories ``rules`` keep, in order; every removal is counted in ``removed`` under its reason.
+def clean(trajs: Iterable[Trajectory], rules: CleanRules) -> tuple[list[Trajectory], Counter]:
+    """The trajectories ``rules`` keep, in order, and how many each rule removed (``nat clean``; ``nat build``'s
+    filters).
 
     >>> mk = lambda i, r, p, s: Trajectory(i, "", "q" + i, [{"role": "assistant", "content": i}], r, s, p)
-    >>> removed = Counter()
-    >>> kept = apply_rules([mk("a", False, None, 0.0), mk("b", False, "x", 0.0), mk("c", True, "y", 1.0),
-    ...                     mk("c", True, "y", 1.0)], CleanRules(min_score=1e-6, dedupe=True), removed)
+    >>> kept, removed = clean([mk("a", False, None, 0.0), mk("b", False, "x", 0.0), mk("c", True, "y", 1.0),
+    ...                        mk("c", True, "y", 1.0)], CleanRules(min_score=1e-6, dedupe=True))
     >>> [t.id for t in kept], dict(removed)
     (['c'], {'unfinished': 1, 'score below 1e-06': 1, 'duplicate': 1})
     """
-    removed = removed if removed is not None else Counter()
+    removed: Counter = Counter()
     seen: set = set()
     out = []
     for t in trajs:
@@ -93,13 +93,7 @@ def apply_rules(trajs: Iterable[Trajectory], rules: CleanRules, removed: Counter
             removed[reason] += 1
             continue
         out.append(t)
-    return out
-
-
-def clean(trajs: Iterable[Trajectory], rules: CleanRules) -> tuple[list[Trajectory], Counter]:
-    """``nat clean``: what ``rules`` keep and how many each rule removed."""
-    removed: Counter = Counter()
-    return apply_rules(trajs, rules, removed), removed
+    return out, removed
 
 
 def conflicting_ids(trajs: Iterable[Trajectory]) -> list[str]:
@@ -182,12 +176,10 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
     stats = stats if stats is not None else BuildStats()
     use_neg = variant != "positive"
     rules = CleanRules(drop_unfinished, min_score, dedupe)
-    rep: Counter = Counter()
-    neg_rep: Counter = Counter()
     pos_in = [t for t in trajs if t.reward]
     neg_in = [t for t in trajs if not t.reward]
-    pos_all = apply_rules(pos_in, rules, rep)
-    neg_all = apply_rules(neg_in, rules, neg_rep) if neg_population is None else list(neg_in)
+    pos_all, rep = clean(pos_in, rules)
+    neg_all, neg_rep = clean(neg_in, rules) if neg_population is None else (list(neg_in), Counter())
     stats.positives_available, stats.negatives_available = len(pos_all), len(neg_all)
     _check_class("positive", len(pos_in), len(pos_all), rep, allow_empty_class, stats)
     rng = random.Random(seed)
@@ -222,7 +214,8 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
         if unreadable:
             stats.notes.append(f"{unreadable} of the {k} sampled negative records could not be read (skipped)")
         neg_rep["unreadable record"] += unreadable
-        negatives = apply_rules([p for p in picked if p is not None], rules, neg_rep)
+        negatives, dropped = clean([p for p in picked if p is not None], rules)
+        neg_rep.update(dropped)
         _check_class("negative", k - unreadable, len(negatives), neg_rep, allow_empty_class, stats)
     elif use_neg:
         _check_class("negative", len(neg_in), len(neg_all), neg_rep, allow_empty_class, stats)

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from lightning_nat.core.artifacts import PROMPT_FILE, RESULTS_FILE, read_build, read_spec
 from lightning_nat.core.console import console
-from lightning_nat.core.options import option
+from lightning_nat.core.options import command_line, option
 from lightning_nat.core.results import EvalReport
 
 TOKEN_ENVS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -48,7 +48,7 @@ def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = No
     With ``splits``, its front matter maps each split to ``data/<split>-*.parquet``, so ``load_dataset`` keeps
     the split names we wrote (``dev`` stays ``dev``).
     """
-    from lightning_nat.data.build import BuildConfig, build_command
+    from lightning_nat.data.build import BuildConfig
 
     record = read_build(folder)
     cfg, report, stats = record.config, record.report, record.stats
@@ -56,7 +56,7 @@ def dataset_card(folder: str | Path, repo_id: str, splits: list[str] | None = No
             "tags": ["agents", "react", "negative-aware-training", "lightning_nat"], "pretty_name": repo_id.split("/")[-1]}
     if splits:
         meta["configs"] = data_files_config(splits)
-    command = build_command(BuildConfig.from_record(cfg))
+    command = command_line("nat build", BuildConfig.from_record(cfg))
     sources = "\n".join(f"- `{Path(p).name}`" for p in cfg.get("trajectories", []))
     return _front_matter(meta) + f"""
 # {repo_id.split('/')[-1]}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,19 +17,6 @@ from lightning_nat.core.prompts import PromptSpec
 from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_conversation
 
 OPEN, CLOSE = "⟦", "⟧"
-
-
-@dataclass
-class InspectedRow:
-    """A row's rendered pieces ``(text, trained)``, its counts, label and marker."""
-
-    row_id: str
-    label: str
-    marker: str | None
-    pieces: list[tuple[str, bool]]
-    tokens: int
-    trained: int
-    calls: int
 
 
 def row_marker(spec: PromptSpec | None, messages: list[dict]) -> str | None:
@@ -51,37 +39,24 @@ def row_marker(spec: PromptSpec | None, messages: list[dict]) -> str | None:
     return best
 
 
-def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = None) -> InspectedRow:
-    """Render one built row with the training mask: pieces of text, each trained or not."""
+def inspect_row(row: dict[str, Any], tokenizer: Any, spec: PromptSpec | None = None, plain: bool = False) -> None:
+    """Print one built row rendered with the training mask: its label, marker and counts, then its text with the
+    trained tokens highlighted (``plain``: in ``⟦ ⟧``)."""
     tools = json.loads(row["tools"]) if row.get("tools") else None
     enc = tokenize_conversation(tokenizer, row["messages"], tools=tools)
-    pieces: list[tuple[str, bool]] = []
-    run: list[int] = []
-    state = None
-    for tok, lab in zip(enc.input_ids, enc.labels):
-        trained = lab != IGNORE_INDEX
-        if state is not None and trained != state:
-            pieces.append((tokenizer.decode(run), state))
-            run = []
-        run.append(tok)
-        state = trained
-    if run:
-        pieces.append((tokenizer.decode(run), bool(state)))
+    trained = [lab != IGNORE_INDEX for lab in enc.labels]
     calls = sum(len(m.get("tool_calls") or []) for m in row["messages"])
-    return InspectedRow(str(row.get("id")), str(row.get("label")), row_marker(spec, row["messages"]), pieces,
-                        len(enc.input_ids), sum(lab != IGNORE_INDEX for lab in enc.labels), calls)
-
-
-def print_inspected(res: InspectedRow, plain: bool) -> None:
-    """Print the header (label, marker, counts) and the rendered text with its trained tokens marked."""
-    console.print(f"row {res.row_id}  label: {res.label}  marker: {res.marker!r}", markup=False, soft_wrap=True)
-    console.print(f"tokens: {res.tokens}  trained tokens: {res.trained}  tool calls: {res.calls}", markup=False, soft_wrap=True)
+    marker = row_marker(spec, row["messages"])
+    console.print(f"row {row.get('id')}  label: {row.get('label')}  marker: {marker!r}", markup=False, soft_wrap=True)
+    console.print(f"tokens: {len(enc.input_ids)}  trained tokens: {sum(trained)}  tool calls: {calls}", markup=False,
+                  soft_wrap=True)
     text = Text()
-    for piece, trained in res.pieces:
-        if plain and trained:
+    for is_trained, run in itertools.groupby(zip(enc.input_ids, trained), key=lambda pair: pair[1]):
+        piece = tokenizer.decode([tok for tok, _ in run])
+        if plain and is_trained:
             text.append(OPEN + piece + CLOSE)
         else:
-            text.append(piece, style="bold black on green" if trained else "dim")
+            text.append(piece, style="bold black on green" if is_trained else "dim")
     console.print(text, soft_wrap=True)  # the rendered text as is, never re-wrapped
 
 
@@ -111,6 +86,5 @@ def run_inspect(cfg: InspectConfig) -> int:
     if not 0 <= cfg.row < len(part):
         raise ValueError(f"{cfg.dataset}: split {cfg.split} has {len(part)} rows; --row {cfg.row} is out of range")
     tok = ensure_chat_template(load_chat_template(AutoTokenizer.from_pretrained(cfg.tokenizer), cfg.chat_template))
-    res = inspect_row(part[cfg.row], tok, read_spec(cfg.dataset))
-    print_inspected(res, cfg.plain or not console.is_terminal)
+    inspect_row(part[cfg.row], tok, read_spec(cfg.dataset), cfg.plain or not console.is_terminal)
     return 0
