@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -74,10 +75,6 @@ PREFERENCE = ("dpo", "kto")
 PLAIN_PROMPT = "nut"
 
 
-def _variant_help() -> str:
-    return "which training set to build: " + "; ".join(f"{name}: {p['description']}" for name, p in PRESETS.items())
-
-
 # ---------------------------------------------------------------- the config
 
 
@@ -95,7 +92,9 @@ class BuildSpec:
     task: str = option(
         "", "task name or task YAML, which picks the instruction text; without it, each trajectory keeps its own "
             "leading system turn(s) as the instruction (task-less build)")
-    variant: str = option("nat", _variant_help, choices=lambda: list(PRESETS), always=True)
+    variant: str = option(
+        "nat", lambda: "which training set to build: " + "; ".join(f"{name}: {p['description']}" for name, p in PRESETS.items()),
+        choices=lambda: list(PRESETS), always=True)
     pos_num: int | None = option(None, "positives to keep: the first N unique by question (default: all)", min=0)
     neg_num: int | None = option(None, "negatives to sample with --seed (default: all)", min=0)
     seed: int = option(42, "sampling seed (default: 42)", always=True)
@@ -327,7 +326,13 @@ def build_rows(spec: BuildSpec) -> tuple[dict[str, list[dict[str, Any]]], dict[s
                            spec.pos_sampling, spec.drop_unfinished, spec.min_score, spec.dedupe, spec.dev_num, stats,
                            neg_population=population, allow_empty_class=spec.allow_empty_class)
     if not pos and not neg:
-        raise ValueError(_no_rows_message(spec.trajectories, trajs, read, stats))
+        why = [f"read {len(trajs)} trajectories"]
+        if read.skipped:
+            reasons = "; ".join(f"{n} x {problem}" for problem, n in read.reasons().most_common(3))
+            why.append(f"skipped {len(read.skipped)} bad records ({reasons})")
+        if stats.filtered:
+            why.append("filtered " + ", ".join(f"{n} {r}" for r, n in stats.filtered.items()))
+        raise ValueError(f"{', '.join(spec.trajectories)}: no training conversation is left ({'; '.join(why)})")
     replaced = sum("question_turn" in t.meta for t in pos + neg + dev)
     if replaced:
         stats.notes.append(f"{replaced} kept trajectories had a question turn holding more than the 'question' field "
@@ -373,17 +378,6 @@ def build_rows(spec: BuildSpec) -> tuple[dict[str, list[dict[str, Any]]], dict[s
               "skipped_by_reason": dict(read.reasons()), "stats": {**asdict(stats), "filtered": dict(stats.filtered)},
               "prompt": spec_of((pos + neg)[0]).to_dict(), **extra}
     return splits, report
-
-
-def _no_rows_message(files: Sequence[str], trajs: list, read: ReadReport, stats: BuildStats) -> str:
-    """Why a build has nothing to train on, with what was read, skipped and filtered."""
-    why = [f"read {len(trajs)} trajectories"]
-    if read.skipped:
-        reasons = "; ".join(f"{n} x {p}" for p, n in read.reasons().most_common(3))
-        why.append(f"skipped {len(read.skipped)} bad records ({reasons})")
-    if stats.filtered:
-        why.append("filtered " + ", ".join(f"{n} {r}" for r, n in stats.filtered.items()))
-    return f"{', '.join(files)}: no training conversation is left ({'; '.join(why)})"
 
 
 def file_sha256(paths: Sequence[str | os.PathLike]) -> str:
@@ -457,15 +451,13 @@ def save_build(result: BuildResult, out: str | os.PathLike, preview_per_label: i
     """Write a built dataset where ``datasets.load_from_disk`` opens it, with a preview and the build record."""
     out = Path(out)
     result.dataset.save_to_disk(str(out))
-    shown: dict[str, int] = {}
+    shown: Counter = Counter()
     with open(out / PREVIEW_FILE, "w", encoding="utf-8") as fh:
         for split, ds in result.dataset.items():
             for row in ds:
-                key = f"{split}/{row['label']}"
-                if shown.get(key, 0) >= preview_per_label:
-                    continue
-                shown[key] = shown.get(key, 0) + 1
-                fh.write(dumps_line({"split": split, **row}))
+                shown[split, row["label"]] += 1
+                if shown[split, row["label"]] <= preview_per_label:
+                    fh.write(dumps_line({"split": split, **row}))
     write_build(out, BuildRecord(config=result.config, report=result.report, prompt=result.report.get("prompt")))
     return out
 
@@ -478,19 +470,15 @@ def summarize(ds: datasets.DatasetDict) -> dict[str, dict[str, Any]]:
     >>> summarize(d)["train"]["labels"], summarize(d)["train"]["chars"]["mean"]
     ({'positive': 1}, 2.0)
     """
+    def stat(xs: list[int]) -> dict[str, float]:
+        return {"min": min(xs), "mean": round(sum(xs) / len(xs), 1), "max": max(xs)} if xs else {}
+
     out = {}
     for split, d in ds.items():
-        labels: dict[str, int] = {}
-        turns, chars = [], []
-        for row in d.select_columns(["label", "messages"]):
-            labels[row["label"]] = labels.get(row["label"], 0) + 1
-            turns.append(len(row["messages"]))
-            chars.append(sum(len(m["content"]) for m in row["messages"]))
-
-        def stat(xs: list[int]) -> dict[str, float]:
-            return {"min": min(xs), "mean": round(sum(xs) / len(xs), 1), "max": max(xs)} if xs else {}
-
-        out[split] = {"rows": len(d), "labels": dict(sorted(labels.items())), "turns": stat(turns), "chars": stat(chars)}
+        conversations = d["messages"]
+        out[split] = {"rows": len(d), "labels": dict(sorted(Counter(d["label"]).items())),
+                      "turns": stat([len(c) for c in conversations]),
+                      "chars": stat([sum(len(m["content"]) for m in c) for c in conversations])}
     return out
 
 

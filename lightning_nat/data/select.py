@@ -182,7 +182,6 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
     neg_all, neg_rep = clean(neg_in, rules) if neg_population is None else (list(neg_in), Counter())
     stats.positives_available, stats.negatives_available = len(pos_all), len(neg_all)
     _check_class("positive", len(pos_in), len(pos_all), rep, allow_empty_class, stats)
-    rng = random.Random(seed)
     if pos_sampling == "reference":
         unique = list(pos_all)
     else:
@@ -192,7 +191,7 @@ def select(trajs: Sequence[Trajectory], variant: str, pos_num: int | None = None
             stats.filtered["positive on a question that already has one"] += len(pos_all) - len(unique)
     stats.notes += conflicting_ids(trajs)
     if pos_sampling == "random":
-        unique = rng.sample(unique, len(unique))
+        unique = random.Random(seed).sample(unique, len(unique))
     elif pos_sampling not in ("first", "reference"):
         raise ValueError(f"pos_sampling must be 'first', 'random' or 'reference', got {pos_sampling!r}")
     positives = unique if pos_num is None else unique[:pos_num]

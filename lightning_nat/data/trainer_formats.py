@@ -272,14 +272,12 @@ def export_dataset(folder: str | os.PathLike, layout: str, out: str | os.PathLik
     for split, part in ds.items():
         records[split] = []
         for row in part:
-            if objective == "dpo" and not row["rejected"]:
-                converted = to_openai(row, head)  # a DPO build's dev rows: single conversations, for perplexity
-            else:
-                try:
-                    converted = convert(row, head)
-                except ExportError as exc:
-                    raise ExportError(f"{folder}, split {split}, row {row.get('id')!r}: {exc}") from None
-            records[split].append(converted)
+            # A DPO build's dev rows are single conversations, for perplexity.
+            row_convert = to_openai if objective == "dpo" and not row["rejected"] else convert
+            try:
+                records[split].append(row_convert(row, head))
+            except ExportError as exc:
+                raise ExportError(f"{folder}, split {split}, row {row.get('id')!r}: {exc}") from None
     files, info = [], {}
     out = Path(out)
     for split, recs in records.items():
