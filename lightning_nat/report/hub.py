@@ -98,11 +98,8 @@ def model_card(folder: str | Path, repo_id: str) -> str:
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no config.json (is it an exported `hf/` folder?)")
-    run_config: dict[str, Any] = {}
-    for candidate in (folder.parent / "config.yaml", folder / "training_config.yaml"):
-        if candidate.exists():
-            run_config = yaml.safe_load(candidate.read_text()) or {}
-            break
+    found = next((p for p in (folder.parent / "config.yaml", folder / "training_config.yaml") if p.exists()), None)
+    run_config: dict[str, Any] = (yaml.safe_load(found.read_text()) or {}) if found else {}
     model_cfg, data_cfg, trainer_cfg = (run_config.get(k, {}) or {} for k in ("model", "data", "trainer"))
     base = model_cfg.get("model_name_or_path", "unknown")
     spec = read_spec(folder) if (folder / PROMPT_FILE).is_file() else None
@@ -160,35 +157,31 @@ def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry
     """Upload (or, with ``dry_run``, describe) a dataset or model folder and its card; a dataset is staged first
     (:func:`stage_dataset`, into ``stage_dir`` when given, kept to inspect) and that folder uploaded."""
     folder = Path(folder)
-    if kind == "dataset":
-        with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
-            staged = Path(stage_dir) if stage_dir else Path(tmp) / "staged"
-            files = stage_dataset(folder, repo_id, staged)
-            plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files,
-                    "card": (staged / "README.md").read_text(encoding="utf-8"), "staged": str(staged)}
-            if not dry_run:
-                plan["url"] = _upload(staged, repo_id, kind, private, None)
-        return plan
-    if stage_dir:
+    if kind != "dataset" and stage_dir:
         raise ValueError("--stage-dir is for datasets; a model folder is uploaded as it is")
-    card = model_card(folder, repo_id)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"], "card": card}
-    if not dry_run:
-        plan["url"] = _upload(folder, repo_id, kind, private, card)
+    with tempfile.TemporaryDirectory(prefix="nat-push-") as tmp:
+        if kind == "dataset":
+            upload = Path(stage_dir) if stage_dir else Path(tmp) / "staged"
+            files = stage_dataset(folder, repo_id, upload)
+            plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files,
+                    "card": (upload / "README.md").read_text(encoding="utf-8"), "staged": str(upload)}
+        else:
+            upload, card = folder, model_card(folder, repo_id)
+            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"],
+                    "card": card}
+        if not dry_run:
+            token = hub_token()
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+            api.upload_folder(folder_path=str(upload), repo_id=repo_id, repo_type=kind)
+            if upload is folder:  # a model folder's card is not in it
+                api.upload_file(path_or_fileobj=plan["card"].encode(), path_in_repo="README.md", repo_id=repo_id,
+                                repo_type=kind)
+            plan["url"] = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
     return plan
-
-
-def _upload(folder: Path, repo_id: str, kind: str, private: bool, card: str | None) -> str:
-    token = hub_token()
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=kind)
-    if card is not None:
-        api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type=kind)
-    return f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
 
 
 @dataclass(kw_only=True)
