@@ -1,12 +1,12 @@
 """Command options from config dataclasses: one field is one flag, its help, its default and its check.
 
 A field made by :func:`option` carries ``help`` (text, or a function giving it) and optional metadata:
-``flag`` (another spelling; a ``True``-default bool's ``--no-...`` flag stores False), ``choices`` (a list or
-a function giving one), ``positional``, ``metavar``, ``append`` (a repeatable flag), ``group`` (a help
-section), ``unset`` (defaults to "not given", for a class's ``from_options``), ``always`` (written by
-:func:`to_argv` even at its default), ``internal`` (no flag) and ``min``/``max`` (checked by the parser and by
-:func:`check_numbers`, which a config's ``__post_init__`` calls). :func:`add_options`, :func:`from_namespace`
-and :func:`to_argv` convert between a config, argparse and a command line, so they cannot drift apart.
+``flag`` (another spelling; a ``True``-default bool's ``--no-...`` flag stores False), ``choices``,
+``positional``, ``metavar``, ``append`` (a repeatable flag), ``group`` (a help section), ``unset`` (defaults to
+"not given", for a class's ``from_options``), ``always`` (written by :func:`to_argv` even at its default),
+``internal`` (no flag) and ``min``/``max`` (checked by the parser and by :func:`check_numbers`, which a config's
+``__post_init__`` calls). :func:`add_options`, :func:`from_namespace` and :func:`to_argv` convert between a config,
+argparse and a command line, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -93,10 +93,6 @@ def _unwrap(hint: Any) -> Any:
     return hint
 
 
-def _resolve(value: Any) -> Any:
-    return value() if callable(value) else value
-
-
 def flag_of(f: dataclasses.Field) -> str:
     """The option spelling of a field.
 
@@ -137,8 +133,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         hint = _unwrap(hints[f.name])
         default = _default(f)
+        text = meta.get("help", "")
         # argparse formats help with %: a literal % in a help text (e.g. "95 %") must not break --help.
-        kw: dict[str, Any] = {"help": _resolve(meta.get("help", "")).replace("%", "%%")}
+        kw: dict[str, Any] = {"help": (text() if callable(text) else text).replace("%", "%%")}
         origin = typing.get_origin(hint)
         if hint is bool:
             kw["action"] = "store_false" if default is True else "store_true"
@@ -157,7 +154,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             if "min" in meta or "max" in meta:
                 kw["type"] = _bounded(kw["type"], f)
             if "choices" in meta:
-                kw["choices"] = list(_resolve(meta["choices"]))
+                kw["choices"] = list(meta["choices"])
             if "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
         if meta.get("positional"):

@@ -93,8 +93,8 @@ class BuildSpec:
         "", "task name or task YAML, which picks the instruction text; without it, each trajectory keeps its own "
             "leading system turn(s) as the instruction (task-less build)")
     variant: str = option(
-        "nat", lambda: "which training set to build: " + "; ".join(f"{name}: {p['description']}" for name, p in PRESETS.items()),
-        choices=lambda: list(PRESETS), always=True)
+        "nat", "which training set to build: " + "; ".join(f"{name}: {p['description']}" for name, p in PRESETS.items()),
+        choices=list(PRESETS), always=True)
     pos_num: int | None = option(None, "positives to keep: the first N unique by question (default: all)", min=0)
     neg_num: int | None = option(None, "negatives to sample with --seed (default: all)", min=0)
     seed: int = option(42, "sampling seed (default: 42)", always=True)
@@ -109,7 +109,7 @@ class BuildSpec:
         None, "reference: the paper's reference strings verbatim (instruction turn, acknowledgement, 'Question: ... "
               "**correctly**.', NAT-2's four F1 prefixes, Table 4 ablations); native: this package's system instruction "
               "and marker sentence (default: reference for the tasks whose declaration names reference_prompts, the "
-              "paper's six; native otherwise)", choices=lambda: list(STYLES))
+              "paper's six; native otherwise)", choices=list(STYLES))
     mode: Literal["react", "cot"] = option(
         "react", "react (tools) or cot: chain-of-thought solutions, prompted as the reference's "
                  "cot-zero-shot-target-aware (paper Table 7) (default: react)", flag="--prompt-mode")
