@@ -68,8 +68,7 @@ def instruction_for(what: str, tools: tuple[str, ...], answer_hint: str) -> str:
     >>> print(instruction_for("a math word problem", ("calculate", "finish"), "a number"))  # doctest: +ELLIPSIS
     Solve a math word problem. Work step by step...
     """
-    lines = [f"- {tool_help(t)}" for t in tools]
-    return (f"Solve {what}. " + _ACTION_RULES + "\n".join(lines)
+    return (f"Solve {what}. " + _ACTION_RULES + "\n".join(f"- {tool_help(t)}" for t in tools)
             + f"\nThe answer given to finish must be {answer_hint}, with nothing else.")
 
 
@@ -226,11 +225,8 @@ def _instruction(decl: dict, tools: tuple[str, ...], source: str, base: Path | N
     cot = decl.get("cot_instruction")
     if cot is not None and not isinstance(cot, str):
         raise DeclarationError(source, "cot_instruction", f"expected text, got {cot!r}")
-    lines = "\n".join(f"- {tool_help(t)}" for t in tools)
     if value == FROM_DATA:
         return "", cot or _GENERIC_COT, True
-    if isinstance(value, str) and value.strip():
-        return value.replace("{tools}", lines), cot or _GENERIC_COT, False
     if isinstance(value, dict) and set(value) == {"what", "answer"}:
         what, hint = str(value["what"]), str(value["answer"])
         return instruction_for(what, tools, hint), cot or cot_instruction_for(what, hint), False
@@ -239,7 +235,9 @@ def _instruction(decl: dict, tools: tuple[str, ...], source: str, base: Path | N
         text = obj() if callable(obj) else obj
         if not isinstance(text, str) or not text.strip():
             raise DeclarationError(source, "instruction.from", f"{value['from']!r} gave {text!r}, not text")
-        return text.replace("{tools}", lines), cot or _GENERIC_COT, False
+        value = text
+    if isinstance(value, str) and value.strip():
+        return value.replace("{tools}", "\n".join(f"- {tool_help(t)}" for t in tools)), cot or _GENERIC_COT, False
     raise DeclarationError(source, "instruction", f"expected text, '{FROM_DATA}', {{what, answer}} or {{from: "
                            f"'module:NAME'}}, got {value!r}")
 
@@ -307,9 +305,8 @@ def load_task_file(path: str | Path) -> Task:
     """The Task a YAML (or JSON) declaration file describes; its name defaults to the file's stem."""
     path = Path(path)
     decl = load_yaml(path)
-    if not isinstance(decl, dict):
-        raise DeclarationError(str(path), "(top level)", "expected a mapping of fields")
-    decl.setdefault("name", path.stem)
+    if isinstance(decl, dict):
+        decl.setdefault("name", path.stem)
     return task_from_dict(decl, source=str(path), base_dir=path.resolve().parent)
 
 
