@@ -53,13 +53,6 @@ _KEYS = {"name", "description", "instruction", "cot_instruction", "prompt_style"
          "answer", "data", "hub"}
 _GENERIC_COT = ("Think step by step in plain text, then end with one line of the form 'Final answer: <answer>'. "
                 "Write 'Final answer: <answer>'.")
-BUILTIN_DIR = Path(__file__).parent.parent / "taskdefs"
-
-_ACTION_RULES = (
-    "Work step by step. Each of your turns is a short 'Thought:' line with your reasoning, "
-    "followed by exactly one 'Action:' line. After each action you receive an 'Observation:' "
-    "with its result. Available actions:\n"
-)
 
 
 def instruction_for(what: str, tools: tuple[str, ...], answer_hint: str) -> str:
@@ -68,7 +61,9 @@ def instruction_for(what: str, tools: tuple[str, ...], answer_hint: str) -> str:
     >>> print(instruction_for("a math word problem", ("calculate", "finish"), "a number"))  # doctest: +ELLIPSIS
     Solve a math word problem. Work step by step...
     """
-    return (f"Solve {what}. " + _ACTION_RULES + "\n".join(f"- {tool_help(t)}" for t in tools)
+    return (f"Solve {what}. Work step by step. Each of your turns is a short 'Thought:' line with your reasoning, "
+            "followed by exactly one 'Action:' line. After each action you receive an 'Observation:' "
+            "with its result. Available actions:\n" + "\n".join(f"- {tool_help(t)}" for t in tools)
             + f"\nThe answer given to finish must be {answer_hint}, with nothing else.")
 
 
@@ -186,11 +181,8 @@ def _tools(decl: dict, source: str, base: Path | None) -> tuple[str, ...]:
             known = ", ".join([*BUILTIN_TOOLS, *sorted(TOOLS)])
             raise DeclarationError(source, where, f"unknown tool {ref!r} (known: {known}); "
                                    "or give an import path 'module:function' or 'file.py:function'")
-        if name not in names:
-            names.append(name)
-    if "finish" not in names:
-        names.append("finish")
-    return tuple(names)
+        names.append(name)
+    return tuple(dict.fromkeys([*names, "finish"]))
 
 
 def _metric(decl: dict, source: str, base: Path | None) -> tuple[Callable, str, str]:
@@ -308,9 +300,3 @@ def load_task_file(path: str | Path) -> Task:
     if isinstance(decl, dict):
         decl.setdefault("name", path.stem)
     return task_from_dict(decl, source=str(path), base_dir=path.resolve().parent)
-
-
-def load_builtin_tasks() -> dict[str, Task]:
-    """The tasks declared in ``lightning_nat/taskdefs/*.yaml``, by name."""
-    tasks = [load_task_file(p) for p in sorted(BUILTIN_DIR.glob("*.yaml"))]
-    return {t.name: t for t in tasks}

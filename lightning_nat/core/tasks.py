@@ -15,11 +15,11 @@ from typing import Any
 
 from lightning_nat.core.imports import DeclarationError, entry_points_of
 from lightning_nat.core.readers import load_questions
-from lightning_nat.core.task_spec import Task, load_builtin_tasks, load_task_file, task_from_dict
+from lightning_nat.core.task_spec import Task, load_task_file, task_from_dict
 
 TASK_GROUP = "lightning_nat.tasks"  # the entry point group: a public contract
-# Filled from the built-in declarations; register_task adds to it.
-TASKS: dict[str, Task] = load_builtin_tasks()
+# Filled from the built-in declarations (lightning_nat/taskdefs/*.yaml); register_task adds to it.
+TASKS = {t.name: t for t in map(load_task_file, sorted((Path(__file__).parent.parent / "taskdefs").glob("*.yaml")))}
 _entry_points_loaded = False
 
 
