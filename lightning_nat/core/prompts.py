@@ -1,6 +1,6 @@
 """Prompt styles rendered from data: how a task's question is put to the model under one training preset.
 
-Every string lives in ``prompts.yaml``; this module renders a :class:`~lightning_nat.core.task_spec.Task` it
+Every string lives in ``prompts.yaml``; this module renders a :class:`~lightning_nat.core.tasks.Task` it
 is given and names no task. Two styles: ``reference``, the paper's reference code (Reason-Wang/NAT) verbatim
 per task family (its acknowledgement turn, NAT-2's four F1 classes, the Table 4 ablations), the default for
 tasks that name a family; ``native``, this package's wording (a system instruction, a marker beside the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from lightning_nat.core.task_spec import Task
+    from lightning_nat.core.tasks import Task
 
 STYLES = ("reference", "native")
 # Where a ReAct model's turn ends: the environment writes the observation. The agent prefixes observations

@@ -47,7 +47,7 @@ _BINARY = {
     ast.Div: lambda a, b: a / b,
     ast.FloorDiv: lambda a, b: sympy.floor(a / b),
     ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a ** b,
+    ast.Pow: lambda a, b: _checked_pow(a, b),
 }
 _UNARY = {ast.UAdd: lambda a: a, ast.USub: lambda a: -a}
 _CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
@@ -138,8 +138,6 @@ def _eval(node: ast.AST) -> sympy.Expr:
         return sympy.Rational(repr(node.value))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            return _check_size(_checked_pow(left, right))
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
             raise CalculatorError("division by zero")
         return _check_size(_BINARY[type(node.op)](left, right))
