@@ -11,8 +11,7 @@ import pytest
 from lightning_nat.core import tasks as task_table
 from lightning_nat.core import tools as tool_table
 from lightning_nat.core.imports import DeclarationError
-from lightning_nat.core.task_spec import load_task_file
-from lightning_nat.core.tasks import TASKS, get_task, register_task
+from lightning_nat.core.tasks import TASKS, get_task, load_task_file, register_task
 from lightning_nat.core.tools import make_tools, register_tool
 
 

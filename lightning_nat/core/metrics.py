@@ -168,6 +168,4 @@ def exact_match_metric(prediction: str | None, gold: object) -> dict[str, float]
     >>> exact_match_metric("The Eiffel Tower.", "eiffel tower"), exact_match_metric(None, "x")
     ({'accuracy': 1.0}, {'accuracy': 0.0})
     """
-    if prediction is None:
-        return {"accuracy": 0.0}
-    return {"accuracy": float(normalize_answer(prediction) == normalize_answer(str(gold)))}
+    return {"accuracy": qa_metric(prediction, gold)["em"]}

@@ -1,6 +1,6 @@
 """Prompt styles rendered from data: how a task's question is put to the model under one training preset.
 
-Every string lives in ``prompts.yaml``; this module renders a :class:`~lightning_nat.core.task_spec.Task` it
+Every string lives in ``prompts.yaml``; this module renders a :class:`~lightning_nat.core.tasks.Task` it
 is given and names no task. Two styles: ``reference``, the paper's reference code (Reason-Wang/NAT) verbatim
 per task family (its acknowledgement turn, NAT-2's four F1 classes, the Table 4 ablations), the default for
 tasks that name a family; ``native``, this package's wording (a system instruction, a marker beside the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from lightning_nat.core.task_spec import Task
+    from lightning_nat.core.tasks import Task
 
 STYLES = ("reference", "native")
 # Where a ReAct model's turn ends: the environment writes the observation. The agent prefixes observations
@@ -121,11 +121,9 @@ def negative_class(spec: PromptSpec, score: float | None, reward: bool) -> int:
         raise ValueError(f"a trajectory without a score cannot be placed in one of {top} negative classes")
     if spec.top_at_one and score >= 1.0:
         return top
-    if spec.zero_class:
-        if score <= 0.0:
-            return 0
-        return min(1 + bisect.bisect_right(list(spec.thresholds), score), top - 1)
-    return min(bisect.bisect_right(list(spec.thresholds), score), top - 1)
+    if spec.zero_class and score <= 0.0:
+        return 0
+    return min(spec.zero_class + bisect.bisect_right(spec.thresholds, score), top - 1)
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -227,15 +225,6 @@ def make_spec(task: Task | None, preset_name: str = "nat", style: str | None = N
     raise ValueError(f"unknown prompt style {style!r}; expected one of {', '.join(STYLES)}")
 
 
-def for_task(spec: PromptSpec, task: Task) -> PromptSpec:
-    """The same style and preset for another task (a math model on SVAMP); the spec itself for its own task."""
-    if task.name == spec.task or spec.mode != "react" and spec.style == "reference":
-        return spec
-    if spec.style == "reference":
-        return reference_spec(task, spec.preset, spec.mode)
-    return native_spec(task, spec.preset, spec.mode, spec.markers, spec.placement, spec.thresholds)
-
-
 def head_messages(spec: PromptSpec, question: str, cls: int | None = None) -> list[dict[str, str]]:
     """The turns before the trajectory: instruction (and acknowledgement), then the question of class ``cls``.
 
@@ -257,11 +246,9 @@ def head_messages(spec: PromptSpec, question: str, cls: int | None = None) -> li
         out.append({"role": "system", "content": f"{(spec.instruction or '').rstrip()}\n\n{marker}".lstrip()})
         out.append({"role": "user", "content": question.strip()})
         return out
-    if spec.instruction_role == "system" and spec.instruction is not None:
-        out.append({"role": "system", "content": spec.instruction})
-    elif spec.instruction_role == "user" and spec.instruction is not None:
-        out.append({"role": "user", "content": spec.instruction})
-        if spec.acknowledgement is not None:
+    if spec.instruction_role in ("system", "user") and spec.instruction is not None:
+        out.append({"role": spec.instruction_role, "content": spec.instruction})
+        if spec.instruction_role == "user" and spec.acknowledgement is not None:
             out.append({"role": "assistant", "content": spec.acknowledgement})
     out.append({"role": "user", "content": fill(template, question)})
     return out
@@ -289,14 +276,16 @@ def resolve_eval_spec(task: Task, saved: PromptSpec | None, style: str | None = 
                       mode: str = "react", where: str = "the model folder") -> PromptSpec:
     """The prompt to evaluate ``task`` with: the saved one (trained), else built from the options.
 
-    An explicit option that contradicts the saved spec is an error, never silently preferred.
+    An explicit option that contradicts the saved spec is an error, never silently preferred. The saved spec
+    itself serves its own task (and every task in the reference chain-of-thought style, which names none); another
+    task (a math model on SVAMP) or mode gets the same style and preset rendered for it.
     """
-    if saved is not None:
-        for opt, given, have in (("--prompt-style", style, saved.style), ("--prompt-preset", preset_name, saved.preset)):
-            if given is not None and given != have:
-                raise ValueError(f"{opt} {given} contradicts the prompt the model was trained with ({saved.style}, "
-                                 f"preset {saved.preset}, saved in {where}); drop the option")
-        if mode != saved.mode:
-            return make_spec(task, saved.preset, saved.style, mode, saved.markers, saved.placement, saved.thresholds)
-        return for_task(saved, task)
-    return make_spec(task, preset_name or "nat", style, mode)
+    if saved is None:
+        return make_spec(task, preset_name or "nat", style, mode)
+    for opt, given, have in (("--prompt-style", style, saved.style), ("--prompt-preset", preset_name, saved.preset)):
+        if given is not None and given != have:
+            raise ValueError(f"{opt} {given} contradicts the prompt the model was trained with ({saved.style}, "
+                             f"preset {saved.preset}, saved in {where}); drop the option")
+    if mode == saved.mode and (task.name == saved.task or mode != "react" and saved.style == "reference"):
+        return saved
+    return make_spec(task, saved.preset, saved.style, mode, saved.markers, saved.placement, saved.thresholds)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sympy
 
@@ -47,7 +47,7 @@ _BINARY = {
     ast.Div: lambda a, b: a / b,
     ast.FloorDiv: lambda a, b: sympy.floor(a / b),
     ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a ** b,
+    ast.Pow: lambda a, b: _checked_pow(a, b),
 }
 _UNARY = {ast.UAdd: lambda a: a, ast.USub: lambda a: -a}
 _CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
@@ -138,8 +138,6 @@ def _eval(node: ast.AST) -> sympy.Expr:
         return sympy.Rational(repr(node.value))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            return _check_size(_checked_pow(left, right))
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
             raise CalculatorError("division by zero")
         return _check_size(_BINARY[type(node.op)](left, right))
@@ -231,12 +229,6 @@ def calculate(expression: str) -> str:
 
 # -- search ------------------------------------------------------------------------------------------------
 
-class SearchBackend(Protocol):
-    def search(self, query: str, k: int) -> list[str]: ...
-
-    def prepare(self) -> None: ...
-
-
 def format_snippets(snippets: list[str]) -> str:
     """The observation format of the reference trajectories: `` #1: ... #2: ...``.
 
@@ -253,8 +245,7 @@ class BM25Search:
     """Offline search: BM25 (``bm25s``) over a JSONL corpus of ``{"title", "text"}``, or a ``nat corpus`` folder."""
 
     corpus_path: str
-    _docs: list[str] = field(default_factory=list, repr=False)
-    _parts: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    _passages: list[dict] = field(default_factory=list, repr=False)
     _retriever: Any = field(default=None, repr=False)
 
     def prepare(self) -> None:
@@ -267,36 +258,34 @@ class BM25Search:
             raise RuntimeError("the bm25 search backend needs `pip install bm25s` (or lightning_nat[search])") from exc
         path = Path(self.corpus_path)
         if path.is_dir():  # a `nat corpus` folder: passages and their saved index
-            passages, self._retriever = load_index(path)
-            self._docs = [passage_text(p) for p in passages]
-            self._parts = [(str(p.get("title") or "").strip(), str(p["text"]).strip()) for p in passages]
+            self._passages, self._retriever = load_index(path)
             return
         for lineno, rec in read_records(path):
             if isinstance(rec, RecordError):
                 raise rec
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
                 raise RecordError("expected a JSON object with a 'text' string", path, f"line {lineno}")
-            self._docs.append(f"{rec.get('title', '')}: {rec['text']}".strip(": "))
-            self._parts.append((str(rec.get("title", "")), rec["text"]))
-        if not self._docs:
+            self._passages.append(rec)
+        if not self._passages:
             raise ValueError(f"{path}: empty search corpus")
         self._retriever = bm25s.BM25()
-        self._retriever.index(bm25s.tokenize(self._docs, show_progress=False), show_progress=False)
+        self._retriever.index(bm25s.tokenize([passage_text(p) for p in self._passages], show_progress=False),
+                              show_progress=False)
 
-    def _top(self, query: str, n: int) -> list[int]:
+    def _top(self, query: str, n: int) -> list[dict]:
         import bm25s
 
         self.prepare()
-        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False), k=min(n, len(self._docs)),
-                                               show_progress=False)
-        return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
+        ids, scores = self._retriever.retrieve(bm25s.tokenize([query], show_progress=False),
+                                               k=min(n, len(self._passages)), show_progress=False)
+        return [self._passages[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
 
     def search(self, query: str, k: int) -> list[str]:
-        return [self._docs[i] for i in self._top(query, k)]
+        return [passage_text(p) for p in self._top(query, k)]
 
     def hits(self, query: str, n: int) -> list[tuple[str, str]]:
         """The ``n`` best BM25 ``(title, text)`` pairs, for re-ranking."""
-        return [self._parts[i] for i in self._top(query, n)]
+        return [(str(p.get("title") or "").strip(), p["text"].strip()) for p in self._top(query, n)]
 
 
 @dataclass
@@ -333,7 +322,7 @@ class SerperSearch:
         return [s for s in out if s][:k]
 
 
-SEARCH_BACKENDS: dict[str, Callable[..., SearchBackend]] = {"bm25": BM25Search, "serper": SerperSearch}
+SEARCH_BACKENDS = {"bm25": BM25Search, "serper": SerperSearch}
 
 
 def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, **kwargs: Any
@@ -365,19 +354,16 @@ def make_search(backend: str, k: int = 3, reranker: Any = None, pool: int = 10, 
 
 def make_tools(names: tuple[str, ...], search: Callable[[str], str] | None = None) -> dict[str, Callable[[str], str]]:
     """The callable tools a task's agent gets (``finish`` is the agent loop's); registered ones come guarded."""
-    available: dict[str, Callable[[str], str]] = {"calculate": calculate}
-    for name in names:
-        if name not in available and name != "search" and (spec := find_tool(name)) is not None:
-            available[name] = spec.call
-    if search is not None:
-        available["search"] = search
     tools = {}
     for name in names:
-        if name == "finish":
-            continue
-        if name not in available:
+        if name == "calculate":
+            tools[name] = calculate
+        elif name == "search" and search is not None:
+            tools[name] = search
+        elif name not in ("search", "finish") and (spec := find_tool(name)) is not None:
+            tools[name] = spec.call
+        elif name != "finish":
             raise ValueError(f"tool {name!r} is not configured (search needs --search-corpus or --search serper)")
-        tools[name] = available[name]
     return tools
 
 

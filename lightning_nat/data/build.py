@@ -38,7 +38,7 @@ from lightning_nat.core.prompts import (
 )
 from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories
 from lightning_nat.core.secrets import mask_all
-from lightning_nat.core.task_spec import Task
+from lightning_nat.core.tasks import Task
 from lightning_nat.core.trajectory import Trajectory, message_to_row
 from lightning_nat.data.select import BuildStats, kto_balance, pair_trajectories, reference_population, select
 

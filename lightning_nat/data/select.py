@@ -20,7 +20,7 @@ from lightning_nat.core.readers import ReadReport, read_trajectories_jsonl
 from lightning_nat.core.trajectory import Trajectory, write_jsonl
 
 if TYPE_CHECKING:
-    from lightning_nat.core.task_spec import Task
+    from lightning_nat.core.tasks import Task
 
 # "F1 = 0" as a floor: any score below it counts as zero. The one threshold of both commands.
 ZERO_SCORE_FLOOR = 1e-6

@@ -46,7 +46,7 @@ ARITH_DECLARATION = {
 }
 
 
-def arith_task():  # -> lightning_nat.core.task_spec.Task (imported lazily: the table of tasks loads entry points)
+def arith_task():  # -> lightning_nat.core.tasks.Task (imported lazily: the table of tasks loads entry points)
     """The demo's task, registered (also the ``lightning_nat.tasks`` entry point ``arith``)."""
     from lightning_nat.core.tasks import register_task
 
