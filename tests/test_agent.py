@@ -82,7 +82,7 @@ def test_batched_episodes_and_trajectories(tmp_path):
     assert summary["accuracy"] == 0.5 and summary["finished"] == 0.75 and summary["turn_limit"] == 0.25
     assert summary["parse_errors"] == 4
     # Evaluation output feeds back into `nat build`.
-    from lightning_nat.core.trajectory import write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
 
     path = tmp_path / "episodes.jsonl"
     write_jsonl(path, trajs)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import datasets
 
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.readers import read_trajectories_jsonl
 from lightning_nat.core.tasks import TASKS
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.trajectory import Trajectory
 from lightning_nat.data.select import ZERO_SCORE_FLOOR, CleanRules, apply_rules, clean, paper_rules, select
 
 REPO = Path(__file__).resolve().parents[1]

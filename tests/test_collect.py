@@ -156,7 +156,7 @@ def test_clean_rules():
 
 def test_nat_clean_cli(tmp_path, capsys):
     from lightning_nat.cli import main
-    from lightning_nat.core.trajectory import write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
 
     trajs = [Trajectory(str(i), "hotpotqa", "q", [{"role": "assistant", "content": str(i)}], i == 0, [1.0, 0.0, 0.3][i],
                         "p", question_id=str(i)) for i in range(3)]

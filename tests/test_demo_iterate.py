@@ -12,9 +12,9 @@ import pytest
 
 from lightning_nat.agent.collect import collect
 from lightning_nat.agent.react import ReActAgent
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.readers import read_trajectories_jsonl
 from lightning_nat.core.tools import make_tools
-from lightning_nat.core.trajectory import write_jsonl
 from lightning_nat.demo.base import BaseSpec, make_base
 from lightning_nat.demo.run import DemoConfig, fit_round
 from lightning_nat.demo.synthetic import ScriptedTeacher, arith_task, make_problems

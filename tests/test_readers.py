@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories, read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, write_jsonl
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError
 
 
 def test_real_strategyqa_counts(strategyqa_files):

@@ -185,7 +185,8 @@ def test_jsonl_line_separators_survive(tmp_path):
 
 def _collected(tmp_path, content):
     """A canonical trajectory file (what nat collect writes) with one teacher answer holding ``content``."""
-    from lightning_nat.core.trajectory import Trajectory, write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
+    from lightning_nat.core.trajectory import Trajectory
 
     trajs = [Trajectory(id=f"gsm8k:{i}:t0.2:s0", task="gsm8k", question=f"Q{i}?", reward=bool(i % 2), score=None,
                         prediction="4", answer="4", question_id=str(i), meta={"temperature": 0.2, "sample": 0},

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from lightning_nat.agent.config import AgentKindConfig, check_error_rate
 from lightning_nat.core.console import console
-from lightning_nat.core.jsonl import atomic_write_text, dumps_line
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line, write_jsonl
 from lightning_nat.core.options import option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
@@ -202,7 +202,6 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
 
     from lightning_nat.agent.collect import collect, key_of, recover
     from lightning_nat.core.prompts import resolve_eval_spec
-    from lightning_nat.core.trajectory import write_jsonl
 
     size = BLOCK_POOLS * cfg.batch_size
     blocks = [(float(t), s, i) for t in cfg.temperatures for s in range(cfg.samples) for i in range(0, len(records), size)]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
-from lightning_nat.core.jsonl import atomic_write_text
+from lightning_nat.core.jsonl import atomic_write_text, read_json, write_jsonl
 from lightning_nat.core.readers import read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.trajectory import Trajectory
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
 END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": "stopped_on_error",
@@ -160,11 +160,7 @@ class EvalReport:
         path = Path(path)
         if path.is_dir():
             path = path / RESULTS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-        report = cls.from_dict(data, str(path))
+        report = cls.from_dict(read_json(path), str(path))
         if episodes and (path.parent / EPISODES_FILE).exists():
             for t in read_trajectories_jsonl(path.parent / EPISODES_FILE):
                 report.episodes.setdefault(t.task, []).append(t)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_nat.core.console import console, table
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.options import option
 from lightning_nat.core.readers import ReadReport, read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from lightning_nat.core.task_spec import Task
