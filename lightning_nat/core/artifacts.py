@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_json, read_jsonl
 from lightning_nat.core.prompts import PromptSpec, native_spec
 
 BUILD_FILE = "build.json"
@@ -82,33 +82,24 @@ class BuildRecord:
         return cls(config=d["config"], report=d["report"], prompt=d.get("prompt"))
 
 
-def build_path(folder: str | os.PathLike) -> Path:
-    return Path(folder) / BUILD_FILE
-
-
 def read_build(folder: str | os.PathLike) -> BuildRecord:
     """The ``build.json`` of a ``nat build --out`` folder; a missing or unreadable one is a located error."""
-    path = build_path(folder)
+    path = Path(folder) / BUILD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {BUILD_FILE} (is it a `nat build --out` folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    rec = BuildRecord.from_dict(data, str(path))
-    return BuildRecord(rec.config, rec.report, rec.prompt, path)
+    return replace(BuildRecord.from_dict(read_json(path), str(path)), path=path)
 
 
 def maybe_read_build(folder: str | os.PathLike | None) -> BuildRecord | None:
     """:func:`read_build` when ``folder`` holds a ``build.json``, else None (a dataset made by other means)."""
-    if folder is None or not build_path(folder).is_file():
+    if folder is None or not (Path(folder) / BUILD_FILE).is_file():
         return None
     return read_build(folder)
 
 
 def write_build(folder: str | os.PathLike, record: BuildRecord) -> Path:
     """Write ``build.json`` into ``folder`` (atomically: a reader never sees half a record)."""
-    return atomic_write_text(build_path(folder), json.dumps(record.to_dict(), indent=1, default=list))
+    return atomic_write_text(Path(folder) / BUILD_FILE, json.dumps(record.to_dict(), indent=1, default=list))
 
 
 def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
@@ -117,10 +108,7 @@ def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
         return None
     path = Path(folder) / PROMPT_FILE
     if path.is_file():
-        try:
-            return PromptSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+        return PromptSpec.from_dict(read_json(path))
     rec = maybe_read_build(folder)
     if rec is None:
         return None

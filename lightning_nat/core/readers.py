@@ -283,8 +283,6 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     calls = message.get("tool_calls")
     content = message.get("content")
     if calls:
-        if role != "assistant":
-            raise TrajectoryFormatError(f"{where}: only assistant turns make tool calls, not {role}")
         if not isinstance(calls, list):
             raise TrajectoryFormatError(f"{where}: tool_calls must be a list")
         content = "" if content is None else content
@@ -295,10 +293,8 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": role, "content": content}
     if calls:
         out["tool_calls"] = [call_from_openai(c, where) for c in calls]
-    if role == "tool":
-        if not isinstance(message.get("tool_call_id"), str):
-            raise TrajectoryFormatError(f"{where}: a tool turn needs the tool_call_id it answers")
-        out["tool_call_id"] = message["tool_call_id"]
+    if role == "tool":  # validate_messages checks it (other roles' ids are dropped)
+        out["tool_call_id"] = message.get("tool_call_id")
     return out
 
 
@@ -465,5 +461,5 @@ def read_trajectories(
 
 
 def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
-    """Read the canonical JSONL that ``trajectory.write_jsonl`` writes, naming the line of any bad record."""
+    """Read the canonical JSONL that ``jsonl.write_jsonl`` writes of trajectories, naming the line of any bad record."""
     return read_trajectories(path, "jsonl")
