@@ -202,9 +202,9 @@ def test_clean_and_build_read_back_unicode_line_separators(tmp_path):
     path = _collected(tmp_path, content)
     proc = nat("clean", path, "--task", "gsm8k", "--out", tmp_path / "clean.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
 
-    back = read_trajectories_jsonl(tmp_path / "clean.jsonl")
+    back = read_trajectories(tmp_path / "clean.jsonl")
     assert len(back) == 4 and back[1].messages[0]["content"] == content
     proc = nat("build", "--format", "jsonl", "--trajectories", tmp_path / "clean.jsonl", "--task", "gsm8k",
                "--variant", "nat", "--out", tmp_path / "ds", "--cache-dir", tmp_path / "cache", cwd=tmp_path)

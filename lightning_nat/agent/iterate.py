@@ -266,10 +266,10 @@ def loading(cfg: IterateConfig, model: str, k: int) -> Iterator[None]:
 
 def check_classes(cfg: IterateConfig, k: int, own: Path, inputs: list) -> None:
     """Stop a round whose data has no positive, or no negative when the variant trains on them."""
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
 
     def counts(paths: list) -> tuple[int, int]:
-        labels = [t.reward for p in paths for t in read_trajectories_jsonl(p)]
+        labels = [t.reward for p in paths for t in read_trajectories(p)]
         return sum(labels), len(labels) - sum(labels)
 
     (pos, neg), (own_pos, own_neg) = counts(inputs), counts([own])
@@ -348,10 +348,10 @@ def round_record(cfg: IterateConfig, task: Any, rd: Path, k: int, collected_with
     """What a round collected, trained on and scored: its ``round.json``."""
     import datasets
 
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
     from lightning_nat.core.results import EvalReport
 
-    trajs = read_trajectories_jsonl(rd / "trajectories.jsonl")
+    trajs = read_trajectories(rd / "trajectories.jsonl")
     pos, asked = sum(t.reward for t in trajs), {t.question_id for t in trajs}
     labels = datasets.load_from_disk(str(rd / "data"))["train"]["label"]
     record = {"round": k, "collected_with": collected_with, "trained_from": trained_from, "episodes": len(trajs),

@@ -78,7 +78,7 @@ def check_loss_flag(turn: dict, i: int) -> None:
                                     f"assistant turns are trained here, so the file's loss flags cannot be honoured")
 
 
-def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_nat_record(record: dict, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
     """One record of the NAT reference format, joined with its question by ``id``.
 
     >>> rec = {"id": "q7", "source": "0.5", "info": {"reward": True, "gt": True, "pred": "Yes"},
@@ -88,8 +88,6 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
     >>> t.question, t.reward, t.score, t.prediction, t.meta["source"]
     ('Is water wet?', True, 1.0, 'Yes', '0.5')
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     for key in ("id", "conversations", "info"):
         if key not in record:
             raise TrajectoryFormatError(f"missing '{key}'")
@@ -111,12 +109,7 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
         check_loss_flag(turn, i)
         messages.append({"role": turn["role"], "content": turn["content"]})
     reward = bool(info["reward"])  # check_fields took only true/false or 0/1
-    if "f1" in info:
-        score = check_score(info["f1"])
-    elif "acc" in info:
-        score = check_score(info["acc"])
-    else:
-        score = float(reward)
+    score = check_score(info["f1"] if "f1" in info else info.get("acc", reward))
     meta = {k: v for k, v in record.items() if k not in ("id", "conversations", "info")}
     meta.update({f"info.{k}": v for k, v in info.items() if k not in ("reward", "pred", "gt")})
     pred = info.get("pred")
@@ -236,7 +229,7 @@ def question_key(question: str) -> str:
     return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
 
 
-def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_openai_record(record: dict[str, Any], task: str = "", traj_id: str | None = None) -> Trajectory:
     """An OpenAI-messages record: ``{"messages": [...], "reward": bool, "score"?: float, ...}``.
 
     >>> t = from_openai_record({"messages": [{"role": "system", "content": "You are an agent."},
@@ -245,8 +238,6 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
     >>> t.question, len(t.messages), t.meta["source_system"]
     ('What is 2+3?', 1, 'You are an agent.')
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     if "messages" not in record and "completion" in record and "nat" in record:  # a KTO export: prompt + completion
         record = {**record, "messages": [*record.get("prompt", []), *record["completion"]]}
     if "messages" not in record:
@@ -298,7 +289,7 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     return out
 
 
-def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_sharegpt_record(record: dict[str, Any], task: str = "", traj_id: str | None = None) -> Trajectory:
     """A ShareGPT record: ``{"conversations": [{"from", "value"}], "reward": bool, ...}``.
 
     >>> t = from_sharegpt_record({"conversations": [{"from": "human", "value": "Is ice cold?"},
@@ -306,8 +297,6 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
     >>> t.messages, t.reward, t.score
     ([{'role': 'assistant', 'content': 'Action: finish[yes]'}], False, 0.5)
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     convs = record.get("conversations")
     if not isinstance(convs, list):
         raise TrajectoryFormatError("missing 'conversations' list")
@@ -405,14 +394,15 @@ FORMATS: dict[str, Callable[..., Trajectory]] = {
 
 def read_trajectories(
     path: str | os.PathLike,
-    format: str = "nat",
+    format: str = "jsonl",
     questions: dict[str, dict] | None = None,
     task: str = "",
     on_error: OnError = "raise",
     report: ReadReport | None = None,
 ) -> list[Trajectory]:
-    """Read one trajectory file of ``format`` (``nat`` needs ``questions``, ``openai``, ``sharegpt``, or ``jsonl``:
-    ours); errors name the file and the record, or (``on_error="skip"``) are counted in ``report``."""
+    """Read one trajectory file of ``format`` (``jsonl``: ours, as ``jsonl.write_jsonl`` writes trajectories;
+    ``nat`` needs ``questions``; ``openai``; ``sharegpt``); errors name the file and the record, or
+    (``on_error="skip"``) are counted in ``report``."""
     if format not in FORMATS and format != "jsonl":
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
     if on_error not in ("raise", "skip"):
@@ -424,10 +414,9 @@ def read_trajectories(
     try:
         records = _load_json_or_jsonl(path)
     except RecordError as err:
-        exc = TrajectoryFormatError(err.problem, err.path, err.where)
         if on_error == "raise":
-            raise exc from None
-        report.skip(exc)
+            raise TrajectoryFormatError(err.problem, err.path, err.where) from None
+        report.skip(err)
         return []
     out = []
     report.records[str(path)] += len(records)
@@ -436,11 +425,11 @@ def read_trajectories(
         try:
             if isinstance(rec, RecordError):
                 raise rec
+            if not isinstance(rec, dict):  # every format's records are objects
+                raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
             if format == "nat":
                 traj = from_nat_record(rec, questions or {}, task, traj_id)
             elif format == "jsonl":
-                if not isinstance(rec, dict):
-                    raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
                 traj = Trajectory.from_dict(rec)
             else:
                 traj = FORMATS[format](rec, task, traj_id)
@@ -458,8 +447,3 @@ def read_trajectories(
         out.append(traj)
     report.read[str(path)] += len(out)
     return out
-
-
-def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
-    """Read the canonical JSONL that ``jsonl.write_jsonl`` writes of trajectories, naming the line of any bad record."""
-    return read_trajectories(path, "jsonl")

@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
 from lightning_nat.core.jsonl import atomic_write_text, read_json, write_jsonl
-from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.trajectory import Trajectory
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
@@ -162,7 +162,7 @@ class EvalReport:
             path = path / RESULTS_FILE
         report = cls.from_dict(read_json(path), str(path))
         if episodes and (path.parent / EPISODES_FILE).exists():
-            for t in read_trajectories_jsonl(path.parent / EPISODES_FILE):
+            for t in read_trajectories(path.parent / EPISODES_FILE):
                 report.episodes.setdefault(t.task, []).append(t)
         return report
 
