@@ -21,8 +21,7 @@ def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> 
     """A rich table from plain rows (numbers are right-aligned)."""
     rows = [list(r) for r in rows]
     t = Table(title=title, title_justify="left")
-    cols = list(columns)
-    for i, c in enumerate(cols):
+    for i, c in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
         t.add_column(c, justify="right" if numeric else "left")
     for r in rows:

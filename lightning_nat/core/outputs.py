@@ -136,8 +136,7 @@ def writing(out: str | os.PathLike, command: str, overwrite: bool = False,
         check_out_folder(out, command, overwrite)  # again under the lock: another run may have finished into it
         out = Path(out)
         staged, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
-        if staged.exists():
-            shutil.rmtree(staged)
+        shutil.rmtree(staged, ignore_errors=True)  # a killed run's leftover
         staged.mkdir()
         try:
             yield staged

@@ -349,10 +349,8 @@ def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]
 def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
     """Questions by id (else by 0-based position) from a JSON list or JSONL of ``{"id", "question", "answer"}``;
     ``fields`` maps our field names to the file's (``{"question": "prompt"}``)."""
-    path = Path(path)
-    records = _load_json_or_jsonl(path)
     out: dict[str, dict] = {}
-    for where, index, rec in records:
+    for where, index, rec in _load_json_or_jsonl(path):
         if isinstance(rec, RecordError):
             raise TrajectoryFormatError(rec.problem, path, where)
         if fields and isinstance(rec, dict):
@@ -366,15 +364,14 @@ def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None
     return out
 
 
-def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
+def _load_json_or_jsonl(path: str | os.PathLike) -> list[tuple[str, int, Any]]:
     """``(where, position, record)`` of a JSON list or a JSONL file; a bad JSONL line is a located
     :class:`RecordError` in place of its record, so a caller can skip that line alone."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
-        text = jsonl.read_text(path)
         try:
-            data = json.loads(text)
+            data = json.loads(jsonl.read_text(path))
         except json.JSONDecodeError as exc:
             raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
         except RecursionError:

@@ -119,9 +119,7 @@ def task_result(runs: Sequence[Sequence[Trajectory]], prompt: dict[str, Any] | N
             if key != "episodes":
                 flat[f"{key}_sd"] = round(statistics.stdev(values), 12)
         flat["runs"], flat["per_run"] = len(figures), figures
-    result = TaskResult.from_dict(flat)
-    result.prompt = prompt
-    return result
+    return TaskResult.from_dict({**flat, "prompt": prompt})
 
 
 @dataclass
@@ -138,8 +136,7 @@ class EvalReport:
 
     def write(self, out_dir: str | Path) -> Path:
         """``results.json`` and ``trajectories.jsonl`` into ``out_dir`` (the only writer of ``results.json``)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(out_dir)  # both writers make the folder
         # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
         if self.episodes:  # a report of figures only (the demo's comparison) has no episodes to write
             write_jsonl(out / EPISODES_FILE, [t for trajs in self.episodes.values() for t in trajs])
