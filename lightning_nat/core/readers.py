@@ -382,13 +382,6 @@ def _load_json_or_jsonl(path: str | os.PathLike) -> list[tuple[str, int, Any]]:
     return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
 
 
-FORMATS: dict[str, Callable[..., Trajectory]] = {
-    "nat": from_nat_record,
-    "openai": from_openai_record,
-    "sharegpt": from_sharegpt_record,
-}
-
-
 def read_trajectories(
     path: str | os.PathLike,
     format: str = "jsonl",
@@ -400,8 +393,14 @@ def read_trajectories(
     """Read one trajectory file of ``format`` (``jsonl``: ours, as ``jsonl.write_jsonl`` writes trajectories;
     ``nat`` needs ``questions``; ``openai``; ``sharegpt``); errors name the file and the record, or
     (``on_error="skip"``) are counted in ``report``."""
-    if format not in FORMATS and format != "jsonl":
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
+    formats: dict[str, Callable[[dict, str], Trajectory]] = {
+        "nat": lambda rec, traj_id: from_nat_record(rec, questions or {}, task, traj_id),
+        "openai": lambda rec, traj_id: from_openai_record(rec, task, traj_id),
+        "sharegpt": lambda rec, traj_id: from_sharegpt_record(rec, task, traj_id),
+        "jsonl": lambda rec, traj_id: Trajectory.from_dict(rec),
+    }
+    if format not in formats:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(formats)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if format == "nat" and questions is None:
@@ -418,18 +417,12 @@ def read_trajectories(
     out = []
     report.records[str(path)] += len(records)
     for where, index, rec in records:
-        traj_id = f"{path.stem}:{index}"
         try:
             if isinstance(rec, RecordError):
                 raise rec
             if not isinstance(rec, dict):  # every format's records are objects
                 raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
-            if format == "nat":
-                traj = from_nat_record(rec, questions or {}, task, traj_id)
-            elif format == "jsonl":
-                traj = Trajectory.from_dict(rec)
-            else:
-                traj = FORMATS[format](rec, task, traj_id)
+            traj = formats[format](rec, f"{path.stem}:{index}")
         except (RecordError, TypeError, AttributeError, KeyError, RecursionError) as exc:
             # Anything else a record's shape trips (a field of an unforeseen type) is that record's problem too.
             problem = exc.problem if isinstance(exc, RecordError) else f"unreadable record ({type(exc).__name__}: {exc})"
