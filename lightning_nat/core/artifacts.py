@@ -110,13 +110,11 @@ def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
     if path.is_file():
         return PromptSpec.from_dict(read_json(path))
     rec = maybe_read_build(folder)
-    if rec is None:
-        return None
-    if rec.prompt is not None:
+    if rec is not None and rec.prompt is not None:
         return PromptSpec.from_dict(rec.prompt)
-    cfg = rec.config
-    if not cfg.get("task"):
+    if rec is None or not rec.config.get("task"):
         return None
+    cfg = rec.config
     # Built before prompt specs were recorded: those builds were all in the native style.
     from lightning_nat.core.tasks import get_task
 

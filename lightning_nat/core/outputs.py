@@ -101,8 +101,7 @@ def check_out_folder(out: str | os.PathLike, command: str, overwrite: bool = Fal
     write (or that now holds files it did not write), unless ``overwrite``."""
     target = Path(out).resolve()
     for f in inputs:
-        path = Path(f).resolve()
-        if path == target or target in path.parents:
+        if Path(f).resolve().is_relative_to(target):
             raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
                               "choose another --out")
     out = Path(out)

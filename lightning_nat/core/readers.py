@@ -245,11 +245,9 @@ def from_openai_record(record: dict[str, Any], task: str = "", traj_id: str | No
     messages = record["messages"]
     if not isinstance(messages, list):
         raise TrajectoryFormatError("messages must be a list")
-    if not messages:
-        raise TrajectoryFormatError("empty conversation")
     # indices of the record as written, before the question is split off
     messages = [openai_message(m, i) for i, m in enumerate(messages)]
-    validate_messages(messages)  # call ids checked here, where message indices are still the record's own
+    validate_messages(messages)  # an empty list, call ids: checked here, where message indices are the record's own
     return _from_chat_record(record, messages, task, traj_id)
 
 
