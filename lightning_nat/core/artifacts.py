@@ -49,16 +49,6 @@ class BuildRecord:
     def variant(self) -> str | None:
         return self.config.get("name")
 
-    @property
-    def neg_num(self) -> int | None:
-        """The number of negatives actually in the training split (not the ``--neg-num`` asked for)."""
-        return self.stats.get("negatives")
-
-    @property
-    def pos_num(self) -> int | None:
-        """The number of positives actually in the training split."""
-        return self.stats.get("positives")
-
     def to_dict(self) -> dict[str, Any]:
         out = {"config": self.config, "report": self.report}
         if self.prompt is not None:
@@ -69,8 +59,8 @@ class BuildRecord:
     def from_dict(cls, d: Any, where: str = BUILD_FILE) -> BuildRecord:
         """A record from its JSON form; anything else is an error naming ``where``.
 
-        >>> BuildRecord.from_dict({"config": {"name": "nat"}, "report": {"stats": {"negatives": 3}}}).neg_num
-        3
+        >>> BuildRecord.from_dict({"config": {"name": "nat"}, "report": {"stats": {"negatives": 3}}}).stats
+        {'negatives': 3}
         >>> BuildRecord.from_dict({"config": {}})
         Traceback (most recent call last):
         ...
@@ -128,7 +118,8 @@ def write_spec(spec: PromptSpec, folder: str | os.PathLike) -> Path:
 
 
 def run_counts(build: BuildRecord | None) -> dict[str, Any]:
-    """What every history row says about the training set: its variant and actual counts.
+    """What every history row says about the training set: its variant and the counts actually in its training
+    split (``stats``; not the ``--neg-num`` asked for).
 
     >>> run_counts(BuildRecord({"name": "nat", "neg_num": 500}, {"stats": {"positives": 9, "negatives": 4}}))
     {'variant': 'nat', 'pos_num': 9, 'neg_num': 4}
@@ -137,7 +128,7 @@ def run_counts(build: BuildRecord | None) -> dict[str, Any]:
     """
     if build is None:
         return {}
-    return {"variant": build.variant, POS_NUM: build.pos_num, NEG_NUM: build.neg_num}
+    return {"variant": build.variant, POS_NUM: build.stats.get("positives"), NEG_NUM: build.stats.get("negatives")}
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:

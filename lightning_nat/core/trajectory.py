@@ -250,8 +250,6 @@ def validate_messages(messages: Any) -> None:
         raise TrajectoryFormatError("no assistant turn")
 
 
-# -- message forms --------------------------------------------------------------------------------------
-
 def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text)
@@ -407,8 +405,6 @@ def as_openai(m: dict[str, Any], wire: bool = True) -> dict[str, Any]:
         out["tool_call_id"] = m["tool_call_id"]
     return out
 
-
-# -- answers --------------------------------------------------------------------------------------------
 
 _FINISH = re.compile(r"\bfinish\s*\[", re.IGNORECASE)
 # Last-line forms, most specific first; each captures the rest of its line.
