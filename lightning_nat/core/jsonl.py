@@ -55,10 +55,8 @@ def parse_line(raw: bytes) -> Any:
     ...
     lightning_nat.core.jsonl.RecordError: undecodable bytes (not UTF-8) at column 8
     """
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
     try:
-        text = raw.decode("utf-8")
+        text = raw.removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(f"undecodable bytes (not UTF-8) at column {exc.start + 1}") from None
     try:
@@ -135,8 +133,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -311,15 +311,13 @@ def from_sharegpt_record(record: dict[str, Any], task: str = "", traj_id: str | 
             calls = calls_from_sharegpt(turn["value"], f"message {i}", i)
             messages.append({"role": "assistant", "content": "", "tool_calls": calls})
             pending = [c["id"] for c in calls]
-            continue
-        if calling and who in ("observation", "tool", "function"):
+        elif calling and who in ("observation", "tool", "function"):
             messages += _observations(turn["value"], pending, i)
             pending = []
-            continue
-        role = _SHAREGPT_ROLES.get(who)
-        if role is None:
+        elif who in _SHAREGPT_ROLES:
+            messages.append({"role": _SHAREGPT_ROLES[who], "content": turn["value"]})
+        else:
             raise TrajectoryFormatError(f"message {i}: unknown role {turn['from']!r}")
-        messages.append({"role": role, "content": turn["value"]})
     return _from_chat_record(record, messages, task, traj_id)
 
 
@@ -336,12 +334,8 @@ def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]
         if not isinstance(results, list) or len(results) != len(pending):
             raise TrajectoryFormatError(f"message {i}: {len(pending)} parallel calls need a JSON list of "
                                         f"{len(pending)} results in the observation")
-    out = []
-    for cid, res in zip(pending, results):
-        if not isinstance(res, str):
-            res = json.dumps(res, ensure_ascii=False)
-        out.append({"role": "tool", "content": res, "tool_call_id": cid})
-    return out
+    return [{"role": "tool", "content": res if isinstance(res, str) else json.dumps(res, ensure_ascii=False),
+             "tool_call_id": cid} for cid, res in zip(pending, results)]
 
 
 def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:

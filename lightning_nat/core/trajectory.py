@@ -456,14 +456,10 @@ def cot_answer(text: str) -> str | None:
     ...                          "Therefore, the answer is 18.", "I am not sure.")]
     ['18', '1,800', '18 apples', '18', None]
     """
-    best: tuple[int, str] | None = None
-    for form in _COT_FORMS:
-        for m in form.finditer(text):
-            if best is None or m.start() > best[0]:
-                best = (m.start(), m.group(1))
-    if best is None:
+    found = [m for form in _COT_FORMS for m in form.finditer(text)]
+    if not found:
         return None
-    answer = best[1].strip()
+    answer = max(found, key=lambda m: m.start()).group(1).strip()  # the last line's; on a tie the first form's
     # "The answer is 18." ends a sentence; the full stop is not part of the answer.
     return answer[:-1].rstrip() if answer.endswith(".") and not answer[:-1].rstrip().endswith(".") else answer
 
