@@ -7,7 +7,7 @@ import pytest
 
 from lightning_nat.agent.react import ReActAgent, parse_step
 from lightning_nat.builders import build_dataset
-from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.results import run_figures
 from lightning_nat.core.tasks import TASKS, load_questions_for
 from lightning_nat.core.tools import make_tools
@@ -82,7 +82,7 @@ def test_batched_episodes_and_trajectories(tmp_path):
     assert summary["accuracy"] == 0.5 and summary["finished"] == 0.75 and summary["turn_limit"] == 0.25
     assert summary["parse_errors"] == 4
     # Evaluation output feeds back into `nat build`.
-    from lightning_nat.core.trajectory import write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
 
     path = tmp_path / "episodes.jsonl"
     write_jsonl(path, trajs)
@@ -129,7 +129,7 @@ def test_nat_eval_and_solve_with_the_scratch_model(scratch_model, shared_data, t
     assert f"{100 * results['gsm8k']['finished']:.1f}" in row
     assert results["gsm8k"]["episodes"] == 4 and 0.0 <= results["gsm8k"]["accuracy"] <= 1.0
     assert results["gsm8k"]["finished"] + results["gsm8k"]["turn_limit"] == 1.0
-    trajs = read_trajectories_jsonl(out / "trajectories.jsonl")
+    trajs = read_trajectories(out / "trajectories.jsonl")
     assert len(trajs) == 8 and {t.task for t in trajs} == {"gsm8k", "svamp"}
     gold = load_questions_for(TASKS["gsm8k"], data_dir=str(shared_data), limit=4)
     assert [t.question for t in trajs[:4]] == [g["question"] for g in gold]

@@ -13,7 +13,7 @@ def test_build_record_round_trip(tmp_path):
     write_build(tmp_path, rec)
     back = read_build(tmp_path)
     assert back == rec and back.path == tmp_path / artifacts.BUILD_FILE
-    assert (back.variant, back.pos_num, back.neg_num) == ("nat", 3, 2)  # the actual counts, not --neg-num
+    assert artifacts.run_counts(back) == {"variant": "nat", "pos_num": 3, "neg_num": 2}  # the actual counts, not --neg-num
     assert json.loads((tmp_path / "build.json").read_text())["prompt"] == {"style": "x"}
 
 
@@ -31,7 +31,7 @@ def test_build_errors_name_the_file(tmp_path):
 
 def test_nat_build_writes_what_artifacts_reads(tmp_path, tiny_dataset):
     rec = read_build(tiny_dataset)
-    assert rec.variant and rec.neg_num is not None and rec.prompt is not None
+    assert rec.variant and rec.stats["negatives"] is not None and rec.prompt is not None
     from lightning_nat.core.artifacts import read_spec
 
     assert read_spec(str(tiny_dataset)).to_dict() == rec.prompt

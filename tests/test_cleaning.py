@@ -7,9 +7,10 @@ from pathlib import Path
 
 import datasets
 
-from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.jsonl import write_jsonl
+from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.tasks import TASKS
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.trajectory import Trajectory
 from lightning_nat.data.select import ZERO_SCORE_FLOOR, CleanRules, clean, paper_rules, select
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_nat_clean_and_nat_build_drop_the_same_records(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", _trajs())
     out = _nat("clean", "in.jsonl", "--task", "hotpotqa", "--out", "clean.jsonl", cwd=tmp_path).stdout
     assert f"removed: score below {ZERO_SCORE_FLOOR:g}" in out
-    cleaned = {t.id for t in read_trajectories_jsonl(tmp_path / "clean.jsonl")}
+    cleaned = {t.id for t in read_trajectories(tmp_path / "clean.jsonl")}
     _nat("build", "--format", "jsonl", "--trajectories", "in.jsonl", "--task", "hotpotqa", "--variant", "nut",
          "--min-score", str(ZERO_SCORE_FLOOR), "--no-dedupe", "--out", "ds", "--cache-dir", "cache", cwd=tmp_path)
     built = {row["id"] for row in datasets.load_from_disk(str(tmp_path / "ds"))["train"]}

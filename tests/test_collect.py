@@ -13,7 +13,7 @@ from lightning_nat.agent.collect import collect, key_of, recover
 from lightning_nat.agent.policies import OpenAIPolicy
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.prompts import make_spec, split_prompt
-from lightning_nat.core.readers import read_trajectories, read_trajectories_jsonl
+from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.tasks import TASKS, load_questions_for
 from lightning_nat.core.tools import make_tools
 from lightning_nat.core.trajectory import Trajectory
@@ -48,7 +48,7 @@ def teacher(records):
 
 
 def _keys(path):
-    return [key_of(t) for t in read_trajectories_jsonl(path)]
+    return [key_of(t) for t in read_trajectories(path)]
 
 
 def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkeypatch):
@@ -76,7 +76,7 @@ def test_collect_labels_resumes_and_reports_failures(questions, tmp_path, monkey
         # The rerun retries only what is missing, and ends complete.
         s2 = collect(agent, records, out, temperatures=(0.2, 0.7), teacher="teacher-x", batch_size=4)
     assert sorted(_keys(out)) == sorted(everything) and s2.resumed == len(collected)
-    trajs = read_trajectories_jsonl(out)
+    trajs = read_trajectories(out)
     by_temp = {t.meta["temperature"]: t for t in trajs}
     low = [t for t in trajs if t.meta["temperature"] == 0.2 and t.meta.get("end") == "finished"]
     assert low and all(t.reward for t in low)
@@ -156,11 +156,11 @@ def test_clean_rules():
 
 def test_nat_clean_cli(tmp_path, capsys):
     from lightning_nat.cli import main
-    from lightning_nat.core.trajectory import write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
 
     trajs = [Trajectory(str(i), "hotpotqa", "q", [{"role": "assistant", "content": str(i)}], i == 0, [1.0, 0.0, 0.3][i],
                         "p", question_id=str(i)) for i in range(3)]
     write_jsonl(tmp_path / "in.jsonl", trajs)
     assert main(["clean", str(tmp_path / "in.jsonl"), "--task", "hotpotqa", "--out", str(tmp_path / "out.jsonl")]) == 0
-    assert [t.id for t in read_trajectories_jsonl(tmp_path / "out.jsonl")] == ["0", "2"]
+    assert [t.id for t in read_trajectories(tmp_path / "out.jsonl")] == ["0", "2"]
     assert "removed: score below 1e-06" in capsys.readouterr().out

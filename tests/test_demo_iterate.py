@@ -12,9 +12,9 @@ import pytest
 
 from lightning_nat.agent.collect import collect
 from lightning_nat.agent.react import ReActAgent
-from lightning_nat.core.readers import read_trajectories_jsonl
+from lightning_nat.core.jsonl import write_jsonl
+from lightning_nat.core.readers import read_trajectories
 from lightning_nat.core.tools import make_tools
-from lightning_nat.core.trajectory import write_jsonl
 from lightning_nat.demo.base import BaseSpec, make_base
 from lightning_nat.demo.run import DemoConfig, fit_round
 from lightning_nat.demo.synthetic import ScriptedTeacher, arith_task, make_problems
@@ -59,7 +59,7 @@ def test_a_round_fits_on_its_trajectories_the_same_way_twice_or_says_why_not(tmp
     weights = []
     for name in ("a", "b"):
         rd = _teacher_round(tmp_path, name)
-        trajs = read_trajectories_jsonl(rd / "trajectories.jsonl")
+        trajs = read_trajectories(rd / "trajectories.jsonl")
         assert any(t.reward for t in trajs) and not all(t.reward for t in trajs)
         record = fit_round(cfg, "nat", start, rd, seed=7, training=told.append)
         rows = record["trained_on"]["positives"] + record["trained_on"]["negatives"]

@@ -43,7 +43,7 @@ def test_digit_tokenizer_splits_every_number_into_digits():
 def test_budget_covers_every_teacher_turn_under_a_small_vocabulary(tmp_path):
     """The demo's data under a 300-token vocabulary: the derived budget is above every teacher turn."""
     from lightning_nat.builders import build_dataset, save_build
-    from lightning_nat.core.trajectory import write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
 
     problems = make_problems(60, seed=7, min_steps=2, max_steps=3)
     trajs = []

@@ -26,7 +26,7 @@ def test_fixture_builds_like_the_shared_data(fixture_dataset):
     from lightning_nat.core.artifacts import read_build
 
     rec = read_build(fixture_dataset)
-    assert (rec.pos_num, rec.neg_num, rec.stats["dev"]) == (24, 16, 8)
+    assert (rec.stats["positives"], rec.stats["negatives"], rec.stats["dev"]) == (24, 16, 8)
     assert rec.report["skipped_by_reason"] == {}  # every written record is valid NAT reference format
     rows = [json.loads(line) for line in (fixture_dataset / "preview.jsonl").read_text().splitlines()]
     assert {r["label"] for r in rows} == {"positive", "negative"}

@@ -122,7 +122,7 @@ def weights(model):
 @pytest.mark.slow
 def test_two_rounds_end_to_end(finished):
     from lightning_nat.core.outputs import manifest
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
 
     root, done = finished
     run = root / "runs" / "iterate" / "tiny"
@@ -132,7 +132,7 @@ def test_two_rounds_end_to_end(finished):
     for k, record in enumerate(summary["rounds"]):
         rd = run / f"round{k}"
         assert json.loads((rd / "round.json").read_text()) == record
-        trajs = read_trajectories_jsonl(rd / "trajectories.jsonl")
+        trajs = read_trajectories(rd / "trajectories.jsonl")
         assert len(trajs) == 12 * 2 and record["positives"] == sum(t.reward for t in trajs)
         assert {(t.meta["temperature"], t.meta["sample"]) for t in trajs} == {(1.0, 0), (1.0, 1)}
         assert manifest(rd / "data")["command"] == "nat build" and manifest(rd / "eval")["command"] == "nat eval"

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories, read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, write_jsonl
+from lightning_nat.core.jsonl import write_jsonl
+from lightning_nat.core.readers import ReadReport, load_questions, read_trajectories
+from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError
 
 
 def test_real_strategyqa_counts(strategyqa_files):
@@ -105,12 +106,12 @@ def test_canonical_jsonl_round_trip(tmp_path, strategyqa_files):
     pos = read_trajectories(strategyqa_files["pos"], "nat", questions, "strategyqa")[:20]
     path = tmp_path / "c.jsonl"
     assert write_jsonl(path, pos) == 20
-    back = read_trajectories_jsonl(path)
+    back = read_trajectories(path)
     assert back == pos
     assert read_trajectories(path, "jsonl") == pos
     path.write_text(path.read_text() + json.dumps({"id": "x", "question": "q", "messages": []}) + "\n")
     with pytest.raises(TrajectoryFormatError, match=r"c\.jsonl, line 21: missing field\(s\) reward"):
-        read_trajectories_jsonl(path)
+        read_trajectories(path)
 
 
 def test_question_file_errors(tmp_path):

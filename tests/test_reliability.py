@@ -185,7 +185,8 @@ def test_jsonl_line_separators_survive(tmp_path):
 
 def _collected(tmp_path, content):
     """A canonical trajectory file (what nat collect writes) with one teacher answer holding ``content``."""
-    from lightning_nat.core.trajectory import Trajectory, write_jsonl
+    from lightning_nat.core.jsonl import write_jsonl
+    from lightning_nat.core.trajectory import Trajectory
 
     trajs = [Trajectory(id=f"gsm8k:{i}:t0.2:s0", task="gsm8k", question=f"Q{i}?", reward=bool(i % 2), score=None,
                         prediction="4", answer="4", question_id=str(i), meta={"temperature": 0.2, "sample": 0},
@@ -201,9 +202,9 @@ def test_clean_and_build_read_back_unicode_line_separators(tmp_path):
     path = _collected(tmp_path, content)
     proc = nat("clean", path, "--task", "gsm8k", "--out", tmp_path / "clean.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
 
-    back = read_trajectories_jsonl(tmp_path / "clean.jsonl")
+    back = read_trajectories(tmp_path / "clean.jsonl")
     assert len(back) == 4 and back[1].messages[0]["content"] == content
     proc = nat("build", "--format", "jsonl", "--trajectories", tmp_path / "clean.jsonl", "--task", "gsm8k",
                "--variant", "nat", "--out", tmp_path / "ds", "--cache-dir", tmp_path / "cache", cwd=tmp_path)

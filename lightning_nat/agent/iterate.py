@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from lightning_nat.agent.config import AgentKindConfig, check_error_rate
 from lightning_nat.core.console import console
-from lightning_nat.core.jsonl import atomic_write_text, dumps_line
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line, write_jsonl
 from lightning_nat.core.options import option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
@@ -202,7 +202,6 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
 
     from lightning_nat.agent.collect import collect, key_of, recover
     from lightning_nat.core.prompts import resolve_eval_spec
-    from lightning_nat.core.trajectory import write_jsonl
 
     size = BLOCK_POOLS * cfg.batch_size
     blocks = [(float(t), s, i) for t in cfg.temperatures for s in range(cfg.samples) for i in range(0, len(records), size)]
@@ -267,10 +266,10 @@ def loading(cfg: IterateConfig, model: str, k: int) -> Iterator[None]:
 
 def check_classes(cfg: IterateConfig, k: int, own: Path, inputs: list) -> None:
     """Stop a round whose data has no positive, or no negative when the variant trains on them."""
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
 
     def counts(paths: list) -> tuple[int, int]:
-        labels = [t.reward for p in paths for t in read_trajectories_jsonl(p)]
+        labels = [t.reward for p in paths for t in read_trajectories(p)]
         return sum(labels), len(labels) - sum(labels)
 
     (pos, neg), (own_pos, own_neg) = counts(inputs), counts([own])
@@ -349,10 +348,10 @@ def round_record(cfg: IterateConfig, task: Any, rd: Path, k: int, collected_with
     """What a round collected, trained on and scored: its ``round.json``."""
     import datasets
 
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
     from lightning_nat.core.results import EvalReport
 
-    trajs = read_trajectories_jsonl(rd / "trajectories.jsonl")
+    trajs = read_trajectories(rd / "trajectories.jsonl")
     pos, asked = sum(t.reward for t in trajs), {t.question_id for t in trajs}
     labels = datasets.load_from_disk(str(rd / "data"))["train"]["label"]
     record = {"round": k, "collected_with": collected_with, "trained_from": trained_from, "episodes": len(trajs),

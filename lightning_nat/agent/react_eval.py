@@ -14,11 +14,12 @@ from lightning_nat.agent.config import MAX_NEW_TOKENS, MAX_TURNS, POOL_SIZE
 from lightning_nat.agent.policies import HFPolicy
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.artifacts import REACT_EVAL_EPISODES_DIR, REACT_EVAL_FILE, append_row
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.prompts import resolve_eval_spec
 from lightning_nat.core.results import task_result
 from lightning_nat.core.tasks import get_task, load_questions_for
 from lightning_nat.core.tools import make_search, make_tools
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.trajectory import Trajectory
 from lightning_nat.train.perplexity import run_info
 
 # Questions per task at each evaluation: a sample, since it runs inside training (nat eval's --limit: all).

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_jsonl
+from lightning_nat.core.jsonl import atomic_write_text, dumps_line, read_json, read_jsonl
 from lightning_nat.core.prompts import PromptSpec, native_spec
 
 BUILD_FILE = "build.json"
@@ -49,16 +49,6 @@ class BuildRecord:
     def variant(self) -> str | None:
         return self.config.get("name")
 
-    @property
-    def neg_num(self) -> int | None:
-        """The number of negatives actually in the training split (not the ``--neg-num`` asked for)."""
-        return self.stats.get("negatives")
-
-    @property
-    def pos_num(self) -> int | None:
-        """The number of positives actually in the training split."""
-        return self.stats.get("positives")
-
     def to_dict(self) -> dict[str, Any]:
         out = {"config": self.config, "report": self.report}
         if self.prompt is not None:
@@ -69,8 +59,8 @@ class BuildRecord:
     def from_dict(cls, d: Any, where: str = BUILD_FILE) -> BuildRecord:
         """A record from its JSON form; anything else is an error naming ``where``.
 
-        >>> BuildRecord.from_dict({"config": {"name": "nat"}, "report": {"stats": {"negatives": 3}}}).neg_num
-        3
+        >>> BuildRecord.from_dict({"config": {"name": "nat"}, "report": {"stats": {"negatives": 3}}}).stats
+        {'negatives': 3}
         >>> BuildRecord.from_dict({"config": {}})
         Traceback (most recent call last):
         ...
@@ -82,33 +72,24 @@ class BuildRecord:
         return cls(config=d["config"], report=d["report"], prompt=d.get("prompt"))
 
 
-def build_path(folder: str | os.PathLike) -> Path:
-    return Path(folder) / BUILD_FILE
-
-
 def read_build(folder: str | os.PathLike) -> BuildRecord:
     """The ``build.json`` of a ``nat build --out`` folder; a missing or unreadable one is a located error."""
-    path = build_path(folder)
+    path = Path(folder) / BUILD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {BUILD_FILE} (is it a `nat build --out` folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    rec = BuildRecord.from_dict(data, str(path))
-    return BuildRecord(rec.config, rec.report, rec.prompt, path)
+    return replace(BuildRecord.from_dict(read_json(path), str(path)), path=path)
 
 
 def maybe_read_build(folder: str | os.PathLike | None) -> BuildRecord | None:
     """:func:`read_build` when ``folder`` holds a ``build.json``, else None (a dataset made by other means)."""
-    if folder is None or not build_path(folder).is_file():
+    if folder is None or not (Path(folder) / BUILD_FILE).is_file():
         return None
     return read_build(folder)
 
 
 def write_build(folder: str | os.PathLike, record: BuildRecord) -> Path:
     """Write ``build.json`` into ``folder`` (atomically: a reader never sees half a record)."""
-    return atomic_write_text(build_path(folder), json.dumps(record.to_dict(), indent=1, default=list))
+    return atomic_write_text(Path(folder) / BUILD_FILE, json.dumps(record.to_dict(), indent=1, default=list))
 
 
 def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
@@ -117,18 +98,13 @@ def read_spec(folder: str | os.PathLike | None) -> PromptSpec | None:
         return None
     path = Path(folder) / PROMPT_FILE
     if path.is_file():
-        try:
-            return PromptSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+        return PromptSpec.from_dict(read_json(path))
     rec = maybe_read_build(folder)
-    if rec is None:
-        return None
-    if rec.prompt is not None:
+    if rec is not None and rec.prompt is not None:
         return PromptSpec.from_dict(rec.prompt)
-    cfg = rec.config
-    if not cfg.get("task"):
+    if rec is None or not rec.config.get("task"):
         return None
+    cfg = rec.config
     # Built before prompt specs were recorded: those builds were all in the native style.
     from lightning_nat.core.tasks import get_task
 
@@ -142,7 +118,8 @@ def write_spec(spec: PromptSpec, folder: str | os.PathLike) -> Path:
 
 
 def run_counts(build: BuildRecord | None) -> dict[str, Any]:
-    """What every history row says about the training set: its variant and actual counts.
+    """What every history row says about the training set: its variant and the counts actually in its training
+    split (``stats``; not the ``--neg-num`` asked for).
 
     >>> run_counts(BuildRecord({"name": "nat", "neg_num": 500}, {"stats": {"positives": 9, "negatives": 4}}))
     {'variant': 'nat', 'pos_num': 9, 'neg_num': 4}
@@ -151,7 +128,7 @@ def run_counts(build: BuildRecord | None) -> dict[str, Any]:
     """
     if build is None:
         return {}
-    return {"variant": build.variant, POS_NUM: build.pos_num, NEG_NUM: build.neg_num}
+    return {"variant": build.variant, POS_NUM: build.stats.get("positives"), NEG_NUM: build.stats.get("negatives")}
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,7 @@ def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> 
     """A rich table from plain rows (numbers are right-aligned)."""
     rows = [list(r) for r in rows]
     t = Table(title=title, title_justify="left")
-    cols = list(columns)
-    for i, c in enumerate(cols):
+    for i, c in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
         t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
@@ -49,15 +48,7 @@ def print_build_summary(summary: dict[str, dict[str, Any]], report: dict[str, An
         console.print(f"filtered {n}: {reason}")
     for note in stats.get("notes", []):
         console.print(f"[yellow]note: {note}[/yellow]")
-    print_preference_summary(report)
-    if from_cache:
-        console.print("(served from the builder cache)")
-    if out:
-        console.print(f"wrote {out} (datasets.load_from_disk) and {out}/preview.jsonl")
-
-
-def print_preference_summary(report: dict[str, Any]) -> None:
-    """The pairing of a DPO build, or the class balance of a KTO build (nothing for other variants)."""
+    # The pairing of a DPO build, or the class balance of a KTO build.
     dpo, kto = report.get("dpo"), report.get("kto")
     if dpo:
         rows = [[k.replace("_", " "), dpo[k]] for k in ("pairs", "pairs_identical", "questions_paired",
@@ -75,6 +66,10 @@ def print_preference_summary(report: dict[str, Any]) -> None:
             console.print(f"desirable share {100 * kto['desirable_share']:.1f} %; the KTO paper's balance rule "
                           f"(undesirable_weight 1) suggests model.desirable_weight between {weights[0]:g} and "
                           f"{weights[1]:g}")
+    if from_cache:
+        console.print("(served from the builder cache)")
+    if out:
+        console.print(f"wrote {out} (datasets.load_from_disk) and {out}/preview.jsonl")
 
 
 def print_eval_table(results: dict[str, dict[str, float]]) -> None:
@@ -109,11 +104,9 @@ def print_collect_summary(summary: Any, out: str) -> None:
             ["questions solved (>= 1 positive)", summary.questions_solved],
             ["failed episodes (retried next run)", summary.failures], ["new episodes this run", summary.new_episodes],
             ["resumed from earlier runs", summary.resumed]]
-    for end, n in sorted(summary.ends.items(), key=lambda kv: str(kv[0])):
-        rows.append([f"episodes ended: {end}", n])
-    for k in ("prompt_tokens", "completion_tokens", "requests", "retries"):
-        if k in summary.usage:
-            rows.append([k.replace("_", " "), summary.usage[k]])
+    rows += [[f"episodes ended: {end}", n] for end, n in sorted(summary.ends.items(), key=lambda kv: str(kv[0]))]
+    rows += [[k.replace("_", " "), summary.usage[k]] for k in ("prompt_tokens", "completion_tokens", "requests", "retries")
+             if k in summary.usage]
     if summary.cost_usd is not None:
         rows.append(["cost (USD)", round(summary.cost_usd, 4)])
     console.print(table("Collection", ["", "count"], rows))

@@ -99,9 +99,7 @@ def resolve_import(spec: str, source: str, field: str, base_dir: str | Path | No
     module_name, _, attr = spec.partition(":")
     try:
         if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_absolute() and base_dir is not None:
-                path = Path(base_dir) / path
+            path = Path(base_dir or "") / module_name  # an absolute path stays itself
             if not path.is_file():
                 raise DeclarationError(source, field, f"{spec!r}: no such file {path}")
             module = _load_file_module(path.resolve())

@@ -29,26 +29,20 @@ class RecordError(ValueError):
         self.problem = problem
         self.path = None if path is None else str(path)
         self.where = where
-        super().__init__(self._text())
-
-    def _text(self) -> str:
         place = ", ".join(p for p in (self.path, self.where) if p)
-        return f"{place}: {self.problem}" if place else self.problem
-
-    def located(self, path: str | os.PathLike, where: str) -> RecordError:
-        """The same problem (and class), placed in a file and record."""
-        return type(self)(self.problem, path=path, where=where)
+        super().__init__(f"{place}: {problem}" if place else problem)
 
 
 def dumps_line(record: Any) -> str:
-    """One JSONL line: compact JSON, non-ASCII kept readable, ``\\n`` last, known secrets masked.
+    """One JSONL line: compact JSON, non-ASCII kept readable, ``\\n`` last, known secrets masked; an object with a
+    ``to_dict`` (a :class:`~lightning_nat.core.trajectory.Trajectory`) is written in that form.
 
     JSON escapes ``\\n`` inside strings, so the only raw ``\\n`` is the terminator.
 
     >>> dumps_line({"a": "x\\u2028y\\nz"})
     '{"a": "x\\u2028y\\\\nz"}\\n'
     """
-    return mask(json.dumps(record, ensure_ascii=False)) + "\n"
+    return mask(json.dumps(record, ensure_ascii=False, default=lambda obj: obj.to_dict())) + "\n"
 
 
 def parse_line(raw: bytes) -> Any:
@@ -61,10 +55,8 @@ def parse_line(raw: bytes) -> Any:
     ...
     lightning_nat.core.jsonl.RecordError: undecodable bytes (not UTF-8) at column 8
     """
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
     try:
-        text = raw.decode("utf-8")
+        text = raw.removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(f"undecodable bytes (not UTF-8) at column {exc.start + 1}") from None
     try:
@@ -94,7 +86,7 @@ def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
         try:
             out.append((lineno, parse_line(raw)))
         except RecordError as exc:
-            out.append((lineno, exc.located(path, f"line {lineno}")))
+            out.append((lineno, RecordError(exc.problem, path, f"line {lineno}")))
     return out
 
 
@@ -118,6 +110,14 @@ def read_text(path: str | os.PathLike) -> str:
         raise RecordError(f"undecodable bytes (not UTF-8) at byte {exc.start}", path, f"line {line}") from None
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A whole JSON file (``build.json``, ``results.json``); malformed JSON is an error naming the file and line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (known secrets masked) to a temporary sibling, fsync it and rename it into place.
 
@@ -133,8 +133,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -101,8 +101,7 @@ def check_out_folder(out: str | os.PathLike, command: str, overwrite: bool = Fal
     write (or that now holds files it did not write), unless ``overwrite``."""
     target = Path(out).resolve()
     for f in inputs:
-        path = Path(f).resolve()
-        if path == target or target in path.parents:
+        if Path(f).resolve().is_relative_to(target):
             raise OutputError(f"--out {out}: holds the input {f}, which writing the output would destroy; "
                               "choose another --out")
     out = Path(out)
@@ -136,8 +135,7 @@ def writing(out: str | os.PathLike, command: str, overwrite: bool = False,
         check_out_folder(out, command, overwrite)  # again under the lock: another run may have finished into it
         out = Path(out)
         staged, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
-        if staged.exists():
-            shutil.rmtree(staged)
+        shutil.rmtree(staged, ignore_errors=True)  # a killed run's leftover
         staged.mkdir()
         try:
             yield staged

@@ -78,7 +78,7 @@ def check_loss_flag(turn: dict, i: int) -> None:
                                     f"assistant turns are trained here, so the file's loss flags cannot be honoured")
 
 
-def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_nat_record(record: dict, questions: dict[str, dict], task: str = "", traj_id: str | None = None) -> Trajectory:
     """One record of the NAT reference format, joined with its question by ``id``.
 
     >>> rec = {"id": "q7", "source": "0.5", "info": {"reward": True, "gt": True, "pred": "Yes"},
@@ -88,8 +88,6 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
     >>> t.question, t.reward, t.score, t.prediction, t.meta["source"]
     ('Is water wet?', True, 1.0, 'Yes', '0.5')
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     for key in ("id", "conversations", "info"):
         if key not in record:
             raise TrajectoryFormatError(f"missing '{key}'")
@@ -111,12 +109,7 @@ def from_nat_record(record: Any, questions: dict[str, dict], task: str = "", tra
         check_loss_flag(turn, i)
         messages.append({"role": turn["role"], "content": turn["content"]})
     reward = bool(info["reward"])  # check_fields took only true/false or 0/1
-    if "f1" in info:
-        score = check_score(info["f1"])
-    elif "acc" in info:
-        score = check_score(info["acc"])
-    else:
-        score = float(reward)
+    score = check_score(info["f1"] if "f1" in info else info.get("acc", reward))
     meta = {k: v for k, v in record.items() if k not in ("id", "conversations", "info")}
     meta.update({f"info.{k}": v for k, v in info.items() if k not in ("reward", "pred", "gt")})
     pred = info.get("pred")
@@ -236,7 +229,7 @@ def question_key(question: str) -> str:
     return "q-" + hashlib.sha256(" ".join(question.split()).encode()).hexdigest()[:16]
 
 
-def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_openai_record(record: dict[str, Any], task: str = "", traj_id: str | None = None) -> Trajectory:
     """An OpenAI-messages record: ``{"messages": [...], "reward": bool, "score"?: float, ...}``.
 
     >>> t = from_openai_record({"messages": [{"role": "system", "content": "You are an agent."},
@@ -245,8 +238,6 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
     >>> t.question, len(t.messages), t.meta["source_system"]
     ('What is 2+3?', 1, 'You are an agent.')
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     if "messages" not in record and "completion" in record and "nat" in record:  # a KTO export: prompt + completion
         record = {**record, "messages": [*record.get("prompt", []), *record["completion"]]}
     if "messages" not in record:
@@ -254,11 +245,9 @@ def from_openai_record(record: Any, task: str = "", traj_id: str | None = None) 
     messages = record["messages"]
     if not isinstance(messages, list):
         raise TrajectoryFormatError("messages must be a list")
-    if not messages:
-        raise TrajectoryFormatError("empty conversation")
     # indices of the record as written, before the question is split off
     messages = [openai_message(m, i) for i, m in enumerate(messages)]
-    validate_messages(messages)  # call ids checked here, where message indices are still the record's own
+    validate_messages(messages)  # an empty list, call ids: checked here, where message indices are the record's own
     return _from_chat_record(record, messages, task, traj_id)
 
 
@@ -283,8 +272,6 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     calls = message.get("tool_calls")
     content = message.get("content")
     if calls:
-        if role != "assistant":
-            raise TrajectoryFormatError(f"{where}: only assistant turns make tool calls, not {role}")
         if not isinstance(calls, list):
             raise TrajectoryFormatError(f"{where}: tool_calls must be a list")
         content = "" if content is None else content
@@ -295,14 +282,12 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": role, "content": content}
     if calls:
         out["tool_calls"] = [call_from_openai(c, where) for c in calls]
-    if role == "tool":
-        if not isinstance(message.get("tool_call_id"), str):
-            raise TrajectoryFormatError(f"{where}: a tool turn needs the tool_call_id it answers")
-        out["tool_call_id"] = message["tool_call_id"]
+    if role == "tool":  # validate_messages checks it (other roles' ids are dropped)
+        out["tool_call_id"] = message.get("tool_call_id")
     return out
 
 
-def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None) -> Trajectory:
+def from_sharegpt_record(record: dict[str, Any], task: str = "", traj_id: str | None = None) -> Trajectory:
     """A ShareGPT record: ``{"conversations": [{"from", "value"}], "reward": bool, ...}``.
 
     >>> t = from_sharegpt_record({"conversations": [{"from": "human", "value": "Is ice cold?"},
@@ -310,8 +295,6 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
     >>> t.messages, t.reward, t.score
     ([{'role': 'assistant', 'content': 'Action: finish[yes]'}], False, 0.5)
     """
-    if not isinstance(record, dict):
-        raise TrajectoryFormatError(f"expected a JSON object, got {type(record).__name__}")
     convs = record.get("conversations")
     if not isinstance(convs, list):
         raise TrajectoryFormatError("missing 'conversations' list")
@@ -328,15 +311,13 @@ def from_sharegpt_record(record: Any, task: str = "", traj_id: str | None = None
             calls = calls_from_sharegpt(turn["value"], f"message {i}", i)
             messages.append({"role": "assistant", "content": "", "tool_calls": calls})
             pending = [c["id"] for c in calls]
-            continue
-        if calling and who in ("observation", "tool", "function"):
+        elif calling and who in ("observation", "tool", "function"):
             messages += _observations(turn["value"], pending, i)
             pending = []
-            continue
-        role = _SHAREGPT_ROLES.get(who)
-        if role is None:
+        elif who in _SHAREGPT_ROLES:
+            messages.append({"role": _SHAREGPT_ROLES[who], "content": turn["value"]})
+        else:
             raise TrajectoryFormatError(f"message {i}: unknown role {turn['from']!r}")
-        messages.append({"role": role, "content": turn["value"]})
     return _from_chat_record(record, messages, task, traj_id)
 
 
@@ -353,21 +334,15 @@ def _observations(value: Any, pending: list[str], i: int) -> list[dict[str, Any]
         if not isinstance(results, list) or len(results) != len(pending):
             raise TrajectoryFormatError(f"message {i}: {len(pending)} parallel calls need a JSON list of "
                                         f"{len(pending)} results in the observation")
-    out = []
-    for cid, res in zip(pending, results):
-        if not isinstance(res, str):
-            res = json.dumps(res, ensure_ascii=False)
-        out.append({"role": "tool", "content": res, "tool_call_id": cid})
-    return out
+    return [{"role": "tool", "content": res if isinstance(res, str) else json.dumps(res, ensure_ascii=False),
+             "tool_call_id": cid} for cid, res in zip(pending, results)]
 
 
 def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, dict]:
     """Questions by id (else by 0-based position) from a JSON list or JSONL of ``{"id", "question", "answer"}``;
     ``fields`` maps our field names to the file's (``{"question": "prompt"}``)."""
-    path = Path(path)
-    records = _load_json_or_jsonl(path)
     out: dict[str, dict] = {}
-    for where, index, rec in records:
+    for where, index, rec in _load_json_or_jsonl(path):
         if isinstance(rec, RecordError):
             raise TrajectoryFormatError(rec.problem, path, where)
         if fields and isinstance(rec, dict):
@@ -381,15 +356,14 @@ def load_questions(path: str | os.PathLike, fields: dict[str, str] | None = None
     return out
 
 
-def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
+def _load_json_or_jsonl(path: str | os.PathLike) -> list[tuple[str, int, Any]]:
     """``(where, position, record)`` of a JSON list or a JSONL file; a bad JSONL line is a located
     :class:`RecordError` in place of its record, so a caller can skip that line alone."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head.removeprefix(jsonl.BOM).lstrip()[:1] == b"[":
-        text = jsonl.read_text(path)
         try:
-            data = json.loads(text)
+            data = json.loads(jsonl.read_text(path))
         except json.JSONDecodeError as exc:
             raise TrajectoryFormatError(f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
         except RecursionError:
@@ -400,25 +374,25 @@ def _load_json_or_jsonl(path: Path) -> list[tuple[str, int, Any]]:
     return [(f"line {lineno}", index, rec) for index, (lineno, rec) in enumerate(jsonl.read_records(path))]
 
 
-FORMATS: dict[str, Callable[..., Trajectory]] = {
-    "nat": from_nat_record,
-    "openai": from_openai_record,
-    "sharegpt": from_sharegpt_record,
-}
-
-
 def read_trajectories(
     path: str | os.PathLike,
-    format: str = "nat",
+    format: str = "jsonl",
     questions: dict[str, dict] | None = None,
     task: str = "",
     on_error: OnError = "raise",
     report: ReadReport | None = None,
 ) -> list[Trajectory]:
-    """Read one trajectory file of ``format`` (``nat`` needs ``questions``, ``openai``, ``sharegpt``, or ``jsonl``:
-    ours); errors name the file and the record, or (``on_error="skip"``) are counted in ``report``."""
-    if format not in FORMATS and format != "jsonl":
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join([*FORMATS, 'jsonl'])}")
+    """Read one trajectory file of ``format`` (``jsonl``: ours, as ``jsonl.write_jsonl`` writes trajectories;
+    ``nat`` needs ``questions``; ``openai``; ``sharegpt``); errors name the file and the record, or
+    (``on_error="skip"``) are counted in ``report``."""
+    formats: dict[str, Callable[[dict, str], Trajectory]] = {
+        "nat": lambda rec, traj_id: from_nat_record(rec, questions or {}, task, traj_id),
+        "openai": lambda rec, traj_id: from_openai_record(rec, task, traj_id),
+        "sharegpt": lambda rec, traj_id: from_sharegpt_record(rec, task, traj_id),
+        "jsonl": lambda rec, traj_id: Trajectory.from_dict(rec),
+    }
+    if format not in formats:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(formats)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if format == "nat" and questions is None:
@@ -428,26 +402,19 @@ def read_trajectories(
     try:
         records = _load_json_or_jsonl(path)
     except RecordError as err:
-        exc = TrajectoryFormatError(err.problem, err.path, err.where)
         if on_error == "raise":
-            raise exc from None
-        report.skip(exc)
+            raise TrajectoryFormatError(err.problem, err.path, err.where) from None
+        report.skip(err)
         return []
     out = []
     report.records[str(path)] += len(records)
     for where, index, rec in records:
-        traj_id = f"{path.stem}:{index}"
         try:
             if isinstance(rec, RecordError):
                 raise rec
-            if format == "nat":
-                traj = from_nat_record(rec, questions or {}, task, traj_id)
-            elif format == "jsonl":
-                if not isinstance(rec, dict):
-                    raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
-                traj = Trajectory.from_dict(rec)
-            else:
-                traj = FORMATS[format](rec, task, traj_id)
+            if not isinstance(rec, dict):  # every format's records are objects
+                raise TrajectoryFormatError(f"expected a JSON object, got {type(rec).__name__}")
+            traj = formats[format](rec, f"{path.stem}:{index}")
         except (RecordError, TypeError, AttributeError, KeyError, RecursionError) as exc:
             # Anything else a record's shape trips (a field of an unforeseen type) is that record's problem too.
             problem = exc.problem if isinstance(exc, RecordError) else f"unreadable record ({type(exc).__name__}: {exc})"
@@ -462,8 +429,3 @@ def read_trajectories(
         out.append(traj)
     report.read[str(path)] += len(out)
     return out
-
-
-def read_trajectories_jsonl(path: str | os.PathLike) -> list[Trajectory]:
-    """Read the canonical JSONL that ``trajectory.write_jsonl`` writes, naming the line of any bad record."""
-    return read_trajectories(path, "jsonl")

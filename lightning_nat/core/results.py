@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nat.core.artifacts import EPISODES_FILE, RESULTS_FILE
-from lightning_nat.core.jsonl import atomic_write_text
-from lightning_nat.core.readers import read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.jsonl import atomic_write_text, read_json, write_jsonl
+from lightning_nat.core.readers import read_trajectories
+from lightning_nat.core.trajectory import Trajectory
 
 # How an episode can end (``Trajectory.meta["end"]``) and the rate each gets in a task's result.
 END_RATES = {"finished": "finished", "turn_limit": "turn_limit", "parse_error": "stopped_on_error",
@@ -119,9 +119,7 @@ def task_result(runs: Sequence[Sequence[Trajectory]], prompt: dict[str, Any] | N
             if key != "episodes":
                 flat[f"{key}_sd"] = round(statistics.stdev(values), 12)
         flat["runs"], flat["per_run"] = len(figures), figures
-    result = TaskResult.from_dict(flat)
-    result.prompt = prompt
-    return result
+    return TaskResult.from_dict({**flat, "prompt": prompt})
 
 
 @dataclass
@@ -138,8 +136,7 @@ class EvalReport:
 
     def write(self, out_dir: str | Path) -> Path:
         """``results.json`` and ``trajectories.jsonl`` into ``out_dir`` (the only writer of ``results.json``)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(out_dir)  # both writers make the folder
         # results.json last: it marks a finished output (`nat eval --out` recognises its own folders by it).
         if self.episodes:  # a report of figures only (the demo's comparison) has no episodes to write
             write_jsonl(out / EPISODES_FILE, [t for trajs in self.episodes.values() for t in trajs])
@@ -160,13 +157,9 @@ class EvalReport:
         path = Path(path)
         if path.is_dir():
             path = path / RESULTS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-        report = cls.from_dict(data, str(path))
+        report = cls.from_dict(read_json(path), str(path))
         if episodes and (path.parent / EPISODES_FILE).exists():
-            for t in read_trajectories_jsonl(path.parent / EPISODES_FILE):
+            for t in read_trajectories(path.parent / EPISODES_FILE):
                 report.episodes.setdefault(t.task, []).append(t)
         return report
 

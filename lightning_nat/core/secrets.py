@@ -36,9 +36,12 @@ def mask(text: str) -> str:
     'echo: ***!'
     >>> del os.environ["NAT_DOCTEST_API_KEY"]
     """
-    for value in secret_values():
-        if value in text:
-            text = text.replace(value, MASK)
+    return _replace(text, secret_values())
+
+
+def _replace(text: str, values: list[str]) -> str:
+    for value in values:
+        text = text.replace(value, MASK)
     return text
 
 
@@ -56,10 +59,7 @@ def mask_all(obj: Any) -> Any:
 
     def walk(x: Any) -> Any:
         if isinstance(x, str):
-            for value in values:
-                if value in x:
-                    x = x.replace(value, MASK)
-            return x
+            return _replace(x, values)
         if isinstance(x, dict):
             return {k: walk(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lightning_nat.core import jsonl
 from lightning_nat.core.jsonl import RecordError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -252,13 +250,6 @@ def validate_messages(messages: Any) -> None:
         raise TrajectoryFormatError("no assistant turn")
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[Trajectory | dict]) -> int:
-    """Write records as JSONL (atomically: a partial file never replaces a good one)."""
-    return jsonl.write_jsonl(path, (rec.to_dict() if isinstance(rec, Trajectory) else rec for rec in records))
-
-
-# -- message forms --------------------------------------------------------------------------------------
-
 def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text)
@@ -360,8 +351,16 @@ def calls_to_sharegpt(calls: list[dict[str, Any]]) -> str:
     >>> calls_to_sharegpt([{"id": "c1", "name": "convert", "arguments": {"v": 5}}])
     '{"name": "convert", "arguments": {"v": 5}}'
     """
-    items = [{"name": c["name"], "arguments": c["arguments"]} for c in calls]
+    items = [{"name": c["name"], "arguments": _arguments(c, text=False)} for c in calls]
     return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
+
+
+def _arguments(call: dict[str, Any], text: bool) -> Any:
+    """A call's arguments as JSON text or as an object, from either form (a trajectory's object, a row's text)."""
+    args = call["arguments"]
+    if isinstance(args, str):
+        return args if text else json.loads(args)
+    return json.dumps(args, ensure_ascii=False) if text else args
 
 
 def message_to_row(m: dict[str, Any], train: bool) -> dict[str, Any]:
@@ -373,25 +372,9 @@ def message_to_row(m: dict[str, Any], train: bool) -> dict[str, Any]:
     """
     calls = m.get("tool_calls")
     return {"role": m["role"], "content": m["content"], "train": train,
-            "tool_calls": None if not calls else [{"id": c["id"], "name": c["name"],
-                                                   "arguments": json.dumps(c["arguments"], ensure_ascii=False)}
+            "tool_calls": None if not calls else [{"id": c["id"], "name": c["name"], "arguments": _arguments(c, text=True)}
                                                   for c in calls],
             "tool_call_id": m.get("tool_call_id")}
-
-
-def message_from_row(m: dict[str, Any]) -> dict[str, Any]:
-    """A built-dataset message back in the trajectory's form (no ``train``, no empty fields, arguments as objects).
-
-    >>> message_from_row({"role": "tool", "content": "8", "train": False, "tool_calls": None, "tool_call_id": "c"})
-    {'role': 'tool', 'content': '8', 'tool_call_id': 'c'}
-    """
-    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-    if m.get("tool_calls"):
-        out["tool_calls"] = [{"id": c["id"], "name": c["name"], "arguments": json.loads(c["arguments"])}
-                             for c in m["tool_calls"]]
-    if m.get("tool_call_id") is not None:
-        out["tool_call_id"] = m["tool_call_id"]
-    return out
 
 
 def tools_of_row(row: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -412,20 +395,16 @@ def as_openai(m: dict[str, Any], wire: bool = True) -> dict[str, Any]:
     >>> as_openai({"role": "tool", "content": "8", "tool_call_id": "c", "train": False}, wire=False)
     {'role': 'tool', 'content': '8', 'tool_call_id': 'c'}
     """
-    m = message_from_row(m) if isinstance((m.get("tool_calls") or [{}])[0].get("arguments"), str) else m
     out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
     if m.get("tool_calls"):
         out["tool_calls"] = [{"id": c["id"], "type": "function", "function": {
-            "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False) if wire else c["arguments"]}}
-            for c in m["tool_calls"]]
+            "name": c["name"], "arguments": _arguments(c, text=wire)}} for c in m["tool_calls"]]
         if wire:
             out["content"] = m["content"] or None
     if m.get("tool_call_id") is not None:
         out["tool_call_id"] = m["tool_call_id"]
     return out
 
-
-# -- answers --------------------------------------------------------------------------------------------
 
 _FINISH = re.compile(r"\bfinish\s*\[", re.IGNORECASE)
 # Last-line forms, most specific first; each captures the rest of its line.
@@ -477,14 +456,10 @@ def cot_answer(text: str) -> str | None:
     ...                          "Therefore, the answer is 18.", "I am not sure.")]
     ['18', '1,800', '18 apples', '18', None]
     """
-    best: tuple[int, str] | None = None
-    for form in _COT_FORMS:
-        for m in form.finditer(text):
-            if best is None or m.start() > best[0]:
-                best = (m.start(), m.group(1))
-    if best is None:
+    found = [m for form in _COT_FORMS for m in form.finditer(text)]
+    if not found:
         return None
-    answer = best[1].strip()
+    answer = max(found, key=lambda m: m.start()).group(1).strip()  # the last line's; on a tie the first form's
     # "The answer is 18." ends a sentence; the full stop is not part of the answer.
     return answer[:-1].rstrip() if answer.endswith(".") and not answer[:-1].rstrip().endswith(".") else answer
 

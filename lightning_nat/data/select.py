@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning_nat.core.console import console, table
+from lightning_nat.core.jsonl import write_jsonl
 from lightning_nat.core.options import option
-from lightning_nat.core.readers import ReadReport, read_trajectories_jsonl
-from lightning_nat.core.trajectory import Trajectory, write_jsonl
+from lightning_nat.core.readers import ReadReport, read_trajectories
+from lightning_nat.core.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from lightning_nat.core.tasks import Task
@@ -345,7 +346,7 @@ def run_clean(cfg: CleanConfig) -> int:
     rules = replace(paper_rules(get_task(cfg.task)), drop_unfinished=cfg.drop_unfinished)
     if cfg.min_score is not None:
         rules = replace(rules, min_score=cfg.min_score)
-    trajs = read_trajectories_jsonl(cfg.trajectories)
+    trajs = read_trajectories(cfg.trajectories)
     kept, removed = clean(trajs, rules)
     write_jsonl(cfg.out, kept)
     rows = [["read", len(trajs)], *[[f"removed: {rule}", n] for rule, n in removed.items()], ["kept", len(kept)]]

@@ -23,7 +23,7 @@ from lightning_nat.core.jsonl import dumps_line
 from lightning_nat.core.options import option
 from lightning_nat.core.outputs import writing
 from lightning_nat.core.prompts import PromptSpec, head_messages, preset
-from lightning_nat.core.trajectory import as_openai, calls_to_sharegpt, has_tool_calls, message_from_row, tools_of_row
+from lightning_nat.core.trajectory import as_openai, calls_to_sharegpt, has_tool_calls, tools_of_row
 
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 ROUND_TRIP = ("id", "question_id", "task", "label", "reward", "score")
@@ -151,7 +151,7 @@ def to_sharegpt(row: dict, head: Head) -> dict:
             if m["content"]:
                 raise ExportError(f"message {i}: an assistant turn with both text and tool calls; LLaMA-Factory's "
                                   "function_call turn holds the calls only (use --to openai, which keeps both)")
-            convs.append({"from": "function_call", "value": calls_to_sharegpt(message_from_row(m)["tool_calls"])})
+            convs.append({"from": "function_call", "value": calls_to_sharegpt(m["tool_calls"])})
             results = []
             while i + 1 < len(messages) and messages[i + 1]["role"] == "tool":
                 i += 1

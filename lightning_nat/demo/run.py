@@ -242,7 +242,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     from lightning_nat.agent.collect import collect
     from lightning_nat.agent.react import ReActAgent
     from lightning_nat.core.artifacts import PERPLEXITY_FILE, read_build, read_rows
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
     from lightning_nat.core.tools import make_tools
     from lightning_nat.data.build import build_dataset, save_build
     from lightning_nat.demo.errors import classify_episode, error_mix
@@ -286,7 +286,7 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
         rows = [r for r in datasets.load_from_disk(str(datasets_dirs[source]))["train"] if r["label"] == "negative"]
         negatives = [(r["question_id"], r["messages"]) for r in rows]
     else:
-        negatives = [(t.question_id, t.messages) for t in read_trajectories_jsonl(root / "trajectories.jsonl")
+        negatives = [(t.question_id, t.messages) for t in read_trajectories(root / "trajectories.jsonl")
                      if not t.reward]
     teacher_mix = error_mix([classify_episode(by_id[q].start, by_id[q].steps, m) for q, m in negatives])
     out: dict[str, Any] = {"collected": {"positives": summary.positives, "negatives": summary.negatives},
@@ -581,13 +581,13 @@ def fit_round(cfg: DemoConfig, variant: str, start: Path, rd: Path, seed: int,
     """Build ``variant`` from ``rd/trajectories.jsonl`` with the demo's caps and fine-tune ``start`` on it into
     ``rd/model`` (``training`` is told the steps first); or, when the build's own selection and filters leave no
     class the variant trains on, train nothing and say why (``skipped``)."""
-    from lightning_nat.core.readers import read_trajectories_jsonl
+    from lightning_nat.core.readers import read_trajectories
     from lightning_nat.data.build import build_dataset, save_build
     from lightning_nat.data.select import select
     from lightning_nat.demo.synthetic import arith_task
 
     trajectories = rd / "trajectories.jsonl"
-    trajs = read_trajectories_jsonl(trajectories)
+    trajs = read_trajectories(trajectories)
     pos, neg, _ = select(trajs, variant, allow_empty_class=True)
     if not pos or (variant == "nat" and not neg):
         n = sum(t.reward for t in trajs)

@@ -65,7 +65,7 @@ Agent trajectories reformatted for Negative-Aware Training (NAT, arXiv 2402.1165
 
 - variant: `{record.variant}`; {_prompt_line(record.prompt)}
 - task: `{cfg.get('task')}`
-- positives: {record.pos_num}, negatives: {record.neg_num}, dev positives: {stats.get('dev')}
+- positives: {stats.get('positives')}, negatives: {stats.get('negatives')}, dev positives: {stats.get('dev')}
 - sampling seed: {cfg.get('seed')}; filtered: {json.dumps(stats.get('filtered', {}))};
   skipped bad records: {json.dumps(report.get('skipped_by_reason', {}))}
 
