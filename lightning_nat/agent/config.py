@@ -192,18 +192,15 @@ class PolicyConfig(AgentConfig):
         None, "read the prompt spec from this folder (a `nat build --out` or an exported model) instead of --model's "
               "folder (for --policy openai)", metavar="FOLDER")
 
-    def saved_prompt(self) -> tuple[Any, str]:
-        """The saved prompt spec for the model under evaluation and the folder it was found in."""
-        local = self.policy != "openai" and os.path.isdir(self.model)
-        folder = self.prompt_from or (self.model if local else None)
-        if self.prompt_from and read_spec(self.prompt_from) is None:
-            raise FileNotFoundError(f"--prompt-from {self.prompt_from}: no nat_prompt.json or build.json there")
-        return read_spec(folder), (folder or "")
-
     def resolved(self, runs: int | None = None) -> tuple[Protocol, Any, str, str]:
-        """``(protocol, saved prompt spec, where it was found, mode)`` with the protocol applied to these options."""
+        """``(protocol, saved prompt spec, where it was found, mode)`` with the protocol applied to these options; the
+        spec is the one saved for the model under evaluation."""
         proto = apply_protocol(self.protocol, self.max_turns, self.temperature, runs, self.on_parse_error)
-        saved, where = self.saved_prompt()
+        local = self.policy != "openai" and os.path.isdir(self.model)
+        where = self.prompt_from or (self.model if local else "")
+        saved = read_spec(where) if where else None
+        if self.prompt_from and saved is None:
+            raise FileNotFoundError(f"--prompt-from {self.prompt_from}: no nat_prompt.json or build.json there")
         mode = self.mode or (saved.mode if saved is not None else "react")
         return proto, saved, where, mode
 

@@ -92,7 +92,8 @@ def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list
     return plan
 
 
-def _seed_everything(seed: int) -> None:
+def seed_episodes(seed: int) -> None:
+    """Seed what sampling draws from (Python's and torch's generators) before a run of episodes."""
     random.seed(seed)
     try:
         import torch
@@ -116,7 +117,7 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
         total = len(records) * proto.runs
         runs = []
         for run in range(proto.runs):
-            _seed_everything(cfg.seed + run)
+            seed_episodes(cfg.seed + run)
             agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
                                    on_parse_error=proto.on_parse_error, prompt_spec=spec)
             before = len(records) * run

@@ -90,16 +90,6 @@ class IterateConfig(AgentKindConfig):
                                  batch_size=self.batch_size, prompt_from=model if served else None)
 
 
-def read_yaml(path: str) -> Any:
-    """A YAML file, or an error naming it."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-
-
 def run_iterate(cfg: IterateConfig) -> int:
     """Every round not done yet, then the table across rounds (written to ``summary.json``)."""
     from lightning_nat.core.outputs import output_lock
@@ -196,11 +186,8 @@ def shown(model: str, run: Path) -> str:
 
 def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str, out: Path, k: int, label: str) -> None:
     """Every missing (question, temperature, sample) episode with ``model``, pass by pass, block by block."""
-    import random
-
-    import torch
-
     from lightning_nat.agent.collect import collect, key_of, recover
+    from lightning_nat.agent.eval_command import seed_episodes
     from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.trajectory import write_jsonl
 
@@ -235,9 +222,7 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
             with open(out.with_name(out.name + ".superseded"), "a", encoding="utf-8") as fh:
                 fh.writelines(dumps_line(x.to_dict()) for x in partial)
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
-        seed = zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode())
-        random.seed(seed)
-        torch.manual_seed(seed)
+        seed_episodes(zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode()))
         summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size,
                           progress=tick)
         attempted = summary.new_episodes + summary.failures
@@ -311,7 +296,11 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
     from lightning_nat.core.outputs import output_lock
 
     config = (rd / "fit.yaml").resolve()
-    fit = fit_config(cfg, read_yaml(cfg.fit_config), rd, start)
+    try:
+        template = yaml.safe_load(Path(cfg.fit_config).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{cfg.fit_config}: not valid YAML ({' '.join(str(exc).split())})") from None
+    fit = fit_config(cfg, template, rd, start)
     atomic_write_text(config, f"# nat iterate {cfg.name}, round {k}: launched as\n#   nat fit --config "
                               f"{shlex.quote(str(config))}\n# (with --ckpt_path last when resuming)\n"
                       + yaml.safe_dump(fit, sort_keys=False))

@@ -210,14 +210,6 @@ class VLLMPolicy(LocalPolicy):
         return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def _tool_reply(message: Any) -> dict[str, Any]:
-    """An API reply of a request with tools, as a plain message dict (the agent reads its calls; none is dropped here)."""
-    if message is None:
-        return {"role": "assistant", "content": "", "tool_calls": []}
-    calls = [c.model_dump() if hasattr(c, "model_dump") else c for c in (getattr(message, "tool_calls", None) or [])]
-    return {"role": "assistant", "content": message.content or "", "tool_calls": calls}
-
-
 class PolicyConfigError(RuntimeError):
     """The API refuses every request (authentication, permission, unknown model, bad parameters)."""
 
@@ -300,37 +292,32 @@ class OpenAIPolicy:
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            if self.base_url is None:
-                raise RuntimeError(f"set {self.api_key_env} to call the OpenAI API")
-            key = "unused"  # local servers accept any key
-        return key
-
     def _client(self) -> Any:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(api_key=self._key(), base_url=self.base_url, timeout=self.timeout,
+        key = os.environ.get(self.api_key_env)
+        if not key and self.base_url is None:
+            raise RuntimeError(f"set {self.api_key_env} to call the OpenAI API")
+        # A local server accepts any key.
+        return AsyncOpenAI(api_key=key or "unused", base_url=self.base_url, timeout=self.timeout,
                            max_retries=self.max_retries)
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
         import openai
 
-        messages, extra = self._request_fields(messages)
+        # With tools, the wire form and `tools`; else the ReAct stop.
+        extra: dict[str, Any] = {"stop": [STOP]} if self.tools is None else {"tools": self.tools}
+        messages = messages if self.tools is None else [as_openai(m) for m in messages]
         async with sem:
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
                     **extra)
-            except openai.APIStatusError as exc:
-                if exc.status_code in RETRIED_STATUSES or exc.status_code >= 500:
-                    # The client has spent its retries (or the server asked for a wait beyond its cap).
-                    self.usage["retries"] += self.max_retries
-                    self.usage["failures"] += 1
-                    raise
-                raise RequestRejected(exc.status_code, mask(server_message(exc))) from None
-            except openai.APIConnectionError:  # timeouts included
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:  # timeouts included
+                status = getattr(exc, "status_code", 500)
+                if status not in RETRIED_STATUSES and status < 500:
+                    raise RequestRejected(status, mask(server_message(exc))) from None
+                # The client has spent its retries (or the server asked for a wait beyond its cap).
                 self.usage["retries"] += self.max_retries
                 self.usage["failures"] += 1
                 raise
@@ -341,16 +328,10 @@ class OpenAIPolicy:
                 self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
                 self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
             choices = getattr(resp, "choices", None) or []
-            if self.tools is not None:
-                return _tool_reply(choices[0].message if choices else None)
-            content = choices[0].message.content if choices and choices[0].message else None
-            return (content or "").split(STOP, 1)[0]
-
-    def _request_fields(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The messages to send and the extra fields: with tools, the wire form and ``tools``; else the ReAct stop."""
-        if self.tools is None:
-            return messages, {"stop": [STOP]}
-        return [as_openai(m) for m in messages], {"tools": self.tools}
+            message = choices[0].message if choices else None
+            if self.tools is not None:  # the whole message: the agent reads its calls, none is dropped here
+                return message.model_dump() if message is not None else {}
+            return ((message.content if message is not None else None) or "").split(STOP, 1)[0]
 
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]:
         """Completions in order: ``None`` for a request that failed (the episode fails), ``""`` for an answer that

@@ -146,12 +146,11 @@ class ReActAgent:
         """What the policy continues: the task's head messages and the episode so far."""
         return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
 
-    def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
-        """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""
+    def advance(self, ep: _Episode, text: str | None) -> None:
+        """Apply one model turn; the episode ends (as ``turn_limit``) once it has had :meth:`turn_limit` turns."""
         self.apply(ep, text)
         ep.turns += 1
-        if not ep.done and ep.turns >= limit:
-            ep.done = True
+        ep.done = ep.done or ep.turns >= self.turn_limit()
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None,
@@ -269,7 +268,6 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     live: list[tuple[int, _Episode]] = []
     out: list[Trajectory | None] = [None] * len(records)
     done = 0
-    limit = agent.turn_limit()
     while True:
         while waiting and len(live) < pool_size:
             index, record = waiting.popleft()
@@ -283,7 +281,7 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
             raise RuntimeError(f"the policy returned {len(outputs)} completions for {len(prompts)} prompts")
         still = []
         for (index, ep), text in zip(live, outputs):
-            agent.advance(ep, text, limit)
+            agent.advance(ep, text)
             if ep.done:
                 out[index] = traj = agent.trajectory(ep)
                 done += 1
@@ -304,7 +302,6 @@ async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size:
     waiting = deque(enumerate(records))
     out: list[Trajectory | None] = [None] * len(records)
     state = {"done": 0, "live": 0}
-    limit = agent.turn_limit()
     async with agent.policy.session(first_wave=min(pool_size, len(records))) as complete:
 
         async def place() -> None:
@@ -313,7 +310,7 @@ async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size:
                 ep = agent.new_episode(record)
                 state["live"] += 1
                 while not ep.done:
-                    agent.advance(ep, await complete(agent.episode_prompt(ep)), limit)
+                    agent.advance(ep, await complete(agent.episode_prompt(ep)))
                 out[index] = traj = agent.trajectory(ep)
                 state["done"] += 1
                 state["live"] -= 1

@@ -34,17 +34,6 @@ def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
     return out
 
 
-def _any_rank(device: torch.device) -> Any:
-    """``any_live`` for the engine: whether any rank still has a live episode (a MAX all-reduce)."""
-
-    def any_live(mine: bool) -> bool:
-        flag = torch.tensor([1 if mine else 0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-    return any_live
-
-
 class ReActEval(L.Callback):
     """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
 
@@ -88,12 +77,12 @@ class ReActEval(L.Callback):
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
-        tokenizer = trainer.datamodule.tokenizer
+        lockstep = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy)) and trainer.world_size > 1
         # Sharded weights: every rank generates in lock-step (synced_gpus), and steps the pool until no rank has a
-        # live episode (any_live below).
-        policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
-                          synced_gpus=sharded and trainer.world_size > 1)
+        # live episode (any_live).
+        policy = HFPolicy(pl_module.model, trainer.datamodule.tokenizer, temperature=0.0,
+                          max_new_tokens=self.max_new_tokens, synced_gpus=lockstep)
+        any_live = (lambda live: trainer.strategy.reduce_boolean_decision(live, all=False)) if lockstep else None
         search = make_search("bm25", corpus_path=self.search_corpus) if self.search_corpus else None
         rank, world = trainer.global_rank, trainer.world_size
         results: dict[str, dict[str, float]] = {}
@@ -108,8 +97,7 @@ class ReActEval(L.Callback):
                                          where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
                                    prompt_spec=spec)
-                trajs = agent.run(mine, batch_size=self.batch_size,
-                                  any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
+                trajs = agent.run(mine, batch_size=self.batch_size, any_live=any_live)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
                 results[task.name] = task_result([episodes]).to_dict()
