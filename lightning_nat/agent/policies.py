@@ -302,7 +302,9 @@ class OpenAIPolicy:
         return AsyncOpenAI(api_key=key or "unused", base_url=self.base_url, timeout=self.timeout,
                            max_retries=self.max_retries)
 
-    async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
+    async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> Any:
+        """One request's completion (with tools, the whole message), or ``None`` when it failed after the client's
+        retries; a 4xx that retrying cannot fix raises :class:`RequestRejected`."""
         import openai
 
         # With tools, the wire form and `tools`; else the ReAct stop.
@@ -314,13 +316,15 @@ class OpenAIPolicy:
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
                     **extra)
             except (openai.APIStatusError, openai.APIConnectionError) as exc:  # timeouts included
-                status = getattr(exc, "status_code", 500)
-                if status not in RETRIED_STATUSES and status < 500:
+                status = getattr(exc, "status_code", None)
+                if status is not None and status not in RETRIED_STATUSES and status < 500:
                     raise RequestRejected(status, mask(server_message(exc))) from None
                 # The client has spent its retries (or the server asked for a wait beyond its cap).
                 self.usage["retries"] += self.max_retries
                 self.usage["failures"] += 1
-                raise
+                detail = type(exc).__name__ if status is None else f"HTTP {status}: {mask(server_message(exc))}"
+                log.error("request failed after %d retries: %s", self.max_retries, detail)
+                return None
             self.usage["retries"] += int(getattr(raw, "retries_taken", 0) or 0)
             resp = raw.parse()
             self.usage["requests"] += 1
@@ -342,27 +346,6 @@ class OpenAIPolicy:
 
         return asyncio.run(run())
 
-    def _settle(self, r: Any, shown: set[str]) -> str | None:
-        """One request's outcome as a completion: the text, ``None`` for a failed request, ``""`` for garbage."""
-        import openai
-
-        if isinstance(r, RequestRejected):
-            self.usage["rejected"] = self.usage.get("rejected", 0) + 1
-            if str(r) not in shown:  # one line per distinct refusal, not one per episode
-                shown.add(str(r))
-                log.error("the server rejected a request with %s", r)
-            return None
-        if isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
-            detail = f"HTTP {r.status_code}: {mask(server_message(r))}" \
-                if isinstance(r, openai.APIStatusError) else type(r).__name__
-            log.error("request failed after %d retries: %s", self.max_retries, detail)
-            return None
-        if isinstance(r, BaseException):
-            self.usage["malformed"] = self.usage.get("malformed", 0) + 1
-            log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
-            return ""
-        return r
-
     @contextlib.asynccontextmanager
     async def session(self, first_wave: int = 1) -> AsyncIterator[Callable[[list[dict[str, str]]], Awaitable[str | None]]]:
         """``complete(messages)`` for the engine's pool: one request, at most ``concurrency`` in flight, outcomes as
@@ -374,15 +357,21 @@ class OpenAIPolicy:
 
         async def complete(messages: list[dict[str, str]]) -> str | None:
             try:
-                result: Any = await self._one(client, sem, list(messages))
-            except Exception as exc:  # settled below
-                result = exc
-            if isinstance(result, RequestRejected):
-                refused.append(result)
-                if result.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
-                    raise PolicyConfigError(f"the API refused the request with HTTP {result.status}: {result.message} "
-                                            f"(check --model, --base-url and {self.api_key_env})")
-            return self._settle(result, shown)
+                return await self._one(client, sem, list(messages))
+            except RequestRejected as r:
+                refused.append(r)
+                if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
+                    raise PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
+                                            f"(check --model, --base-url and {self.api_key_env})") from None
+                self.usage["rejected"] = self.usage.get("rejected", 0) + 1
+                if str(r) not in shown:  # one line per distinct refusal, not one per episode
+                    shown.add(str(r))
+                    log.error("the server rejected a request with %s", r)
+                return None
+            except Exception as exc:  # an answer that is no completion: a malformed step
+                self.usage["malformed"] = self.usage.get("malformed", 0) + 1
+                log.warning("malformed API answer (%s); treated as a malformed step", type(exc).__name__)
+                return ""
 
         try:
             yield complete
