@@ -100,7 +100,7 @@ def _as_text(value: Any) -> str:
 
 
 def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], counts: StepCounts,
-              errors: Sequence[str] = (), timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+              timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
     """Run canonical calls against plain functions: one ``tool`` message per call, errors said in its content,
     each call under its ``timeouts`` entry, results cut and masked as ReAct observations.
 
@@ -124,7 +124,6 @@ def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], co
     """
     by_name = {f.__name__: f for f in functions}
     out = []
-    counts.parse_errors += len(errors)
     for call in calls:
         counts.calls += 1
         fn = by_name.get(call["name"])
@@ -163,11 +162,11 @@ def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any
     if kept:
         turn["tool_calls"] = kept
     messages.append(turn)
+    counts.parse_errors += len(errors)
     if kept:
-        messages += run_calls(kept, functions, counts, errors, timeouts)
+        messages += run_calls(kept, functions, counts, timeouts)
         return False
     if errors:
-        counts.parse_errors += len(errors)
         messages.append({"role": "user", "content": "Error: " + "; ".join(errors)})
         return False
     return True
@@ -271,11 +270,10 @@ class FunctionCallingAgent(ReActAgent):
             content, calls, errors = from_openai_reply(reply, ep.turns)
         else:
             content, calls, errors = parse_turn(str(reply), self.family or "hermes", ep.turns)
-        before = ep.counts.parse_errors
+        before = ep.parse_errors
         over = step(ep.messages, content, calls, errors, self.functions or (), ep.counts, self.timeouts)
-        new_errors = ep.counts.parse_errors - before
-        ep.parse_errors += new_errors
-        if new_errors and self.on_parse_error == "stop":
+        ep.parse_errors = ep.counts.parse_errors
+        if ep.parse_errors > before and self.on_parse_error == "stop":
             ep.done, ep.end = True, "parse_error"
         elif over:
             ep.prediction = content
