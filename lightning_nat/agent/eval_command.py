@@ -112,17 +112,15 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
     proto, saved, where, mode = cfg.resolved(cfg.runs)
     report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg, mode):
-        name = task.name
         spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)
-        total = len(records) * proto.runs
-        runs = []
+        agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
+                               on_parse_error=proto.on_parse_error, prompt_spec=spec)
+        runs, total = [], len(records) * proto.runs
         for run in range(proto.runs):
             seed_episodes(cfg.seed + run)
-            agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
-                                   on_parse_error=proto.on_parse_error, prompt_spec=spec)
             before = len(records) * run
 
-            def tick(done: int, live: int, name: str = name, before: int = before, total: int = total) -> None:
+            def tick(done: int, live: int, name: str = task.name, before: int = before, total: int = total) -> None:
                 if progress:
                     progress(name, before + done, total, live)
 
@@ -130,8 +128,8 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
             for t in trajs:
                 t.meta["run"] = run
             runs.append(trajs)
-        report.results[name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
-        report.episodes[name] = [t for r in runs for t in r]
+        report.results[task.name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
+        report.episodes[task.name] = [t for r in runs for t in r]
     report.usage = getattr(policy, "usage", None)
     return report
 
