@@ -110,16 +110,13 @@ def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
     return list(latest.values())
 
 
-def compact_failures(path: Path, collected: set[Key]) -> int:
-    """Rewrite the failure log (atomically) to what is still missing, removing it when nothing is; returns that count."""
-    if not path.exists():
-        return 0
-    entries = jsonl.read_jsonl(path)
-    left = still_failed(entries, collected)
-    if not left:
-        path.unlink()
-        return 0
-    return jsonl.write_jsonl(path, left)
+def compact_failures(path: Path, collected: set[Key]) -> None:
+    """Rewrite the failure log (atomically) to what is still missing, removing it when nothing is."""
+    left = still_failed(jsonl.read_jsonl(path), collected) if path.exists() else []
+    if left:
+        jsonl.write_jsonl(path, left)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -150,14 +150,12 @@ def run_eval(cfg: EvalCommandConfig) -> int:
         report.meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
     with writing(cfg.out, "nat eval", cfg.overwrite) as staged:  # a failed write leaves the previous run whole
         report.write(staged)
-    out = cfg.out
     print_eval_table({k: v.to_dict() for k, v in report.results.items()})
-    console.print(f"wrote {out}/{RESULTS_FILE} and {out}/{EPISODES_FILE}")
+    console.print(f"wrote {cfg.out}/{RESULTS_FILE} and {cfg.out}/{EPISODES_FILE}")
     for task, r in report.results.items():
-        n = r.episodes
-        failed = round(r.failed * n)
-        check_error_rate(failed, n, cfg.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
-                         f"the {task} figures are not trustworthy ({out}/{RESULTS_FILE})")
+        failed = round(r.failed * r.episodes)
+        check_error_rate(failed, r.episodes, cfg.max_error_rate, f"{task}: {failed} of {r.episodes} episodes ended on "
+                         f"policy errors", f"the {task} figures are not trustworthy ({cfg.out}/{RESULTS_FILE})")
     return 0
 
 

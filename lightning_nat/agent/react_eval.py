@@ -102,11 +102,9 @@ class ReActEval(L.Callback):
                 episodes = [Trajectory.from_dict(t) for t in gathered]
                 results[task.name] = task_result([episodes]).to_dict()
                 all_episodes += episodes
-        for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed",
-                        "parse_error_rate"):
-                if key in values:
-                    pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
+        logged = ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed", "parse_error_rate")
+        pl_module.log_dict({f"react/{name}/{key}": float(values[key]) for name, values in results.items()
+                            for key in logged if key in values}, sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if rank == 0:
             write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)
