@@ -181,17 +181,12 @@ def task_functions(tool_names: Sequence[str]) -> list[Callable[..., Any]]:
     from lightning_nat.core.tools import calculate, find_tool
 
     out: list[Callable[..., Any]] = []
-    for name in tool_names:
-        if name == "finish":
-            continue
-        if name == "calculate":
-            out.append(calculate)
-            continue
-        spec = find_tool(name)
-        if spec is None:
+    for name in (n for n in tool_names if n != "finish"):
+        function = calculate if name == "calculate" else getattr(find_tool(name), "function", None)
+        if function is None:
             raise ValueError(f"tool {name!r} has no Python function to call (function-calling agents call the "
                              "task's own functions; `search` is a ReAct tool only)")
-        out.append(spec.function)
+        out.append(function)
     return out
 
 

@@ -9,8 +9,7 @@ Everything stays under ``<out>/<name>/round<k>/``: ``trajectories.jsonl``, ``dat
 A step whose output is complete is skipped, so a killed run resumes where it stopped and a finished one
 does nothing. Collection runs each pass in seeded blocks of questions; with ``--policy hf`` a block
 that a kill left partial is set aside (``trajectories.jsonl.superseded``) and collected again whole, so
-the resumed run equals an uninterrupted one. Test hook: ``NAT_ITERATE_TEST_KILL=ROUND:N`` sends this
-process SIGKILL after the N-th new episode of round ROUND.
+the resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import zlib
@@ -34,7 +32,6 @@ from lightning_nat.core.jsonl import atomic_write_text, dumps_line
 from lightning_nat.core.options import option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
-KILL_HOOK = "NAT_ITERATE_TEST_KILL"
 # Options a re-run may change: where and how fast things run, and how many rounds.
 OPERATIONAL = {"rounds", "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "tensor_parallel_size",
                "gpu_memory_utilization", "batch_size", "max_error_rate"}
@@ -206,14 +203,6 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
     policy = ecfg.make_policy(todo[0][0])
     agent = ecfg.make_agent(task, policy, ecfg.task_tools([task])[0], max_turns=cfg.turns(),
                             prompt_spec=resolve_eval_spec(task, saved, None, None, mode, where))
-    new = 0
-
-    def tick(_done: int, _total: int) -> None:
-        nonlocal new
-        new += 1
-        if os.environ.get(KILL_HOOK) == f"{k}:{new}":
-            os.kill(os.getpid(), signal.SIGKILL)
-
     console.print(f"round {k}: collecting with {label} on {len(records)} questions")
     for t, s, i in todo:
         have = recover(out)[0]
@@ -223,8 +212,7 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
                 fh.writelines(dumps_line(x.to_dict()) for x in partial)
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
         seed_episodes(zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode()))
-        summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size,
-                          progress=tick)
+        summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size)
         attempted = summary.new_episodes + summary.failures
         check_error_rate(summary.failures, attempted, cfg.max_error_rate, f"round {k}: {summary.failures} of "
                          f"{attempted} episodes failed on policy errors", "run again to retry them")

@@ -267,7 +267,6 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     waiting = deque(enumerate(records))
     live: list[tuple[int, _Episode]] = []
     out: list[Trajectory | None] = [None] * len(records)
-    done = 0
     while True:
         while waiting and len(live) < pool_size:
             index, record = waiting.popleft()
@@ -284,14 +283,13 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
             agent.advance(ep, text)
             if ep.done:
                 out[index] = traj = agent.trajectory(ep)
-                done += 1
                 if on_episode:
                     on_episode(traj)
             else:
                 still.append((index, ep))
         live = still
-        if progress:
-            progress(done, len(live))
+        if progress:  # done: started and no longer live
+            progress(len(records) - len(waiting) - len(live), len(live))
     return [t for t in out if t is not None]
 
 
@@ -301,23 +299,23 @@ async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size:
     its episode's next request as soon as it needs it, nothing waits for a step."""
     waiting = deque(enumerate(records))
     out: list[Trajectory | None] = [None] * len(records)
-    state = {"done": 0, "live": 0}
+    live = 0
     async with agent.policy.session(first_wave=min(pool_size, len(records))) as complete:
 
         async def place() -> None:
+            nonlocal live
             while waiting:
                 index, record = waiting.popleft()
                 ep = agent.new_episode(record)
-                state["live"] += 1
+                live += 1
                 while not ep.done:
                     agent.advance(ep, await complete(agent.episode_prompt(ep)))
                 out[index] = traj = agent.trajectory(ep)
-                state["done"] += 1
-                state["live"] -= 1
+                live -= 1
                 if on_episode:
                     on_episode(traj)
                 if progress:
-                    progress(state["done"], state["live"])
+                    progress(len(records) - len(waiting) - live, live)
 
         await asyncio.gather(*[place() for _ in range(min(pool_size, len(records)))])
     return [t for t in out if t is not None]
