@@ -69,8 +69,8 @@ class ReActEval(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+        step = trainer.global_step  # evaluate() skips a step already evaluated
+        if self.every_n_steps and step and step % self.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
