@@ -16,21 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lightning_nat.agent.policies import END_OF_TURN
-from lightning_nat.agent.react import ReActAgent, _Episode
+from lightning_nat.agent.react import ReActAgent, StepCounts, _Episode
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
 from lightning_nat.core.secrets import mask
 from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, call_from_openai
 
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
-
-
-@dataclass
-class StepCounts:
-    """Per-episode counts of what went wrong in calls (reported beside the score)."""
-
-    calls: int = 0
-    parse_errors: int = 0
-    tool_errors: int = 0
 
 
 def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[str, Any]], list[str]]:
@@ -218,11 +209,6 @@ def schemas_of(functions: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class _FCEpisode(_Episode):
-    counts: StepCounts = field(default_factory=StepCounts)
-
-
-@dataclass
 class FunctionCallingAgent(ReActAgent):
     """A task's function-calling episodes with a policy; the policy is given the tools' schemas (``use_tools``).
 
@@ -253,29 +239,20 @@ class FunctionCallingAgent(ReActAgent):
         use(self.schemas)
         self.family = self.family or getattr(self.policy, "family", None) or "hermes"
 
-    def new_episode(self, record: dict) -> _FCEpisode:
-        return _FCEpisode(dict(record))
-
     def apply(self, ep: _Episode, reply: Any) -> None:
-        assert isinstance(ep, _FCEpisode)
-        if reply is None:
-            ep.done, ep.end = True, "failed"
-            return
         if isinstance(reply, dict):
             content, calls, errors = from_openai_reply(reply, ep.turns)
         else:
             content, calls, errors = parse_turn(str(reply), self.family or "hermes", ep.turns)
-        before = ep.parse_errors
+        before = ep.counts.parse_errors
         over = step(ep.messages, content, calls, errors, self.functions or (), ep.counts, self.timeouts)
-        ep.parse_errors = ep.counts.parse_errors
-        if ep.parse_errors > before and self.on_parse_error == "stop":
+        if ep.counts.parse_errors > before and self.on_parse_error == "stop":
             ep.done, ep.end = True, "parse_error"
         elif over:
             ep.prediction = content
             ep.done, ep.end = True, "finished" if content.strip() else "no_answer"
 
     def trajectory(self, ep: _Episode) -> Trajectory:
-        assert isinstance(ep, _FCEpisode)
         traj = super().trajectory(ep)
         meta = {**traj.meta, "agent": "function-calling", "calls": ep.counts.calls,
                 "tool_errors": ep.counts.tool_errors}
