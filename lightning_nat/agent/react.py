@@ -145,23 +145,19 @@ class ReActAgent:
                 msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
-    def turn_limit(self) -> int:
-        """Model turns an episode may take."""
-        return 1 if self.mode == "cot" else self.max_turns
-
     def episode_prompt(self, ep: _Episode) -> list[dict[str, str]]:
         """What the policy continues: the task's head messages and the episode so far."""
         return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
 
     def advance(self, ep: _Episode, text: Any) -> None:
         """Apply one model turn (``None``: the request failed for good, the episode ``failed``); the episode ends (as
-        ``turn_limit``) once it has had :meth:`turn_limit` turns."""
+        ``turn_limit``) once it has had ``max_turns`` turns (a ``cot`` episode ends with its one turn)."""
         if text is None:
             ep.done, ep.end = True, "failed"
         else:
             self.apply(ep, text)
         ep.turns += 1
-        ep.done = ep.done or ep.turns >= self.turn_limit()
+        ep.done = ep.done or ep.turns >= self.max_turns
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None,
