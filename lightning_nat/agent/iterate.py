@@ -183,7 +183,7 @@ def shown(model: str, run: Path) -> str:
 
 def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str, out: Path, k: int, label: str) -> None:
     """Every missing (question, temperature, sample) episode with ``model``, pass by pass, block by block."""
-    from lightning_nat.agent.collect import collect, key_of, recover
+    from lightning_nat.agent.collect import append_durably, collect, key_of, recover
     from lightning_nat.agent.eval_command import seed_episodes
     from lightning_nat.core.prompts import resolve_eval_spec
     from lightning_nat.core.trajectory import write_jsonl
@@ -208,8 +208,7 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
         have = recover(out)[0]
         partial = [x for x in have if key_of(x) in keys(t, s, i)]
         if partial and cfg.policy == "hf":  # a killed block: collected again whole, from its seed, as it first ran
-            with open(out.with_name(out.name + ".superseded"), "a", encoding="utf-8") as fh:
-                fh.writelines(dumps_line(x.to_dict()) for x in partial)
+            append_durably(out.with_name(out.name + ".superseded"), "".join(dumps_line(x.to_dict()) for x in partial).encode())
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
         seed_episodes(zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode()))
         summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size)
