@@ -94,13 +94,10 @@ def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list
 
 def seed_episodes(seed: int) -> None:
     """Seed what sampling draws from (Python's and torch's generators) before a run of episodes."""
-    random.seed(seed)
-    try:
-        import torch
+    import torch  # a dependency of the package, whichever policy runs
 
-        torch.manual_seed(seed)
-    except ImportError:  # the API policy needs no torch
-        pass
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, int, int], None] | None = None,
