@@ -40,6 +40,33 @@ def nat(args, cwd, env=None, check=True):
     return done
 
 
+# `nat` that SIGKILLs itself once round ROUND has appended N episodes to its collection (argv[1]: ROUND:N).
+KILLED_AFTER = """
+import os, signal, sys
+from lightning_nat.agent import collect
+from lightning_nat.cli import main
+
+round_, after = sys.argv.pop(1).split(":")
+append, written = collect.append_durably, []
+
+def append_then_kill(path, data):
+    append(path, data)
+    if path.name == "trajectories.jsonl" and path.parent.name == "round" + round_:
+        written.append(path)
+        if len(written) == int(after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+collect.append_durably = append_then_kill
+sys.exit(main())
+"""
+
+
+def nat_killed_after(at, args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", KILLED_AFTER, at, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+
+
 def copy_example(root):
     shutil.copytree(EXAMPLE, root / "examples" / "iterate")
     return root
@@ -166,7 +193,7 @@ def test_kill_9_in_round_1_resumes_to_the_same_result(finished, tmp_path):
     (root / "runs" / "iterate-scratch").symlink_to(finished[0] / "runs" / "iterate-scratch")
     shutil.copytree(reference / "round0", root / "runs" / "iterate" / "tiny" / "round0")
     shutil.copy(reference / "iterate.json", root / "runs" / "iterate" / "tiny")
-    killed = nat(ITERATE, root, env={"NAT_ITERATE_TEST_KILL": "1:5"}, check=False)
+    killed = nat_killed_after("1:5", ITERATE, root)
     assert killed.returncode == -signal.SIGKILL
     run = root / "runs" / "iterate" / "tiny"
     assert not (run / "round1" / "data").exists() and not (run / "round1" / "round.json").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,15 +54,11 @@ def recover(path: str | os.PathLike) -> tuple[list[Trajectory], int]:
     except TrajectoryFormatError:
         if not out and _is_json(tail):  # a whole record that is not ours: a user's file, leave it alone
             raise
-        with open(path.with_name(path.name + ".torn"), "ab") as fh:
-            fh.write(tail + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_durably(path.with_name(path.name + ".torn"), tail + b"\n")
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
         return out, len(tail)
-    with open(path, "ab") as fh:
-        fh.write(b"\n")
+    append_durably(path, b"\n")
     return [*out, last], 0
 
 
@@ -89,25 +84,12 @@ def _collected_record(raw: bytes, path: Path, lineno: int) -> Trajectory:
     return traj
 
 
-class DurableWriter:
-    """Appends one JSON line per record, flushed and fsynced before returning (``lazy``: the file is created by
-    the first record)."""
-
-    def __init__(self, path: str | os.PathLike, lazy: bool = False):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = None if lazy else open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.fh is None:
-            self.fh = open(self.path, "a", encoding="utf-8")
-        self.fh.write(jsonl.dumps_line(record))
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path``, flushed and fsynced before returning: a crash loses nothing appended."""
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
@@ -128,16 +110,13 @@ def still_failed(entries: Sequence[dict], collected: set[Key]) -> list[dict]:
     return list(latest.values())
 
 
-def compact_failures(path: Path, collected: set[Key]) -> int:
-    """Rewrite the failure log (atomically) to what is still missing, removing it when nothing is; returns that count."""
-    if not path.exists():
-        return 0
-    entries = jsonl.read_jsonl(path)
-    left = still_failed(entries, collected)
-    if not left:
-        path.unlink()
-        return 0
-    return jsonl.write_jsonl(path, left)
+def compact_failures(path: Path, collected: set[Key]) -> None:
+    """Rewrite the failure log (atomically) to what is still missing, removing it when nothing is."""
+    left = still_failed(jsonl.read_jsonl(path), collected) if path.exists() else []
+    if left:
+        jsonl.write_jsonl(path, left)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -180,30 +159,30 @@ def collect(agent: ReActAgent, records: Sequence[dict], out: str | os.PathLike,
         done = {key_of(t) for t in existing}
         summary = CollectSummary(resumed=len(existing), torn_bytes=torn)
         finished = len([k for k in done if (k[1], k[2]) in set(plan)])
-        writer, failed_writer = DurableWriter(out), DurableWriter(failed_path, lazy=True)
-        with closing(writer), closing(failed_writer):
-            for temperature, sample in plan:
-                pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
-                if not pending:
-                    continue
-                policy.temperature = temperature
+        out.touch()  # the collection exists even before its first episode (the lock made its folder)
+        for temperature, sample in plan:
+            pending = [r for r in records if (str(r["id"]), temperature, sample) not in done]
+            if not pending:
+                continue
+            policy.temperature = temperature
 
-                def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
-                    nonlocal finished
-                    traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
-                    traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
-                    if traj.meta.get("end") == "failed":
-                        failed_writer.write({"question_id": traj.question_id, "temperature": temperature,
-                                             "sample": sample, "teacher": teacher, "turns": len(traj.messages)})
-                        summary.failures += 1
-                    else:
-                        writer.write(traj.to_dict())
-                        new.append(traj)
-                        finished += 1
-                    if progress:
-                        progress(finished + summary.failures, total)
+            def keep(traj: Trajectory, temperature: float = temperature, sample: int = sample) -> None:
+                nonlocal finished
+                traj.id = f"{task.name}:{traj.question_id}:t{temperature:g}:s{sample}"
+                traj.meta.update(temperature=temperature, sample=sample, teacher=teacher)
+                if traj.meta.get("end") == "failed":
+                    append_durably(failed_path, jsonl.dumps_line({
+                        "question_id": traj.question_id, "temperature": temperature, "sample": sample,
+                        "teacher": teacher, "turns": len(traj.messages)}).encode())
+                    summary.failures += 1
+                else:
+                    append_durably(out, jsonl.dumps_line(traj.to_dict()).encode())
+                    new.append(traj)
+                    finished += 1
+                if progress:
+                    progress(finished + summary.failures, total)
 
-                agent.run(pending, batch_size=batch_size, on_episode=keep)
+            agent.run(pending, batch_size=batch_size, on_episode=keep)
         everything = existing + new
         # Keys collected on a retry leave the failure log; it disappears when nothing is missing.
         compact_failures(failed_path, {key_of(t) for t in everything})

@@ -8,7 +8,7 @@ one of the constants below (``tests/test_agent_options.py`` compares what each e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from lightning_nat.core.artifacts import read_spec
@@ -55,14 +55,12 @@ def apply_protocol(name: str, max_turns: int | None = None, temperature: float |
     """
     base = PROTOCOLS[name]
     given = {"max_turns": max_turns, "temperature": temperature, "runs": runs, "on_parse_error": on_parse_error}
-    out = {}
+    given = {key: value for key, value in given.items() if value is not None}
     for key, value in given.items():
-        have = getattr(base, key)
-        if value is not None and name == "reference" and value != have:
+        if name == "reference" and value != (have := getattr(base, key)):
             raise ValueError(f"--{key.replace('_', '-')} {value} contradicts --protocol reference ({key.replace('_', ' ')}"
                              f" {have}); drop one of them")
-        out[key] = have if value is None else value
-    return Protocol(**out)
+    return replace(base, **given)
 
 
 @dataclass(kw_only=True)
@@ -113,26 +111,20 @@ class AgentConfig:
         """Model turns per episode: ``max_turns``, else the default."""
         return self.max_turns or MAX_TURNS
 
-    def search_tool(self) -> Any:
-        """The search backend of ``search``, ``search_corpus``, ``search_k`` and ``search_rerank``, or None."""
-        from lightning_nat.core.tools import make_search
+    def task_tools(self, tasks: list[Any], mode: str = "react") -> list[dict[str, Any]]:
+        """Each task's callable ReAct tools (none in ``cot`` mode), the search backend (of ``search``,
+        ``search_corpus``, ``search_k`` and ``search_rerank``) checked before any episode."""
+        from lightning_nat.core.tools import make_search, make_tools
 
-        reranker = None
+        reranker, search = None, None
         if self.search_rerank and (self.search_corpus or self.search):
             from lightning_nat.agent.rerank import load_reference_reranker
 
             reranker = load_reference_reranker()
         if self.search_corpus:
-            return make_search("bm25", self.search_k, reranker=reranker, corpus_path=self.search_corpus)
-        if self.search == "serper":
-            return make_search("serper", self.search_k, reranker=reranker)
-        return None
-
-    def task_tools(self, tasks: list[Any], mode: str = "react") -> list[dict[str, Any]]:
-        """Each task's callable ReAct tools (none in ``cot`` mode), the search backend checked before any episode."""
-        from lightning_nat.core.tools import make_tools
-
-        search = self.search_tool()
+            search = make_search("bm25", self.search_k, reranker=reranker, corpus_path=self.search_corpus)
+        elif self.search == "serper":
+            search = make_search("serper", self.search_k, reranker=reranker)
         tools = [make_tools(task.tools, search) if mode == "react" else {} for task in tasks]
         if any("search" in t for t in tools):
             search.prepare()  # a bad corpus or a missing key stops here, before any model loads or request is paid
@@ -192,18 +184,15 @@ class PolicyConfig(AgentConfig):
         None, "read the prompt spec from this folder (a `nat build --out` or an exported model) instead of --model's "
               "folder (for --policy openai)", metavar="FOLDER")
 
-    def saved_prompt(self) -> tuple[Any, str]:
-        """The saved prompt spec for the model under evaluation and the folder it was found in."""
-        local = self.policy != "openai" and os.path.isdir(self.model)
-        folder = self.prompt_from or (self.model if local else None)
-        if self.prompt_from and read_spec(self.prompt_from) is None:
-            raise FileNotFoundError(f"--prompt-from {self.prompt_from}: no nat_prompt.json or build.json there")
-        return read_spec(folder), (folder or "")
-
     def resolved(self, runs: int | None = None) -> tuple[Protocol, Any, str, str]:
-        """``(protocol, saved prompt spec, where it was found, mode)`` with the protocol applied to these options."""
+        """``(protocol, saved prompt spec, where it was found, mode)`` with the protocol applied to these options; the
+        spec is the one saved for the model under evaluation."""
         proto = apply_protocol(self.protocol, self.max_turns, self.temperature, runs, self.on_parse_error)
-        saved, where = self.saved_prompt()
+        local = self.policy != "openai" and os.path.isdir(self.model)
+        where = self.prompt_from or (self.model if local else "")
+        saved = read_spec(where) if where else None
+        if self.prompt_from and saved is None:
+            raise FileNotFoundError(f"--prompt-from {self.prompt_from}: no nat_prompt.json or build.json there")
         mode = self.mode or (saved.mode if saved is not None else "react")
         return proto, saved, where, mode
 

@@ -92,14 +92,12 @@ def prepare(cfg: EvalCommandConfig, mode: str = "react") -> list[tuple[Any, list
     return plan
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    try:
-        import torch
+def seed_episodes(seed: int) -> None:
+    """Seed what sampling draws from (Python's and torch's generators) before a run of episodes."""
+    import torch  # a dependency of the package, whichever policy runs
 
-        torch.manual_seed(seed)
-    except ImportError:  # the API policy needs no torch
-        pass
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, int, int], None] | None = None,
@@ -111,17 +109,15 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
     proto, saved, where, mode = cfg.resolved(cfg.runs)
     report = EvalReport(results={}, meta=dict(meta or {}))
     for task, records, tools in plan if plan is not None else prepare(cfg, mode):
-        name = task.name
         spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)
-        total = len(records) * proto.runs
-        runs = []
+        agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
+                               on_parse_error=proto.on_parse_error, prompt_spec=spec)
+        runs, total = [], len(records) * proto.runs
         for run in range(proto.runs):
-            _seed_everything(cfg.seed + run)
-            agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
-                                   on_parse_error=proto.on_parse_error, prompt_spec=spec)
+            seed_episodes(cfg.seed + run)
             before = len(records) * run
 
-            def tick(done: int, live: int, name: str = name, before: int = before, total: int = total) -> None:
+            def tick(done: int, live: int, name: str = task.name, before: int = before, total: int = total) -> None:
                 if progress:
                     progress(name, before + done, total, live)
 
@@ -129,8 +125,8 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
             for t in trajs:
                 t.meta["run"] = run
             runs.append(trajs)
-        report.results[name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
-        report.episodes[name] = [t for r in runs for t in r]
+        report.results[task.name] = task_result(runs, prompt=spec.to_dict())  # what the model was asked with
+        report.episodes[task.name] = [t for r in runs for t in r]
     report.usage = getattr(policy, "usage", None)
     return report
 
@@ -151,14 +147,12 @@ def run_eval(cfg: EvalCommandConfig) -> int:
         report.meta["tool_parser"] = policy.family  # detected from the chat template unless --tool-parser named it
     with writing(cfg.out, "nat eval", cfg.overwrite) as staged:  # a failed write leaves the previous run whole
         report.write(staged)
-    out = cfg.out
     print_eval_table({k: v.to_dict() for k, v in report.results.items()})
-    console.print(f"wrote {out}/{RESULTS_FILE} and {out}/{EPISODES_FILE}")
+    console.print(f"wrote {cfg.out}/{RESULTS_FILE} and {cfg.out}/{EPISODES_FILE}")
     for task, r in report.results.items():
-        n = r.episodes
-        failed = round(r.failed * n)
-        check_error_rate(failed, n, cfg.max_error_rate, f"{task}: {failed} of {n} episodes ended on policy errors",
-                         f"the {task} figures are not trustworthy ({out}/{RESULTS_FILE})")
+        failed = round(r.failed * r.episodes)
+        check_error_rate(failed, r.episodes, cfg.max_error_rate, f"{task}: {failed} of {r.episodes} episodes ended on "
+                         f"policy errors", f"the {task} figures are not trustworthy ({cfg.out}/{RESULTS_FILE})")
     return 0
 
 

@@ -16,21 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lightning_nat.agent.policies import END_OF_TURN
-from lightning_nat.agent.react import ReActAgent, _Episode
+from lightning_nat.agent.react import ReActAgent, StepCounts, _Episode
 from lightning_nat.core.safe_tool import DEFAULT_TIMEOUT_S, MAX_OBSERVATION_CHARS, ToolTimeout, _cut, call_with_timeout
 from lightning_nat.core.secrets import mask
 from lightning_nat.core.trajectory import Trajectory, TrajectoryFormatError, call_from_openai
 
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
-
-
-@dataclass
-class StepCounts:
-    """Per-episode counts of what went wrong in calls (reported beside the score)."""
-
-    calls: int = 0
-    parse_errors: int = 0
-    tool_errors: int = 0
 
 
 def parse_turn(text: str, family: str, turn: int = 0) -> tuple[str, list[dict[str, Any]], list[str]]:
@@ -100,7 +91,7 @@ def _as_text(value: Any) -> str:
 
 
 def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], counts: StepCounts,
-              errors: Sequence[str] = (), timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+              timeouts: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
     """Run canonical calls against plain functions: one ``tool`` message per call, errors said in its content,
     each call under its ``timeouts`` entry, results cut and masked as ReAct observations.
 
@@ -124,7 +115,6 @@ def run_calls(calls: Sequence[dict[str, Any]], functions: Sequence[Callable], co
     """
     by_name = {f.__name__: f for f in functions}
     out = []
-    counts.parse_errors += len(errors)
     for call in calls:
         counts.calls += 1
         fn = by_name.get(call["name"])
@@ -163,11 +153,11 @@ def step(messages: list[dict[str, Any]], content: str, calls: list[dict[str, Any
     if kept:
         turn["tool_calls"] = kept
     messages.append(turn)
+    counts.parse_errors += len(errors)
     if kept:
-        messages += run_calls(kept, functions, counts, errors, timeouts)
+        messages += run_calls(kept, functions, counts, timeouts)
         return False
     if errors:
-        counts.parse_errors += len(errors)
         messages.append({"role": "user", "content": "Error: " + "; ".join(errors)})
         return False
     return True
@@ -182,17 +172,12 @@ def task_functions(tool_names: Sequence[str]) -> list[Callable[..., Any]]:
     from lightning_nat.core.tools import calculate, find_tool
 
     out: list[Callable[..., Any]] = []
-    for name in tool_names:
-        if name == "finish":
-            continue
-        if name == "calculate":
-            out.append(calculate)
-            continue
-        spec = find_tool(name)
-        if spec is None:
+    for name in (n for n in tool_names if n != "finish"):
+        function = calculate if name == "calculate" else getattr(find_tool(name), "function", None)
+        if function is None:
             raise ValueError(f"tool {name!r} has no Python function to call (function-calling agents call the "
                              "task's own functions; `search` is a ReAct tool only)")
-        out.append(spec.function)
+        out.append(function)
     return out
 
 
@@ -221,11 +206,6 @@ def schemas_of(functions: Sequence[Callable[..., Any]]) -> list[dict[str, Any]]:
                              f"({type(exc).__name__}: {exc}); give every argument a type hint and an 'Args:' "
                              "line") from None
     return out
-
-
-@dataclass
-class _FCEpisode(_Episode):
-    counts: StepCounts = field(default_factory=StepCounts)
 
 
 @dataclass
@@ -259,30 +239,20 @@ class FunctionCallingAgent(ReActAgent):
         use(self.schemas)
         self.family = self.family or getattr(self.policy, "family", None) or "hermes"
 
-    def new_episode(self, record: dict) -> _FCEpisode:
-        return _FCEpisode(dict(record))
-
     def apply(self, ep: _Episode, reply: Any) -> None:
-        assert isinstance(ep, _FCEpisode)
-        if reply is None:
-            ep.done, ep.end = True, "failed"
-            return
         if isinstance(reply, dict):
             content, calls, errors = from_openai_reply(reply, ep.turns)
         else:
             content, calls, errors = parse_turn(str(reply), self.family or "hermes", ep.turns)
         before = ep.counts.parse_errors
         over = step(ep.messages, content, calls, errors, self.functions or (), ep.counts, self.timeouts)
-        new_errors = ep.counts.parse_errors - before
-        ep.parse_errors += new_errors
-        if new_errors and self.on_parse_error == "stop":
+        if ep.counts.parse_errors > before and self.on_parse_error == "stop":
             ep.done, ep.end = True, "parse_error"
         elif over:
             ep.prediction = content
             ep.done, ep.end = True, "finished" if content.strip() else "no_answer"
 
     def trajectory(self, ep: _Episode) -> Trajectory:
-        assert isinstance(ep, _FCEpisode)
         traj = super().trajectory(ep)
         meta = {**traj.meta, "agent": "function-calling", "calls": ep.counts.calls,
                 "tool_errors": ep.counts.tool_errors}

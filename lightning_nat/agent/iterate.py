@@ -9,8 +9,7 @@ Everything stays under ``<out>/<name>/round<k>/``: ``trajectories.jsonl``, ``dat
 A step whose output is complete is skipped, so a killed run resumes where it stopped and a finished one
 does nothing. Collection runs each pass in seeded blocks of questions; with ``--policy hf`` a block
 that a kill left partial is set aside (``trajectories.jsonl.superseded``) and collected again whole, so
-the resumed run equals an uninterrupted one. Test hook: ``NAT_ITERATE_TEST_KILL=ROUND:N`` sends this
-process SIGKILL after the N-th new episode of round ROUND.
+the resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import zlib
@@ -34,7 +32,6 @@ from lightning_nat.core.jsonl import atomic_write_text, dumps_line, write_jsonl
 from lightning_nat.core.options import option
 
 BLOCK_POOLS = 8  # questions per seeded collection block, in pools: a kill costs at most one block of episodes
-KILL_HOOK = "NAT_ITERATE_TEST_KILL"
 # Options a re-run may change: where and how fast things run, and how many rounds.
 OPERATIONAL = {"rounds", "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "tensor_parallel_size",
                "gpu_memory_utilization", "batch_size", "max_error_rate"}
@@ -88,16 +85,6 @@ class IterateConfig(AgentKindConfig):
         served = self.policy == "openai" and Path(model, "nat_prompt.json").is_file()
         return EvalCommandConfig(**{**shared, "model": model, "limit": None}, tasks=task, out=out, seed=self.seed,
                                  batch_size=self.batch_size, prompt_from=model if served else None)
-
-
-def read_yaml(path: str) -> Any:
-    """A YAML file, or an error naming it."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def run_iterate(cfg: IterateConfig) -> int:
@@ -196,11 +183,8 @@ def shown(model: str, run: Path) -> str:
 
 def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str, out: Path, k: int, label: str) -> None:
     """Every missing (question, temperature, sample) episode with ``model``, pass by pass, block by block."""
-    import random
-
-    import torch
-
-    from lightning_nat.agent.collect import collect, key_of, recover
+    from lightning_nat.agent.collect import append_durably, collect, key_of, recover
+    from lightning_nat.agent.eval_command import seed_episodes
     from lightning_nat.core.prompts import resolve_eval_spec
 
     size = BLOCK_POOLS * cfg.batch_size
@@ -218,27 +202,15 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
     policy = ecfg.make_policy(todo[0][0])
     agent = ecfg.make_agent(task, policy, ecfg.task_tools([task])[0], max_turns=cfg.turns(),
                             prompt_spec=resolve_eval_spec(task, saved, None, None, mode, where))
-    new = 0
-
-    def tick(_done: int, _total: int) -> None:
-        nonlocal new
-        new += 1
-        if os.environ.get(KILL_HOOK) == f"{k}:{new}":
-            os.kill(os.getpid(), signal.SIGKILL)
-
     console.print(f"round {k}: collecting with {label} on {len(records)} questions")
     for t, s, i in todo:
         have = recover(out)[0]
         partial = [x for x in have if key_of(x) in keys(t, s, i)]
         if partial and cfg.policy == "hf":  # a killed block: collected again whole, from its seed, as it first ran
-            with open(out.with_name(out.name + ".superseded"), "a", encoding="utf-8") as fh:
-                fh.writelines(dumps_line(x.to_dict()) for x in partial)
+            append_durably(out.with_name(out.name + ".superseded"), "".join(dumps_line(x.to_dict()) for x in partial).encode())
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
-        seed = zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode())
-        random.seed(seed)
-        torch.manual_seed(seed)
-        summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size,
-                          progress=tick)
+        seed_episodes(zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode()))
+        summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size)
         attempted = summary.new_episodes + summary.failures
         check_error_rate(summary.failures, attempted, cfg.max_error_rate, f"round {k}: {summary.failures} of "
                          f"{attempted} episodes failed on policy errors", "run again to retry them")
@@ -260,8 +232,7 @@ def loading(cfg: IterateConfig, model: str, k: int) -> Iterator[None]:
                                 f"{model}`) and run nat iterate again") from None
     finally:  # the next step may be a fit, in another process, that needs the accelerator's memory
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
 
 
 def check_classes(cfg: IterateConfig, k: int, own: Path, inputs: list) -> None:
@@ -310,7 +281,11 @@ def fit_round(cfg: IterateConfig, rd: Path, start: str, k: int) -> None:
     from lightning_nat.core.outputs import output_lock
 
     config = (rd / "fit.yaml").resolve()
-    fit = fit_config(cfg, read_yaml(cfg.fit_config), rd, start)
+    try:
+        template = yaml.safe_load(Path(cfg.fit_config).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{cfg.fit_config}: not valid YAML ({' '.join(str(exc).split())})") from None
+    fit = fit_config(cfg, template, rd, start)
     atomic_write_text(config, f"# nat iterate {cfg.name}, round {k}: launched as\n#   nat fit --config "
                               f"{shlex.quote(str(config))}\n# (with --ckpt_path last when resuming)\n"
                       + yaml.safe_dump(fit, sort_keys=False))

@@ -210,14 +210,6 @@ class VLLMPolicy(LocalPolicy):
         return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def _tool_reply(message: Any) -> dict[str, Any]:
-    """An API reply of a request with tools, as a plain message dict (the agent reads its calls; none is dropped here)."""
-    if message is None:
-        return {"role": "assistant", "content": "", "tool_calls": []}
-    calls = [c.model_dump() if hasattr(c, "model_dump") else c for c in (getattr(message, "tool_calls", None) or [])]
-    return {"role": "assistant", "content": message.content or "", "tool_calls": calls}
-
-
 class PolicyConfigError(RuntimeError):
     """The API refuses every request (authentication, permission, unknown model, bad parameters)."""
 
@@ -300,40 +292,39 @@ class OpenAIPolicy:
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            if self.base_url is None:
-                raise RuntimeError(f"set {self.api_key_env} to call the OpenAI API")
-            key = "unused"  # local servers accept any key
-        return key
-
     def _client(self) -> Any:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(api_key=self._key(), base_url=self.base_url, timeout=self.timeout,
+        key = os.environ.get(self.api_key_env)
+        if not key and self.base_url is None:
+            raise RuntimeError(f"set {self.api_key_env} to call the OpenAI API")
+        # A local server accepts any key.
+        return AsyncOpenAI(api_key=key or "unused", base_url=self.base_url, timeout=self.timeout,
                            max_retries=self.max_retries)
 
-    async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> str:
+    async def _one(self, client: Any, sem: asyncio.Semaphore, messages: list[dict[str, str]]) -> Any:
+        """One request's completion (with tools, the whole message), or ``None`` when it failed after the client's
+        retries; a 4xx that retrying cannot fix raises :class:`RequestRejected`."""
         import openai
 
-        messages, extra = self._request_fields(messages)
+        # With tools, the wire form and `tools`; else the ReAct stop.
+        extra: dict[str, Any] = {"stop": [STOP]} if self.tools is None else {"tools": self.tools}
+        messages = messages if self.tools is None else [as_openai(m) for m in messages]
         async with sem:
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
                     **extra)
-            except openai.APIStatusError as exc:
-                if exc.status_code in RETRIED_STATUSES or exc.status_code >= 500:
-                    # The client has spent its retries (or the server asked for a wait beyond its cap).
-                    self.usage["retries"] += self.max_retries
-                    self.usage["failures"] += 1
-                    raise
-                raise RequestRejected(exc.status_code, mask(server_message(exc))) from None
-            except openai.APIConnectionError:  # timeouts included
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:  # timeouts included
+                status = getattr(exc, "status_code", None)
+                if status is not None and status not in RETRIED_STATUSES and status < 500:
+                    raise RequestRejected(status, mask(server_message(exc))) from None
+                # The client has spent its retries (or the server asked for a wait beyond its cap).
                 self.usage["retries"] += self.max_retries
                 self.usage["failures"] += 1
-                raise
+                detail = type(exc).__name__ if status is None else f"HTTP {status}: {mask(server_message(exc))}"
+                log.error("request failed after %d retries: %s", self.max_retries, detail)
+                return None
             self.usage["retries"] += int(getattr(raw, "retries_taken", 0) or 0)
             resp = raw.parse()
             self.usage["requests"] += 1
@@ -341,16 +332,10 @@ class OpenAIPolicy:
                 self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
                 self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
             choices = getattr(resp, "choices", None) or []
-            if self.tools is not None:
-                return _tool_reply(choices[0].message if choices else None)
-            content = choices[0].message.content if choices and choices[0].message else None
-            return (content or "").split(STOP, 1)[0]
-
-    def _request_fields(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The messages to send and the extra fields: with tools, the wire form and ``tools``; else the ReAct stop."""
-        if self.tools is None:
-            return messages, {"stop": [STOP]}
-        return [as_openai(m) for m in messages], {"tools": self.tools}
+            message = choices[0].message if choices else None
+            if self.tools is not None:  # the whole message: the agent reads its calls, none is dropped here
+                return message.model_dump() if message is not None else {}
+            return ((message.content if message is not None else None) or "").split(STOP, 1)[0]
 
     def generate(self, prompts: Sequence[list[dict[str, str]]]) -> list[str | None]:
         """Completions in order: ``None`` for a request that failed (the episode fails), ``""`` for an answer that
@@ -360,27 +345,6 @@ class OpenAIPolicy:
                 return await asyncio.gather(*[complete(p) for p in prompts])
 
         return asyncio.run(run())
-
-    def _settle(self, r: Any, shown: set[str]) -> str | None:
-        """One request's outcome as a completion: the text, ``None`` for a failed request, ``""`` for garbage."""
-        import openai
-
-        if isinstance(r, RequestRejected):
-            self.usage["rejected"] = self.usage.get("rejected", 0) + 1
-            if str(r) not in shown:  # one line per distinct refusal, not one per episode
-                shown.add(str(r))
-                log.error("the server rejected a request with %s", r)
-            return None
-        if isinstance(r, (openai.APIStatusError, openai.APIConnectionError)):
-            detail = f"HTTP {r.status_code}: {mask(server_message(r))}" \
-                if isinstance(r, openai.APIStatusError) else type(r).__name__
-            log.error("request failed after %d retries: %s", self.max_retries, detail)
-            return None
-        if isinstance(r, BaseException):
-            self.usage["malformed"] = self.usage.get("malformed", 0) + 1
-            log.warning("malformed API answer (%s); treated as a malformed step", type(r).__name__)
-            return ""
-        return r
 
     @contextlib.asynccontextmanager
     async def session(self, first_wave: int = 1) -> AsyncIterator[Callable[[list[dict[str, str]]], Awaitable[str | None]]]:
@@ -393,15 +357,21 @@ class OpenAIPolicy:
 
         async def complete(messages: list[dict[str, str]]) -> str | None:
             try:
-                result: Any = await self._one(client, sem, list(messages))
-            except Exception as exc:  # settled below
-                result = exc
-            if isinstance(result, RequestRejected):
-                refused.append(result)
-                if result.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
-                    raise PolicyConfigError(f"the API refused the request with HTTP {result.status}: {result.message} "
-                                            f"(check --model, --base-url and {self.api_key_env})")
-            return self._settle(result, shown)
+                return await self._one(client, sem, list(messages))
+            except RequestRejected as r:
+                refused.append(r)
+                if r.status in FATAL_STATUSES or (self.usage["requests"] == 0 and len(refused) >= first_wave):
+                    raise PolicyConfigError(f"the API refused the request with HTTP {r.status}: {r.message} "
+                                            f"(check --model, --base-url and {self.api_key_env})") from None
+                self.usage["rejected"] = self.usage.get("rejected", 0) + 1
+                if str(r) not in shown:  # one line per distinct refusal, not one per episode
+                    shown.add(str(r))
+                    log.error("the server rejected a request with %s", r)
+                return None
+            except Exception as exc:  # an answer that is no completion: a malformed step
+                self.usage["malformed"] = self.usage.get("malformed", 0) + 1
+                log.warning("malformed API answer (%s); treated as a malformed step", type(exc).__name__)
+                return ""
 
         try:
             yield complete

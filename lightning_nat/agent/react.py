@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from lightning_nat.core.prompts import STOP, PromptSpec, head_messages, make_spec
 from lightning_nat.core.tasks import Task
@@ -79,12 +79,22 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
 
 
 @dataclass
+class StepCounts:
+    """Per-episode counts of what went wrong (reported beside the score); ``calls`` and ``tool_errors`` are a
+    function-calling episode's."""
+
+    calls: int = 0
+    parse_errors: int = 0
+    tool_errors: int = 0
+
+
+@dataclass
 class _Episode:
     record: dict
     messages: list[dict[str, str]] = field(default_factory=list)
     prediction: str | None = None
     done: bool = False
-    parse_errors: int = 0
+    counts: StepCounts = field(default_factory=StepCounts)
     turns: int = 0
     end: str = "turn_limit"
 
@@ -135,23 +145,19 @@ class ReActAgent:
                 msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
-    def turn_limit(self) -> int:
-        """Model turns an episode may take."""
-        return 1 if self.mode == "cot" else self.max_turns
-
-    def new_episode(self, record: dict) -> _Episode:
-        return _Episode(dict(record))
-
     def episode_prompt(self, ep: _Episode) -> list[dict[str, str]]:
         """What the policy continues: the task's head messages and the episode so far."""
         return self.prompt(str(ep.record["question"]), ep.record) + ep.messages
 
-    def advance(self, ep: _Episode, text: str | None, limit: int) -> None:
-        """Apply one model turn; the episode ends (as ``turn_limit``) once it has had ``limit`` turns."""
-        self.apply(ep, text)
+    def advance(self, ep: _Episode, text: Any) -> None:
+        """Apply one model turn (``None``: the request failed for good, the episode ``failed``); the episode ends (as
+        ``turn_limit``) once it has had ``max_turns`` turns (a ``cot`` episode ends with its one turn)."""
+        if text is None:
+            ep.done, ep.end = True, "failed"
+        else:
+            self.apply(ep, text)
         ep.turns += 1
-        if not ep.done and ep.turns >= limit:
-            ep.done = True
+        ep.done = ep.done or ep.turns >= self.max_turns
 
     def run(self, records: Sequence[dict], batch_size: int = 16,
             on_episode: Callable[[Trajectory], None] | None = None,
@@ -162,10 +168,7 @@ class ReActAgent:
         return run_pool(self, records, pool_size=batch_size, on_episode=on_episode, progress=progress,
                         any_live=any_live)
 
-    def apply(self, ep: _Episode, text: str | None) -> None:
-        if text is None:
-            ep.done, ep.end = True, "failed"
-            return
+    def apply(self, ep: _Episode, text: str) -> None:
         if self.mode == "cot":
             content = text.split(STOP, 1)[0].strip()
             ep.messages.append({"role": "assistant", "content": content})
@@ -175,7 +178,7 @@ class ReActAgent:
         step = parse_step(text, [*self.tools, "finish"])
         ep.messages.append({"role": "assistant", "content": step.text or text.strip()})
         if step.error:
-            ep.parse_errors += 1
+            ep.counts.parse_errors += 1
             if self.on_parse_error == "stop":
                 ep.done, ep.end = True, "parse_error"
                 return
@@ -201,7 +204,7 @@ class ReActAgent:
         return Trajectory(
             id=f"{self.task.name}:{qid}", task=self.task.name, question=str(ep.record["question"]), messages=messages,
             reward=reward, score=score, prediction=ep.prediction, answer=_jsonable(ep.record.get("answer")),
-            question_id=qid, meta={"end": ep.end, "parse_errors": ep.parse_errors, "metrics": values, "mode": self.mode},
+            question_id=qid, meta={"end": ep.end, "parse_errors": ep.counts.parse_errors, "metrics": values, "mode": self.mode},
         )
 
 
@@ -268,12 +271,10 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
     waiting = deque(enumerate(records))
     live: list[tuple[int, _Episode]] = []
     out: list[Trajectory | None] = [None] * len(records)
-    done = 0
-    limit = agent.turn_limit()
     while True:
         while waiting and len(live) < pool_size:
             index, record = waiting.popleft()
-            live.append((index, agent.new_episode(record)))
+            live.append((index, _Episode(dict(record))))
         if not (any_live(bool(live)) if any_live is not None else live):
             break
         prompts = [agent.episode_prompt(ep) for _, ep in live]
@@ -283,17 +284,16 @@ def run_pool(agent: ReActAgent, records: Sequence[dict], pool_size: int = 16,
             raise RuntimeError(f"the policy returned {len(outputs)} completions for {len(prompts)} prompts")
         still = []
         for (index, ep), text in zip(live, outputs):
-            agent.advance(ep, text, limit)
+            agent.advance(ep, text)
             if ep.done:
                 out[index] = traj = agent.trajectory(ep)
-                done += 1
                 if on_episode:
                     on_episode(traj)
             else:
                 still.append((index, ep))
         live = still
-        if progress:
-            progress(done, len(live))
+        if progress:  # done: started and no longer live
+            progress(len(records) - len(waiting) - len(live), len(live))
     return [t for t in out if t is not None]
 
 
@@ -303,24 +303,23 @@ async def _run_pool_async(agent: ReActAgent, records: Sequence[dict], pool_size:
     its episode's next request as soon as it needs it, nothing waits for a step."""
     waiting = deque(enumerate(records))
     out: list[Trajectory | None] = [None] * len(records)
-    state = {"done": 0, "live": 0}
-    limit = agent.turn_limit()
+    live = 0
     async with agent.policy.session(first_wave=min(pool_size, len(records))) as complete:
 
         async def place() -> None:
+            nonlocal live
             while waiting:
                 index, record = waiting.popleft()
-                ep = agent.new_episode(record)
-                state["live"] += 1
+                ep = _Episode(dict(record))
+                live += 1
                 while not ep.done:
-                    agent.advance(ep, await complete(agent.episode_prompt(ep)), limit)
+                    agent.advance(ep, await complete(agent.episode_prompt(ep)))
                 out[index] = traj = agent.trajectory(ep)
-                state["done"] += 1
-                state["live"] -= 1
+                live -= 1
                 if on_episode:
                     on_episode(traj)
                 if progress:
-                    progress(state["done"], state["live"])
+                    progress(len(records) - len(waiting) - live, live)
 
         await asyncio.gather(*[place() for _ in range(min(pool_size, len(records)))])
     return [t for t in out if t is not None]

@@ -35,17 +35,6 @@ def _gather(trainer: L.Trainer, obj: Any) -> list[Any]:
     return out
 
 
-def _any_rank(device: torch.device) -> Any:
-    """``any_live`` for the engine: whether any rank still has a live episode (a MAX all-reduce)."""
-
-    def any_live(mine: bool) -> bool:
-        flag = torch.tensor([1 if mine else 0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-    return any_live
-
-
 class ReActEval(L.Callback):
     """Runs the batched ReAct agent with the in-memory model on ``limit`` questions per task.
 
@@ -81,20 +70,20 @@ class ReActEval(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+        step = trainer.global_step  # evaluate() skips a step already evaluated
+        if self.every_n_steps and step and step % self.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
         if trainer.global_step == self._last_step:
             return {}
         self._last_step = trainer.global_step
-        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
-        tokenizer = trainer.datamodule.tokenizer
+        lockstep = isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy)) and trainer.world_size > 1
         # Sharded weights: every rank generates in lock-step (synced_gpus), and steps the pool until no rank has a
-        # live episode (any_live below).
-        policy = HFPolicy(pl_module.model, tokenizer, temperature=0.0, max_new_tokens=self.max_new_tokens,
-                          synced_gpus=sharded and trainer.world_size > 1)
+        # live episode (any_live).
+        policy = HFPolicy(pl_module.model, trainer.datamodule.tokenizer, temperature=0.0,
+                          max_new_tokens=self.max_new_tokens, synced_gpus=lockstep)
+        any_live = (lambda live: trainer.strategy.reduce_boolean_decision(live, all=False)) if lockstep else None
         search = make_search("bm25", corpus_path=self.search_corpus) if self.search_corpus else None
         rank, world = trainer.global_rank, trainer.world_size
         results: dict[str, dict[str, float]] = {}
@@ -109,17 +98,14 @@ class ReActEval(L.Callback):
                                          where="the training data's build.json")
                 agent = ReActAgent(task, policy, make_tools(task.tools, search), max_turns=self.max_turns,
                                    prompt_spec=spec)
-                trajs = agent.run(mine, batch_size=self.batch_size,
-                                  any_live=_any_rank(pl_module.device) if sharded and world > 1 else None)
+                trajs = agent.run(mine, batch_size=self.batch_size, any_live=any_live)
                 gathered = [t for part in _gather(trainer, [t.to_dict() for t in trajs]) for t in part]
                 episodes = [Trajectory.from_dict(t) for t in gathered]
                 results[task.name] = task_result([episodes]).to_dict()
                 all_episodes += episodes
-        for name, values in results.items():
-            for key in ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed",
-                        "parse_error_rate"):
-                if key in values:
-                    pl_module.log(f"react/{name}/{key}", float(values[key]), sync_dist=False, rank_zero_only=True)
+        logged = ("accuracy", "em", "f1", "score", "finished", "turn_limit", "stopped_on_error", "failed", "parse_error_rate")
+        pl_module.log_dict({f"react/{name}/{key}": float(values[key]) for name, values in results.items()
+                            for key in logged if key in values}, sync_dist=False, rank_zero_only=True)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if rank == 0:
             write_jsonl(log_dir / REACT_EVAL_EPISODES_DIR / f"step{trainer.global_step}.jsonl", all_episodes)

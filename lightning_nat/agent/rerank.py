@@ -27,9 +27,7 @@ def top_k_by_cosine(query: Sequence[float], docs: Sequence[Sequence[float]], k: 
     d = np.asarray(docs, dtype=np.float64)
     if len(d) == 0:
         return []
-    sims = d @ q / (np.linalg.norm(d, axis=1) * np.linalg.norm(q) + 1e-12)
-    order = sorted(range(len(d)), key=lambda i: (-sims[i], i))
-    return order[: min(k, len(d))]
+    return top_k_by_score(d @ q / (np.linalg.norm(d, axis=1) * np.linalg.norm(q) + 1e-12), k)
 
 
 def top_k_by_score(scores: Sequence[float], k: int) -> list[int]:
