@@ -27,7 +27,6 @@ from lightning_nat.data.build import BuildSpec, build_dataset
 from lightning_nat.train.tokenization import (
     IGNORE_INDEX,
     ensure_chat_template,
-    load_chat_template,
     mismatch_partners,
     mismatched_pair,
     tokenize_batch,
@@ -364,8 +363,7 @@ class NATDataModule(L.LightningDataModule):
             tok = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
-            # A Jinja file that replaces the tokenizer's template (one that renders tools, for function calling).
-            self._tokenizer = ensure_chat_template(load_chat_template(tok, self.hparams.chat_template))
+            self._tokenizer = ensure_chat_template(tok, self.hparams.chat_template)
         return self._tokenizer
 
     def load_conversations(self) -> Any:

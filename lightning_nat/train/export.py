@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from lightning_nat.core.artifacts import write_spec
-from lightning_nat.train.tokenization import ensure_chat_template, eos_ids, load_chat_template
+from lightning_nat.train.tokenization import ensure_chat_template, eos_ids
 
 
 def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
@@ -60,7 +60,7 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         raise RuntimeError(f"export holds {len(empty)} empty tensors (first: {empty[0]}): sharded weights were not gathered")
     model.save_pretrained(out, state_dict=sd)
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
-    ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
+    ensure_chat_template(tok, chat_template).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
         write_spec(prompt_spec, out)

@@ -25,17 +25,13 @@ class ConversationError(ValueError):
     """A conversation that cannot be rendered into a sound training example."""
 
 
-def ensure_chat_template(tokenizer: Any) -> Any:
-    """Give a tokenizer without a chat template the Llama-2-chat one."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
-    return tokenizer
-
-
-def load_chat_template(tokenizer: Any, path: str | None) -> Any:
-    """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``); None keeps its own."""
+def ensure_chat_template(tokenizer: Any, path: str | None = None) -> Any:
+    """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``), else keep its own, else
+    give it the Llama-2-chat one."""
     if path:
         tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
     return tokenizer
 
 
