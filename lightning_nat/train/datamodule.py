@@ -502,13 +502,17 @@ class NATDataModule(L.LightningDataModule):
         layout = self._layout()
         # Built once per layout: validation and DevPerplexity's every-N-steps pass both ask for it.
         if self._dev_loader is None or self._dev_loader[0] != layout:
-            lengths = self.dev_rows["length"][:]
-            mine = shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), *layout)
-            keys = [(i, 0, float(first)) for i, first in mine]  # repeats weigh nothing
-            bs = self.hparams.micro_batch_size
-            self._dev_loader = (layout, self.loader([keys[s:s + bs] for s in range(0, len(keys), bs)], self.dev_rows,
-                                                    "sft"))
+            self._dev_loader = (layout, self.sharded_loader(self.dev_rows, "sft"))
         return self._dev_loader[1]
+
+    def sharded_loader(self, rows_: Any = None, objective: Objective | None = None, repeat_weight: float = 0.0) -> Any:
+        """Every row of ``rows_`` (default: the training rows), longest first, shared out over the ranks by
+        :func:`shard`; the repeats that even out the ranks' passes weigh ``repeat_weight``."""
+        lengths = (self.train_rows if rows_ is None else rows_)["length"][:]
+        mine = shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), *self._layout())
+        keys = [(i, 0, 1.0 if first else repeat_weight) for i, first in mine]
+        bs = self.hparams.micro_batch_size
+        return self.loader([keys[s:s + bs] for s in range(0, len(keys), bs)], rows_, objective)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and self._train_loader is not None:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
-from lightning_nat.train.datamodule import shard
 from lightning_nat.train.tokenization import IGNORE_INDEX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -257,13 +256,9 @@ class NATModule(L.LightningModule):
     def compute_reference(self, dm: Any) -> torch.Tensor:
         """One forward pass per sequence with the starting weights, in eval mode; rows sharded across ranks."""
         trainer = self.trainer
-        lengths = dm.train_rows["length"][:]
-        mine = [i for i, _ in shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), trainer.world_size,
-                                    trainer.global_rank)]  # repeats are real rows, computed again
-        bs = dm.hparams.micro_batch_size
         values, indices = [], []
         with _eval_mode(self):
-            for batch in dm.loader([[(i, 1, 1.0) for i in mine[s:s + bs]] for s in range(0, len(mine), bs)]):
+            for batch in dm.sharded_loader(repeat_weight=1.0):  # repeats are real rows, computed again
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 values.append(self.pair_logps(batch).float())
                 indices.append(batch["index"])
@@ -271,7 +266,7 @@ class NATModule(L.LightningModule):
         if trainer.world_size > 1:
             vals = trainer.strategy.all_gather(vals).reshape(-1, 2)
             idx = trainer.strategy.all_gather(idx).reshape(-1)
-        out = torch.full((len(lengths), 2), float("nan"))
+        out = torch.full((len(dm.train_rows), 2), float("nan"))
         out[idx.cpu()] = vals.cpu()
         if not torch.isfinite(out).all():
             raise FloatingPointError("the reference pass left non-finite log-probs; check the data and the model")
