@@ -29,18 +29,6 @@ TARGET_LOGITS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 Batch = dict[str, torch.Tensor]
 
 
-def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up from 0, then cosine decay to ``min_ratio``.
-
-    >>> [round(cosine_with_warmup(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
-    [0.0, 0.5, 1.0, 0.5, 0.0]
-    """
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
     """``(summed NLL, target tokens)`` of the whole dev set -> its token-weighted NLL and perplexity.
 
@@ -354,10 +342,12 @@ class NATModule(L.LightningModule):
                                                                 weight_decay=hp.weight_decay, adamw_mode=True)
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = math.ceil(hp.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: cosine_with_warmup(s, total, warmup, hp.min_lr_ratio))
+        # Linear warm-up from 0, then cosine decay to min_lr_ratio of the peak.
+        sched = get_cosine_with_min_lr_schedule_with_warmup(optimizer, math.ceil(hp.warmup_ratio * total), total,
+                                                            min_lr_rate=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
