@@ -7,7 +7,6 @@ target tokens (SFT) or rows (DPO, KTO) in its whole optimizer step over all rank
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -294,15 +293,6 @@ class _Rows(Dataset):
                 "ref": ref[i] if ref is not None else None}
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A digest of the tokenizer's vocabulary, merges, special tokens and chat template."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
-    h.update(repr((tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token)).encode())
-    return h.hexdigest()[:16]
-
-
 class NATDataModule(L.LightningDataModule):
     """Loads or builds a NAT dataset, tokenizes it with an assistant-only mask and batches it per optimizer step.
 
@@ -382,8 +372,8 @@ class NATDataModule(L.LightningDataModule):
     def _tokenize(self, ds: Any, sides: tuple[str, ...] = ("messages",)) -> tuple[Any, int, int]:
         """Tokenized rows that kept a target, how many were truncated and how many dropped (every objective)."""
         hp = self.hparams
-        fp = Hasher.hash((ds._fingerprint, tokenizer_fingerprint(self.tokenizer), hp.max_length, hp.overlong, sides,
-                          "v2"))
+        # The tokenizer's hash covers its vocabulary, merges, special tokens and chat template.
+        fp = Hasher.hash((ds._fingerprint, self.tokenizer, hp.max_length, hp.overlong, sides, "v3"))
         # datasets would write its cache files beside the input's Arrow files, i.e. into the `nat build` folder
         # (which `nat push` uploads and `load_dataset` then misreads): <cache_dir>/tokenized, or the datasets cache.
         cache = Path(hp.cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "lightning_nat") / "tokenized"
