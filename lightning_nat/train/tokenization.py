@@ -190,32 +190,25 @@ def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int,
     the row's tools; ``length`` is the longest side's, and a row is kept when every side kept a target (and,
     with ``overlong="drop"``, none was truncated).
     """
-    out: dict[str, list] = {"length": [], "truncated": [], "keep": []}
-    n = len(batch["id"])
-    all_tools = batch.get("tools") or [None] * n
+    out: dict[str, list] = {}
+    all_tools = batch.get("tools") or [None] * len(batch["id"])
+    per_side = []  # each side's (encoding, target count) of every row
     for side in sides:
-        prefix = "" if side == "messages" else f"{side}_"
-        for col in ("input_ids", "labels", "n_targets"):
-            out[prefix + col] = []
-        for r, (row_id, messages, tools) in enumerate(zip(batch["id"], batch[side], all_tools)):
+        prefix, where = ("", "") if side == "messages" else (f"{side}_", f" ({side} side)")
+        encs = []
+        for row_id, messages, tools in zip(batch["id"], batch[side], all_tools):
             try:
-                enc = tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None)
+                encs.append(tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None))
             except ConversationError as exc:
-                where = "" if side == "messages" else f" ({side} side)"
                 raise ConversationError(f"conversation {row_id!r}{where}: {exc}") from None
-            n_targets = sum(lab != IGNORE_INDEX for lab in enc.labels)
-            keep = n_targets > 0 and not (enc.truncated and overlong == "drop")
-            out[prefix + "input_ids"].append(enc.input_ids)
-            out[prefix + "labels"].append(enc.labels)
-            out[prefix + "n_targets"].append(n_targets)
-            if side == "messages":
-                out["length"].append(len(enc.input_ids))
-                out["truncated"].append(enc.truncated)
-                out["keep"].append(keep)
-            else:
-                out["length"][r] = max(out["length"][r], len(enc.input_ids))
-                out["truncated"][r] = out["truncated"][r] or enc.truncated
-                out["keep"][r] = out["keep"][r] and keep
+        out[prefix + "input_ids"] = [e.input_ids for e in encs]
+        out[prefix + "labels"] = [e.labels for e in encs]
+        out[prefix + "n_targets"] = [sum(lab != IGNORE_INDEX for lab in e.labels) for e in encs]
+        per_side.append(list(zip(encs, out[prefix + "n_targets"])))
+    rows = list(zip(*per_side))
+    out["length"] = [max(len(e.input_ids) for e, _ in row) for row in rows]
+    out["truncated"] = [any(e.truncated for e, _ in row) for row in rows]
+    out["keep"] = [all(n > 0 and not (e.truncated and overlong == "drop") for e, n in row) for row in rows]
     return out
 
 
