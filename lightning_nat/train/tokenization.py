@@ -59,12 +59,12 @@ def _fix_hint(tokenizer: Any) -> str:
 def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False,
             tools: list[dict] | None = None) -> str:
     msgs = [as_openai(m, wire=False) for m in messages]
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-    if not (tools or has_tool_calls(messages)):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
     try:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+        return tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
     except Exception as exc:  # a template's raise_exception, or one that chokes on tool_calls
+        if not (tools or has_tool_calls(messages)):
+            raise
         raise ConversationError(f"{_fix_hint(tokenizer)} ({type(exc).__name__}: {exc})") from None
 
 
