@@ -345,7 +345,6 @@ class NATModule(L.LightningModule):
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        # Linear warm-up from 0, then cosine decay to min_lr_ratio of the peak.
         sched = get_cosine_with_min_lr_schedule_with_warmup(optimizer, math.ceil(hp.warmup_ratio * total), total,
                                                             min_lr_rate=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
