@@ -25,9 +25,7 @@ __all__ = ["DevPerplexity", "ExportHF", "ReActEval"]
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name]), name)
-    globals()[name] = value  # once imported, a plain attribute
-    return value
+    return getattr(import_module(_WHERE[name]), name)
 
 
 def __dir__() -> list[str]:

@@ -14,7 +14,7 @@ from lightning_nat.core.artifacts import read_spec
 from lightning_nat.core.console import console
 from lightning_nat.core.options import option
 from lightning_nat.core.prompts import PromptSpec
-from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, load_chat_template, tokenize_conversation
+from lightning_nat.train.tokenization import IGNORE_INDEX, ensure_chat_template, tokenize_conversation
 
 OPEN, CLOSE = "⟦", "⟧"
 
@@ -85,6 +85,6 @@ def run_inspect(cfg: InspectConfig) -> int:
     part = ds[cfg.split]
     if not 0 <= cfg.row < len(part):
         raise ValueError(f"{cfg.dataset}: split {cfg.split} has {len(part)} rows; --row {cfg.row} is out of range")
-    tok = ensure_chat_template(load_chat_template(AutoTokenizer.from_pretrained(cfg.tokenizer), cfg.chat_template))
+    tok = ensure_chat_template(AutoTokenizer.from_pretrained(cfg.tokenizer), cfg.chat_template)
     inspect_row(part[cfg.row], tok, read_spec(cfg.dataset), cfg.plain or not console.is_terminal)
     return 0

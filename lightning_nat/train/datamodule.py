@@ -7,7 +7,6 @@ target tokens (SFT) or rows (DPO, KTO) in its whole optimizer step over all rank
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,6 @@ from lightning_nat.data.build import BuildSpec, build_dataset
 from lightning_nat.train.tokenization import (
     IGNORE_INDEX,
     ensure_chat_template,
-    load_chat_template,
     mismatch_partners,
     mismatched_pair,
     tokenize_batch,
@@ -295,15 +293,6 @@ class _Rows(Dataset):
                 "ref": ref[i] if ref is not None else None}
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A digest of the tokenizer's vocabulary, merges, special tokens and chat template."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
-    h.update(repr((tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token)).encode())
-    return h.hexdigest()[:16]
-
-
 class NATDataModule(L.LightningDataModule):
     """Loads or builds a NAT dataset, tokenizes it with an assistant-only mask and batches it per optimizer step.
 
@@ -364,8 +353,7 @@ class NATDataModule(L.LightningDataModule):
             tok = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
-            # A Jinja file that replaces the tokenizer's template (one that renders tools, for function calling).
-            self._tokenizer = ensure_chat_template(load_chat_template(tok, self.hparams.chat_template))
+            self._tokenizer = ensure_chat_template(tok, self.hparams.chat_template)
         return self._tokenizer
 
     def load_conversations(self) -> Any:
@@ -384,8 +372,8 @@ class NATDataModule(L.LightningDataModule):
     def _tokenize(self, ds: Any, sides: tuple[str, ...] = ("messages",)) -> tuple[Any, int, int]:
         """Tokenized rows that kept a target, how many were truncated and how many dropped (every objective)."""
         hp = self.hparams
-        fp = Hasher.hash((ds._fingerprint, tokenizer_fingerprint(self.tokenizer), hp.max_length, hp.overlong, sides,
-                          "v2"))
+        # The tokenizer's hash covers its vocabulary, merges, special tokens and chat template.
+        fp = Hasher.hash((ds._fingerprint, self.tokenizer, hp.max_length, hp.overlong, sides, "v3"))
         # datasets would write its cache files beside the input's Arrow files, i.e. into the `nat build` folder
         # (which `nat push` uploads and `load_dataset` then misreads): <cache_dir>/tokenized, or the datasets cache.
         cache = Path(hp.cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "lightning_nat") / "tokenized"
@@ -504,13 +492,17 @@ class NATDataModule(L.LightningDataModule):
         layout = self._layout()
         # Built once per layout: validation and DevPerplexity's every-N-steps pass both ask for it.
         if self._dev_loader is None or self._dev_loader[0] != layout:
-            lengths = self.dev_rows["length"][:]
-            mine = shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), *layout)
-            keys = [(i, 0, float(first)) for i, first in mine]  # repeats weigh nothing
-            bs = self.hparams.micro_batch_size
-            self._dev_loader = (layout, self.loader([keys[s:s + bs] for s in range(0, len(keys), bs)], self.dev_rows,
-                                                    "sft"))
+            self._dev_loader = (layout, self.sharded_loader(self.dev_rows, "sft"))
         return self._dev_loader[1]
+
+    def sharded_loader(self, rows_: Any = None, objective: Objective | None = None, repeat_weight: float = 0.0) -> Any:
+        """Every row of ``rows_`` (default: the training rows), longest first, shared out over the ranks by
+        :func:`shard`; the repeats that even out the ranks' passes weigh ``repeat_weight``."""
+        lengths = (self.train_rows if rows_ is None else rows_)["length"][:]
+        mine = shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), *self._layout())
+        keys = [(i, 0, 1.0 if first else repeat_weight) for i, first in mine]
+        bs = self.hparams.micro_batch_size
+        return self.loader([keys[s:s + bs] for s in range(0, len(keys), bs)], rows_, objective)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and self._train_loader is not None:

@@ -8,21 +8,20 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from lightning_nat.core.artifacts import write_spec
-from lightning_nat.train.tokenization import ensure_chat_template, eos_ids, load_chat_template
+from lightning_nat.train.model import _deepspeed_stage
+from lightning_nat.train.tokenization import ensure_chat_template, eos_ids
 
 
 def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] | None:
     """The model's complete weights on rank 0 (``None`` elsewhere), gathered from ZeRO-3 or FSDP shards; a
     collective: every rank must call it."""
-    strategy = trainer.strategy
     prefix = "model."
-    # isinstance rather than class names, so subclasses (CPUDeepSpeedStrategy) take the same path.
-    if isinstance(strategy, DeepSpeedStrategy) and int(strategy.config.get("zero_optimization", {}).get("stage", 0)) == 3:
+    if _deepspeed_stage(module) == 3:
         sd = _gathered_state_dict(module, trainer.global_rank)
-    elif isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+    elif isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -60,7 +59,7 @@ def export_hf(trainer: L.Trainer, module: Any, out_dir: str | os.PathLike, promp
         raise RuntimeError(f"export holds {len(empty)} empty tensors (first: {empty[0]}): sharded weights were not gathered")
     model.save_pretrained(out, state_dict=sd)
     tok = AutoTokenizer.from_pretrained(module.hparams.model_name_or_path)
-    ensure_chat_template(load_chat_template(tok, chat_template)).save_pretrained(out)
+    ensure_chat_template(tok, chat_template).save_pretrained(out)
     serving_generation_config(model, tok).save_pretrained(out)
     if prompt_spec is not None:
         write_spec(prompt_spec, out)

@@ -103,6 +103,16 @@ def _is_launching_process() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
 
 
+def _check_deepspeed(strategy: Any) -> None:
+    """A run that asks for DeepSpeed without it: one line naming the extra, not an error from deep inside Lightning."""
+    if "deepspeed" in str(getattr(strategy, "class_path", strategy)).lower():
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise RuntimeError("this run's trainer.strategy is DeepSpeed, which is not installed: pip install "
+                               "'lightning_nat[deepspeed]' (from a clone: pip install -e '.[deepspeed]')") from None
+
+
 class NATCLI(LightningCLI):
     """Fills in what follows from other settings: the tokenizer and the accumulation steps."""
 
@@ -116,6 +126,7 @@ class NATCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        _check_deepspeed(cfg.trainer.strategy)
         if not cfg.data.tokenizer:
             cfg.data.tokenizer = cfg.model.model_name_or_path
         if "objective" in cfg.model and "objective" in cfg.data:
@@ -149,39 +160,12 @@ class NATCLI(LightningCLI):
                     _HELD.enter_context(reading(cfg.data.dataset_dir, "nat fit"))
 
 
-def _strategies(argv: list[str]) -> list[str]:
-    """The ``trainer.strategy`` values of ``argv``'s ``--config`` files and flags (a name or a class path)."""
-    import yaml
-
-    pairs = [a.split("=", 1) if "=" in a else [a, argv[i + 1] if i + 1 < len(argv) else ""] for i, a in enumerate(argv)]
-    out = []
-    for flag, value in pairs:
-        if flag == "--config" and os.path.isfile(value):
-            with open(value) as f:
-                given = ((yaml.safe_load(f) or {}).get("trainer") or {}).get("strategy")
-            out.append(str(given.get("class_path", "")) if isinstance(given, dict) else str(given or ""))
-        elif flag == "--trainer.strategy":
-            out.append(value)
-    return out
-
-
-def _check_deepspeed(argv: list[str]) -> None:
-    """A run that asks for DeepSpeed without it: one line naming the extra, not jsonargparse's union error."""
-    if any("deepspeed" in s.lower() for s in _strategies(argv)):
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise RuntimeError("this run's trainer.strategy is DeepSpeed, which is not installed: pip install "
-                               "'lightning_nat[deepspeed]' (from a clone: pip install -e '.[deepspeed]')") from None
-
-
 def cli_main(argv: list[str] | None = None) -> int:
     """Entry of ``nat fit``: ``argv`` are LightningCLI arguments (``--config``, ``--trainer.*``, ...)."""
     argv = list(argv or [])
     # From the `nat` console script sys.argv already reads `nat fit ...`: let LightningCLI read it (the DDP
     # launcher re-runs that same command line in each child process).
     args = None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv]
-    _check_deepspeed(argv)
     from lightning_nat.train.trainer import quiet_tips
 
     quiet_tips()

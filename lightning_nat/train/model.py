@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
 
-from lightning_nat.train.datamodule import shard
 from lightning_nat.train.tokenization import IGNORE_INDEX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -28,18 +27,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # only. Others (final soft-capping, logit scales) go through the model's own forward.
 TARGET_LOGITS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 Batch = dict[str, torch.Tensor]
-
-
-def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up from 0, then cosine decay to ``min_ratio``.
-
-    >>> [round(cosine_with_warmup(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
-    [0.0, 0.5, 1.0, 0.5, 0.0]
-    """
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def dev_metrics(total: torch.Tensor) -> dict[str, float] | None:
@@ -257,13 +244,9 @@ class NATModule(L.LightningModule):
     def compute_reference(self, dm: Any) -> torch.Tensor:
         """One forward pass per sequence with the starting weights, in eval mode; rows sharded across ranks."""
         trainer = self.trainer
-        lengths = dm.train_rows["length"][:]
-        mine = [i for i, _ in shard(sorted(range(len(lengths)), key=lambda i: -lengths[i]), trainer.world_size,
-                                    trainer.global_rank)]  # repeats are real rows, computed again
-        bs = dm.hparams.micro_batch_size
         values, indices = [], []
         with _eval_mode(self):
-            for batch in dm.loader([[(i, 1, 1.0) for i in mine[s:s + bs]] for s in range(0, len(mine), bs)]):
+            for batch in dm.sharded_loader(repeat_weight=1.0):  # repeats are real rows, computed again
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 values.append(self.pair_logps(batch).float())
                 indices.append(batch["index"])
@@ -271,7 +254,7 @@ class NATModule(L.LightningModule):
         if trainer.world_size > 1:
             vals = trainer.strategy.all_gather(vals).reshape(-1, 2)
             idx = trainer.strategy.all_gather(idx).reshape(-1)
-        out = torch.full((len(lengths), 2), float("nan"))
+        out = torch.full((len(dm.train_rows), 2), float("nan"))
         out[idx.cpu()] = vals.cpu()
         if not torch.isfinite(out).all():
             raise FloatingPointError("the reference pass left non-finite log-probs; check the data and the model")
@@ -359,10 +342,11 @@ class NATModule(L.LightningModule):
                                                                 weight_decay=hp.weight_decay, adamw_mode=True)
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = math.ceil(hp.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: cosine_with_warmup(s, total, warmup, hp.min_lr_ratio))
+        sched = get_cosine_with_min_lr_schedule_with_warmup(optimizer, math.ceil(hp.warmup_ratio * total), total,
+                                                            min_lr_rate=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 

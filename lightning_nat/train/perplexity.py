@@ -46,26 +46,25 @@ class DevPerplexity(L.Callback):
         if not self.every_n_steps or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step
-        values = self._measure(trainer, pl_module)
-        if values:
-            pl_module.log_dict({f"dev/{k}": float(v) for k, v in values.items()}, on_step=True, sync_dist=False)
-            self._record(trainer, values, "steps")
+        if metrics := self._measure(trainer, pl_module, "steps"):
+            pl_module.log_dict(metrics, on_step=True, sync_dist=False)
 
-    @staticmethod
-    def _measure(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule, source: str) -> dict[str, float]:
+        """The current weights' dev metrics, recorded, as ``dev/<name>`` (empty without dev rows)."""
         dm = trainer.datamodule
         loaders = dm.val_dataloader() if dm is not None else []
-        return pl_module.dev_perplexity(loaders) if loaders else {}
+        values = (pl_module.dev_perplexity(loaders) if loaders else None) or {}
+        if values:
+            self._record(trainer, values, source)
+        return {f"dev/{k}": float(v) for k, v in values.items()}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run that stops (max_steps) between validations would end with no figure for its final weights.
         if trainer.global_step == self._last_step or trainer.global_step == 0:
             return
-        values = self._measure(trainer, pl_module)
-        if values:
+        if metrics := self._measure(trainer, pl_module, "end"):
             for logger in trainer.loggers:  # self.log is not allowed in on_train_end
-                logger.log_metrics({f"dev/{k}": float(v) for k, v in values.items()}, step=trainer.global_step)
-            self._record(trainer, values, "end")
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

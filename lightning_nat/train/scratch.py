@@ -68,9 +68,7 @@ def make_scratch_model(out_dir: str | os.PathLike, texts: Iterable[str], vocab_s
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = LlamaForCausalLM(config)  # its generation config takes the config's eos and pad ids
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -83,11 +81,7 @@ def conversation_texts(dataset_dir: str | os.PathLike, limit: int | None = None)
 
     ds = datasets.load_from_disk(str(dataset_dir))
     splits = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
-    texts: list[str] = []
-    for split in splits:
-        for row in split.select(range(min(len(split), limit or len(split)))):
-            texts += [m["content"] for m in row["messages"]]
-    return texts
+    return [m["content"] for split in splits for messages in split[:limit or len(split)]["messages"] for m in messages]
 
 
 @dataclass(kw_only=True)

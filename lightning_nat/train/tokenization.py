@@ -25,17 +25,13 @@ class ConversationError(ValueError):
     """A conversation that cannot be rendered into a sound training example."""
 
 
-def ensure_chat_template(tokenizer: Any) -> Any:
-    """Give a tokenizer without a chat template the Llama-2-chat one."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
-    return tokenizer
-
-
-def load_chat_template(tokenizer: Any, path: str | None) -> Any:
-    """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``); None keeps its own."""
+def ensure_chat_template(tokenizer: Any, path: str | None = None) -> Any:
+    """Give a tokenizer the Jinja chat template in ``path`` (``--chat-template FILE``), else keep its own, else
+    give it the Llama-2-chat one."""
     if path:
         tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
     return tokenizer
 
 
@@ -63,12 +59,12 @@ def _fix_hint(tokenizer: Any) -> str:
 def _render(tokenizer: Any, messages: Sequence[dict], generation_prompt: bool = False,
             tools: list[dict] | None = None) -> str:
     msgs = [as_openai(m, wire=False) for m in messages]
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-    if not (tools or has_tool_calls(messages)):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
     try:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+        return tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
     except Exception as exc:  # a template's raise_exception, or one that chokes on tool_calls
+        if not (tools or has_tool_calls(messages)):
+            raise
         raise ConversationError(f"{_fix_hint(tokenizer)} ({type(exc).__name__}: {exc})") from None
 
 
@@ -194,32 +190,25 @@ def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int,
     the row's tools; ``length`` is the longest side's, and a row is kept when every side kept a target (and,
     with ``overlong="drop"``, none was truncated).
     """
-    out: dict[str, list] = {"length": [], "truncated": [], "keep": []}
-    n = len(batch["id"])
-    all_tools = batch.get("tools") or [None] * n
+    out: dict[str, list] = {}
+    all_tools = batch.get("tools") or [None] * len(batch["id"])
+    per_side = []  # each side's (encoding, target count) of every row
     for side in sides:
-        prefix = "" if side == "messages" else f"{side}_"
-        for col in ("input_ids", "labels", "n_targets"):
-            out[prefix + col] = []
-        for r, (row_id, messages, tools) in enumerate(zip(batch["id"], batch[side], all_tools)):
+        prefix, where = ("", "") if side == "messages" else (f"{side}_", f" ({side} side)")
+        encs = []
+        for row_id, messages, tools in zip(batch["id"], batch[side], all_tools):
             try:
-                enc = tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None)
+                encs.append(tokenize_conversation(tokenizer, messages, max_length, json.loads(tools) if tools else None))
             except ConversationError as exc:
-                where = "" if side == "messages" else f" ({side} side)"
                 raise ConversationError(f"conversation {row_id!r}{where}: {exc}") from None
-            n_targets = sum(lab != IGNORE_INDEX for lab in enc.labels)
-            keep = n_targets > 0 and not (enc.truncated and overlong == "drop")
-            out[prefix + "input_ids"].append(enc.input_ids)
-            out[prefix + "labels"].append(enc.labels)
-            out[prefix + "n_targets"].append(n_targets)
-            if side == "messages":
-                out["length"].append(len(enc.input_ids))
-                out["truncated"].append(enc.truncated)
-                out["keep"].append(keep)
-            else:
-                out["length"][r] = max(out["length"][r], len(enc.input_ids))
-                out["truncated"][r] = out["truncated"][r] or enc.truncated
-                out["keep"][r] = out["keep"][r] and keep
+        out[prefix + "input_ids"] = [e.input_ids for e in encs]
+        out[prefix + "labels"] = [e.labels for e in encs]
+        out[prefix + "n_targets"] = [sum(lab != IGNORE_INDEX for lab in e.labels) for e in encs]
+        per_side.append(list(zip(encs, out[prefix + "n_targets"])))
+    rows = list(zip(*per_side))
+    out["length"] = [max(len(e.input_ids) for e, _ in row) for row in rows]
+    out["truncated"] = [any(e.truncated for e, _ in row) for row in rows]
+    out["keep"] = [all(n > 0 and not (e.truncated and overlong == "drop") for e, n in row) for row in rows]
     return out
 
 

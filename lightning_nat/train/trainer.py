@@ -11,12 +11,9 @@ import torch
 from lightning_nat.train.datamodule import accumulation_steps, device_count
 
 
-class _NoTips:
+def _no_tips(record: Any) -> bool:
     """A logging filter that drops Lightning's advertising tips (``💡 Tip: ... try installing litlogger``)."""
-
-    @staticmethod
-    def filter(record: Any) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip")
+    return not str(record.getMessage()).startswith("💡 Tip")
 
 
 def quiet_tips() -> None:
@@ -25,7 +22,7 @@ def quiet_tips() -> None:
 
     import lightning.pytorch  # noqa: F401 - its import sets its loggers up; the filter goes on after
 
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
 
 
 def make_trainer(datamodule: Any, *, accelerator: str = "cpu", devices: Any = 1, num_nodes: int = 1,
