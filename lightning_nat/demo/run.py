@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.core.options import option
+from lightning_nat.core.options import check_numbers, option
 from lightning_nat.demo.base import BaseSpec, make_base
 
 STRATEGIES = ("positive", "nut", "nat", "dpo", "kto")
@@ -97,8 +97,7 @@ class DemoConfig:
     notes: list[str] = option([], internal=True)
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        check_numbers(self)
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ValueError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
@@ -110,18 +109,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
-        base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
-                    hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1, batch_size=8,
-                    max_turns=4, iterate_epochs=1, iterate_problems=4, iterate_temperatures=(0.7,))
-        base.update(overrides, quick_sizes=True)
-        return cls(**base)
-
-    @classmethod
-    def gpu(cls, **overrides: Any) -> DemoConfig:
-        """A bigger model, pretraining and budget for a CUDA device (not run on this project's CPU machines)."""
-        base = dict(GPU_PROFILE, profile="gpu")
-        base.update(overrides)
-        return cls(**base)
+        return cls(**{**QUICK_PROFILE, **overrides, "quick_sizes": True})
 
     @classmethod
     def from_options(cls, quick_sizes: bool = False, profile: str = "cpu", **given: Any) -> DemoConfig:
@@ -130,7 +118,7 @@ class DemoConfig:
             raise ValueError("--quick and --profile gpu: choose one")
         if quick_sizes:
             return cls.quick(**given)
-        return cls.gpu(**given) if profile == "gpu" else cls(**given)
+        return cls(**{**GPU_PROFILE, **given}, profile="gpu") if profile == "gpu" else cls(**given)
 
     def base_spec(self) -> BaseSpec:
         return BaseSpec(vocab_size=self.vocab_size, hidden_size=self.hidden_size, layers=self.layers, heads=self.heads,
@@ -138,6 +126,11 @@ class DemoConfig:
                         threads=self.threads)
 
 
+QUICK_PROFILE: dict[str, Any] = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
+                                     hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1,
+                                     batch_size=8, max_turns=4, iterate_epochs=1, iterate_problems=4,
+                                     iterate_temperatures=(0.7,))
+# A bigger model, pretraining and budget for a CUDA device (not run on this project's CPU machines).
 GPU_PROFILE: dict[str, Any] = dict(train_problems=1000, test_problems=300, pos_num=200, neg_num=800, hidden_size=384,
                                    layers=8, heads=6, vocab_size=1000, pretrain_texts=40000, pretrain_steps=4000,
                                    epochs=24, batch_size=16)
@@ -167,14 +160,10 @@ def teacher_turn_lengths(dataset_dir: str | Path, tokenizer: Any) -> list[int]:
 
 def seed_everything(seed: int, threads: int) -> None:
     """Python, numpy and torch seeds, and a fixed torch thread count (float sums depend on it)."""
-    import random
-
-    import numpy as np
+    import lightning as L
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    L.seed_everything(seed, verbose=False)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -194,16 +183,19 @@ def strategy_steps(cfg: DemoConfig, rows: int, epochs: int | None = None) -> int
 
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, steps: int,
-           objective: str = "sft", lr: float = 0.0) -> Any:
-    import lightning as L
+           objective: str = "sft", lr: float = 0.0) -> tuple[Any, Any]:
+    """Fine-tune ``model_dir`` on ``data_dir`` for ``steps`` from ``seed``; the model is kept as a from_pretrained
+    folder ``run_dir/model``, with the export's generation config and its prompt. Returns (model, tokenizer)."""
     from lightning.pytorch.loggers import CSVLogger
 
+    from lightning_nat.core.artifacts import write_spec
     from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.export import serving_generation_config
     from lightning_nat.train.model import NATModule
     from lightning_nat.train.perplexity import DevPerplexity
     from lightning_nat.train.trainer import make_trainer
 
-    L.seed_everything(seed, verbose=False)
+    seed_everything(seed, cfg.threads)
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
                        global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
                        cache_dir=str(run_dir.parent.parent / "cache"))
@@ -216,19 +208,13 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
                         callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=every)
     trainer.fit(module, dm)
-    return module, dm
-
-
-def _save_model(model: Any, tokenizer: Any, spec: Any, out: Path) -> None:
-    """Keep a trained model as a from_pretrained folder, with the export's generation config and its prompt."""
-    from lightning_nat.core.artifacts import write_spec
-    from lightning_nat.train.export import serving_generation_config
-
+    model, tokenizer, out = module.model, dm.tokenizer, run_dir / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     serving_generation_config(model, tokenizer).save_pretrained(out)
-    if spec is not None:
-        write_spec(spec, out)  # where `nat solve --model` finds the prompt the model was trained with
+    if dm.prompt_spec is not None:
+        write_spec(dm.prompt_spec, out)  # where `nat solve --model` finds the prompt the model was trained with
+    return model, tokenizer
 
 
 def _base_dir(cfg: DemoConfig) -> Path:
@@ -301,19 +287,16 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
                                else record["dpo"]["pairs"])
         say(f"seed {seed}: training {strategy} for {steps} steps" + (" from the w/o-Neg model" if preference else
                                                                       " from the pretrained base"))
-        seed_everything(seed, cfg.threads)
-        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
-                            objective=strategy if preference else "sft")
-        _save_model(module.model, dm.tokenizer, dm.prompt_spec, root / "runs" / strategy / "model")
-        build = record["stats"]
+        trained = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
+                         objective=strategy if preference else "sft")
         say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
-        figures = evaluate_model(cfg, (module.model, dm.tokenizer), test, budget, root / "runs" / strategy / "eval",
+        figures = evaluate_model(cfg, trained, test, budget, root / "runs" / strategy / "eval",
                                  {"strategy": strategy, "seed": seed})
         cut, errors = figures.pop("cut_turns"), figures.pop("errors")
-        history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
-        out[strategy] = {**figures, "positives": build["positives"], "negatives": build["negatives"], "steps": steps,
-                         "cut_turns": cut,
-                         "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
+        stats, history = record["stats"], read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
+        out[strategy] = {**figures, "positives": stats["positives"], "negatives": stats["negatives"], "steps": steps,
+                         "cut_turns": cut, "errors": errors,
+                         "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
     if cfg.iterate:
@@ -599,9 +582,7 @@ def fit_round(cfg: DemoConfig, variant: str, start: Path, rd: Path, seed: int,
     data, stats = save_build(res, rd / "data"), res.report["stats"]
     steps = strategy_steps(cfg, stats["positives"] + stats["negatives"], epochs=cfg.iterate_epochs)
     training(steps)
-    seed_everything(seed, cfg.threads)
-    module, dm = _train(cfg, start, data, rd, seed, steps, lr=cfg.iterate_learning_rate)
-    _save_model(module.model, dm.tokenizer, dm.prompt_spec, rd / "model")
+    _train(cfg, start, data, rd, seed, steps, lr=cfg.iterate_learning_rate)
     return {"trained_on": {"positives": stats["positives"], "negatives": stats["negatives"]}, "steps": steps,
             "skipped": None}
 
@@ -695,7 +676,6 @@ def stages(cfg: DemoConfig) -> int:
     >>> stages(DemoConfig(seeds=2)), stages(DemoConfig(seeds=2, iterate=3))
     (15, 51)
     """
-
     return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies) + 3 * len(ARMS) * cfg.iterate)
 
 
@@ -739,7 +719,6 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
     result = {"config": config, "base": base, "table": table, "paired": paired(table),
               "teacher_error_mix": teacher_mix(per_seed), "per_seed": per_seed}
     if cfg.iterate:
-
         result["iterate"] = iterate_table(per_seed)
     from lightning_nat.core.results import EvalReport, task_result
 
@@ -751,7 +730,6 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
     EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
     plot_report(result, out)
     if cfg.iterate:
-
         plot_iterate(result, out)
     timings["total_seconds"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
@@ -785,7 +763,6 @@ def run_demo_command(cfg: DemoConfig) -> int:
     print_demo_table(result, time.time() - start)
     plots = f"{cfg.out}/perplexity.png and {cfg.out}/accuracy.png"
     if cfg.iterate:
-
         print_iterate(result)
         plots = f"{cfg.out}/perplexity.png, {cfg.out}/accuracy.png and {cfg.out}/iterate.png"
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {plots}")
