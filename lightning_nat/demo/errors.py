@@ -42,20 +42,15 @@ def classify_episode(start: int, steps: Sequence[Sequence], messages: Sequence[d
     value: float = start
     seen = [float(start)]
     k = 0
-    for m in messages:
-        if m["role"] != "assistant":
-            continue
-        text = m["content"]
+    for text in (m["content"] for m in messages if m["role"] == "assistant"):
         finish, calc = _FINISH.search(text), _CALC.search(text)
         if finish:
             if float(finish.group(1)) != value:
                 return "other"
             return "correct" if k == len(steps) else "finish_early"
-        if not calc:
+        if not calc or k >= len(steps):
             return "other"
         x, op, y = float(calc.group(1)), calc.group(2), float(calc.group(3))
-        if k >= len(steps):
-            return "other"
         want_op, want_b = steps[k][0], float(steps[k][1])
         if x != value:
             return "stale_number" if x in seen else "made_up_number"

@@ -78,13 +78,12 @@ def make_problem(rng: random.Random, pid: str, min_steps: int = 2, max_steps: in
     for _ in range(rng.randint(min_steps, max_steps)):
         choices = ["+", "-"] + (["*"] if value <= 40 else []) + ([d for d in (2, 3, 4, 5) if value % d == 0] and ["/"])
         op = rng.choice(choices)
+        if op == "-" and value <= 2:
+            op = "+"
         if op == "+":
             b = rng.randint(2, 20)
         elif op == "-":
-            if value <= 2:
-                op, b = "+", rng.randint(2, 20)
-            else:
-                b = rng.randint(1, value - 1)
+            b = rng.randint(1, value - 1)
         elif op == "*":
             b = rng.randint(2, 4)
         else:
@@ -162,19 +161,16 @@ class ScriptedTeacher:
         mode, where, rng = self._plan(question)
         observed = [m["content"].split(":", 1)[1].strip() for m in turns if m["role"] == "user"]
         values = [prob.start] + [int(float(v)) for v in observed if _is_number(v)]
-        steps = list(prob.steps)
-        clauses = list(prob.clauses)
+        steps = list(zip(prob.steps, prob.clauses))  # (operation, the sentence it comes from)
         if mode == "skip_step" and len(steps) > 1:
             steps.pop(where)
-            clauses.pop(where)
         if mode == "finish_early":
             steps = steps[: max(1, where)] if len(steps) > 1 else steps
         k = len(done)
         current = values[-1]
         if k >= len(steps):
             return f"Thought: So the answer is {current}.\nAction: finish[{current}]"
-        op, b = steps[k]
-        clause = clauses[k]
+        (op, b), clause = steps[k]
         if k == where:
             if mode == "wrong_operand":
                 b = max(1, b + rng.choice([-3, -2, -1, 1, 2, 3]))
