@@ -29,7 +29,6 @@ PREFERENCE = ("dpo", "kto")
 BUDGET_MARGIN = 0.25
 BUDGET_MIN_MARGIN = 8
 
-
 SIZES = "sizes and rates (defaults: the full run; --quick shrinks them)"
 
 
@@ -515,13 +514,11 @@ def iterate_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], train: 
              "skipped": None, **{k: start[k] for k in ("accuracy", "finished", "parse_error_rate", "failed",
                                                        "cut_turns", "errors")}}
     records = [p.record() for p in train[:cfg.iterate_problems or None]]
-    out = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
-        rounds, model = [first], "runs/positive/model"
+        out[arm] = [first]  # each round starts from the model the previous one ended with
         for k in range(1, cfg.iterate + 1):
-            rounds.append(run_round(cfg, seed, arm, k, model, say, records, test, budget, root))
-            model = rounds[-1]["model"]
-        out[arm] = rounds
+            out[arm].append(run_round(cfg, seed, arm, k, out[arm][-1]["model"], say, records, test, budget, root))
     return out
 
 
