@@ -1,3 +1,4 @@
+import functools
 import json
 import shlex
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from lightning_nat.agent.react import ReActAgent
 from lightning_nat.core.results import EvalReport
 from lightning_nat.core.tools import make_tools
-from lightning_nat.demo.synthetic import FAILURE_MODES, ScriptedTeacher, _apply, arith_task, make_problems
+from lightning_nat.demo.synthetic import FAILURE_MODES, ScriptedTeacher, apply_op, arith_task, make_problems
 
 
 def test_problems_are_deterministic_and_correct():
@@ -19,7 +20,8 @@ def test_problems_are_deterministic_and_correct():
     assert [p.question for p in a] != [p.question for p in make_problems(50, seed=4)]
     assert len({p.question for p in a}) == 50
     for p in a:
-        assert p.answer == _apply(p.start, p.steps) and 2 <= len(p.steps) <= 4 and p.answer >= 0
+        assert p.answer == functools.reduce(lambda v, s: apply_op(v, *s), p.steps, p.start)
+        assert 2 <= len(p.steps) <= 4 and p.answer >= 0
         assert str(p.start) in p.question and all(str(b) in p.question for _, b in p.steps)
     assert len({p.question.split(".")[1].strip() for p in a}) > 10  # varied wording
 

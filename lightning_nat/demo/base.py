@@ -157,10 +157,8 @@ def make_base(spec: BaseSpec, cache_dir: str | Path, say: Callable[[str], None] 
     from lightning_nat.train.trainer import make_trainer
 
     out = Path(cache_dir) / f"base-{spec.key()}"
-    info_file = out / "base.json"
-    if info_file.exists():
-        info = json.loads(info_file.read_text())
-        return out, {**info, "from_cache": True}
+    if (out / "base.json").exists():
+        return out, {**json.loads((out / "base.json").read_text()), "from_cache": True}
     start = time.time()
     texts = pretraining_texts(spec.texts, spec.seed)
     tmp = out.with_name(out.name + ".tmp")

@@ -12,20 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lightning_nat.demo.synthetic import apply_op
+
 ERROR_TYPES = ("wrong_operand", "wrong_operator", "skip_step", "finish_early", "stale_number", "made_up_number",
                "unfinished", "other")
 _CALC = re.compile(r"^\s*Action:\s*calculate\[\s*(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*\]\s*$", re.M)
 _FINISH = re.compile(r"^\s*Action:\s*finish\[\s*(-?\d+(?:\.\d+)?)\s*\]\s*$", re.M)
-
-
-def _num(text: str) -> float:
-    return float(text)
-
-
-def _apply(value: float, op: str, b: float) -> float:
-    if op == "/":
-        return value // b if b else value
-    return {"+": value + b, "-": value - b, "*": value * b}[op]
 
 
 def classify_episode(start: int, steps: Sequence[Sequence], messages: Sequence[dict]) -> str:
@@ -50,20 +42,15 @@ def classify_episode(start: int, steps: Sequence[Sequence], messages: Sequence[d
     value: float = start
     seen = [float(start)]
     k = 0
-    for m in messages:
-        if m["role"] != "assistant":
-            continue
-        text = m["content"]
+    for text in (m["content"] for m in messages if m["role"] == "assistant"):
         finish, calc = _FINISH.search(text), _CALC.search(text)
         if finish:
-            if _num(finish.group(1)) != value:
+            if float(finish.group(1)) != value:
                 return "other"
             return "correct" if k == len(steps) else "finish_early"
-        if not calc:
+        if not calc or k >= len(steps):
             return "other"
-        x, op, y = _num(calc.group(1)), calc.group(2), _num(calc.group(3))
-        if k >= len(steps):
-            return "other"
+        x, op, y = float(calc.group(1)), calc.group(2), float(calc.group(3))
         want_op, want_b = steps[k][0], float(steps[k][1])
         if x != value:
             return "stale_number" if x in seen else "made_up_number"
@@ -75,7 +62,7 @@ def classify_episode(start: int, steps: Sequence[Sequence], messages: Sequence[d
             if y == want_b:
                 return "wrong_operator"
             return "other"
-        value = _apply(value, op, y)
+        value = apply_op(value, op, y)
         seen.append(value)
         k += 1
     return "unfinished"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_nat.core.options import option
+from lightning_nat.core.options import check_numbers, option
 from lightning_nat.demo.base import BaseSpec, make_base
 
 STRATEGIES = ("positive", "nut", "nat", "dpo", "kto")
@@ -28,7 +28,6 @@ PREFERENCE = ("dpo", "kto")
 # Extra tokens allowed per generated turn beyond the longest teacher turn (at least BUDGET_MIN_MARGIN).
 BUDGET_MARGIN = 0.25
 BUDGET_MIN_MARGIN = 8
-
 
 SIZES = "sizes and rates (defaults: the full run; --quick shrinks them)"
 
@@ -97,8 +96,7 @@ class DemoConfig:
     notes: list[str] = option([], internal=True)
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        check_numbers(self)
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ValueError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
@@ -110,18 +108,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A one-minute smoke run (what the tests use)."""
-        base = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
-                    hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1, batch_size=8,
-                    max_turns=4, iterate_epochs=1, iterate_problems=4, iterate_temperatures=(0.7,))
-        base.update(overrides, quick_sizes=True)
-        return cls(**base)
-
-    @classmethod
-    def gpu(cls, **overrides: Any) -> DemoConfig:
-        """A bigger model, pretraining and budget for a CUDA device (not run on this project's CPU machines)."""
-        base = dict(GPU_PROFILE, profile="gpu")
-        base.update(overrides)
-        return cls(**base)
+        return cls(**{**QUICK_PROFILE, **overrides, "quick_sizes": True})
 
     @classmethod
     def from_options(cls, quick_sizes: bool = False, profile: str = "cpu", **given: Any) -> DemoConfig:
@@ -130,14 +117,14 @@ class DemoConfig:
             raise ValueError("--quick and --profile gpu: choose one")
         if quick_sizes:
             return cls.quick(**given)
-        return cls.gpu(**given) if profile == "gpu" else cls(**given)
-
-    def base_spec(self) -> BaseSpec:
-        return BaseSpec(vocab_size=self.vocab_size, hidden_size=self.hidden_size, layers=self.layers, heads=self.heads,
-                        texts=self.pretrain_texts, steps=self.pretrain_steps, seed=self.base_seed,
-                        threads=self.threads)
+        return cls(**{**GPU_PROFILE, **given}, profile="gpu") if profile == "gpu" else cls(**given)
 
 
+QUICK_PROFILE: dict[str, Any] = dict(train_problems=80, test_problems=12, pos_num=24, neg_num=72, dev_num=8, vocab_size=400,
+                                     hidden_size=48, layers=2, heads=2, pretrain_texts=600, pretrain_steps=20, epochs=1,
+                                     batch_size=8, max_turns=4, iterate_epochs=1, iterate_problems=4,
+                                     iterate_temperatures=(0.7,))
+# A bigger model, pretraining and budget for a CUDA device (not run on this project's CPU machines).
 GPU_PROFILE: dict[str, Any] = dict(train_problems=1000, test_problems=300, pos_num=200, neg_num=800, hidden_size=384,
                                    layers=8, heads=6, vocab_size=1000, pretrain_texts=40000, pretrain_steps=4000,
                                    epochs=24, batch_size=16)
@@ -167,14 +154,10 @@ def teacher_turn_lengths(dataset_dir: str | Path, tokenizer: Any) -> list[int]:
 
 def seed_everything(seed: int, threads: int) -> None:
     """Python, numpy and torch seeds, and a fixed torch thread count (float sums depend on it)."""
-    import random
-
-    import numpy as np
+    import lightning as L
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    L.seed_everything(seed, verbose=False)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -194,16 +177,19 @@ def strategy_steps(cfg: DemoConfig, rows: int, epochs: int | None = None) -> int
 
 
 def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed: int, steps: int,
-           objective: str = "sft", lr: float = 0.0) -> Any:
-    import lightning as L
+           objective: str = "sft", lr: float = 0.0) -> tuple[Any, Any]:
+    """Fine-tune ``model_dir`` on ``data_dir`` for ``steps`` from ``seed``; the model is kept as a from_pretrained
+    folder ``run_dir/model``, with the export's generation config and its prompt. Returns (model, tokenizer)."""
     from lightning.pytorch.loggers import CSVLogger
 
+    from lightning_nat.core.artifacts import write_spec
     from lightning_nat.train.datamodule import NATDataModule
+    from lightning_nat.train.export import serving_generation_config
     from lightning_nat.train.model import NATModule
     from lightning_nat.train.perplexity import DevPerplexity
     from lightning_nat.train.trainer import make_trainer
 
-    L.seed_everything(seed, verbose=False)
+    seed_everything(seed, cfg.threads)
     dm = NATDataModule(dataset_dir=str(data_dir), tokenizer=str(model_dir), micro_batch_size=cfg.batch_size,
                        global_batch_size=cfg.batch_size, max_length=1024, seed=seed, objective=objective,
                        cache_dir=str(run_dir.parent.parent / "cache"))
@@ -216,23 +202,13 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
                         callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=every)
     trainer.fit(module, dm)
-    return module, dm
-
-
-def _save_model(model: Any, tokenizer: Any, spec: Any, out: Path) -> None:
-    """Keep a trained model as a from_pretrained folder, with the export's generation config and its prompt."""
-    from lightning_nat.core.artifacts import write_spec
-    from lightning_nat.train.export import serving_generation_config
-
+    model, tokenizer, out = module.model, dm.tokenizer, run_dir / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     serving_generation_config(model, tokenizer).save_pretrained(out)
-    if spec is not None:
-        write_spec(spec, out)  # where `nat solve --model` finds the prompt the model was trained with
-
-
-def _base_dir(cfg: DemoConfig) -> Path:
-    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out).resolve().parent / "demo-base-cache"
+    if dm.prompt_spec is not None:
+        write_spec(dm.prompt_spec, out)  # where `nat solve --model` finds the prompt the model was trained with
+    return model, tokenizer
 
 
 def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: Path, out: Path) -> dict[str, Any]:
@@ -288,32 +264,28 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
     else:
         negatives = [(t.question_id, t.messages) for t in read_trajectories(root / "trajectories.jsonl")
                      if not t.reward]
-    teacher_mix = error_mix([classify_episode(by_id[q].start, by_id[q].steps, m) for q, m in negatives])
     out: dict[str, Any] = {"collected": {"positives": summary.positives, "negatives": summary.negatives},
-                           "teacher_error_mix": teacher_mix, "longest_teacher_turn": longest,
-                           "max_new_tokens": budget}
-    sft_dir = root / "runs" / "positive" / "model"
+                           "teacher_error_mix": error_mix([classify_episode(by_id[q].start, by_id[q].steps, m)
+                                                           for q, m in negatives]),
+                           "longest_teacher_turn": longest, "max_new_tokens": budget}
     for strategy in strategies:
         preference = strategy in PREFERENCE
-        start = sft_dir if preference else base_dir
+        start = root / "runs" / "positive" / "model" if preference else base_dir
         record = read_build(datasets_dirs[strategy]).report
         steps = strategy_steps(cfg, sum(record["stats"][k] for k in ("positives", "negatives")) if strategy != "dpo"
                                else record["dpo"]["pairs"])
         say(f"seed {seed}: training {strategy} for {steps} steps" + (" from the w/o-Neg model" if preference else
                                                                       " from the pretrained base"))
-        seed_everything(seed, cfg.threads)
-        module, dm = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
-                            objective=strategy if preference else "sft")
-        _save_model(module.model, dm.tokenizer, dm.prompt_spec, root / "runs" / strategy / "model")
-        build = record["stats"]
+        trained = _train(cfg, start, datasets_dirs[strategy], root / "runs" / strategy, seed, steps,
+                         objective=strategy if preference else "sft")
         say(f"seed {seed}: evaluating {strategy} on {len(test)} held-out problems")
-        figures = evaluate_model(cfg, (module.model, dm.tokenizer), test, budget, root / "runs" / strategy / "eval",
+        figures = evaluate_model(cfg, trained, test, budget, root / "runs" / strategy / "eval",
                                  {"strategy": strategy, "seed": seed})
         cut, errors = figures.pop("cut_turns"), figures.pop("errors")
-        history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
-        out[strategy] = {**figures, "positives": build["positives"], "negatives": build["negatives"], "steps": steps,
-                         "cut_turns": cut,
-                         "errors": errors, "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
+        stats, history = record["stats"], read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
+        out[strategy] = {**figures, "positives": stats["positives"], "negatives": stats["negatives"], "steps": steps,
+                         "cut_turns": cut, "errors": errors,
+                         "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
         if strategy == "dpo":
             out[strategy]["pairs"] = record["dpo"]["pairs"]
     if cfg.iterate:
@@ -394,12 +366,11 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
     table = {}
     for s in strategies:
         rows = [r[s] for r in per_seed]
-        accs = [r["accuracy"] for r in rows]
-        table[s] = {**spread(accs), "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
+        table[s] = {**spread([r["accuracy"] for r in rows]), "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
                     "positives": rows[0]["positives"], "negatives": rows[0]["negatives"],
                     "steps": [r.get("steps") for r in rows]}
         if all("errors" in r for r in rows):
-            table[s]["errors"] = {t: round(statistics.fmean(r["errors"][t] for r in rows), 4) for t in rows[0]["errors"]}
+            table[s]["errors"] = mean_mix([r["errors"] for r in rows])
             table[s]["cut_turns"] = sum(r["cut_turns"] for r in rows)
         ppl = [r.get("dev_perplexity") for r in rows]
         if all(p is not None for p in ppl):
@@ -425,14 +396,13 @@ def paired(table: dict[str, dict[str, Any]], pairs: tuple[tuple[str, str], ...] 
     return out
 
 
-def teacher_mix(per_seed: list[dict[str, Any]]) -> dict[str, float]:
-    """The error-type mix of the training negatives, averaged over seeds.
+def mean_mix(mixes: list[dict[str, float]]) -> dict[str, float]:
+    """Each error type's share averaged over seeds (of the training negatives, or of a strategy's test episodes).
 
-    >>> teacher_mix([{"teacher_error_mix": {"skip_step": 0.2}}, {"teacher_error_mix": {"skip_step": 0.4}}])
+    >>> mean_mix([{"skip_step": 0.2}, {"skip_step": 0.4}])
     {'skip_step': 0.3}
     """
-    types = per_seed[0]["teacher_error_mix"]
-    return {t: round(statistics.fmean(r["teacher_error_mix"][t] for r in per_seed), 4) for t in types}
+    return {t: round(statistics.fmean(m[t] for m in mixes), 4) for t in mixes[0]}
 
 
 def _quiet() -> None:
@@ -452,14 +422,15 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="lightning")
 
 
-# The report's names and colours, the same in the table and in both plots.
+# The report's names and colours, the same in the tables and in the plots.
 NAMES = {"positive": "w/o Neg", "nut": "NUT", "nat": "NAT", "dpo": "DPO", "kto": "KTO"}
 COLOURS = {"positive": "#7f7f7f", "nut": "#1f77b4", "nat": "#d62728", "dpo": "#2ca02c", "kto": "#9467bd"}
 
 
 def plot_report(result: dict[str, Any], out: Path) -> None:
     """``accuracy.png`` (bars with 95 % intervals over seeds) and ``perplexity.png`` (dev perplexity by epoch, the
-    first seed), in the paper's names and one colour per strategy; both axes from 0."""
+    first seed), in the paper's names and one colour per strategy; with ``--iterate``, ``iterate.png`` (held-out
+    accuracy per round of both arms, with 95 % intervals over seeds). Every axis from 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -501,30 +472,38 @@ def plot_report(result: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     fig.savefig(out / "perplexity.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
+    if "iterate" not in result:
+        return
+    rounds = range(cfg["iterate"] + 1)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (arm, v) in enumerate(result["iterate"]["arms"].items()):
+        acc = [100 * r["accuracy"] for r in v["rounds"]]
+        err = [[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in v["rounds"]],
+               [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in v["rounds"]]] if seeds > 1 else None
+        # the arms side by side (0.06 of a round apart), so that equal figures do not hide one another
+        ax.errorbar([k + 0.06 * (i - 0.5) for k in rounds], acc, yerr=err, capsize=4, marker="o",
+                    color=ARM_COLOURS[arm], label=v["name"], clip_on=False)
+    ax.set_xticks(list(rounds))
+    ax.set_xlim(0, cfg["iterate"] + 0.2)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("round (0: the w/o-Neg model)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"Rounds on the model's own trajectories, {cfg['test_problems']} held-out problems ({what})",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(out / "iterate.png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
 
 
 # --- `nat demo --iterate K`: the loop of `nat iterate` on the synthetic task, from each seed's w/o-Neg model ---
-# Two arms, each K rounds of collect -> build -> fit -> eval on its own model's trajectories: `nat` builds a NAT set
-# (positives and negatives), `rs` (rejection sampling, the standard self-improvement baseline) keeps the positives
-# only. Round k collects with round k-1's model (round 0: runs/positive/model) on the seed's training problems at
-# the sampling temperatures, labels each episode by the task's metric, builds with the demo's caps, fine-tunes from
-# that model for --iterate-epochs and evaluates greedily on the seed's held-out problems, as run_seed evaluates. A
-# round whose collection leaves no class the arm trains on trains nothing, keeps its model and says so. Everything
-# is under seed<N>/iterate/<arm>/round<k>/.
+# Two arms of K rounds, `nat` (NAT sets) and `rs` (rejection sampling: positives only), under
+# seed<N>/iterate/<arm>/round<k>/; the protocol is docs/demo.md's "Rounds on the model's own trajectories".
 
 # arm -> the build variant of its rounds
 ARMS = {"nat": "nat", "rs": "positive"}
 ARM_NAMES = {"nat": "NAT rounds", "rs": "rejection sampling"}
 ARM_COLOURS = {"nat": COLOURS["nat"], "rs": COLOURS["positive"]}
-
-
-def round_seed(seed: int, k: int, arm: str) -> int:
-    """The seed of round ``k`` of ``arm`` (collection, build and fit), from the demo's seed: a rerun is identical.
-
-    >>> round_seed(0, 1, "nat") == round_seed(0, 1, "nat") != round_seed(0, 1, "rs")
-    True
-    """
-    return zlib.crc32(f"{seed}|{k}|{arm}".encode())
 
 
 def iterate_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], train: list[Any], test: list[Any],
@@ -535,13 +514,11 @@ def iterate_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], train: 
              "skipped": None, **{k: start[k] for k in ("accuracy", "finished", "parse_error_rate", "failed",
                                                        "cut_turns", "errors")}}
     records = [p.record() for p in train[:cfg.iterate_problems or None]]
-    out = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for arm in ARMS:
-        rounds, model = [first], "runs/positive/model"
+        out[arm] = [first]  # each round starts from the model the previous one ended with
         for k in range(1, cfg.iterate + 1):
-            rounds.append(run_round(cfg, seed, arm, k, model, say, records, test, budget, root))
-            model = rounds[-1]["model"]
-        out[arm] = rounds
+            out[arm].append(run_round(cfg, seed, arm, k, out[arm][-1]["model"], say, records, test, budget, root))
     return out
 
 
@@ -555,7 +532,8 @@ def run_round(cfg: DemoConfig, seed: int, arm: str, k: int, model: str, say: Cal
     from lightning_nat.demo.synthetic import arith_task
 
     task, name = arith_task(), f"seed {seed}: {ARM_NAMES[arm]} round {k}/{cfg.iterate}"
-    rd, rs = root / "iterate" / arm / f"round{k}", round_seed(seed, k, arm)
+    # the round's seed (collection, build and fit), from the demo's seed, the round and the arm: a rerun is identical
+    rd, rs = root / "iterate" / arm / f"round{k}", zlib.crc32(f"{seed}|{k}|{arm}".encode())
     temperatures = cfg.iterate_temperatures or cfg.temperatures
     seed_everything(rs, cfg.threads)
     say(f"{name}: collecting with {model} on {len(records)} problems x {len(temperatures)} temperatures")
@@ -599,9 +577,7 @@ def fit_round(cfg: DemoConfig, variant: str, start: Path, rd: Path, seed: int,
     data, stats = save_build(res, rd / "data"), res.report["stats"]
     steps = strategy_steps(cfg, stats["positives"] + stats["negatives"], epochs=cfg.iterate_epochs)
     training(steps)
-    seed_everything(seed, cfg.threads)
-    module, dm = _train(cfg, start, data, rd, seed, steps, lr=cfg.iterate_learning_rate)
-    _save_model(module.model, dm.tokenizer, dm.prompt_spec, rd / "model")
+    _train(cfg, start, data, rd, seed, steps, lr=cfg.iterate_learning_rate)
     return {"trained_on": {"positives": stats["positives"], "negatives": stats["negatives"]}, "steps": steps,
             "skipped": None}
 
@@ -612,8 +588,7 @@ def iterate_table(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     arms: dict[str, Any] = {}
     for arm in ARMS:
         rounds = []
-        for k in range(len(per_seed[0]["iterate"][arm])):
-            rows = [r["iterate"][arm][k] for r in per_seed]
+        for k, rows in enumerate(zip(*(r["iterate"][arm] for r in per_seed))):
             collected = rows[0]["collected"] is not None
             rounds.append({"round": k, **spread([r["accuracy"] for r in rows]),
                            "positives": [r["collected"]["positives"] for r in rows] if collected else None,
@@ -625,38 +600,6 @@ def iterate_table(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     diffs = [{"round": a["round"], **paired({"nat": a, "rs": b}, (("nat", "rs"),))["nat-rs"]}
              for a, b in zip(arms["nat"]["rounds"], arms["rs"]["rounds"])]
     return {"arms": arms, "paired": {"nat-rs": diffs}}
-
-
-def plot_iterate(result: dict[str, Any], out: Path) -> None:
-    """``iterate.png``: held-out accuracy per round of both arms, with 95 % intervals over seeds; axes from 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg, arms = result["config"], result["iterate"]["arms"]
-    seeds, rounds = cfg["seeds"], range(cfg["iterate"] + 1)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for i, (arm, v) in enumerate(arms.items()):
-        acc = [100 * r["accuracy"] for r in v["rounds"]]
-        err = [[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in v["rounds"]],
-               [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in v["rounds"]]] if seeds > 1 else None
-        # the arms side by side (0.06 of a round apart), so that equal figures do not hide one another
-        ax.errorbar([k + 0.06 * (i - 0.5) for k in rounds], acc, yerr=err, capsize=4, marker="o",
-                    color=ARM_COLOURS[arm], label=v["name"], clip_on=False)
-    ax.set_xticks(list(rounds))
-    ax.set_xlim(0, cfg["iterate"] + 0.2)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("round (0: the w/o-Neg model)")
-    ax.set_ylabel("held-out accuracy (%)")
-    what = f"mean and 95 % interval over seeds {cfg['first_seed']}-{cfg['first_seed'] + seeds - 1}" if seeds > 1 \
-        else f"seed {cfg['first_seed']}"
-    ax.set_title(f"Rounds on the model's own trajectories, {cfg['test_problems']} held-out problems ({what})",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(out / "iterate.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
 
 
 def cell(v: dict[str, Any], seeds: int) -> str:
@@ -695,7 +638,6 @@ def stages(cfg: DemoConfig) -> int:
     >>> stages(DemoConfig(seeds=2)), stages(DemoConfig(seeds=2, iterate=3))
     (15, 51)
     """
-
     return 1 + cfg.seeds * (1 + 2 * len(cfg.strategies) + 3 * len(ARMS) * cfg.iterate)
 
 
@@ -716,43 +658,37 @@ def run_demo(cfg: DemoConfig, stage: Callable[[str], None] = print, note: Callab
         raise RuntimeError("--profile gpu needs a CUDA device, and torch sees none")
     out = Path(folder or cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.base_seed, cfg.threads)
-    spec = cfg.base_spec()
-    cached = (_base_dir(cfg) / f"base-{spec.key()}" / "base.json").is_file()
+    spec = BaseSpec(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
+                    texts=cfg.pretrain_texts, steps=cfg.pretrain_steps, seed=cfg.base_seed, threads=cfg.threads)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out).resolve().parent / "demo-base-cache"
+    cached = (cache / f"base-{spec.key()}" / "base.json").is_file()
     stage(f"the base: {cfg.pretrain_steps} pretraining steps on {cfg.pretrain_texts} unlabelled passages"
-          + (" (from the cache)" if cached else f" (cached in {_base_dir(cfg)} for the next runs)"))
-    base_dir, base = make_base(spec, _base_dir(cfg), say=note, device="cuda" if cfg.profile == "gpu" else "cpu")
-    timings["base_seconds"] = round(time.time() - started, 1)
-    timings["base_from_cache"] = base.pop("from_cache")
-    timings["base_pretraining_seconds"] = base.pop("seconds")
+          + (" (from the cache)" if cached else f" (cached in {cache} for the next runs)"))
+    base_dir, base = make_base(spec, cache, say=note, device="cuda" if cfg.profile == "gpu" else "cpu")
+    timings = {"base_seconds": round(time.time() - started, 1), "base_from_cache": base.pop("from_cache"),
+               "base_pretraining_seconds": base.pop("seconds")}
     per_seed = []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         t0 = time.time()
         per_seed.append({"seed": seed, **run_seed(cfg, seed, stage, base_dir, out)})
         timings[f"seed{seed}_seconds"] = round(time.time() - t0, 1)
     table = aggregate(per_seed, cfg.strategies)
-    config = asdict(cfg)
-    if not cfg.iterate:  # without --iterate, results.json stays as it was before the option existed
-        config = {k: v for k, v in config.items() if not k.startswith("iterate")}
+    # without --iterate, results.json stays as it was before the option existed
+    config = {k: v for k, v in asdict(cfg).items() if cfg.iterate or not k.startswith("iterate")}
     result = {"config": config, "base": base, "table": table, "paired": paired(table),
-              "teacher_error_mix": teacher_mix(per_seed), "per_seed": per_seed}
+              "teacher_error_mix": mean_mix([r["teacher_error_mix"] for r in per_seed]), "per_seed": per_seed}
     if cfg.iterate:
-
         result["iterate"] = iterate_table(per_seed)
     from lightning_nat.core.results import EvalReport, task_result
 
     # results.json is an EvalReport (its one writer): each strategy's figures with the seeds as runs, beside the table.
-    seeds = [EvalReport.read(out / f"seed{k}" / "runs" / s / "eval", episodes=True)
-             for k in range(cfg.first_seed, cfg.first_seed + cfg.seeds) for s in cfg.strategies]
-    by_strategy = {s: [trajs for r in seeds if r.meta["strategy"] == s for trajs in r.episodes.values()]
-                   for s in cfg.strategies}
-    EvalReport(results={s: task_result(trajs) for s, trajs in by_strategy.items()}, meta=result).write(out)
+    runs = {s: [trajs for r in per_seed
+                for trajs in EvalReport.read(out / f"seed{r['seed']}" / "runs" / s / "eval", episodes=True).episodes.values()]
+            for s in cfg.strategies}
+    EvalReport(results={s: task_result(trajs) for s, trajs in runs.items()}, meta=result).write(out)
     plot_report(result, out)
-    if cfg.iterate:
-
-        plot_iterate(result, out)
     timings["total_seconds"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     result["timings"] = timings
@@ -785,7 +721,6 @@ def run_demo_command(cfg: DemoConfig) -> int:
     print_demo_table(result, time.time() - start)
     plots = f"{cfg.out}/perplexity.png and {cfg.out}/accuracy.png"
     if cfg.iterate:
-
         print_iterate(result)
         plots = f"{cfg.out}/perplexity.png, {cfg.out}/accuracy.png and {cfg.out}/iterate.png"
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/timings.json, {plots}")

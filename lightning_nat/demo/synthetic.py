@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lightning_nat.core.prompts import PromptSpec, make_spec, split_prompt
+from lightning_nat.core.prompts import make_spec, split_prompt
 
 NAMES = ["Mia", "Leo", "Ava", "Sam", "Zoe", "Ben", "Ivy", "Max", "Eva", "Tom", "Lily", "Noah"]
 ITEMS = ["apple", "marble", "coin", "card", "book", "shell", "sticker", "pencil", "cookie", "stamp"]
@@ -60,8 +60,6 @@ class Problem:
     answer: int
     start: int
     steps: list[tuple[str, int]]
-    name: str = ""
-    item: str = ""
     clauses: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -71,8 +69,8 @@ class Problem:
 def make_problem(rng: random.Random, pid: str, min_steps: int = 2, max_steps: int = 4) -> Problem:
     """One problem of ``min_steps`` to ``max_steps`` operations whose every intermediate is a small positive integer.
 
-    >>> p = make_problem(random.Random(0), "p0"); p.answer == _apply(p.start, p.steps)
-    True
+    >>> p = make_problem(random.Random(0), "p0"); p.start, p.steps, p.answer
+    (3, [('/', 3), ('+', 17), ('*', 4)], 72)
     """
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = start = rng.randint(2, 30)
@@ -80,34 +78,31 @@ def make_problem(rng: random.Random, pid: str, min_steps: int = 2, max_steps: in
     for _ in range(rng.randint(min_steps, max_steps)):
         choices = ["+", "-"] + (["*"] if value <= 40 else []) + ([d for d in (2, 3, 4, 5) if value % d == 0] and ["/"])
         op = rng.choice(choices)
+        if op == "-" and value <= 2:
+            op = "+"
         if op == "+":
             b = rng.randint(2, 20)
         elif op == "-":
-            if value <= 2:
-                op, b = "+", rng.randint(2, 20)
-            else:
-                b = rng.randint(1, value - 1)
+            b = rng.randint(1, value - 1)
         elif op == "*":
             b = rng.randint(2, 4)
         else:
             b = rng.choice([d for d in (2, 3, 4, 5) if value % d == 0])
         steps.append((op, b))
-        value = _step(value, op, b)
+        value = apply_op(value, op, b)
     clauses = [rng.choice(PHRASES[op]).format(name=name, b=b, item=item) for op, b in steps]
     parts = [rng.choice(START).format(name=name, a=start, item=item), *clauses,
              rng.choice(QUESTION).format(name=name, item=item)]
-    return Problem(pid, " ".join(parts), value, start, steps, name, item, clauses)
+    return Problem(pid, " ".join(parts), value, start, steps, clauses)
 
 
-def _step(value: int, op: str, b: int) -> int:
+def apply_op(value: float, op: str, b: float) -> float:
+    """``value op b``, division floored (one of the problems' exact divisions, or a mistaken one); ``/ 0`` keeps it.
+
+    >>> apply_op(7, "/", 2), apply_op(7.0, "/", 0), apply_op(7, "-", 9)
+    (3, 7.0, -2)
+    """
     return {"+": value + b, "-": value - b, "*": value * b, "/": value // b if b else value}[op]
-
-
-def _apply(start: int, steps: Sequence[tuple[str, int]]) -> int:
-    value = start
-    for op, b in steps:
-        value = _step(value, op, b)
-    return value
 
 
 def make_problems(n: int, seed: int, min_steps: int = 2, max_steps: int = 4, prefix: str = "p") -> list[Problem]:
@@ -139,10 +134,7 @@ class ScriptedTeacher:
     mode_weights: dict[str, float] = field(default_factory=lambda: {m: 1.0 for m in FAILURE_MODES})
     temperature: float = 0.0
     seed: int = 0
-    # The prompt the agent puts questions in (default: the arith task's), read back to find the question.
-    prompt_spec: PromptSpec | None = None
     _plans: dict = field(default_factory=dict, repr=False)
-    usage: dict = field(default_factory=dict)
 
     def _plan(self, question: str) -> tuple[str | None, int, random.Random]:
         key = (question, self.temperature)
@@ -161,7 +153,7 @@ class ScriptedTeacher:
         return [self._turn(p) for p in prompts]
 
     def _turn(self, messages: list[dict[str, str]]) -> str:
-        question, turns = split_prompt(self.prompt_spec or make_spec(arith_task()), messages)
+        question, turns = split_prompt(make_spec(arith_task()), messages)
         prob = self.problems[question]
         done = [m for m in turns if m["role"] == "assistant"]
         if not done:
@@ -169,19 +161,16 @@ class ScriptedTeacher:
         mode, where, rng = self._plan(question)
         observed = [m["content"].split(":", 1)[1].strip() for m in turns if m["role"] == "user"]
         values = [prob.start] + [int(float(v)) for v in observed if _is_number(v)]
-        steps = list(prob.steps)
-        clauses = list(prob.clauses)
+        steps = list(zip(prob.steps, prob.clauses))  # (operation, the sentence it comes from)
         if mode == "skip_step" and len(steps) > 1:
             steps.pop(where)
-            clauses.pop(where)
         if mode == "finish_early":
             steps = steps[: max(1, where)] if len(steps) > 1 else steps
         k = len(done)
         current = values[-1]
         if k >= len(steps):
             return f"Thought: So the answer is {current}.\nAction: finish[{current}]"
-        op, b = steps[k]
-        clause = clauses[k]
+        (op, b), clause = steps[k]
         if k == where:
             if mode == "wrong_operand":
                 b = max(1, b + rng.choice([-3, -2, -1, 1, 2, 3]))
