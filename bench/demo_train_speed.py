@@ -20,6 +20,7 @@ the median of the per-round ratios head / base with their range. ``--pretrain`` 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def prepare(out: Path) -> tuple[Path, Path]:
     """One seed's NAT dataset as the demo builds it, and a random-init model of the base's shape."""
     from lightning_nat.agent.collect import collect
+    from lightning_nat.agent.react import ReActAgent
     from lightning_nat.core.tools import make_tools
     from lightning_nat.data.build import build_dataset, save_build
     from lightning_nat.demo.run import DemoConfig
@@ -44,8 +46,8 @@ def prepare(out: Path) -> tuple[Path, Path]:
     cfg, task = DemoConfig(), arith_task()
     problems = make_problems(cfg.train_problems, 0, cfg.min_steps, cfg.max_steps)
     teacher = ScriptedTeacher({p.question: p for p in problems}, error_rate=cfg.error_rate, seed=0)
-    collect(task, [p.record() for p in problems], teacher, out / "trajectories.jsonl", cfg.temperatures,
-            teacher="scripted", batch_size=256, max_turns=cfg.max_turns, tools=make_tools(task.tools))
+    collect(ReActAgent(task, teacher, make_tools(task.tools), max_turns=cfg.max_turns), [p.record() for p in problems],
+            out / "trajectories.jsonl", cfg.temperatures, teacher="scripted", batch_size=256)
     res = build_dataset([str(out / "trajectories.jsonl")], "nat", cache_dir=str(out / "cache"), format="jsonl",
                         task=task.name, pos_num=cfg.pos_num, neg_num=cfg.neg_num, seed=0, dev_num=cfg.dev_num)
     data = save_build(res, out / "data")
@@ -101,7 +103,8 @@ def worker(args: argparse.Namespace) -> None:
     demo.seed_everything(0, cfg.threads)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        demo._train(cfg, Path(args.model), Path(args.data), Path(tmp) / "runs" / "nat", 0)
+        steps = [args.steps] if "steps" in inspect.signature(demo._train).parameters else []  # older trees: cfg.steps
+        demo._train(cfg, Path(args.model), Path(args.data), Path(tmp) / "runs" / "nat", 0, *steps)
         total = time.perf_counter() - start
     print(json.dumps({"train_s": total, "steps_s": marks[1] - marks[0], "steps": args.steps}))
 
