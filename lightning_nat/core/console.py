@@ -117,55 +117,6 @@ def print_collect_summary(summary: Any, out: str) -> None:
 
 
 # Column heads of the error-type table, short enough for an 80-column terminal.
-SHORT_ERROR_NAMES = {"wrong_operand": "operand", "wrong_operator": "operator", "skip_step": "skip", "finish_early": "early",
-                     "stale_number": "stale", "made_up_number": "made-up", "unfinished": "unfin.", "other": "other"}
-
-
-def print_demo_table(result: dict[str, Any], seconds: float) -> None:
-    """The demo's comparison, laid out like the paper's Table 2, the paired differences, then the error types of §5.3."""
-    cfg, n = result["config"], result["config"]["seeds"]
-    names = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",
-             "dpo": "DPO (pairs, from w/o Neg)", "kto": "KTO (labels, from w/o Neg)"}
-    rows = []
-    for strategy, v in result["table"].items():
-        cell = f"{100 * v['accuracy']:.1f}"
-        if n > 1:
-            lo, hi = v["accuracy_ci95"]
-            cell += f" ± {100 * v['accuracy_sd']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-        ppl = v.get("dev_perplexity")
-        rows.append([names.get(strategy, strategy), v["positives"], v["negatives"], "/".join(map(str, set(v["steps"]))),
-                     cell, f"{100 * v['finished']:.0f}%", f"{ppl:.2f}" if ppl is not None else "-",
-                     str(v.get("cut_turns", "-"))])
-    seeds = f"seeds {cfg['first_seed']}-{cfg['first_seed'] + n - 1}" if n > 1 else f"seed {cfg['first_seed']}"
-    budget = f"{cfg['steps']} steps" if cfg.get("steps") else f"{cfg['epochs']} epochs"
-    how = "accuracy % as mean ± sd [95% CI] over seeds" if n > 1 else "accuracy % of one seed (--seeds 5 for intervals)"
-    main = table(f"Synthetic arithmetic, {cfg['test_problems']} held-out problems, {seeds}, {budget} of each "
-                 f"strategy's own data from one pretrained base; {how}",
-                 ["strategy", "pos.", "neg.", "steps", "accuracy %", "finished", "dev ppl", "cut turns"], rows)
-    main.columns[0].no_wrap = True  # the strategy names are what users (and tests) look for
-    console.print(main)
-    short = {"positive": "w/o Neg", "nut": "NUT", "nat": "NAT", "dpo": "DPO", "kto": "KTO"}
-    pairs = result.get("paired") or {}
-    if pairs:
-        prows = [[" - ".join(short[x] for x in key.split("-")), *(f"{100 * d:+.0f}" for d in p["per_seed"]),
-                  f"{100 * p['mean']:+.1f}" + (f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]" if n > 1
-                                                else "")] for key, p in pairs.items()]
-        per = [f"seed {cfg['first_seed'] + i}" for i in range(n)]
-        console.print(table("Paired differences, accuracy points",
-                            ["", *per, "mean" + (" [95% CI]" if n > 1 else "")], prows))
-    mix = result.get("teacher_error_mix")
-    if mix:
-        types = list(mix)
-        err_rows = [["train negatives", *(f"{100 * mix[t]:.0f}" for t in types)]]
-        err_rows += [[short.get(s, s), *(f"{100 * v['errors'][t]:.0f}" for t in types)]
-                     for s, v in result["table"].items() if "errors" in v]
-        errors = table("First mistake of each episode, % of episodes (test) or of negatives (training set)",
-                       ["", *(SHORT_ERROR_NAMES.get(t, t) for t in types)], err_rows)
-        errors.columns[0].no_wrap = True
-        console.print(errors)
-    console.print(f"done in {seconds / 60:.1f} minutes")
-
-
 def rate_line(done: int, live: int, seconds: float) -> str:
     """The engine's state for the progress bar: episodes live and episodes per second so far.
 
