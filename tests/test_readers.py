@@ -75,6 +75,17 @@ def test_malformed_json(tmp_path):
      "message 1: a tool turn needs the tool_call_id it answers"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "user", "content": "O"}], "reward": False},
      "no assistant turn"),
+    ("openai", {"messages": [{"role": "user", "content": "Q", "tool_calls": []}, {"role": "user", "content": "Q",
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+                "reward": True}, "message 1: only assistant turns make tool calls, not user"),
+    # A `nat export` record: its tail is numbered after the record's messages (5 here), wherever the prompt ends.
+    ("openai", {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                             {"role": "assistant", "content": "", "tool_calls": [
+                                 {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                             {"role": "tool", "tool_call_id": "c1", "content": "r"},
+                             {"role": "assistant", "content": "done"}],
+                "nat": {"question": "Q", "prompt_turns": 2, "tail": [{"role": "tool", "content": "x"}]},
+                "reward": True}, "message 5: a tool turn needs the tool_call_id it answers"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "alien", "value": "A"}], "reward": True},
      "message 1: unknown role 'alien'"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],

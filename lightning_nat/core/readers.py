@@ -272,6 +272,8 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     calls = message.get("tool_calls")
     content = message.get("content")
     if calls:
+        if role != "assistant":
+            raise TrajectoryFormatError(f"{where}: only assistant turns make tool calls, not {role}")
         if not isinstance(calls, list):
             raise TrajectoryFormatError(f"{where}: tool_calls must be a list")
         content = "" if content is None else content
@@ -282,8 +284,10 @@ def openai_message(message: Any, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": role, "content": content}
     if calls:
         out["tool_calls"] = [call_from_openai(c, where) for c in calls]
-    if role == "tool":  # validate_messages checks it (other roles' ids are dropped)
-        out["tool_call_id"] = message.get("tool_call_id")
+    if role == "tool":  # checked here too: an export's tail is numbered from the record, not the trajectory
+        if not isinstance(message.get("tool_call_id"), str):
+            raise TrajectoryFormatError(f"{where}: a tool turn needs the tool_call_id it answers")
+        out["tool_call_id"] = message["tool_call_id"]
     return out
 
 
