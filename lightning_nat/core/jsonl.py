@@ -42,7 +42,21 @@ def dumps_line(record: Any) -> str:
     >>> dumps_line({"a": "x\\u2028y\\nz"})
     '{"a": "x\\u2028y\\\\nz"}\\n'
     """
-    return mask(json.dumps(record, ensure_ascii=False, default=lambda obj: obj.to_dict())) + "\n"
+    return mask(json.dumps(record, ensure_ascii=False, default=_to_json)) + "\n"
+
+
+def _to_json(obj: Any) -> Any:
+    """A record object (a :class:`~lightning_nat.core.trajectory.Trajectory`) as its dict; anything else is refused
+    as ``json`` refuses it, naming its type.
+
+    >>> _to_json(b"x")
+    Traceback (most recent call last):
+    ...
+    TypeError: Object of type bytes is not JSON serializable
+    """
+    if callable(getattr(obj, "to_dict", None)):
+        return obj.to_dict()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def parse_line(raw: bytes) -> Any:
