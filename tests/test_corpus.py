@@ -69,3 +69,13 @@ def test_text_folder_corpus_and_refusals(tmp_path):
     proc = _nat("corpus", "bad.jsonl", "--out", "idx2", cwd=tmp_path)
     assert proc.returncode == 1 and "bad.jsonl, line 2: none of the fields text" in proc.stderr
     assert not (tmp_path / "idx2").exists()
+
+
+def test_a_jsonl_corpus_shows_passages_as_a_corpus_folder_does(tmp_path):
+    """A null title is no title (it showed as "None: ..."), and a passage's own colon stays (it was stripped)."""
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"title": None, "text": "Phobos orbits Mars in 7.7 hours, ratio:"}) + "\n"
+                    + json.dumps({"title": "Venus", "text": "Venus has no moon."}) + "\n")
+    search = make_search("bm25", 2, corpus_path=str(path))
+    assert "Phobos orbits Mars in 7.7 hours, ratio:" in search("Phobos Mars")
+    assert "None" not in search("Phobos Mars") and "Venus: Venus has no moon." in search("Venus moon")
