@@ -73,6 +73,11 @@ def test_build_command_parses_back_to_the_same_config():
     assert parse(shlex.split(line)[2:]) == cfg
     minimal = BuildConfig(trajectories=("a.json",), out="DIR")
     assert parse(shlex.split(command_line("nat build", minimal))[2:]) == minimal
+    # `always` fields (format, variant, seed) are written at their defaults too: a card's command must not depend
+    # on a later release's defaults.
+    exact = BuildConfig(trajectories=("p.json", "n.json"), neg_num=5, dedupe=False, out="DIR")
+    assert command_line("nat build", exact) == ("nat build --format nat --trajectories p.json n.json --variant nat "
+                                                "--neg-num 5 --seed 42 --no-dedupe --out DIR")
 
 
 def test_demo_quick_keeps_given_sizes():
