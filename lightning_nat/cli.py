@@ -106,7 +106,8 @@ def _dispatch(argv: list[str]) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in COMMANDS and "--config" in argv[:-1]:  # the YAML's options go first, so the flags given win
         at = argv.index("--config")
-        path, argv = argv[at + 1], argv[:at] + argv[at + 2:]
+        path = argv[at + 1]
+        argv = argv[:at] + argv[at + 2:]
         after = argv.index(chosen) + 1
         argv[after:after] = config_argv(config_class(chosen), path, f"nat {chosen}")
     for name, (help_text, _, _) in COMMANDS.items():

@@ -116,7 +116,8 @@ class AgentConfig:
         ``search_corpus``, ``search_k`` and ``search_rerank``) checked before any episode."""
         from lightning_nat.core.tools import make_search, make_tools
 
-        reranker, search = None, None
+        reranker = None
+        search = None
         if self.search_rerank and (self.search_corpus or self.search):
             from lightning_nat.agent.rerank import load_reference_reranker
 

@@ -112,7 +112,8 @@ def evaluate(policy: Any, cfg: EvalCommandConfig, progress: Callable[[str, int, 
         spec = resolve_eval_spec(task, saved, cfg.prompt_style, cfg.prompt_preset, mode, where)
         agent = cfg.make_agent(task, policy, tools, max_turns=proto.max_turns, mode=mode,
                                on_parse_error=proto.on_parse_error, prompt_spec=spec)
-        runs, total = [], len(records) * proto.runs
+        runs = []
+        total = len(records) * proto.runs
         for run in range(proto.runs):
             seed_episodes(cfg.seed + run)
             before = len(records) * run

@@ -207,7 +207,8 @@ def collect_round(cfg: IterateConfig, task: Any, records: list[dict], model: str
         have = recover(out)[0]
         partial = [x for x in have if key_of(x) in keys(t, s, i)]
         if partial and cfg.policy == "hf":  # a killed block: collected again whole, from its seed, as it first ran
-            append_durably(out.with_name(out.name + ".superseded"), "".join(dumps_line(x.to_dict()) for x in partial).encode())
+            append_durably(out.with_name(out.name + ".superseded"),
+                           "".join(dumps_line(x.to_dict()) for x in partial).encode())
             write_jsonl(out, [x for x in have if key_of(x) not in keys(t, s, i)])
         seed_episodes(zlib.crc32(f"{cfg.seed}|{k}|{t}|{s}|{i}".encode()))
         summary = collect(agent, records[i:i + size], out, [t], s + 1, teacher=label, batch_size=cfg.batch_size)

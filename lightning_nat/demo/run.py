@@ -202,7 +202,9 @@ def _train(cfg: DemoConfig, model_dir: Path, data_dir: Path, run_dir: Path, seed
                         callbacks=[DevPerplexity(every_n_steps=every)], limit_val_batches=0, num_sanity_val_steps=0,
                         log_every_n_steps=every)
     trainer.fit(module, dm)
-    model, tokenizer, out = module.model, dm.tokenizer, run_dir / "model"
+    model = module.model
+    tokenizer = dm.tokenizer
+    out = run_dir / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     serving_generation_config(model, tokenizer).save_pretrained(out)
@@ -282,7 +284,8 @@ def run_seed(cfg: DemoConfig, seed: int, say: Callable[[str], None], base_dir: P
         figures = evaluate_model(cfg, trained, test, budget, root / "runs" / strategy / "eval",
                                  {"strategy": strategy, "seed": seed})
         cut, errors = figures.pop("cut_turns"), figures.pop("errors")
-        stats, history = record["stats"], read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
+        stats = record["stats"]
+        history = read_rows(root / "runs" / strategy / PERPLEXITY_FILE)
         out[strategy] = {**figures, "positives": stats["positives"], "negatives": stats["negatives"], "steps": steps,
                          "cut_turns": cut, "errors": errors,
                          "dev_perplexity": round(history[-1]["perplexity"], 4) if history else None}
@@ -366,7 +369,8 @@ def aggregate(per_seed: list[dict[str, Any]], strategies: tuple[str, ...]) -> di
     table = {}
     for s in strategies:
         rows = [r[s] for r in per_seed]
-        table[s] = {**spread([r["accuracy"] for r in rows]), "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
+        table[s] = {**spread([r["accuracy"] for r in rows]),
+                    "finished": round(statistics.fmean(r["finished"] for r in rows), 4),
                     "positives": rows[0]["positives"], "negatives": rows[0]["negatives"],
                     "steps": [r.get("steps") for r in rows]}
         if all("errors" in r for r in rows):
@@ -624,6 +628,7 @@ def difference(d: dict[str, Any], seeds: int) -> str:
     return f"{100 * d['mean']:+.1f}" + (f" [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]" if seeds > 1 else "")
 
 
+# Column heads of the error-type table, short enough for an 80-column terminal.
 ERROR_NAMES = {"wrong_operand": "operand", "wrong_operator": "operator", "skip_step": "skip", "finish_early": "early",
                "stale_number": "stale", "made_up_number": "made-up", "unfinished": "unfin.", "other": "other"}
 LONG_NAMES = {"positive": "w/o Neg (positives only)", "nut": "NUT (negative-unaware)", "nat": "NAT (negative-aware)",

@@ -166,7 +166,8 @@ def push(kind: str, folder: str | Path, repo_id: str, private: bool = False, dry
             plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files,
                     "card": (upload / "README.md").read_text(encoding="utf-8"), "staged": str(upload)}
         else:
-            upload, card = folder, model_card(folder, repo_id)
+            upload = folder
+            card = model_card(folder, repo_id)
             files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
             plan = {"kind": kind, "repo_id": repo_id, "private": private, "files": files + ["README.md (card)"],
                     "card": card}
