@@ -116,7 +116,6 @@ def print_collect_summary(summary: Any, out: str) -> None:
     console.print(f"wrote {out}" + (f" and {out}.failed.jsonl" if summary.failures else ""))
 
 
-
 def rate_line(done: int, live: int, seconds: float) -> str:
     """The engine's state for the progress bar: episodes live and episodes per second so far.
 
