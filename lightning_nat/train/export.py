@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from lightning_nat.core.artifacts import write_spec
-from lightning_nat.train.model import _deepspeed_stage
+from lightning_nat.train.model import deepspeed_stage
 from lightning_nat.train.tokenization import ensure_chat_template, eos_ids
 
 
@@ -19,7 +19,7 @@ def full_state_dict(trainer: L.Trainer, module: Any) -> dict[str, torch.Tensor] 
     """The model's complete weights on rank 0 (``None`` elsewhere), gathered from ZeRO-3 or FSDP shards; a
     collective: every rank must call it."""
     prefix = "model."
-    if _deepspeed_stage(module) == 3:
+    if deepspeed_stage(module) == 3:
         sd = _gathered_state_dict(module, trainer.global_rank)
     elif isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -156,7 +156,7 @@ class NATModule(L.LightningModule):
         from transformers import AutoModelForCausalLM
 
         hp = self.hparams
-        if _deepspeed_stage(self) == 3:
+        if deepspeed_stage(self) == 3:
             # Lets from_pretrained load real weights into ZeRO-3 partitioned parameters
             # (without it, loading under zero.Init leaves them empty).
             from transformers.integrations import HfDeepSpeedConfig
@@ -288,7 +288,7 @@ class NATModule(L.LightningModule):
         its ``gradient_accumulation_steps`` once more (tests/test_zero3.py checks the gradients to 1e-5)."""
         trainer = self.trainer
         acc = trainer.accumulate_grad_batches
-        return trainer.world_size * acc * (acc if _deepspeed_stage(self) is not None else 1)
+        return trainer.world_size * acc * (acc if deepspeed_stage(self) is not None else 1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         objective = self.hparams.objective
@@ -377,7 +377,8 @@ def _zero(module: L.LightningModule) -> dict[str, Any] | None:
     return config.get("zero_optimization", {}) if isinstance(config, dict) else None
 
 
-def _deepspeed_stage(module: L.LightningModule) -> int | None:
+def deepspeed_stage(module: L.LightningModule) -> int | None:
+    """The ZeRO stage of ``module``'s DeepSpeed run, or None without DeepSpeed (the module and the export read it)."""
     zero = _zero(module)
     return None if zero is None else int(zero.get("stage", 0))
 
@@ -385,7 +386,7 @@ def _deepspeed_stage(module: L.LightningModule) -> int | None:
 def _liger_loss(module: NATModule) -> Any:
     """Liger's fused linear cross-entropy (``pip install liger-kernel``) for the SFT loss on a CUDA device, when
     installed and the LM head is called apart (``target_logits``) and whole (not under ZeRO-3); else None."""
-    if module._head is None or module.device.type != "cuda" or _deepspeed_stage(module) == 3:
+    if module._head is None or module.device.type != "cuda" or deepspeed_stage(module) == 3:
         return None
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
